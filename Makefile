@@ -1,0 +1,55 @@
+# modelgate — `make run` (the demo) and `make test` are all a new user needs.
+SHELL := /bin/bash
+FILTERS := readiness_gate model_router load_shedder ml_metrics
+WASM_DIR := target/wasm32-wasip1/wasm-release
+export MODELGATE_ENVOY ?= $(CURDIR)/tools/envoy
+
+.PHONY: all setup build wasm native test test-core test-core-wasm test-abi test-e2e lint fmt run bench clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build: setup wasm native
+
+wasm: setup
+	cargo build --target wasm32-wasip1 --profile wasm-release $(addprefix -p ,$(FILTERS))
+	@mkdir -p dist
+	@for f in $(FILTERS); do cp $(WASM_DIR)/$$f.wasm dist/$$f.wasm; done
+	@ls -l dist/*.wasm
+
+native:
+	cargo build --release -p modelgate-sim -p modelgate-loader
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -- -D warnings
+
+test: build lint test-core test-core-wasm test-abi test-e2e
+
+test-core:
+	cargo test -p modelgate-core -p modelgate-sim -p modelgate-loader
+
+test-core-wasm:
+	scripts/test-core-wasm.sh
+
+test-abi:
+	cargo test -p modelgate-tests --test 'abi_*'
+
+test-e2e:
+	cargo test -p modelgate-tests --test 'e2e_*' -- --test-threads=2
+
+run: build
+	@scripts/run.sh
+
+bench: build
+	scripts/bench.sh
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf dist

@@ -1,0 +1,8 @@
+//! modelgate-core: the logic of every modelgate filter, free of proxy-wasm so it is
+//! unit-tested natively (and on wasm32). The cdylibs under `filters/` only translate
+//! between proxy-wasm calls and these types.
+
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod state;

@@ -1,0 +1,1 @@
+//! model_router filter: proxy-wasm glue only; the policy lives in modelgate-core.

@@ -1,0 +1,1 @@
+//! readiness_gate filter: proxy-wasm glue only; the policy lives in modelgate-core.

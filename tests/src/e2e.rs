@@ -1,0 +1,318 @@
+//! End-to-end support: start Envoy and modelgate-sim as plain processes on free loopback
+//! ports, talk HTTP to them, and stop exactly the processes we started (by pid) on drop.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The repository root (parent of `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A port nobody listens on right now (bound to 127.0.0.1:0, then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A fresh scratch directory for one test (under the system temp dir).
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "modelgate-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Path of a built wasm module in `dist/` (from `make build`).
+pub fn wasm(name: &str) -> PathBuf {
+    let p = repo_root().join("dist").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    p
+}
+
+/// Path of a native release binary (from `make build`).
+pub fn release_bin(name: &str) -> PathBuf {
+    let p = repo_root().join("target/release").join(name);
+    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    p
+}
+
+/// The pinned Envoy: `$MODELGATE_ENVOY`, else `tools/envoy` from `scripts/setup.sh`.
+pub fn envoy_bin() -> PathBuf {
+    let p = std::env::var_os("MODELGATE_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tools/envoy"));
+    assert!(p.exists(), "{} is missing: run `make setup` first", p.display());
+    p
+}
+
+/// Polls `f` every 50 ms until it is true or `timeout` passes; returns the last result.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replaces every `{{KEY}}` in `template`.
+pub fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    out
+}
+
+/// A child process we started; SIGTERM then SIGKILL by pid on drop.
+pub struct Proc {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr going to `<dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).expect("create log");
+        let err = out.try_clone().expect("clone log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            log,
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Exit status if the process has ended.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.try_exit();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Sends `signal` to our child only.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// SIGTERM, a grace period, then SIGKILL; always reaps.
+    pub fn stop(&mut self) {
+        if self.try_exit().is_some() {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        if self.wait_exit(Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    wait_until(timeout, || TcpStream::connect(("127.0.0.1", port)).is_ok())
+}
+
+/// A running modelgate-sim.
+pub struct Sim {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Sim {
+    /// Starts `target/release/modelgate-sim --port <free> <args>` and waits for its socket.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> Sim {
+        let port = free_port();
+        let mut cmd = Command::new(release_bin("modelgate-sim"));
+        cmd.arg("--host").arg("127.0.0.1").arg("--port").arg(port.to_string()).args(args);
+        let mut proc = Proc::spawn(name, cmd, dir);
+        let up = wait_for_port(port, Duration::from_secs(10));
+        if !up {
+            let exit = proc.try_exit();
+            panic!("{name} did not listen on {port} ({exit:?}):\n{}", proc.log_text());
+        }
+        Sim { port, proc }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+}
+
+/// A running Envoy from a rendered bootstrap.
+pub struct Envoy {
+    pub admin_port: u16,
+    pub config: PathBuf,
+    pub proc: Proc,
+}
+
+impl Envoy {
+    /// Writes `yaml` to `<dir>/<name>.yaml`, starts the pinned Envoy on it and waits for the
+    /// admin `/ready` to say LIVE. `admin_port` must be the one the YAML uses.
+    pub fn start(dir: &Path, name: &str, yaml: &str, admin_port: u16) -> Envoy {
+        let mut envoy = Self::spawn(dir, name, yaml);
+        let ready = wait_until(Duration::from_secs(30), || {
+            get(&format!("http://127.0.0.1:{admin_port}/ready")).status == 200
+                || envoy.proc.try_exit().is_some()
+        });
+        if !ready || envoy.proc.try_exit().is_some() {
+            panic!("envoy {name} did not become ready:\n{}", envoy.proc.log_text());
+        }
+        envoy.admin_port = admin_port;
+        envoy
+    }
+
+    /// Starts Envoy without waiting (for tests that expect it to reject its config).
+    pub fn spawn(dir: &Path, name: &str, yaml: &str) -> Envoy {
+        let config = dir.join(format!("{name}.yaml"));
+        fs::write(&config, yaml).expect("write envoy config");
+        let mut cmd = Command::new(envoy_bin());
+        cmd.arg("-c")
+            .arg(&config)
+            .arg("--disable-hot-restart")
+            .arg("--concurrency")
+            .arg("2")
+            .arg("-l")
+            .arg(std::env::var("MODELGATE_ENVOY_LOG").unwrap_or_else(|_| "info".into()))
+            .arg("--component-log-level")
+            .arg("wasm:debug");
+        let proc = Proc::spawn(name, cmd, dir);
+        Envoy {
+            admin_port: 0,
+            config,
+            proc,
+        }
+    }
+
+    /// Envoy's Prometheus stats text.
+    pub fn prometheus_stats(&self) -> String {
+        get(&format!("http://127.0.0.1:{}/stats/prometheus", self.admin_port)).text()
+    }
+}
+
+/// An HTTP response as the tests see it (any status, never an error).
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    /// 0 when the connection failed.
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .redirects(0)
+        .build()
+}
+
+/// Sends a request; connection failures come back as status 0.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Response {
+    let mut req = agent().request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(_) => return Response::default(),
+    };
+    let mut headers = BTreeMap::new();
+    for name in resp.headers_names() {
+        if let Some(v) = resp.header(&name) {
+            headers.insert(name.to_ascii_lowercase(), v.to_string());
+        }
+    }
+    let status = resp.status();
+    let mut body = Vec::new();
+    let _ = resp.into_reader().take(64 << 20).read_to_end(&mut body);
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn get(url: &str) -> Response {
+    request("GET", url, &[], None)
+}
+
+/// POSTs a JSON value with `content-type: application/json` plus `headers`.
+pub fn post_json(url: &str, body: &serde_json::Value, headers: &[(&str, &str)]) -> Response {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    request("POST", url, &h, Some(&bytes))
+}
