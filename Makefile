@@ -36,10 +36,10 @@ test-core-wasm:
 	scripts/test-core-wasm.sh
 
 test-abi:
-	cargo test -p modelgate-tests --test 'abi_*'
+	cargo test -p modelgate-abi-tests
 
 test-e2e:
-	cargo test -p modelgate-tests --test 'e2e_*' -- --test-threads=2
+	cargo test -p modelgate-e2e -- --test-threads=2
 
 run: build
 	@scripts/run.sh
