@@ -73,6 +73,53 @@ pub fn parse_duration_ms(field: &str, text: &str) -> Result<u64, ConfigError> {
     Ok((value * mult as f64).round() as u64)
 }
 
+/// An upstream to poll as written in a config: `{"cluster":..,"path":..,"authority":..}`.
+#[derive(serde::Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamJson {
+    pub cluster: String,
+    pub path: Option<String>,
+    pub authority: Option<String>,
+}
+
+/// A validated poll target: `GET <path>` on Envoy cluster `cluster` with `:authority`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+}
+
+impl UpstreamJson {
+    /// Validates into an [`Upstream`]; `field` prefixes the names in errors (`health.path`).
+    pub fn validate(&self, field: &str, default_path: &str) -> Result<Upstream, ConfigError> {
+        let cluster = self.cluster.trim();
+        if cluster.is_empty() {
+            return Err(ConfigError::new(format!("{field}.cluster"), "must name an Envoy cluster"));
+        }
+        let path = self.path.as_deref().unwrap_or(default_path);
+        let path = validate_path(&format!("{field}.path"), path)?;
+        let authority = match self.authority.as_deref().map(str::trim) {
+            None => cluster.to_string(),
+            Some("") => return Err(ConfigError::new(format!("{field}.authority"), "must not be empty")),
+            Some(a) => a.to_string(),
+        };
+        Ok(Upstream {
+            cluster: cluster.to_string(),
+            authority,
+            path,
+        })
+    }
+}
+
+/// An absolute request path (`/...`, no whitespace), as used for polls and probes.
+pub fn validate_path(field: &str, path: &str) -> Result<String, ConfigError> {
+    if !path.starts_with('/') || path.chars().any(char::is_whitespace) {
+        return Err(ConfigError::new(field, format!("`{path}` must be an absolute path like \"/health\"")));
+    }
+    Ok(path.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +141,23 @@ mod tests {
     fn missing_field_is_named() {
         let err = parse_json::<Cfg>(b"{}").unwrap_err();
         assert_eq!(err.field, "period");
+    }
+
+    #[test]
+    fn upstreams_default_and_name_fields() {
+        let u = UpstreamJson {
+            cluster: "model_server".into(),
+            ..Default::default()
+        };
+        let v = u.validate("health", "/health").unwrap();
+        assert_eq!((v.cluster.as_str(), v.authority.as_str(), v.path.as_str()), ("model_server", "model_server", "/health"));
+        let bad = UpstreamJson {
+            cluster: "c".into(),
+            path: Some("health".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.validate("loader", "/ready").unwrap_err().field, "loader.path");
+        assert_eq!(UpstreamJson::default().validate("loader", "/ready").unwrap_err().field, "loader.cluster");
     }
 
     #[test]
