@@ -5,4 +5,5 @@
 pub mod config;
 pub mod error;
 pub mod lease;
+pub mod readiness;
 pub mod state;
