@@ -4,6 +4,9 @@
 
 pub mod config;
 pub mod error;
+pub mod json_scan;
 pub mod lease;
 pub mod readiness;
+pub mod prng;
+pub mod router;
 pub mod state;
