@@ -1,0 +1,92 @@
+//! The command line (the contract in docs/CONTRACTS.md) and its derived limits.
+
+use clap::{Parser, ValueEnum};
+
+/// Whose metric names `/metrics` uses for the same engine state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsFlavor {
+    Vllm,
+    Sglang,
+    Tgi,
+    Triton,
+}
+
+/// modelgate-sim: a simulated vLLM-compatible model server for demos, tests and benchmarks.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "modelgate-sim", version, about)]
+pub struct SimConfig {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one; the banner prints it).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Model name(s) served; repeatable or comma-separated. The first labels the metrics.
+    #[arg(
+        long = "served-model-name",
+        value_delimiter = ',',
+        default_value = "sim-model"
+    )]
+    pub served_model_names: Vec<String>,
+
+    /// Milliseconds before the server is healthy (/health 503, /v1/models empty, inference 503).
+    #[arg(long, default_value_t = 0)]
+    pub startup_delay_ms: u64,
+
+    /// Maximum concurrently running requests; the rest wait in a FIFO queue.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_num_seqs: u32,
+
+    /// Milliseconds from scheduling to the first output token.
+    #[arg(long, default_value_t = 50)]
+    pub ttft_ms: u64,
+
+    /// Milliseconds per further output token.
+    #[arg(long, default_value_t = 10)]
+    pub itl_ms: u64,
+
+    /// Completion length in tokens when the request sets no max_tokens/max_completion_tokens.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tokens: u64,
+
+    /// KV-cache capacity in tokens (prompt + generated tokens of running requests).
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kv_cache_tokens: u64,
+
+    /// Maximum prompt + completion tokens of one request (default: --kv-cache-tokens).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_model_len: Option<u64>,
+
+    /// Echoed in the `x-sim-pod` response header.
+    #[arg(long, default_value = "sim")]
+    pub pod_name: String,
+
+    /// Metric names to render the engine state with.
+    #[arg(long, value_enum, default_value_t = MetricsFlavor::Vllm)]
+    pub metrics_flavor: MetricsFlavor,
+
+    /// Length of the vectors /v1/embeddings returns.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub embedding_dim: u64,
+}
+
+impl SimConfig {
+    /// The configuration with every flag at its default (for tests and embedding).
+    pub fn defaults() -> Self {
+        Self::parse_from(["modelgate-sim"])
+    }
+
+    /// The name metrics are labelled with.
+    pub fn primary_model(&self) -> &str {
+        self.served_model_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("sim-model")
+    }
+
+    pub fn max_model_len(&self) -> u64 {
+        self.max_model_len.unwrap_or(self.kv_cache_tokens)
+    }
+}
