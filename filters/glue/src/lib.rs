@@ -2,6 +2,8 @@
 //! shared-data snapshots, the once-per-proxy poll lease, and the wall clock. Each
 //! function maps host failures to `None`/`false` instead of panicking.
 
+pub mod poll;
+
 use std::time::UNIX_EPOCH;
 
 use modelgate_core::error::ApiError;
