@@ -1,0 +1,994 @@
+//! The load shedder's policy: admission by criticality against the scraped queue and
+//! KV-cache load, a local in-flight cap, stale-snapshot behaviour, the ORCA load report
+//! the sidecar attaches to responses, and the gateway's pool-saturation check built from
+//! the ORCA reports it receives. The proxy-wasm side is `filters/load_shedder`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{parse_duration_ms, ConfigError};
+use crate::scrape::{ScrapeConfig, ScrapeConfigJson};
+use crate::state::QueueSnapshot;
+
+/// Request header that carries the criticality (set by the router).
+pub const CRITICALITY_HEADER: &str = "x-modelgate-criticality";
+/// ORCA response header read by Envoy's `client_side_weighted_round_robin`.
+pub const ORCA_HEADER: &str = "endpoint-load-metrics";
+/// Shared-data key of the per-worker in-flight table ([`WorkerTable`]).
+pub const WORKERS_KEY: &str = "modelgate.shedder.workers.v1";
+/// Shared-data key of the gateway's pool table ([`PoolTable`]).
+pub const POOL_KEY: &str = "modelgate.shedder.pool.v1";
+
+/// How important a request is. Ordered: `Sheddable < Standard < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Criticality {
+    Sheddable,
+    Standard,
+    Critical,
+}
+
+impl Criticality {
+    pub const ALL: [Criticality; 3] = [Self::Critical, Self::Standard, Self::Sheddable];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        [Self::Critical, Self::Standard, Self::Sheddable]
+            .into_iter()
+            .find(|c| s.eq_ignore_ascii_case(c.as_str()))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::Standard => "standard",
+            Self::Sheddable => "sheddable",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The criticality a request is admitted as. With `trust_header` (a router in front
+/// sets the header and strips the client's) the header is taken as is; otherwise a
+/// client may only lower itself below the configured default, never raise itself.
+/// A missing or unknown value means the default.
+pub fn effective_criticality(header: Option<&str>, default: Criticality, trust_header: bool) -> Criticality {
+    match header.and_then(Criticality::parse) {
+        Some(c) if trust_header => c,
+        Some(c) => c.min(default),
+        None => default,
+    }
+}
+
+/// Why a request was shed; `as_str` is the metric suffix and the log word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The server's waiting queue is above the class threshold.
+    Queue,
+    /// The server's KV-cache use is above the class threshold.
+    KvCache,
+    /// This proxy already has the class's `max_in_flight` requests in flight.
+    Concurrency,
+    /// No fresh snapshot (scrape failing or late) and `on_stale` says shed.
+    Stale,
+    /// Gateway: the pool's average ORCA utilisation is above the threshold.
+    PoolSaturated,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 5] = [Self::Queue, Self::KvCache, Self::Concurrency, Self::Stale, Self::PoolSaturated];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::KvCache => "kv_cache",
+            Self::Concurrency => "concurrency",
+            Self::Stale => "stale",
+            Self::PoolSaturated => "pool_saturated",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Admit,
+    Shed(ShedReason),
+}
+
+/// What to do with standard and sheddable requests while the snapshot is stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Fail open (default): admit as if the server were idle.
+    Admit,
+    ShedSheddable,
+    /// Shed standard and sheddable (critical is never shed).
+    Shed,
+}
+
+/// Per-class limits; `None` disables a check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassLimits {
+    /// Shed when the server's waiting queue is above this.
+    pub queue: Option<f64>,
+    /// Shed when KV-cache use (0..1) is above this.
+    pub kv_cache: Option<f64>,
+    /// Shed when this proxy has this many requests (of any class) in flight.
+    pub max_in_flight: Option<u32>,
+}
+
+/// ORCA report settings (sidecar).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrcaConfig {
+    /// Requests (running + waiting) at which the server counts as 100 % utilised;
+    /// utilisation is `max((running + waiting) / capacity, kv_cache_usage)`.
+    pub capacity: f64,
+    /// Smoothing time constant of the reported utilisation and request rate.
+    pub window_ms: u64,
+}
+
+/// Gateway settings: shed sheddable requests when the pool is saturated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Average application utilisation above which the pool is saturated.
+    pub utilization_threshold: f64,
+    /// Reports older than this are forgotten (the host went away or gets no traffic).
+    pub report_ttl_ms: u64,
+}
+
+/// The validated load-shedder configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShedConfig {
+    pub scrape: Option<ScrapeConfig>,
+    pub default_criticality: Criticality,
+    pub trust_criticality_header: bool,
+    /// Indexed by [`Criticality::index`]; critical's entry is unused.
+    pub limits: [ClassLimits; 3],
+    pub stale_after_ms: u64,
+    pub on_stale: OnStale,
+    pub retry_after_s: u32,
+    pub orca: Option<OrcaConfig>,
+    pub gateway: Option<GatewayConfig>,
+    pub tick_ms: u64,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShedConfigJson {
+    pub scrape: Option<ScrapeConfigJson>,
+    pub default_criticality: Option<String>,
+    pub trust_criticality_header: Option<bool>,
+    pub thresholds: Option<ThresholdsJson>,
+    pub stale_after: Option<String>,
+    pub on_stale: Option<String>,
+    pub retry_after: Option<String>,
+    pub orca: Option<OrcaJson>,
+    pub gateway: Option<GatewayJson>,
+    pub tick: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsJson {
+    pub standard: Option<ClassJson>,
+    pub sheddable: Option<ClassJson>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct ClassJson {
+    pub queue: Option<f64>,
+    pub kv_cache: Option<f64>,
+    pub max_in_flight: Option<u32>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OrcaJson {
+    pub enabled: Option<bool>,
+    pub capacity: Option<f64>,
+    pub window: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayJson {
+    pub utilization_threshold: Option<f64>,
+    pub report_ttl: Option<String>,
+}
+
+impl ShedConfig {
+    /// Defaults in line with the Gateway API Inference Extension's saturation detector.
+    pub const SHEDDABLE_DEFAULT: ClassLimits = ClassLimits {
+        queue: Some(5.0),
+        kv_cache: Some(0.8),
+        max_in_flight: None,
+    };
+    pub const STANDARD_DEFAULT: ClassLimits = ClassLimits {
+        queue: Some(20.0),
+        kv_cache: Some(0.95),
+        max_in_flight: None,
+    };
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let raw: ShedConfigJson = crate::config::parse_json(bytes)?;
+        Self::from_json(&raw)
+    }
+
+    pub fn from_json(raw: &ShedConfigJson) -> Result<Self, ConfigError> {
+        let scrape = raw
+            .scrape
+            .as_ref()
+            .map(|s| ScrapeConfig::from_json(s, "scrape"))
+            .transpose()?;
+        let default_criticality = match &raw.default_criticality {
+            Some(s) => Criticality::parse(s).ok_or_else(|| {
+                ConfigError::new(
+                    "default_criticality",
+                    format!("`{s}` is not one of \"critical\", \"standard\", \"sheddable\""),
+                )
+            })?,
+            None => Criticality::Standard,
+        };
+        let t = raw.thresholds.as_ref();
+        let standard = class(t.and_then(|t| t.standard), Self::STANDARD_DEFAULT, "thresholds.standard")?;
+        let sheddable = class(t.and_then(|t| t.sheddable), Self::SHEDDABLE_DEFAULT, "thresholds.sheddable")?;
+        // "Sheddable first": a sheddable limit looser than the standard one is a mistake.
+        let looser = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => a > b,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if looser(sheddable.queue, standard.queue) {
+            return Err(ConfigError::new("thresholds.sheddable.queue", "must not exceed thresholds.standard.queue"));
+        }
+        if looser(sheddable.kv_cache, standard.kv_cache) {
+            return Err(ConfigError::new(
+                "thresholds.sheddable.kv_cache",
+                "must not exceed thresholds.standard.kv_cache",
+            ));
+        }
+        if looser(
+            sheddable.max_in_flight.map(f64::from),
+            standard.max_in_flight.map(f64::from),
+        ) {
+            return Err(ConfigError::new(
+                "thresholds.sheddable.max_in_flight",
+                "must not exceed thresholds.standard.max_in_flight",
+            ));
+        }
+        let period = scrape.as_ref().map_or(ScrapeConfig::DEFAULT_PERIOD_MS, |s| s.period_ms);
+        let stale_after_ms = match &raw.stale_after {
+            Some(s) => parse_duration_ms("stale_after", s)?,
+            None => (4 * period).max(1000),
+        };
+        if stale_after_ms < period {
+            return Err(ConfigError::new("stale_after", "must be at least scrape.period"));
+        }
+        let on_stale = match raw.on_stale.as_deref() {
+            None | Some("admit") => OnStale::Admit,
+            Some("shed_sheddable") => OnStale::ShedSheddable,
+            Some("shed") => OnStale::Shed,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "on_stale",
+                    format!("`{other}` is not one of \"admit\", \"shed_sheddable\", \"shed\""),
+                ))
+            }
+        };
+        let retry_after_ms = match &raw.retry_after {
+            Some(s) => parse_duration_ms("retry_after", s)?,
+            None => 1000,
+        };
+        if retry_after_ms > 3_600_000 {
+            return Err(ConfigError::new("retry_after", "must be at most 1h"));
+        }
+        let retry_after_s = u32::try_from(retry_after_ms.div_ceil(1000).max(1)).unwrap_or(1);
+        let orca = orca(raw.orca.as_ref(), scrape.is_some())?;
+        let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
+        if scrape.is_none() && gateway.is_none() && standard.max_in_flight.is_none() && sheddable.max_in_flight.is_none() {
+            return Err(ConfigError::new(
+                "scrape",
+                "nothing to do: configure `scrape` (sidecar), `gateway`, or a `max_in_flight` threshold",
+            ));
+        }
+        let tick_ms = match &raw.tick {
+            Some(s) => parse_duration_ms("tick", s)?,
+            None => period.min(100),
+        };
+        if !(10..=60_000).contains(&tick_ms) {
+            return Err(ConfigError::new("tick", "must be between 10ms and 60s"));
+        }
+        Ok(Self {
+            scrape,
+            default_criticality,
+            trust_criticality_header: raw.trust_criticality_header.unwrap_or(false),
+            limits: [sheddable, standard, ClassLimits::unlimited()],
+            stale_after_ms,
+            on_stale,
+            retry_after_s,
+            orca,
+            gateway,
+            tick_ms,
+        })
+    }
+
+    pub fn limits(&self, c: Criticality) -> &ClassLimits {
+        // `limits` has one entry per criticality, so the index is always in range.
+        self.limits.get(c.index()).unwrap_or(&UNLIMITED)
+    }
+
+    /// The admission decision for one request (no host calls, no allocation).
+    pub fn decide(&self, class: Criticality, view: &LoadView, in_flight: u32) -> Decision {
+        if class == Criticality::Critical {
+            return Decision::Admit;
+        }
+        let limits = self.limits(class);
+        if limits.max_in_flight.is_some_and(|cap| in_flight >= cap) {
+            return Decision::Shed(ShedReason::Concurrency);
+        }
+        if class == Criticality::Sheddable && view.pool_saturated {
+            return Decision::Shed(ShedReason::PoolSaturated);
+        }
+        match view.server {
+            ServerView::NotScraped => Decision::Admit,
+            ServerView::Stale => match (self.on_stale, class) {
+                (OnStale::Shed, _) | (OnStale::ShedSheddable, Criticality::Sheddable) => {
+                    Decision::Shed(ShedReason::Stale)
+                }
+                _ => Decision::Admit,
+            },
+            ServerView::Fresh { waiting, kv_cache } => {
+                if limits.queue.is_some_and(|q| waiting > q) {
+                    Decision::Shed(ShedReason::Queue)
+                } else if limits.kv_cache.is_some_and(|k| kv_cache > k) {
+                    Decision::Shed(ShedReason::KvCache)
+                } else {
+                    Decision::Admit
+                }
+            }
+        }
+    }
+
+    /// The server part of the [`LoadView`] for a snapshot read at `now_ms`.
+    pub fn server_view(&self, snapshot: Option<&QueueSnapshot>, now_ms: u64) -> ServerView {
+        if self.scrape.is_none() {
+            return ServerView::NotScraped;
+        }
+        match snapshot {
+            Some(s) if is_fresh(s, now_ms, self.stale_after_ms) => ServerView::Fresh {
+                waiting: s.waiting,
+                kv_cache: s.kv_cache_usage,
+            },
+            _ => ServerView::Stale,
+        }
+    }
+
+    /// The 429 a shed request gets (OpenAI `rate_limit_error`, so clients back off).
+    pub fn shed_error(&self, class: Criticality, reason: ShedReason) -> crate::error::ApiError {
+        let what = match reason {
+            ShedReason::Queue => "the model server's request queue is full",
+            ShedReason::KvCache => "the model server's KV cache is nearly full",
+            ShedReason::Concurrency => "too many requests are in flight",
+            ShedReason::Stale => "the model server's load is unknown",
+            ShedReason::PoolSaturated => "every model server in the pool is saturated",
+        };
+        crate::error::ApiError::rate_limited(
+            format!(
+                "Overloaded: {what}; {} requests are shed first. Retry after {} s.",
+                class.as_str(),
+                self.retry_after_s
+            ),
+            self.retry_after_s,
+        )
+    }
+}
+
+static UNLIMITED: ClassLimits = ClassLimits::unlimited();
+
+impl ClassLimits {
+    pub const fn unlimited() -> Self {
+        Self {
+            queue: None,
+            kv_cache: None,
+            max_in_flight: None,
+        }
+    }
+}
+
+fn class(raw: Option<ClassJson>, default: ClassLimits, prefix: &str) -> Result<ClassLimits, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let queue = raw.queue.or(default.queue);
+    if queue.is_some_and(|q| !q.is_finite() || q < 0.0) {
+        return Err(ConfigError::new(format!("{prefix}.queue"), "must be a non-negative number"));
+    }
+    let kv_cache = raw.kv_cache.or(default.kv_cache);
+    if kv_cache.is_some_and(|k| !(0.0..=1.0).contains(&k)) {
+        return Err(ConfigError::new(format!("{prefix}.kv_cache"), "must be between 0 and 1"));
+    }
+    let max_in_flight = raw.max_in_flight.or(default.max_in_flight);
+    if max_in_flight == Some(0) {
+        return Err(ConfigError::new(format!("{prefix}.max_in_flight"), "must be positive (omit it for no cap)"));
+    }
+    Ok(ClassLimits {
+        queue,
+        kv_cache,
+        max_in_flight,
+    })
+}
+
+fn orca(raw: Option<&OrcaJson>, scraping: bool) -> Result<Option<OrcaConfig>, ConfigError> {
+    let enabled = raw.and_then(|o| o.enabled).unwrap_or(scraping);
+    if !enabled {
+        return Ok(None);
+    }
+    if !scraping {
+        return Err(ConfigError::new("orca.enabled", "the ORCA report needs `scrape`"));
+    }
+    let capacity = raw.and_then(|o| o.capacity).unwrap_or(32.0);
+    if !capacity.is_finite() || capacity <= 0.0 {
+        return Err(ConfigError::new("orca.capacity", "must be a positive number of requests"));
+    }
+    let window_ms = match raw.and_then(|o| o.window.as_deref()) {
+        Some(w) => parse_duration_ms("orca.window", w)?,
+        None => 2000,
+    };
+    if window_ms == 0 {
+        return Err(ConfigError::new("orca.window", "must be positive"));
+    }
+    Ok(Some(OrcaConfig { capacity, window_ms }))
+}
+
+fn gateway(raw: &GatewayJson) -> Result<GatewayConfig, ConfigError> {
+    let utilization_threshold = raw.utilization_threshold.unwrap_or(0.8);
+    if !utilization_threshold.is_finite() || utilization_threshold <= 0.0 {
+        return Err(ConfigError::new("gateway.utilization_threshold", "must be a positive number"));
+    }
+    let report_ttl_ms = match &raw.report_ttl {
+        Some(s) => parse_duration_ms("gateway.report_ttl", s)?,
+        None => 10_000,
+    };
+    if report_ttl_ms == 0 {
+        return Err(ConfigError::new("gateway.report_ttl", "must be positive"));
+    }
+    Ok(GatewayConfig {
+        utilization_threshold,
+        report_ttl_ms,
+    })
+}
+
+/// True when `s` holds a successful scrape no older than `stale_after_ms`.
+pub fn is_fresh(s: &QueueSnapshot, now_ms: u64, stale_after_ms: u64) -> bool {
+    s.scraped_at_ms > 0 && now_ms.saturating_sub(s.scraped_at_ms) <= stale_after_ms
+}
+
+/// The model server's state as the policy sees it, refreshed on each tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ServerView {
+    /// No `scrape` configured (gateway-only or cap-only).
+    NotScraped,
+    Stale,
+    Fresh { waiting: f64, kv_cache: f64 },
+}
+
+/// Everything a decision needs besides the class and the in-flight count; cached in
+/// the root context and replaced on each tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadView {
+    pub server: ServerView,
+    pub pool_saturated: bool,
+}
+
+impl Default for LoadView {
+    fn default() -> Self {
+        Self {
+            server: ServerView::NotScraped,
+            pool_saturated: false,
+        }
+    }
+}
+
+/// Exponentially weighted moving average over wall-clock time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ewma {
+    value: Option<f64>,
+}
+
+impl Ewma {
+    /// Folds in a sample taken `dt_ms` after the previous one.
+    pub fn update(&mut self, sample: f64, dt_ms: u64, tau_ms: u64) -> f64 {
+        let v = match self.value {
+            None => sample,
+            Some(prev) => {
+                let alpha = 1.0 - (-(dt_ms as f64) / (tau_ms.max(1) as f64)).exp();
+                prev + alpha * (sample - prev)
+            }
+        };
+        self.value = Some(v);
+        v
+    }
+
+    pub fn get(&self) -> f64 {
+        self.value.unwrap_or(0.0)
+    }
+}
+
+/// Utilisation of one snapshot: `max((running + waiting) / capacity, kv_cache_usage)`.
+/// Proportional to the load, so Envoy's weight `rps / utilisation` estimates the rate
+/// the server sustains at full load (by Little's law, capacity / latency).
+pub fn utilization(s: &QueueSnapshot, capacity: f64) -> f64 {
+    ((s.running + s.waiting) / capacity).max(s.kv_cache_usage).max(0.0)
+}
+
+/// Envoy ignores reports whose utilisation or rate is 0; these floors keep every report
+/// valid, and a small utilisation floor keeps an idle server attractive.
+pub const MIN_UTILIZATION: f64 = 0.001;
+pub const MIN_RPS: f64 = 0.01;
+
+/// Builds the ORCA header once per tick so each response only copies a cached string.
+#[derive(Debug, Clone)]
+pub struct OrcaReporter {
+    cfg: OrcaConfig,
+    util: Ewma,
+    rps: Ewma,
+    last_ms: Option<u64>,
+    last_completed: u64,
+    header: String,
+    valid: bool,
+}
+
+impl OrcaReporter {
+    pub fn new(cfg: OrcaConfig) -> Self {
+        Self {
+            cfg,
+            util: Ewma::default(),
+            rps: Ewma::default(),
+            last_ms: None,
+            last_completed: 0,
+            header: String::with_capacity(80),
+            valid: false,
+        }
+    }
+
+    /// `fresh`: the snapshot if it is fresh; `completed` counts the responses this
+    /// proxy has seen (a monotonic counter, summed over workers by the caller).
+    pub fn on_tick(&mut self, now_ms: u64, fresh: Option<&QueueSnapshot>, completed: u64) {
+        let dt = self.last_ms.map_or(0, |l| now_ms.saturating_sub(l));
+        if self.last_ms.is_none() || dt > 0 {
+            // A counter that went backwards (a worker restarted) counts as no completions.
+            let delta = completed.saturating_sub(self.last_completed);
+            if self.last_ms.is_some() {
+                self.rps.update(delta as f64 * 1000.0 / dt as f64, dt, self.cfg.window_ms);
+            }
+            self.last_completed = completed;
+            self.last_ms = Some(now_ms);
+        }
+        let Some(s) = fresh else {
+            // Unknown load: send no report, Envoy keeps the last weight until it expires.
+            self.valid = false;
+            return;
+        };
+        self.util.update(utilization(s, self.cfg.capacity), dt, self.cfg.window_ms);
+        self.header.clear();
+        let _ = write!(
+            self.header,
+            "TEXT application_utilization={:.4}, rps_fractional={:.4}",
+            self.utilization(),
+            self.rps()
+        );
+        self.valid = true;
+    }
+
+    /// The header value to add to responses, when the load is known.
+    pub fn header(&self) -> Option<&str> {
+        self.valid.then_some(self.header.as_str())
+    }
+
+    pub fn utilization(&self) -> f64 {
+        self.util.get().max(MIN_UTILIZATION)
+    }
+
+    pub fn rps(&self) -> f64 {
+        self.rps.get().max(MIN_RPS)
+    }
+}
+
+/// One ORCA report as the gateway reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrcaReport {
+    pub utilization: f64,
+    pub rps: Option<f64>,
+}
+
+/// Parses the `TEXT k=v, k=v` form of `endpoint-load-metrics`. Like Envoy, takes
+/// `application_utilization` when positive, else `cpu_utilization`.
+pub fn parse_orca(value: &str) -> Option<OrcaReport> {
+    let body = value.trim().strip_prefix("TEXT")?;
+    let (mut app, mut cpu, mut rps) = (None, None, None);
+    for pair in body.split(',') {
+        let (k, v) = pair.split_once('=')?;
+        let v: f64 = v.trim().parse().ok()?;
+        if !v.is_finite() || v < 0.0 {
+            return None;
+        }
+        match k.trim() {
+            "application_utilization" => app = Some(v),
+            "cpu_utilization" => cpu = Some(v),
+            "rps_fractional" => rps = Some(v),
+            _ => {}
+        }
+    }
+    let utilization = app.filter(|u| *u > 0.0).or(cpu)?;
+    Some(OrcaReport { utilization, rps })
+}
+
+/// One worker VM's share of the proxy's traffic, published on its tick so every worker
+/// can count the proxy's in-flight requests without a shared-data call per request.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
+pub struct WorkerLoad {
+    pub in_flight: u32,
+    /// Responses completed by this worker since it started.
+    pub completed: u64,
+    pub at_ms: u64,
+}
+
+/// All workers' loads under [`WORKERS_KEY`], keyed by a worker id handed out on the
+/// worker's first write.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct WorkerTable {
+    pub workers: BTreeMap<u32, WorkerLoad>,
+}
+
+impl WorkerTable {
+    /// A fresh id: one above the largest in use.
+    pub fn next_id(&self) -> u32 {
+        self.workers.keys().next_back().map_or(1, |k| k.saturating_add(1))
+    }
+
+    /// Records `id`'s load and forgets workers silent for `ttl_ms` (ended VMs).
+    pub fn update(&mut self, id: u32, load: WorkerLoad, ttl_ms: u64) {
+        let now = load.at_ms;
+        self.workers.retain(|k, w| *k == id || now.saturating_sub(w.at_ms) <= ttl_ms);
+        self.workers.insert(id, load);
+    }
+
+    /// In-flight requests of every worker except `id`.
+    pub fn others_in_flight(&self, id: u32) -> u32 {
+        self.workers
+            .iter()
+            .filter(|(k, _)| **k != id)
+            .fold(0u32, |acc, (_, w)| acc.saturating_add(w.in_flight))
+    }
+
+    /// Completed responses summed over the workers present.
+    pub fn completed(&self) -> u64 {
+        self.workers.values().fold(0u64, |acc, w| acc.saturating_add(w.completed))
+    }
+}
+
+/// The latest ORCA report of one upstream host.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct HostReport {
+    pub utilization: f64,
+    pub at_ms: u64,
+}
+
+/// The gateway's view of its pools under [`POOL_KEY`]: cluster → host → latest report.
+/// Every worker merges the reports it saw into it on its tick.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct PoolTable {
+    pub clusters: BTreeMap<String, BTreeMap<String, HostReport>>,
+}
+
+/// Average utilisation of one cluster's fresh reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolLoad {
+    pub cluster: String,
+    pub average: f64,
+    pub hosts: usize,
+    pub saturated: bool,
+}
+
+impl PoolTable {
+    /// Records a report (the newer one wins).
+    pub fn record(&mut self, cluster: &str, host: &str, report: HostReport) {
+        let hosts = self.clusters.entry(cluster.to_string()).or_default();
+        match hosts.get_mut(host) {
+            Some(r) if r.at_ms > report.at_ms => {}
+            Some(r) => *r = report,
+            None => {
+                hosts.insert(host.to_string(), report);
+            }
+        }
+    }
+
+    /// Folds `other` in, keeping the newer report per host.
+    pub fn merge(&mut self, other: &PoolTable) {
+        for (cluster, hosts) in &other.clusters {
+            for (host, r) in hosts {
+                self.record(cluster, host, *r);
+            }
+        }
+    }
+
+    /// Forgets reports older than `ttl_ms`.
+    pub fn prune(&mut self, now_ms: u64, ttl_ms: u64) {
+        for hosts in self.clusters.values_mut() {
+            hosts.retain(|_, r| now_ms.saturating_sub(r.at_ms) <= ttl_ms);
+        }
+        self.clusters.retain(|_, h| !h.is_empty());
+    }
+
+    /// Per cluster: average utilisation of the hosts that reported within `ttl_ms`.
+    pub fn loads(&self, now_ms: u64, cfg: &GatewayConfig) -> Vec<PoolLoad> {
+        self.clusters
+            .iter()
+            .filter_map(|(cluster, hosts)| {
+                let fresh: Vec<f64> = hosts
+                    .values()
+                    .filter(|r| now_ms.saturating_sub(r.at_ms) <= cfg.report_ttl_ms)
+                    .map(|r| r.utilization)
+                    .collect();
+                if fresh.is_empty() {
+                    return None;
+                }
+                let average = fresh.iter().sum::<f64>() / fresh.len() as f64;
+                Some(PoolLoad {
+                    cluster: cluster.clone(),
+                    average,
+                    hosts: fresh.len(),
+                    saturated: average > cfg.utilization_threshold,
+                })
+            })
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> ShedConfig {
+        ShedConfig::parse(json.as_bytes()).unwrap()
+    }
+
+    fn sidecar() -> ShedConfig {
+        cfg(r#"{"scrape":{"cluster":"local"}}"#)
+    }
+
+    fn fresh(waiting: f64, kv: f64) -> LoadView {
+        LoadView {
+            server: ServerView::Fresh { waiting, kv_cache: kv },
+            pool_saturated: false,
+        }
+    }
+
+    use Criticality::*;
+
+    #[test]
+    fn client_may_lower_but_not_raise_without_router() {
+        assert_eq!(effective_criticality(None, Standard, false), Standard);
+        assert_eq!(effective_criticality(Some("sheddable"), Standard, false), Sheddable);
+        assert_eq!(effective_criticality(Some("critical"), Standard, false), Standard);
+        assert_eq!(effective_criticality(Some("Critical"), Sheddable, false), Sheddable);
+        assert_eq!(effective_criticality(Some("bogus"), Sheddable, false), Sheddable);
+        // A router in front is trusted both ways.
+        assert_eq!(effective_criticality(Some("critical"), Standard, true), Critical);
+        assert_eq!(effective_criticality(Some(" sheddable "), Critical, true), Sheddable);
+    }
+
+    #[test]
+    fn defaults_follow_the_inference_extension() {
+        let c = sidecar();
+        assert_eq!(c.limits(Sheddable).queue, Some(5.0));
+        assert_eq!(c.limits(Sheddable).kv_cache, Some(0.8));
+        assert_eq!(c.default_criticality, Standard);
+        assert_eq!(c.on_stale, OnStale::Admit);
+        assert_eq!(c.retry_after_s, 1);
+        assert!(c.orca.is_some());
+        assert_eq!(c.stale_after_ms, 1000);
+    }
+
+    #[test]
+    fn sheddable_is_shed_first_and_critical_never() {
+        let c = sidecar();
+        let v = fresh(6.0, 0.1);
+        assert_eq!(c.decide(Sheddable, &v, 0), Decision::Shed(ShedReason::Queue));
+        assert_eq!(c.decide(Standard, &v, 0), Decision::Admit);
+        assert_eq!(c.decide(Critical, &v, 0), Decision::Admit);
+        let v = fresh(5.0, 0.1);
+        assert_eq!(c.decide(Sheddable, &v, 0), Decision::Admit, "at the threshold is not above it");
+        let v = fresh(0.0, 0.85);
+        assert_eq!(c.decide(Sheddable, &v, 0), Decision::Shed(ShedReason::KvCache));
+        assert_eq!(c.decide(Standard, &v, 0), Decision::Admit);
+        let v = fresh(100.0, 1.0);
+        assert_eq!(c.decide(Standard, &v, 0), Decision::Shed(ShedReason::Queue));
+        assert_eq!(c.decide(Critical, &v, u32::MAX), Decision::Admit);
+    }
+
+    #[test]
+    fn in_flight_cap_works_without_a_scrape() {
+        let c = cfg(r#"{"thresholds":{"sheddable":{"max_in_flight":2},"standard":{"max_in_flight":4}}}"#);
+        let v = LoadView::default();
+        assert_eq!(c.decide(Sheddable, &v, 1), Decision::Admit);
+        assert_eq!(c.decide(Sheddable, &v, 2), Decision::Shed(ShedReason::Concurrency));
+        assert_eq!(c.decide(Standard, &v, 3), Decision::Admit);
+        assert_eq!(c.decide(Standard, &v, 4), Decision::Shed(ShedReason::Concurrency));
+        assert_eq!(c.decide(Critical, &v, 100), Decision::Admit);
+    }
+
+    #[test]
+    fn stale_snapshot_is_configurable_and_fails_open_by_default() {
+        let snap = QueueSnapshot {
+            waiting: 50.0,
+            scraped_at_ms: 10_000,
+            ..Default::default()
+        };
+        let c = sidecar();
+        assert_eq!(c.server_view(Some(&snap), 10_900), ServerView::Fresh { waiting: 50.0, kv_cache: 0.0 });
+        assert_eq!(c.server_view(Some(&snap), 11_001), ServerView::Stale);
+        assert_eq!(c.server_view(None, 1), ServerView::Stale);
+        let never = QueueSnapshot::default();
+        assert_eq!(c.server_view(Some(&never), 1), ServerView::Stale);
+        let stale = LoadView {
+            server: ServerView::Stale,
+            pool_saturated: false,
+        };
+        assert_eq!(c.decide(Sheddable, &stale, 0), Decision::Admit);
+        let c2 = cfg(r#"{"scrape":{"cluster":"l"},"on_stale":"shed_sheddable"}"#);
+        assert_eq!(c2.decide(Sheddable, &stale, 0), Decision::Shed(ShedReason::Stale));
+        assert_eq!(c2.decide(Standard, &stale, 0), Decision::Admit);
+        let c3 = cfg(r#"{"scrape":{"cluster":"l"},"on_stale":"shed"}"#);
+        assert_eq!(c3.decide(Standard, &stale, 0), Decision::Shed(ShedReason::Stale));
+        assert_eq!(c3.decide(Critical, &stale, 0), Decision::Admit);
+    }
+
+    #[test]
+    fn pool_saturation_sheds_only_sheddable() {
+        let c = cfg(r#"{"gateway":{}}"#);
+        let v = LoadView {
+            server: ServerView::NotScraped,
+            pool_saturated: true,
+        };
+        assert_eq!(c.decide(Sheddable, &v, 0), Decision::Shed(ShedReason::PoolSaturated));
+        assert_eq!(c.decide(Standard, &v, 0), Decision::Admit);
+        assert!(c.orca.is_none());
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let err = |json: &str| ShedConfig::parse(json.as_bytes()).unwrap_err().field;
+        assert_eq!(err("{}"), "scrape");
+        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"bogus":1}"#), "bogus");
+        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"default_criticality":"vip"}"#), "default_criticality");
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"thresholds":{"sheddable":{"queue":30}}}"#),
+            "thresholds.sheddable.queue"
+        );
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"thresholds":{"standard":{"kv_cache":1.5}}}"#),
+            "thresholds.standard.kv_cache"
+        );
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"thresholds":{"standard":{"max_in_flight":2},"sheddable":{"max_in_flight":3}}}"#),
+            "thresholds.sheddable.max_in_flight"
+        );
+        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"on_stale":"panic"}"#), "on_stale");
+        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"orca":{"capacity":0}}"#), "orca.capacity");
+        assert_eq!(err(r#"{"gateway":{},"orca":{"enabled":true}}"#), "orca.enabled");
+        assert_eq!(err(r#"{"gateway":{"utilization_threshold":-1}}"#), "gateway.utilization_threshold");
+        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"stale_after":"10ms"}"#), "stale_after");
+        assert_eq!(err(r#"{"scrape":{"cluster":"l","bogus":1}}"#), "bogus");
+    }
+
+    #[test]
+    fn shed_error_is_a_rate_limit_error_with_retry_after() {
+        let c = cfg(r#"{"scrape":{"cluster":"l"},"retry_after":"2500ms"}"#);
+        let e = c.shed_error(Sheddable, ShedReason::Queue);
+        assert_eq!((e.status, e.kind, e.retry_after_s), (429, "rate_limit_error", Some(3)));
+        assert!(e.message.contains("queue"));
+    }
+
+    #[test]
+    fn orca_report_tracks_load_and_rate() {
+        let mut r = OrcaReporter::new(OrcaConfig {
+            capacity: 10.0,
+            window_ms: 1000,
+        });
+        assert_eq!(r.header(), None);
+        let snap = QueueSnapshot {
+            running: 4.0,
+            waiting: 1.0,
+            kv_cache_usage: 0.2,
+            scraped_at_ms: 1,
+            ..Default::default()
+        };
+        r.on_tick(0, Some(&snap), 0);
+        assert_eq!(r.utilization(), 0.5);
+        assert_eq!(r.rps(), MIN_RPS);
+        for i in 1..=100u64 {
+            r.on_tick(i * 100, Some(&snap), i * 2); // 20 responses per second
+        }
+        assert!((r.rps() - 20.0).abs() < 0.5, "{}", r.rps());
+        let h = r.header().unwrap();
+        let parsed = parse_orca(h).unwrap();
+        assert!((parsed.utilization - 0.5).abs() < 1e-3);
+        assert!(parsed.rps.unwrap() > 19.0);
+        // KV cache dominates when fuller than the request count says.
+        let full = QueueSnapshot {
+            kv_cache_usage: 0.9,
+            ..snap.clone()
+        };
+        assert_eq!(utilization(&full, 10.0), 0.9);
+        // Idle: the floors keep the report valid for Envoy.
+        let idle = QueueSnapshot::default();
+        r.on_tick(100_000, Some(&idle), 200);
+        assert!(r.utilization() >= MIN_UTILIZATION && r.rps() >= MIN_RPS);
+        r.on_tick(100_100, None, 200);
+        assert_eq!(r.header(), None);
+    }
+
+    #[test]
+    fn orca_header_parsing() {
+        let r = parse_orca("TEXT application_utilization=0.9, rps_fractional=50").unwrap();
+        assert_eq!((r.utilization, r.rps), (0.9, Some(50.0)));
+        let r = parse_orca("TEXT cpu_utilization=0.3,application_utilization=0").unwrap();
+        assert_eq!(r.utilization, 0.3);
+        assert_eq!(parse_orca("JSON {\"cpu_utilization\":0.3}"), None);
+        assert_eq!(parse_orca("TEXT rps_fractional=1"), None);
+        assert_eq!(parse_orca("TEXT application_utilization=x"), None);
+        assert_eq!(parse_orca("TEXT application_utilization=-1"), None);
+    }
+
+    #[test]
+    fn worker_table_counts_other_workers_and_forgets_silent_ones() {
+        let mut t = WorkerTable::default();
+        let a = t.next_id();
+        t.update(a, WorkerLoad { in_flight: 3, completed: 10, at_ms: 1000 }, 500);
+        let b = t.next_id();
+        assert_ne!(a, b);
+        t.update(b, WorkerLoad { in_flight: 2, completed: 5, at_ms: 1100 }, 500);
+        assert_eq!((t.others_in_flight(a), t.others_in_flight(b), t.completed()), (2, 3, 15));
+        t.update(b, WorkerLoad { in_flight: 1, completed: 6, at_ms: 1600 }, 500);
+        assert_eq!(t.others_in_flight(b), 0, "a went silent");
+        let round: WorkerTable = crate::state::decode(&crate::state::encode(&t)).unwrap();
+        assert_eq!(round, t);
+    }
+
+    #[test]
+    fn pool_average_saturation_and_expiry() {
+        let g = GatewayConfig {
+            utilization_threshold: 0.8,
+            report_ttl_ms: 1000,
+        };
+        let mut t = PoolTable::default();
+        t.record("pool", "a:1", HostReport { utilization: 0.9, at_ms: 100 });
+        t.record("pool", "b:1", HostReport { utilization: 0.95, at_ms: 100 });
+        t.record("pool", "c:1", HostReport { utilization: 0.2, at_ms: 100 });
+        let l = t.loads(500, &g);
+        assert_eq!(l.len(), 1);
+        assert!(!l[0].saturated, "average 0.68");
+        t.record("pool", "c:1", HostReport { utilization: 0.9, at_ms: 200 });
+        t.record("pool", "c:1", HostReport { utilization: 0.1, at_ms: 150 }); // older: ignored
+        let l = t.loads(500, &g);
+        assert!(l[0].saturated && l[0].hosts == 3);
+        assert!(t.loads(5000, &g).is_empty());
+        let mut other = PoolTable::default();
+        other.record("pool", "a:1", HostReport { utilization: 0.1, at_ms: 300 });
+        t.merge(&other);
+        assert!(!t.loads(500, &g)[0].saturated);
+        t.prune(5000, 1000);
+        assert!(t.is_empty());
+    }
+}
