@@ -1,1 +1,218 @@
-//! model_router filter: proxy-wasm glue only; the policy lives in modelgate-core.
+//! model_router filter: proxy-wasm glue only; the policy (which requests, which model,
+//! which target, what the body becomes) lives in `modelgate_core::router`.
+//!
+//! Request headers: decide from method/path/content type (`Router::on_headers`); for an
+//! inference request pause (needs `allow_on_headers_stop_iteration: true`). Request body:
+//! feed only the bytes not yet scanned to `BodyRouting` until it decides, then edit the
+//! body front once, fix `content-length`, set the routing headers and continue. Envoy
+//! clears the route cache whenever a filter changes a request header, so the route is
+//! chosen again on `x-modelgate-model` (checked in tests/e2e/tests/e2e_router.rs).
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use modelgate_core::prng::Prng;
+use modelgate_core::router::{
+    hash_hex, BodyRouting, BodyStep, Criticality, HeadersAction, RequestHead, Route, Router,
+    CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
+};
+use modelgate_glue::{now_ms, send_error};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RouterRoot { router: None }) });
+}}
+
+thread_local! {
+    /// One PRNG per VM (a VM is single-threaded), seeded from the host on first use.
+    static RNG: Cell<Option<Prng>> = const { Cell::new(None) };
+}
+
+fn with_rng<T>(f: impl FnOnce(&mut Prng) -> T) -> T {
+    RNG.with(|cell| {
+        let mut rng = cell.get().unwrap_or_else(|| Prng::new(seed()));
+        let out = f(&mut rng);
+        cell.set(Some(rng));
+        out
+    })
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        // No WASI random source: the clock still differs between VMs and restarts.
+        Err(_) => now_ms().rotate_left(17) ^ 0x6d6f_6465_6c67_6174,
+    }
+}
+
+fn log_error(msg: &str) {
+    let _ = hostcalls::log(LogLevel::Error, msg);
+}
+
+struct RouterRoot {
+    /// Shared with every HTTP context created after the last `on_configure`.
+    router: Option<Rc<Router>>,
+}
+
+impl Context for RouterRoot {}
+
+impl RootContext for RouterRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Router::from_json(&bytes) {
+            Ok(router) => {
+                self.router = Some(Rc::new(router));
+                true
+            }
+            Err(e) => {
+                log_error(&format!("model_router: {e}"));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let router = self.router.clone()?;
+        Some(Box::new(RouterHttp {
+            router,
+            reading: false,
+            body: BodyRouting::new(),
+            has_content_length: false,
+            client_criticality: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct RouterHttp {
+    router: Rc<Router>,
+    /// An inference request whose body is being read.
+    reading: bool,
+    body: BodyRouting,
+    has_content_length: bool,
+    client_criticality: Option<Criticality>,
+}
+
+impl Context for RouterHttp {}
+
+impl HttpContext for RouterHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let is_post = method == "POST";
+        let (content_type, content_length) = if is_post {
+            (
+                self.get_http_request_header("content-type"),
+                self.get_http_request_header("content-length"),
+            )
+        } else {
+            (None, None)
+        };
+        let head = RequestHead {
+            method: &method,
+            path: &path,
+            content_type: content_type.as_deref(),
+            content_length: content_length.as_deref(),
+            end_of_stream,
+        };
+        let router = Rc::clone(&self.router);
+        match router.on_headers(&head) {
+            HeadersAction::PassThrough => {
+                // Routes trust this header: a client must not pick a cluster with it.
+                self.set_http_request_header(MODEL_HEADER, None);
+                Action::Continue
+            }
+            HeadersAction::Reply(status, body) => {
+                self.send_http_response(u32::from(status), vec![("content-type", "application/json")], Some(&body));
+                Action::Pause
+            }
+            HeadersAction::Error(err) => {
+                send_error(&err, &[]);
+                Action::Pause
+            }
+            HeadersAction::ReadBody => {
+                self.reading = true;
+                self.has_content_length = content_length.is_some();
+                self.client_criticality = self
+                    .get_http_request_header(CRITICALITY_HEADER)
+                    .and_then(|v| Criticality::parse(&v));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.reading {
+            return Action::Continue;
+        }
+        let router = Rc::clone(&self.router);
+        let from = self.body.consumed();
+        // Only the bytes not scanned yet; nothing at all once over the limit.
+        let chunk = if body_size > from && body_size <= router.max_body_bytes() {
+            self.get_http_request_body(from, body_size - from).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let step = with_rng(|rng| self.body.feed(&router, &chunk, body_size, end_of_stream, rng));
+        match step {
+            BodyStep::NeedMore => Action::Pause,
+            BodyStep::Error(err) => {
+                self.reading = false;
+                send_error(&err, &[]);
+                Action::Pause
+            }
+            BodyStep::Route(route) => {
+                self.reading = false;
+                self.apply(&router, &route, body_size);
+                Action::Continue
+            }
+        }
+    }
+}
+
+impl RouterHttp {
+    /// Writes the decision into the request: body front, `content-length`, headers.
+    fn apply(&self, router: &Router, route: &Route, body_size: usize) {
+        let Some(model) = router.model(route.model) else { return };
+        let Some(target) = model.targets.get(route.target) else { return };
+        // The whole body is fetched only for the prefix hash.
+        let whole = match router.prefix_affinity_chars() {
+            Some(_) if route.whole_body => self.get_http_request_body(0, body_size),
+            _ => None,
+        };
+        let hash = whole.as_deref().and_then(|b| router.prefix_hash(b));
+        if let Some(edit) = &route.edit {
+            let fetched;
+            let kept: &[u8] = match whole.as_deref().and_then(|b| b.get(..edit.keep)) {
+                Some(k) => k,
+                None => {
+                    fetched = self.get_http_request_body(0, edit.keep).unwrap_or_default();
+                    &fetched
+                }
+            };
+            // Envoy edits buffered bodies only at the front: drain `drop` bytes, prepend.
+            self.set_http_request_body(0, edit.drop, &edit.new_prefix(kept));
+            if self.has_content_length {
+                let len = edit.new_body_len(body_size).to_string();
+                self.set_http_request_header("content-length", Some(&len));
+            }
+        }
+        self.set_http_request_header(MODEL_HEADER, Some(&target.name));
+        let criticality = Criticality::effective(model.criticality, self.client_criticality);
+        self.set_http_request_header(CRITICALITY_HEADER, Some(criticality.as_str()));
+        match hash {
+            Some(h) => {
+                let hex = hash_hex(h);
+                self.set_http_request_header_bytes(PREFIX_HASH_HEADER, Some(&hex));
+            }
+            None => self.set_http_request_header(PREFIX_HASH_HEADER, None),
+        }
+    }
+}
