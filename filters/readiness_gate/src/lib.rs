@@ -23,7 +23,8 @@ proxy_wasm::main! {{
 }}
 
 fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, &format!("readiness_gate: {msg}"));
+    // Envoy prefixes the plugin name and vm_id ("wasm log readiness_gate modelgate: ...").
+    let _ = hostcalls::log(level, msg);
 }
 
 /// Configured state of one VM's root context.
