@@ -393,3 +393,25 @@ fn bad_config_is_rejected() {
     assert!(exited.is_some_and(|s| !s.success()), "Envoy accepted a bad router config:\n{log}");
     assert!(log.contains("model_router: invalid configuration: field `weight`"), "{log}");
 }
+
+/// Why the gateway sets `allow_on_headers_stop_iteration: true`: without it, Envoy turns the
+/// router's pause in request headers into StopAll, the body callback never runs, and an
+/// inference request stalls until the stream times out. Header-only requests still work.
+#[test]
+fn without_allow_on_headers_stop_iteration_requests_stall() {
+    let dir = scratch_dir("router-noknob");
+    let sim = start_sim(&dir, "c", "qwen-2-7b");
+    let (listen, admin) = (free_port(), free_port());
+    let yaml = gateway_yaml(listen, admin, [sim.port, sim.port, sim.port])
+        .replace("allow_on_headers_stop_iteration: true", "allow_on_headers_stop_iteration: false")
+        .replace("stream_idle_timeout: 300s", "stream_idle_timeout: 2s");
+    assert!(yaml.contains("allow_on_headers_stop_iteration: false"));
+    let _envoy = Envoy::start(&dir, "gateway", &yaml, admin);
+    let url = format!("http://127.0.0.1:{listen}");
+    assert_eq!(get(&format!("{url}/v1/models")).status, 200);
+    let started = std::time::Instant::now();
+    let r = post_json(&format!("{url}/v1/chat/completions"), &chat_body("qwen-2-7b"), &[]);
+    eprintln!("without the knob: status {} after {:?}", r.status, started.elapsed());
+    assert_ne!(r.status, 200, "{}", r.text());
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+}
