@@ -20,7 +20,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: field `{}`: {}", self.field, self.message)
+        write!(
+            f,
+            "invalid configuration: field `{}`: {}",
+            self.field, self.message
+        )
     }
 }
 
@@ -63,12 +67,17 @@ pub fn parse_duration_ms(field: &str, text: &str) -> Result<u64, ConfigError> {
     } else {
         (t, 1)
     };
-    let value: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::new(field, format!("`{text}` is not a duration like \"500ms\", \"5s\" or \"2m\"")))?;
+    let value: f64 = num.trim().parse().map_err(|_| {
+        ConfigError::new(
+            field,
+            format!("`{text}` is not a duration like \"500ms\", \"5s\" or \"2m\""),
+        )
+    })?;
     if !value.is_finite() || value < 0.0 {
-        return Err(ConfigError::new(field, format!("`{text}` must be a non-negative duration")));
+        return Err(ConfigError::new(
+            field,
+            format!("`{text}` must be a non-negative duration"),
+        ));
     }
     Ok((value * mult as f64).round() as u64)
 }
@@ -95,13 +104,21 @@ impl UpstreamJson {
     pub fn validate(&self, field: &str, default_path: &str) -> Result<Upstream, ConfigError> {
         let cluster = self.cluster.trim();
         if cluster.is_empty() {
-            return Err(ConfigError::new(format!("{field}.cluster"), "must name an Envoy cluster"));
+            return Err(ConfigError::new(
+                format!("{field}.cluster"),
+                "must name an Envoy cluster",
+            ));
         }
         let path = self.path.as_deref().unwrap_or(default_path);
         let path = validate_path(&format!("{field}.path"), path)?;
         let authority = match self.authority.as_deref().map(str::trim) {
             None => cluster.to_string(),
-            Some("") => return Err(ConfigError::new(format!("{field}.authority"), "must not be empty")),
+            Some("") => {
+                return Err(ConfigError::new(
+                    format!("{field}.authority"),
+                    "must not be empty",
+                ))
+            }
             Some(a) => a.to_string(),
         };
         Ok(Upstream {
@@ -115,7 +132,10 @@ impl UpstreamJson {
 /// An absolute request path (`/...`, no whitespace), as used for polls and probes.
 pub fn validate_path(field: &str, path: &str) -> Result<String, ConfigError> {
     if !path.starts_with('/') || path.chars().any(char::is_whitespace) {
-        return Err(ConfigError::new(field, format!("`{path}` must be an absolute path like \"/health\"")));
+        return Err(ConfigError::new(
+            field,
+            format!("`{path}` must be an absolute path like \"/health\""),
+        ));
     }
     Ok(path.to_string())
 }
@@ -150,14 +170,26 @@ mod tests {
             ..Default::default()
         };
         let v = u.validate("health", "/health").unwrap();
-        assert_eq!((v.cluster.as_str(), v.authority.as_str(), v.path.as_str()), ("model_server", "model_server", "/health"));
+        assert_eq!(
+            (v.cluster.as_str(), v.authority.as_str(), v.path.as_str()),
+            ("model_server", "model_server", "/health")
+        );
         let bad = UpstreamJson {
             cluster: "c".into(),
             path: Some("health".into()),
             ..Default::default()
         };
-        assert_eq!(bad.validate("loader", "/ready").unwrap_err().field, "loader.path");
-        assert_eq!(UpstreamJson::default().validate("loader", "/ready").unwrap_err().field, "loader.cluster");
+        assert_eq!(
+            bad.validate("loader", "/ready").unwrap_err().field,
+            "loader.path"
+        );
+        assert_eq!(
+            UpstreamJson::default()
+                .validate("loader", "/ready")
+                .unwrap_err()
+                .field,
+            "loader.cluster"
+        );
     }
 
     #[test]
