@@ -37,6 +37,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/metrics", get(metrics_text))
         .route("/sim/health", post(set_health).get(get_health))
+        .route("/sim/config", post(set_config).get(get_config))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(move |mut resp: Response| {
@@ -139,6 +140,58 @@ async fn set_health(
     };
     engine.set_healthy(healthy);
     Json(json!({"healthy": healthy})).into_response()
+}
+
+/// Body of `POST /sim/config`: timing changes, applied to tokens not yet due.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimingUpdate {
+    ttft_ms: Option<f64>,
+    itl_ms: Option<f64>,
+    itl_ms_per_running: Option<f64>,
+}
+
+fn timing_json(engine: &Engine) -> Value {
+    let (ttft, itl, per_running) = engine.timing();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    json!({"ttft_ms": ms(ttft), "itl_ms": ms(itl), "itl_ms_per_running": ms(per_running)})
+}
+
+async fn get_config(State(engine): State<Arc<Engine>>) -> Json<Value> {
+    Json(timing_json(&engine))
+}
+
+async fn set_config(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => return SimError::from_status(rej.status(), rej.body_text()).into_response(),
+    };
+    let update: TimingUpdate = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            return SimError::bad_request(format!("Invalid /sim/config body: {e}")).into_response()
+        }
+    };
+    let mut durations = [None, None, None];
+    for (slot, (name, value)) in durations.iter_mut().zip([
+        ("ttft_ms", update.ttft_ms),
+        ("itl_ms", update.itl_ms),
+        ("itl_ms_per_running", update.itl_ms_per_running),
+    ]) {
+        if let Some(ms) = value {
+            if !(0.0..=3_600_000.0).contains(&ms) {
+                return SimError::bad_request(format!("`{name}` must be between 0 and 3600000."))
+                    .into_response();
+            }
+            *slot = Some(std::time::Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let [ttft, itl, per_running] = durations;
+    engine.set_timing(ttft, itl, per_running);
+    Json(timing_json(&engine)).into_response()
 }
 
 async fn chat(State(engine): State<Arc<Engine>>, body: Result<Bytes, BytesRejection>) -> Response {

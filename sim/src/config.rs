@@ -47,6 +47,11 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 10)]
     pub itl_ms: u64,
 
+    /// Extra milliseconds per output token for each other running request (decode steps
+    /// slow down as the batch grows; 0 keeps --itl-ms fixed).
+    #[arg(long, default_value_t = 0.0)]
+    pub itl_ms_per_running: f64,
+
     /// Completion length in tokens when the request sets no max_tokens/max_completion_tokens.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tokens: u64,

@@ -94,6 +94,10 @@ pub struct Engine {
     kv_slots: Arc<Semaphore>,
     started_at: Instant,
     healthy: AtomicBool,
+    /// Timing, changeable at run time through `POST /sim/config`.
+    ttft_us: AtomicU64,
+    itl_us: AtomicU64,
+    itl_per_running_us: AtomicU64,
     pub waiting: AtomicU64,
     pub running: AtomicU64,
     /// Tokens (prompt + generated so far) held by running requests.
@@ -115,7 +119,11 @@ impl Engine {
         let kv = usize::try_from(config.kv_cache_tokens)
             .unwrap_or(Semaphore::MAX_PERMITS)
             .min(Semaphore::MAX_PERMITS);
+        let ms_to_us = |ms: f64| (ms.max(0.0) * 1000.0).round() as u64;
         Arc::new(Self {
+            ttft_us: AtomicU64::new(config.ttft_ms.saturating_mul(1000)),
+            itl_us: AtomicU64::new(config.itl_ms.saturating_mul(1000)),
+            itl_per_running_us: AtomicU64::new(ms_to_us(config.itl_ms_per_running)),
             config,
             seq_slots: Arc::new(Semaphore::new(seqs)),
             kv_slots: Arc::new(Semaphore::new(kv)),
@@ -152,6 +160,34 @@ impl Engine {
 
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Current (ttft, itl, itl per other running request).
+    pub fn timing(&self) -> (Duration, Duration, Duration) {
+        (
+            Duration::from_micros(self.ttft_us.load(Ordering::Relaxed)),
+            Duration::from_micros(self.itl_us.load(Ordering::Relaxed)),
+            Duration::from_micros(self.itl_per_running_us.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Changes the timing of tokens not yet due (None keeps a value).
+    pub fn set_timing(
+        &self,
+        ttft: Option<Duration>,
+        itl: Option<Duration>,
+        per_running: Option<Duration>,
+    ) {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(d) = ttft {
+            self.ttft_us.store(us(d), Ordering::Relaxed);
+        }
+        if let Some(d) = itl {
+            self.itl_us.store(us(d), Ordering::Relaxed);
+        }
+        if let Some(d) = per_running {
+            self.itl_per_running_us.store(us(d), Ordering::Relaxed);
+        }
     }
 
     /// KV-cache use in 0..=1.
@@ -196,7 +232,7 @@ impl Engine {
             _kv: kv,
             held_tokens: prompt_tokens,
             arrived,
-            scheduled,
+            next_due: scheduled + self.timing().0,
             generated: 0,
             target: completion_tokens,
         })
@@ -226,27 +262,33 @@ pub struct RunningSeq {
     _kv: OwnedSemaphorePermit,
     held_tokens: u64,
     arrived: Instant,
-    scheduled: Instant,
+    /// When the next token is due; advancing a deadline (not sleeping a delay) avoids drift.
+    next_due: Instant,
     generated: u64,
     target: u64,
 }
 
 impl RunningSeq {
     /// Waits for the next output token and returns its index, or None when all are out.
-    /// Token i is due at scheduled + ttft + i * itl (deadlines, so sleeps do not drift).
+    /// The first is due --ttft-ms after scheduling, each further one --itl-ms (plus
+    /// --itl-ms-per-running for each other running request) after the previous one.
     pub async fn next_token(&mut self) -> Option<u64> {
         if self.generated >= self.target {
             return None;
         }
-        let cfg = &self.engine.config;
-        let offset = cfg
-            .ttft_ms
-            .saturating_add(cfg.itl_ms.saturating_mul(self.generated));
-        sleep_until((self.scheduled + Duration::from_millis(offset)).into()).await;
+        sleep_until(self.next_due.into()).await;
         let index = self.generated;
         if index == 0 {
             self.engine.ttft.observe(self.arrived.elapsed());
         }
+        let (_, itl, per_running) = self.engine.timing();
+        let others = self
+            .engine
+            .running
+            .load(Ordering::Relaxed)
+            .saturating_sub(1);
+        let others = u32::try_from(others).unwrap_or(u32::MAX);
+        self.next_due += itl + per_running.saturating_mul(others);
         self.generated += 1;
         self.held_tokens += 1;
         self.engine.kv_tokens.fetch_add(1, Ordering::Relaxed);
@@ -259,8 +301,7 @@ impl RunningSeq {
     /// Waits out the prefill of a request that generates nothing (embeddings) and records
     /// it as finished.
     pub async fn prefill_only(&mut self) {
-        let ttft = Duration::from_millis(self.engine.config.ttft_ms);
-        sleep_until((self.scheduled + ttft).into()).await;
+        sleep_until(self.next_due.into()).await;
         self.engine.ttft.observe(self.arrived.elapsed());
         self.finish(FinishReason::Stop);
     }

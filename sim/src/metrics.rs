@@ -249,6 +249,8 @@ pub fn render(engine: &Engine) -> String {
                 "Number of inferences performed (does not include cached requests)",
                 stop + length,
             );
+            // Triton sorts labels by name: model < request_type < version.
+            let labels = std::mem::take(&mut o.labels);
             o.header(
                 "nv_trt_llm_request_metrics",
                 "gauge",
@@ -262,30 +264,28 @@ pub fn render(engine: &Engine) -> String {
                 ("max", max),
                 ("active", running),
             ] {
-                o.sample(
-                    "nv_trt_llm_request_metrics",
-                    &format!("request_type=\"{kind}\""),
-                    v,
-                );
+                let series = format!("model=\"{model}\",request_type=\"{kind}\",version=\"1\"");
+                o.sample("nv_trt_llm_request_metrics", &series, v);
             }
+            o.labels = labels;
+            // Blocks of 16 tokens, TensorRT-LLM's usual page size.
+            const BLOCK: f64 = 16.0;
+            let max_blocks = (cfg.kv_cache_tokens as f64 / BLOCK).floor().max(1.0);
+            let used_blocks = (kv_used / BLOCK).ceil().min(max_blocks);
             o.header(
                 "nv_trt_llm_kv_cache_block_metrics",
                 "gauge",
                 "TRT LLM KV cache block metrics",
             );
-            let total = cfg.kv_cache_tokens as f64;
             for (kind, v) in [
-                ("max", total),
-                ("free", (total - kv_used).max(0.0)),
-                ("used", kv_used),
-                ("tokens_per", 1.0),
+                ("max", max_blocks),
+                ("free", max_blocks - used_blocks),
+                ("used", used_blocks),
+                ("tokens_per", BLOCK),
                 ("fraction", kv),
             ] {
-                o.sample(
-                    "nv_trt_llm_kv_cache_block_metrics",
-                    &format!("kv_cache_block_type=\"{kind}\""),
-                    v,
-                );
+                let series = format!("kv_cache_block_type=\"{kind}\"");
+                o.sample("nv_trt_llm_kv_cache_block_metrics", &series, v);
             }
         }
     }

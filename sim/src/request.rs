@@ -62,13 +62,23 @@ impl SimError {
 
 impl IntoResponse for SimError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "object": "error",
-            "message": self.message,
-            "type": self.kind,
-            "param": null,
-            "code": self.status.as_u16(),
-        });
+        // A struct, not json!, to keep vLLM's field order.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            object: &'static str,
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: u16,
+        }
+        let body = Body {
+            object: "error",
+            message: &self.message,
+            kind: self.kind,
+            param: None,
+            code: self.status.as_u16(),
+        };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after_s {
             resp.headers_mut()

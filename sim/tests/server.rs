@@ -374,6 +374,11 @@ async fn bad_requests_get_vllm_errors() {
         json!({"object": "error", "message": "The model `gpt-9` does not exist.",
                "type": "NotFoundError", "param": null, "code": 404})
     );
+    assert!(
+        r.body.starts_with(r#"{"object":"error","message":"#),
+        "{}",
+        r.body
+    );
     let cases: &[(&str, &str)] = &[
         ("/v1/chat/completions", "{not json"),
         ("/v1/chat/completions", ""),
@@ -639,7 +644,7 @@ async fn metrics_flavors() {
             "triton",
             &[
                 "nv_inference_pending_request_count{model=\"fl\",version=\"1\"}",
-                "nv_trt_llm_request_metrics{request_type=\"active\"",
+                "nv_trt_llm_request_metrics{model=\"fl\",request_type=\"active\",version=\"1\"}",
                 "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"fraction\"",
             ],
         ),
@@ -716,4 +721,98 @@ fn binary_prints_banner_and_exits_0_on_signals() {
         };
         assert_eq!(status.code(), Some(0), "{sig}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_frees_the_slot() {
+    let addr = start(&["--max-num-seqs", "1", "--ttft-ms", "1", "--itl-ms", "100"]).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":1000,"stream":true}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let m = get(addr, "/metrics").await.body;
+    assert_eq!(sample(&m, "vllm:num_requests_running{"), 1.0);
+    drop(s);
+    // The 1000-token stream would hold the only slot for 100 s; after the disconnect the
+    // next request gets it at once.
+    let t = Instant::now();
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &chat_body("sim-model", "next", 1),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let m = get(addr, "/metrics").await.body;
+    assert_eq!(sample(&m, "vllm:num_requests_running{"), 0.0);
+    assert_eq!(sample(&m, "vllm:kv_cache_usage_perc{"), 0.0);
+}
+
+#[tokio::test]
+async fn timing_changes_at_run_time() {
+    let addr = start(&["--ttft-ms", "20000"]).await;
+    let r = post(addr, "/sim/config", &json!({"ttft_ms": 1, "itl_ms": 0.5})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({"ttft_ms": 1.0, "itl_ms": 0.5, "itl_ms_per_running": 0.0})
+    );
+    let t = Instant::now();
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &chat_body("sim-model", "hi", 4),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(get(addr, "/sim/config").await.json()["ttft_ms"], 1.0);
+    for bad in [
+        json!({"ttft": 1}),
+        json!({"itl_ms": -1}),
+        json!({"itl_ms": "1"}),
+    ] {
+        assert_eq!(post(addr, "/sim/config", &bad).await.status, 400, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_slows_with_batch_size() {
+    // B (5 tokens) runs inside A (30 tokens); each of B's 4 gaps costs 100 ms per other
+    // running request, so B takes >= 500 + 400 ms instead of 500 ms alone.
+    let addr = start(&[
+        "--ttft-ms",
+        "500",
+        "--itl-ms",
+        "0",
+        "--itl-ms-per-running",
+        "100",
+    ])
+    .await;
+    let a = tokio::spawn(async move {
+        post(
+            addr,
+            "/v1/chat/completions",
+            &chat_body("sim-model", "a", 30),
+        )
+        .await
+    });
+    let t = Instant::now();
+    let b = post(
+        addr,
+        "/v1/chat/completions",
+        &chat_body("sim-model", "b", 5),
+    )
+    .await;
+    let b_latency = t.elapsed();
+    assert_eq!(b.status, 200);
+    assert_eq!(a.await.unwrap().status, 200);
+    assert!(b_latency >= Duration::from_millis(850), "{b_latency:?}");
 }
