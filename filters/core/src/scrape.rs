@@ -38,15 +38,15 @@ impl ServerKind {
         }
     }
 
-    /// `None` for "auto" (detect from metric names).
-    pub fn parse(s: &str) -> Result<Option<Self>, ()> {
+    /// `Ok(None)` for "auto" (detect from metric names); `Err` for an unknown name.
+    pub fn parse(s: &str) -> Result<Option<Self>, UnknownServer> {
         match s {
             "auto" => Ok(None),
             "vllm" => Ok(Some(Self::Vllm)),
             "sglang" => Ok(Some(Self::Sglang)),
             "tgi" => Ok(Some(Self::Tgi)),
             "triton" | "tensorrt-llm" | "trtllm" => Ok(Some(Self::Triton)),
-            _ => Err(()),
+            _ => Err(UnknownServer),
         }
     }
 
@@ -76,6 +76,10 @@ impl ServerKind {
         }
     }
 }
+
+/// A `server` name that is none of [`ServerKind::NAMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownServer;
 
 /// The `scrape` block of a filter configuration (JSON).
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -154,7 +158,7 @@ impl ScrapeConfig {
             return Err(ConfigError::new(field("timeout"), "must be between 1ms and 10s"));
         }
         let server = match &raw.server {
-            Some(s) => ServerKind::parse(s).map_err(|()| {
+            Some(s) => ServerKind::parse(s).map_err(|UnknownServer| {
                 ConfigError::new(field("server"), format!("`{s}` is not one of {}", ServerKind::NAMES))
             })?,
             None => None,
@@ -368,27 +372,54 @@ impl Extractor {
     }
 }
 
-/// Reads a whole metrics body: the chunked parser plus the extractor, as the scraper
-/// does it. `chunks` yields the body in pieces (the glue reads host memory in chunks).
+/// Reads one metrics body fed in chunks (the glue reads host memory piece by piece):
+/// the bounded parser plus the [`Extractor`].
+#[derive(Debug)]
+pub struct MetricsReader {
+    parser: Parser,
+    extractor: Extractor,
+}
+
+impl MetricsReader {
+    pub fn new(cfg: &ScrapeConfig) -> Self {
+        Self {
+            parser: Parser::new(cfg.limits),
+            extractor: Extractor::new(cfg),
+        }
+    }
+
+    /// Feeds the next piece; false once `max_body_bytes` is reached (stop reading).
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        let Self { parser, extractor } = self;
+        parser.feed(chunk, &mut |s| extractor.observe(s))
+    }
+
+    /// The load, or why there is none: `TooLarge` when the limit cut the body before any
+    /// load metric, `Parse` when nothing was Prometheus text.
+    pub fn finish(self) -> (Result<ServerLoad, ScrapeError>, ParseStats) {
+        let Self { parser, mut extractor } = self;
+        let stats = parser.finish(&mut |s| extractor.observe(s));
+        let result = extractor.finish().map_err(|e| match e {
+            ScrapeError::NoMetrics if stats.truncated => ScrapeError::TooLarge,
+            ScrapeError::NoMetrics if stats.samples == 0 => ScrapeError::Parse,
+            other => other,
+        });
+        (result, stats)
+    }
+}
+
+/// Reads a whole body given as chunks (tests and small inputs).
 pub fn extract<'c>(
     cfg: &ScrapeConfig,
     chunks: impl IntoIterator<Item = &'c [u8]>,
 ) -> (Result<ServerLoad, ScrapeError>, ParseStats) {
-    let mut ex = Extractor::new(cfg);
-    let mut parser = Parser::new(cfg.limits);
-    let mut f = |s: &Sample<'_>| ex.observe(s);
+    let mut reader = MetricsReader::new(cfg);
     for chunk in chunks {
-        if !parser.feed(chunk, &mut f) {
+        if !reader.feed(chunk) {
             break;
         }
     }
-    let stats = parser.finish(&mut f);
-    let result = ex.finish().map_err(|e| match e {
-        ScrapeError::NoMetrics if stats.truncated => ScrapeError::TooLarge,
-        ScrapeError::NoMetrics if stats.samples == 0 => ScrapeError::Parse,
-        other => other,
-    });
-    (result, stats)
+    reader.finish()
 }
 
 /// The snapshot after an attempt: `seq` counts attempts; a failure keeps the last good

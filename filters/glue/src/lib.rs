@@ -3,6 +3,7 @@
 //! function maps host failures to `None`/`false` instead of panicking.
 
 pub mod poll;
+pub mod scraper;
 
 use std::time::UNIX_EPOCH;
 
