@@ -38,11 +38,18 @@ impl fmt::Display for ScanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScanError::Malformed { offset } => {
-                write!(f, "The request body is not valid JSON (unexpected byte at offset {offset}).")
+                write!(
+                    f,
+                    "The request body is not valid JSON (unexpected byte at offset {offset})."
+                )
             }
-            ScanError::Truncated => f.write_str("The request body is not valid JSON (it ends early)."),
+            ScanError::Truncated => {
+                f.write_str("The request body is not valid JSON (it ends early).")
+            }
             ScanError::NotAnObject => f.write_str("The request body must be a JSON object."),
-            ScanError::TooDeep => write!(f, "The request body nests deeper than {MAX_DEPTH} levels."),
+            ScanError::TooDeep => {
+                write!(f, "The request body nests deeper than {MAX_DEPTH} levels.")
+            }
             ScanError::ModelNotString => f.write_str("`model` must be a string."),
             ScanError::ModelTooLong => write!(f, "`model` is longer than {MAX_MODEL_LEN} bytes."),
             ScanError::DuplicateModel => f.write_str("The request body has more than one `model`."),
@@ -83,7 +90,10 @@ enum Esc {
     None,
     Backslash,
     /// Inside `\uXXXX`: digits read so far and their value.
-    Hex { digits: u8, value: u32 },
+    Hex {
+        digits: u8,
+        value: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +111,16 @@ enum Num {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
     None,
-    Str { sink: Sink, esc: Esc },
+    Str {
+        sink: Sink,
+        esc: Esc,
+    },
     Num(Num),
     /// `true`, `false` or `null`: the word and how many bytes matched.
-    Lit { word: &'static [u8], pos: usize },
+    Lit {
+        word: &'static [u8],
+        pos: usize,
+    },
 }
 
 /// Incremental scanner; one per request.
@@ -288,7 +304,10 @@ impl ModelScanner {
                 } else {
                     Sink::Skip
                 };
-                self.token = Token::Str { sink, esc: Esc::None };
+                self.token = Token::Str {
+                    sink,
+                    esc: Esc::None,
+                };
                 Ok(())
             }
             Expect::Colon if b == b':' => {
@@ -296,7 +315,11 @@ impl ModelScanner {
                 Ok(())
             }
             Expect::CommaOrClose if b == b',' => {
-                self.expect = if self.in_object() { Expect::Key } else { Expect::Value };
+                self.expect = if self.in_object() {
+                    Expect::Key
+                } else {
+                    Expect::Value
+                };
                 Ok(())
             }
             Expect::CommaOrClose if b == b'}' && self.in_object() => self.close(),
@@ -307,11 +330,19 @@ impl ModelScanner {
 
     fn begin_value(&mut self, b: u8) -> Result<(), ScanError> {
         if self.depth == 0 && b != b'{' {
-            return Err(if is_value_start(b) { ScanError::NotAnObject } else { self.malformed() });
+            return Err(if is_value_start(b) {
+                ScanError::NotAnObject
+            } else {
+                self.malformed()
+            });
         }
         let is_model = std::mem::replace(&mut self.value_is_model, false);
         if is_model && b != b'"' {
-            return Err(if is_value_start(b) { ScanError::ModelNotString } else { self.malformed() });
+            return Err(if is_value_start(b) {
+                ScanError::ModelNotString
+            } else {
+                self.malformed()
+            });
         }
         match b {
             b'{' | b'[' => self.open(b == b'{'),
@@ -323,7 +354,10 @@ impl ModelScanner {
                 } else {
                     Sink::Skip
                 };
-                self.token = Token::Str { sink, esc: Esc::None };
+                self.token = Token::Str {
+                    sink,
+                    esc: Esc::None,
+                };
                 Ok(())
             }
             b'-' => {
@@ -353,7 +387,9 @@ impl ModelScanner {
 
     fn in_object(&self) -> bool {
         let d = self.depth.wrapping_sub(1);
-        self.objects.get(d / 64).is_some_and(|w| w & (1u64 << (d % 64)) != 0)
+        self.objects
+            .get(d / 64)
+            .is_some_and(|w| w & (1u64 << (d % 64)) != 0)
     }
 
     fn open(&mut self, object: bool) -> Result<(), ScanError> {
@@ -370,7 +406,11 @@ impl ModelScanner {
             *word &= !(1u64 << (d % 64));
         }
         self.depth += 1;
-        self.expect = if object { Expect::KeyOrClose } else { Expect::ValueOrClose };
+        self.expect = if object {
+            Expect::KeyOrClose
+        } else {
+            Expect::ValueOrClose
+        };
         Ok(())
     }
 
@@ -381,7 +421,11 @@ impl ModelScanner {
     }
 
     fn value_done(&mut self) {
-        self.expect = if self.depth == 0 { Expect::Done } else { Expect::CommaOrClose };
+        self.expect = if self.depth == 0 {
+            Expect::Done
+        } else {
+            Expect::CommaOrClose
+        };
     }
 
     fn string_byte(&mut self, sink: Sink, esc: Esc, b: u8) -> Result<(), ScanError> {
@@ -389,7 +433,10 @@ impl ModelScanner {
             Esc::None => match b {
                 b'"' => self.end_string(sink),
                 b'\\' => {
-                    self.token = Token::Str { sink, esc: Esc::Backslash };
+                    self.token = Token::Str {
+                        sink,
+                        esc: Esc::Backslash,
+                    };
                     Ok(())
                 }
                 0x00..=0x1f => Err(self.malformed()),
@@ -406,12 +453,21 @@ impl ModelScanner {
                     b'r' => b'\r',
                     b't' => b'\t',
                     b'u' => {
-                        self.token = Token::Str { sink, esc: Esc::Hex { digits: 0, value: 0 } };
+                        self.token = Token::Str {
+                            sink,
+                            esc: Esc::Hex {
+                                digits: 0,
+                                value: 0,
+                            },
+                        };
                         return Ok(());
                     }
                     _ => return Err(self.malformed()),
                 };
-                self.token = Token::Str { sink, esc: Esc::None };
+                self.token = Token::Str {
+                    sink,
+                    esc: Esc::None,
+                };
                 self.push_raw(sink, decoded)
             }
             Esc::Hex { digits, value } => {
@@ -420,10 +476,19 @@ impl ModelScanner {
                 };
                 let value = value * 16 + d;
                 if digits < 3 {
-                    self.token = Token::Str { sink, esc: Esc::Hex { digits: digits + 1, value } };
+                    self.token = Token::Str {
+                        sink,
+                        esc: Esc::Hex {
+                            digits: digits + 1,
+                            value,
+                        },
+                    };
                     return Ok(());
                 }
-                self.token = Token::Str { sink, esc: Esc::None };
+                self.token = Token::Str {
+                    sink,
+                    esc: Esc::None,
+                };
                 self.push_code_point(sink, value)
             }
         }
@@ -459,7 +524,9 @@ impl ModelScanner {
             },
             Sink::Model => {
                 let cp = match (self.high_surrogate.take(), cp) {
-                    (Some(high), 0xDC00..=0xDFFF) => 0x10000 + ((high - 0xD800) << 10) + (cp - 0xDC00),
+                    (Some(high), 0xDC00..=0xDFFF) => {
+                        0x10000 + ((high - 0xD800) << 10) + (cp - 0xDC00)
+                    }
                     (Some(_), _) => return Err(self.malformed()),
                     (None, 0xD800..=0xDBFF) => {
                         self.high_surrogate = Some(cp);
@@ -558,7 +625,10 @@ impl ModelScanner {
 }
 
 fn is_value_start(b: u8) -> bool {
-    matches!(b, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+    matches!(
+        b,
+        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+    )
 }
 
 #[cfg(test)]
@@ -569,7 +639,11 @@ mod tests {
     fn scan_all_ways(body: &[u8]) -> Result<(String, (usize, usize)), ScanError> {
         let whole = scan_in_pieces(body, &[body.len()]);
         for cut in 0..=body.len() {
-            assert_eq!(scan_in_pieces(body, &[cut, body.len()]), whole, "split at {cut}");
+            assert_eq!(
+                scan_in_pieces(body, &[cut, body.len()]),
+                whole,
+                "split at {cut}"
+            );
         }
         let bytes: Vec<usize> = (1..=body.len()).collect();
         assert_eq!(scan_in_pieces(body, &bytes), whole, "byte by byte");
@@ -602,7 +676,8 @@ mod tests {
 
     #[test]
     fn finds_top_level_model_and_its_span() {
-        let body = r#"{"messages":[{"role":"user","content":"hi"}],"model":"llama-3-8b","stream":true}"#;
+        let body =
+            r#"{"messages":[{"role":"user","content":"hi"}],"model":"llama-3-8b","stream":true}"#;
         let (m, (a, b)) = scan_all_ways(body.as_bytes()).unwrap();
         assert_eq!(m, "llama-3-8b");
         assert_eq!(&body[a..b], r#""llama-3-8b""#);
@@ -621,19 +696,28 @@ mod tests {
 
     #[test]
     fn escapes_in_value_and_key() {
-        assert_eq!(model_of(r#"{"model":"a\"b\\c\/d\n"}"#).unwrap(), "a\"b\\c/d\n");
+        assert_eq!(
+            model_of(r#"{"model":"a\"b\\c\/d\n"}"#).unwrap(),
+            "a\"b\\c/d\n"
+        );
         assert_eq!(model_of(r#"{"\u006dodel":"x"}"#).unwrap(), "x");
         assert_eq!(model_of(r#"{"mod\u0065l":"x"}"#).unwrap(), "x");
         assert_eq!(model_of(r#"{"model\u0000":"x"}"#).unwrap(), "");
         assert_eq!(model_of(r#"{"m\u00f6del":"x"}"#).unwrap(), "");
         assert_eq!(model_of(r#"{"models":"x","mode":"y"}"#).unwrap(), "");
-        assert_eq!(model_of(r#"{"model":"caf\u00e9-\u4e2d"}"#).unwrap(), "café-中");
+        assert_eq!(
+            model_of(r#"{"model":"caf\u00e9-\u4e2d"}"#).unwrap(),
+            "café-中"
+        );
         assert_eq!(model_of(r#"{"model":"\ud83d\ude00"}"#).unwrap(), "😀");
     }
 
     #[test]
     fn raw_unicode_passes_through() {
-        assert_eq!(model_of(r#"{"model":"модель-😀","prompt":"日本語"}"#).unwrap(), "модель-😀");
+        assert_eq!(
+            model_of(r#"{"model":"модель-😀","prompt":"日本語"}"#).unwrap(),
+            "модель-😀"
+        );
     }
 
     #[test]
@@ -646,7 +730,10 @@ mod tests {
             r#"{"model":"\x"}"#,
             r#"{"model":"\u12G4"}"#,
         ] {
-            assert!(matches!(model_of(body), Err(ScanError::Malformed { .. })), "{body}");
+            assert!(
+                matches!(model_of(body), Err(ScanError::Malformed { .. })),
+                "{body}"
+            );
         }
         assert!(matches!(
             scan_in_pieces(b"{\"model\":\"a\xff\"}", &[13]),
@@ -692,7 +779,10 @@ mod tests {
         ] {
             let r = model_of(body);
             assert!(
-                matches!(r, Err(ScanError::Malformed { .. }) | Err(ScanError::Truncated)),
+                matches!(
+                    r,
+                    Err(ScanError::Malformed { .. }) | Err(ScanError::Truncated)
+                ),
                 "{body:?} gave {r:?}"
             );
         }
@@ -714,7 +804,10 @@ mod tests {
 
     #[test]
     fn duplicate_model_is_rejected() {
-        assert_eq!(model_of(r#"{"model":"a","x":1,"model":"b"}"#), Err(ScanError::DuplicateModel));
+        assert_eq!(
+            model_of(r#"{"model":"a","x":1,"model":"b"}"#),
+            Err(ScanError::DuplicateModel)
+        );
     }
 
     #[test]
@@ -723,9 +816,20 @@ mod tests {
         assert_eq!(model_of(&long), Err(ScanError::ModelTooLong));
         let ok = format!(r#"{{"model":"{}"}}"#, "x".repeat(MAX_MODEL_LEN));
         assert_eq!(model_of(&ok).unwrap().len(), MAX_MODEL_LEN);
-        let deep = format!("{{\"a\":{}{}}}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        assert_eq!(scan_in_pieces(deep.as_bytes(), &[deep.len()]), Err(ScanError::TooDeep));
-        let fits = format!("{{\"a\":{}{}}}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1));
+        let deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert_eq!(
+            scan_in_pieces(deep.as_bytes(), &[deep.len()]),
+            Err(ScanError::TooDeep)
+        );
+        let fits = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
         assert!(scan_in_pieces(fits.as_bytes(), &[fits.len()]).is_ok());
     }
 
@@ -760,7 +864,11 @@ mod tests {
         ];
         for body in bodies {
             let v: serde_json::Value = serde_json::from_str(body).unwrap();
-            let expected = v.get("model").and_then(|m| m.as_str()).unwrap_or("").to_string();
+            let expected = v
+                .get("model")
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string();
             assert_eq!(model_of(body).unwrap(), expected, "{body}");
         }
     }

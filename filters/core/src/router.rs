@@ -40,7 +40,11 @@ pub enum Criticality {
 }
 
 impl Criticality {
-    pub const ALL: [Criticality; 3] = [Criticality::Sheddable, Criticality::Standard, Criticality::Critical];
+    pub const ALL: [Criticality; 3] = [
+        Criticality::Sheddable,
+        Criticality::Standard,
+        Criticality::Critical,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,7 +57,9 @@ impl Criticality {
     /// Parses a header or config value (case-insensitive, surrounding space ignored).
     pub fn parse(text: &str) -> Option<Self> {
         let t = text.trim();
-        Self::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(t))
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(t))
     }
 
     /// The criticality a request gets: the model's, unless the client asked for a lower
@@ -133,10 +139,15 @@ pub struct PrefixAffinityJson {
 }
 
 fn default_inference_paths() -> Vec<String> {
-    ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
-        .into_iter()
-        .map(String::from)
-        .collect()
+    [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 fn default_models_path() -> Option<String> {
@@ -214,12 +225,22 @@ impl Router {
         for (i, m) in cfg.models.into_iter().enumerate() {
             let field = |f: &str| format!("models[{i}].{f}");
             for (j, name) in std::iter::once(&m.name).chain(m.aliases.iter()).enumerate() {
-                let f = if j == 0 { field("name") } else { field(&format!("aliases[{}]", j - 1)) };
+                let f = if j == 0 {
+                    field("name")
+                } else {
+                    field(&format!("aliases[{}]", j - 1))
+                };
                 if name.is_empty() || name.len() > MAX_MODEL_LEN {
-                    return Err(ConfigError::new(f, format!("must be 1 to {MAX_MODEL_LEN} bytes")));
+                    return Err(ConfigError::new(
+                        f,
+                        format!("must be 1 to {MAX_MODEL_LEN} bytes"),
+                    ));
                 }
                 if lookup.insert(name.clone(), i).is_some() {
-                    return Err(ConfigError::new(f, format!("`{name}` is already a model name or alias")));
+                    return Err(ConfigError::new(
+                        f,
+                        format!("`{name}` is already a model name or alias"),
+                    ));
                 }
             }
             let criticality = match m.criticality.as_deref() {
@@ -255,8 +276,9 @@ impl Router {
                     ));
                 }
                 total_weight += u64::from(t.weight);
-                let json = serde_json::to_string(&t.name)
-                    .map_err(|e| ConfigError::new(field(&format!("targets[{j}].name")), e.to_string()))?;
+                let json = serde_json::to_string(&t.name).map_err(|e| {
+                    ConfigError::new(field(&format!("targets[{j}].name")), e.to_string())
+                })?;
                 targets.push(Target {
                     name: t.name,
                     weight: t.weight,
@@ -264,7 +286,10 @@ impl Router {
                 });
             }
             if total_weight == 0 {
-                return Err(ConfigError::new(field("targets"), "the weights must not all be 0"));
+                return Err(ConfigError::new(
+                    field("targets"),
+                    "the weights must not all be 0",
+                ));
             }
             models.push(Model {
                 name: m.name,
@@ -277,17 +302,26 @@ impl Router {
         let default_model = match &cfg.default_model {
             None => None,
             Some(name) => Some(*lookup.get(name).ok_or_else(|| {
-                ConfigError::new("default_model", format!("`{name}` is not a configured model name or alias"))
+                ConfigError::new(
+                    "default_model",
+                    format!("`{name}` is not a configured model name or alias"),
+                )
             })?),
         };
         for (i, p) in cfg.inference_paths.iter().enumerate() {
             if !p.starts_with('/') {
-                return Err(ConfigError::new(format!("inference_paths[{i}]"), format!("`{p}` must start with `/`")));
+                return Err(ConfigError::new(
+                    format!("inference_paths[{i}]"),
+                    format!("`{p}` must start with `/`"),
+                ));
             }
         }
         if let Some(p) = &cfg.models_path {
             if !p.starts_with('/') {
-                return Err(ConfigError::new("models_path", format!("`{p}` must start with `/`")));
+                return Err(ConfigError::new(
+                    "models_path",
+                    format!("`{p}` must start with `/`"),
+                ));
             }
         }
         if cfg.max_body_bytes == 0 {
@@ -341,7 +375,9 @@ impl Router {
 
     /// The target of `model`'s request, drawn by weight.
     pub fn choose(&self, model: usize, rng: &mut Prng) -> usize {
-        let Some(m) = self.models.get(model) else { return 0 };
+        let Some(m) = self.models.get(model) else {
+            return 0;
+        };
         if m.targets.len() < 2 {
             return 0;
         }
@@ -364,7 +400,10 @@ impl Router {
                 if path == models_path {
                     return HeadersAction::Reply(200, Cow::Borrowed(&self.models_body));
                 }
-                if let Some(id) = path.strip_prefix(models_path.as_str()).and_then(|r| r.strip_prefix('/')) {
+                if let Some(id) = path
+                    .strip_prefix(models_path.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+                {
                     let id = percent_decode(id);
                     return match self.listed_model(&id) {
                         Some(m) => HeadersAction::Reply(200, Cow::Owned(self.render_model(m))),
@@ -381,7 +420,10 @@ impl Router {
                 return HeadersAction::Error(ApiError::unsupported_media_type(ct));
             }
         }
-        if let Some(len) = req.content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
+        if let Some(len) = req
+            .content_length
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
             if len > self.max_body_bytes as u64 {
                 return HeadersAction::Error(ApiError::too_large(self.max_body_bytes));
             }
@@ -418,7 +460,11 @@ impl Router {
                 owned_by: &self.owned_by,
             })
             .collect();
-        serde_json::to_vec(&ModelList { object: "list", data }).unwrap_or_default()
+        serde_json::to_vec(&ModelList {
+            object: "list",
+            data,
+        })
+        .unwrap_or_default()
     }
 
     /// The prefix-affinity hash of a whole body, when configured and the body has a prompt.
@@ -507,9 +553,10 @@ pub enum HeadersAction<'a> {
 fn scan_error(e: ScanError) -> ApiError {
     let msg = e.to_string();
     match e {
-        ScanError::Malformed { .. } | ScanError::Truncated | ScanError::NotAnObject | ScanError::TooDeep => {
-            ApiError::new(400, "invalid_request_error", "invalid_json", msg)
-        }
+        ScanError::Malformed { .. }
+        | ScanError::Truncated
+        | ScanError::NotAnObject
+        | ScanError::TooDeep => ApiError::new(400, "invalid_request_error", "invalid_json", msg),
         ScanError::ModelNotString => ApiError::bad_request("invalid_type", msg),
         ScanError::ModelTooLong => ApiError::bad_request("invalid_value", msg),
         ScanError::DuplicateModel => ApiError::bad_request("invalid_value", msg),
@@ -675,7 +722,7 @@ impl BodyRouting {
         })
     }
 
-    fn target<'r>(router: &'r Router, model: usize, target: usize) -> Option<&'r Target> {
+    fn target(router: &Router, model: usize, target: usize) -> Option<&Target> {
         router.model(model)?.targets.get(target)
     }
 
@@ -890,7 +937,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Turns<'a> {
 
 /// One element of `messages` / `input`.
 enum Item<'a> {
-    Message { role: Cow<'a, str>, content: Vec<Cow<'a, str>> },
+    Message {
+        role: Cow<'a, str>,
+        content: Vec<Cow<'a, str>>,
+    },
     Text(Cow<'a, str>),
     Other,
 }

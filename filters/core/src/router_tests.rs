@@ -80,20 +80,47 @@ fn config_defaults_and_validation() {
     assert_eq!(err(r#"{"models":[]}"#), "models");
     assert_eq!(err(r#"{"models":[{"name":"m"}],"bogus":1}"#), "bogus");
     assert_eq!(err(r#"{"models":[{"name":"m","wieght":1}]}"#), "wieght");
-    assert_eq!(err(r#"{"models":[{"name":"m"},{"name":"n","aliases":["m"]}]}"#), "models[1].aliases[0]");
+    assert_eq!(
+        err(r#"{"models":[{"name":"m"},{"name":"n","aliases":["m"]}]}"#),
+        "models[1].aliases[0]"
+    );
     assert_eq!(err(r#"{"models":[{"name":""}]}"#), "models[0].name");
-    assert_eq!(err(r#"{"models":[{"name":"m","criticality":"urgent"}]}"#), "models[0].criticality");
-    assert_eq!(err(r#"{"models":[{"name":"m","targets":[{"name":"a b"}]}]}"#), "models[0].targets[0].name");
-    assert_eq!(err(r#"{"models":[{"name":"m","targets":[{"name":"a","weight":0}]}]}"#), "models[0].targets");
+    assert_eq!(
+        err(r#"{"models":[{"name":"m","criticality":"urgent"}]}"#),
+        "models[0].criticality"
+    );
+    assert_eq!(
+        err(r#"{"models":[{"name":"m","targets":[{"name":"a b"}]}]}"#),
+        "models[0].targets[0].name"
+    );
+    assert_eq!(
+        err(r#"{"models":[{"name":"m","targets":[{"name":"a","weight":0}]}]}"#),
+        "models[0].targets"
+    );
     assert_eq!(
         err(r#"{"models":[{"name":"m","targets":[{"name":"a","weight":2000000}]}]}"#),
         "models[0].targets[0].weight"
     );
-    assert_eq!(err(r#"{"models":[{"name":"m"}],"default_model":"x"}"#), "default_model");
-    assert_eq!(err(r#"{"models":[{"name":"m"}],"inference_paths":["v1"]}"#), "inference_paths[0]");
-    assert_eq!(err(r#"{"models":[{"name":"m"}],"max_body_bytes":0}"#), "max_body_bytes");
-    assert_eq!(err(r#"{"models":[{"name":"m"}],"prefix_affinity":{"chars":0}}"#), "prefix_affinity.chars");
-    assert_eq!(err(r#"{"models":[{"name":"m"}],"models_path":"x"}"#), "models_path");
+    assert_eq!(
+        err(r#"{"models":[{"name":"m"}],"default_model":"x"}"#),
+        "default_model"
+    );
+    assert_eq!(
+        err(r#"{"models":[{"name":"m"}],"inference_paths":["v1"]}"#),
+        "inference_paths[0]"
+    );
+    assert_eq!(
+        err(r#"{"models":[{"name":"m"}],"max_body_bytes":0}"#),
+        "max_body_bytes"
+    );
+    assert_eq!(
+        err(r#"{"models":[{"name":"m"}],"prefix_affinity":{"chars":0}}"#),
+        "prefix_affinity.chars"
+    );
+    assert_eq!(
+        err(r#"{"models":[{"name":"m"}],"models_path":"x"}"#),
+        "models_path"
+    );
 }
 
 #[test]
@@ -129,12 +156,30 @@ fn weighted_choice_over_many_seeds() {
 #[test]
 fn headers_decisions() {
     let r = router(CONFIG);
-    assert_eq!(r.on_headers(&head("POST", "/v1/chat/completions")), HeadersAction::ReadBody);
-    assert_eq!(r.on_headers(&head("POST", "/v1/chat/completions?x=1")), HeadersAction::ReadBody);
-    assert_eq!(r.on_headers(&head("POST", "/v1/other")), HeadersAction::PassThrough);
-    assert_eq!(r.on_headers(&head("GET", "/v1/chat/completions")), HeadersAction::PassThrough);
-    assert_eq!(r.on_headers(&head("POST", "/v1/models")), HeadersAction::PassThrough);
-    assert_eq!(r.on_headers(&head("GET", "/healthz")), HeadersAction::PassThrough);
+    assert_eq!(
+        r.on_headers(&head("POST", "/v1/chat/completions")),
+        HeadersAction::ReadBody
+    );
+    assert_eq!(
+        r.on_headers(&head("POST", "/v1/chat/completions?x=1")),
+        HeadersAction::ReadBody
+    );
+    assert_eq!(
+        r.on_headers(&head("POST", "/v1/other")),
+        HeadersAction::PassThrough
+    );
+    assert_eq!(
+        r.on_headers(&head("GET", "/v1/chat/completions")),
+        HeadersAction::PassThrough
+    );
+    assert_eq!(
+        r.on_headers(&head("POST", "/v1/models")),
+        HeadersAction::PassThrough
+    );
+    assert_eq!(
+        r.on_headers(&head("GET", "/healthz")),
+        HeadersAction::PassThrough
+    );
 
     let mut h = head("POST", "/v1/completions");
     h.content_type = Some("text/plain");
@@ -161,7 +206,12 @@ fn models_list_and_retrieve() {
     };
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["llama-3-8b", "qwen-2-7b", "chat"]);
     assert_eq!(v["data"][0]["object"], "model");
     assert_eq!(v["data"][0]["owned_by"], "modelgate");
@@ -171,13 +221,24 @@ fn models_list_and_retrieve() {
     };
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["id"], "qwen-2-7b");
-    assert!(matches!(r.on_headers(&head("GET", "/v1/models/nope")), HeadersAction::Error(e) if e.status == 404));
+    assert!(
+        matches!(r.on_headers(&head("GET", "/v1/models/nope")), HeadersAction::Error(e) if e.status == 404)
+    );
 
     let r = router(r#"{"models":[{"name":"org/m:1"}],"models_path":null}"#);
-    assert_eq!(r.on_headers(&head("GET", "/v1/models")), HeadersAction::PassThrough);
+    assert_eq!(
+        r.on_headers(&head("GET", "/v1/models")),
+        HeadersAction::PassThrough
+    );
     let r = router(r#"{"models":[{"name":"org/m:1"}]}"#);
-    assert!(matches!(r.on_headers(&head("GET", "/v1/models/org%2Fm%3A1")), HeadersAction::Reply(200, _)));
-    assert!(matches!(r.on_headers(&head("GET", "/v1/models/org/m:1")), HeadersAction::Reply(200, _)));
+    assert!(matches!(
+        r.on_headers(&head("GET", "/v1/models/org%2Fm%3A1")),
+        HeadersAction::Reply(200, _)
+    ));
+    assert!(matches!(
+        r.on_headers(&head("GET", "/v1/models/org/m:1")),
+        HeadersAction::Reply(200, _)
+    ));
 }
 
 #[test]
@@ -187,7 +248,9 @@ fn same_name_stops_at_the_model_without_reading_on() {
     let mut br = BodyRouting::new();
     let mut rng = Prng::new(1);
     let step = br.feed(&r, &body[..30], 30, false, &mut rng);
-    let BodyStep::Route(route) = step else { panic!("{step:?}") };
+    let BodyStep::Route(route) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(r.model(route.model).unwrap().name, "llama-3-8b");
     assert_eq!(route.edit, None);
     assert!(!route.whole_body);
@@ -198,9 +261,12 @@ fn same_name_stops_at_the_model_without_reading_on() {
 #[test]
 fn alias_is_rewritten_and_content_length_follows() {
     let r = router(CONFIG);
-    let body = r#"{"stream":false,"model":"gpt-4o","messages":[{"role":"user","content":"héllo"}]}"#;
+    let body =
+        r#"{"stream":false,"model":"gpt-4o","messages":[{"role":"user","content":"héllo"}]}"#;
     let (step, out) = route_whole(&r, body);
-    let BodyStep::Route(route) = step else { panic!("{step:?}") };
+    let BodyStep::Route(route) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(r.model(route.model).unwrap().name, "chat");
     let edit = route.edit.unwrap();
     assert_eq!(rewritten_model(&out), "llama-3-8b");
@@ -216,7 +282,9 @@ fn escaped_model_names_resolve_and_need_no_rewrite_when_equal() {
     let r = router(CONFIG);
     let body = r#"{"model":"llama\u002d3-8b"}"#;
     let (step, out) = route_whole(&r, body);
-    let BodyStep::Route(route) = step else { panic!("{step:?}") };
+    let BodyStep::Route(route) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(route.edit, None);
     assert_eq!(out, body.as_bytes());
 }
@@ -228,7 +296,9 @@ fn weighted_targets_rewrite_to_the_chosen_name() {
     let mut seen = HashMap::new();
     for seed in 0..200 {
         let (step, out) = route_pieces(&r, body.as_bytes(), &[body.len()], seed);
-        let BodyStep::Route(route) = step else { panic!("{step:?}") };
+        let BodyStep::Route(route) = step else {
+            panic!("{step:?}")
+        };
         let target = &r.model(route.model).unwrap().targets[route.target].name;
         assert_eq!(&rewritten_model(&out), target);
         *seen.entry(target.clone()).or_insert(0) += 1;
@@ -252,7 +322,11 @@ fn every_chunk_boundary_gives_the_same_result() {
         let b = body.as_bytes();
         let whole = route_pieces(&r, b, &[b.len()], 9);
         for cut in 1..b.len() {
-            assert_eq!(route_pieces(&r, b, &[cut, b.len()], 9), whole, "{body} cut at {cut}");
+            assert_eq!(
+                route_pieces(&r, b, &[cut, b.len()], 9),
+                whole,
+                "{body} cut at {cut}"
+            );
         }
         let bytes: Vec<usize> = (1..=b.len()).collect();
         assert_eq!(route_pieces(&r, b, &bytes, 9), whole, "{body} byte by byte");
@@ -275,8 +349,14 @@ fn errors_map_to_openai_statuses() {
     assert_eq!(error_status(&route_whole(&r, r#"{"prompt":"x"}"#).0), 400);
     assert_eq!(error_status(&route_whole(&r, r#"["model"]"#).0), 400);
     // A rewrite reads the whole body, so a broken tail is caught.
-    assert_eq!(error_status(&route_whole(&r, r#"{"model":"chat","x":}"#).0), 400);
-    assert_eq!(error_status(&route_whole(&r, r#"{"model":"chat","model":"qwen"}"#).0), 400);
+    assert_eq!(
+        error_status(&route_whole(&r, r#"{"model":"chat","x":}"#).0),
+        400
+    );
+    assert_eq!(
+        error_status(&route_whole(&r, r#"{"model":"chat","model":"qwen"}"#).0),
+        400
+    );
     // Over the limit while buffering.
     let mut br = BodyRouting::new();
     let big = format!(r#"{{"prompt":"{}","model":"chat"}}"#, "x".repeat(5000));
@@ -286,7 +366,8 @@ fn errors_map_to_openai_statuses() {
 
 #[test]
 fn default_model_is_inserted() {
-    let r = router(r#"{"models":[{"name":"m","targets":[{"name":"real-m"}]}],"default_model":"m"}"#);
+    let r =
+        router(r#"{"models":[{"name":"m","targets":[{"name":"real-m"}]}],"default_model":"m"}"#);
     let (step, out) = route_whole(&r, r#"{"prompt":"hi"}"#);
     assert!(matches!(step, BodyStep::Route(_)), "{step:?}");
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -302,14 +383,32 @@ fn default_model_is_inserted() {
 #[test]
 fn criticality_can_only_be_lowered() {
     use Criticality::*;
-    assert_eq!(Criticality::effective(Standard, Criticality::parse("sheddable")), Sheddable);
-    assert_eq!(Criticality::effective(Standard, Criticality::parse("CRITICAL")), Standard);
-    assert_eq!(Criticality::effective(Critical, Criticality::parse(" standard ")), Standard);
-    assert_eq!(Criticality::effective(Sheddable, Criticality::parse("critical")), Sheddable);
-    assert_eq!(Criticality::effective(Critical, Criticality::parse("bogus")), Critical);
+    assert_eq!(
+        Criticality::effective(Standard, Criticality::parse("sheddable")),
+        Sheddable
+    );
+    assert_eq!(
+        Criticality::effective(Standard, Criticality::parse("CRITICAL")),
+        Standard
+    );
+    assert_eq!(
+        Criticality::effective(Critical, Criticality::parse(" standard ")),
+        Standard
+    );
+    assert_eq!(
+        Criticality::effective(Sheddable, Criticality::parse("critical")),
+        Sheddable
+    );
+    assert_eq!(
+        Criticality::effective(Critical, Criticality::parse("bogus")),
+        Critical
+    );
     assert_eq!(Criticality::effective(Critical, None), Critical);
     let r = router(CONFIG);
-    assert_eq!(r.model(r.resolve("qwen").unwrap()).unwrap().criticality, Sheddable);
+    assert_eq!(
+        r.model(r.resolve("qwen").unwrap()).unwrap().criticality,
+        Sheddable
+    );
 }
 
 #[test]
@@ -323,22 +422,49 @@ fn prefix_hash_uses_system_and_first_user_turn() {
         .to_string()
     };
     let h = |body: &str| prefix_hash(body.as_bytes(), 32);
-    let a = h(&chat("You are helpful.", "Summarise the following document", "q1")).unwrap();
+    let a = h(&chat(
+        "You are helpful.",
+        "Summarise the following document",
+        "q1",
+    ))
+    .unwrap();
     // Later turns and text beyond N chars do not matter.
-    assert_eq!(a, h(&chat("You are helpful.", "Summarise the following document: ...", "q2")).unwrap());
-    assert_ne!(a, h(&chat("You are terse.", "Summarise the following document", "q1")).unwrap());
+    assert_eq!(
+        a,
+        h(&chat(
+            "You are helpful.",
+            "Summarise the following document: ...",
+            "q2"
+        ))
+        .unwrap()
+    );
+    assert_ne!(
+        a,
+        h(&chat(
+            "You are terse.",
+            "Summarise the following document",
+            "q1"
+        ))
+        .unwrap()
+    );
     // Escapes decode to the same text as raw characters; parts concatenate.
     let escaped = r#"{"messages":[{"role":"system","content":"caf\u00e9"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
     let raw = r#"{"messages":[{"role":"system","content":"café"},{"role":"user","content":"hi"}]}"#;
     assert_eq!(h(escaped), h(raw));
     // Completions, embeddings and responses shapes.
-    assert_eq!(h(r#"{"prompt":"hello"}"#), h(r#"{"prompt":["hello","other"]}"#));
+    assert_eq!(
+        h(r#"{"prompt":"hello"}"#),
+        h(r#"{"prompt":["hello","other"]}"#)
+    );
     assert_eq!(h(r#"{"input":"hello"}"#), h(r#"{"prompt":"hello"}"#));
     assert!(h(r#"{"instructions":"sys","input":[{"role":"user","content":[{"type":"input_text","text":"u"}]}]}"#).is_some());
     assert_eq!(h(r#"{"model":"m"}"#), None);
     assert_eq!(h(r#"{"prompt":[1,2,3]}"#), None);
     assert_eq!(h("not json"), None);
-    assert_eq!(std::str::from_utf8(&hash_hex(0x0123_4567_89ab_cdef)).unwrap(), "0123456789abcdef");
+    assert_eq!(
+        std::str::from_utf8(&hash_hex(0x0123_4567_89ab_cdef)).unwrap(),
+        "0123456789abcdef"
+    );
 }
 
 #[test]
@@ -346,7 +472,9 @@ fn prefix_affinity_reads_the_whole_body() {
     let r = router(r#"{"models":[{"name":"m"}],"prefix_affinity":{"chars":64}}"#);
     let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
     let (step, out) = route_whole(&r, body);
-    let BodyStep::Route(route) = step else { panic!("{step:?}") };
+    let BodyStep::Route(route) = step else {
+        panic!("{step:?}")
+    };
     assert!(route.whole_body);
     assert_eq!(route.edit, None);
     assert!(r.prefix_hash(&out).is_some());

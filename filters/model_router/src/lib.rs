@@ -130,7 +130,11 @@ impl HttpContext for RouterHttp {
                 Action::Continue
             }
             HeadersAction::Reply(status, body) => {
-                self.send_http_response(u32::from(status), vec![("content-type", "application/json")], Some(&body));
+                self.send_http_response(
+                    u32::from(status),
+                    vec![("content-type", "application/json")],
+                    Some(&body),
+                );
                 Action::Pause
             }
             HeadersAction::Error(err) => {
@@ -156,11 +160,15 @@ impl HttpContext for RouterHttp {
         let from = self.body.consumed();
         // Only the bytes not scanned yet; nothing at all once over the limit.
         let chunk = if body_size > from && body_size <= router.max_body_bytes() {
-            self.get_http_request_body(from, body_size - from).unwrap_or_default()
+            self.get_http_request_body(from, body_size - from)
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
-        let step = with_rng(|rng| self.body.feed(&router, &chunk, body_size, end_of_stream, rng));
+        let step = with_rng(|rng| {
+            self.body
+                .feed(&router, &chunk, body_size, end_of_stream, rng)
+        });
         match step {
             BodyStep::NeedMore => Action::Pause,
             BodyStep::Error(err) => {
@@ -180,8 +188,12 @@ impl HttpContext for RouterHttp {
 impl RouterHttp {
     /// Writes the decision into the request: body front, `content-length`, headers.
     fn apply(&self, router: &Router, route: &Route, body_size: usize) {
-        let Some(model) = router.model(route.model) else { return };
-        let Some(target) = model.targets.get(route.target) else { return };
+        let Some(model) = router.model(route.model) else {
+            return;
+        };
+        let Some(target) = model.targets.get(route.target) else {
+            return;
+        };
         // The whole body is fetched only for the prefix hash.
         let whole = match router.prefix_affinity_chars() {
             Some(_) if route.whole_body => self.get_http_request_body(0, body_size),

@@ -112,7 +112,12 @@ fn assert_api_error(r: &Response, status: u16, code: &str) -> Value {
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v = r.json();
     assert_eq!(v["error"]["code"], code, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
     assert!(v["error"]["type"].is_string(), "{v}");
     v
 }
@@ -171,27 +176,39 @@ fn routes_by_model_alias_and_weight() {
     for (alias, target, pods) in [
         ("qwen", "qwen-2-7b", &["c"][..]),
         ("llama3", "llama-3-8b", &["a", "b"][..]),
-        ("meta-llama/Meta-Llama-3-8B-Instruct", "llama-3-8b", &["a", "b"][..]),
+        (
+            "meta-llama/Meta-Llama-3-8B-Instruct",
+            "llama-3-8b",
+            &["a", "b"][..],
+        ),
     ] {
         let r = gw.chat(&chat_body(alias), &[]);
         assert_eq!(r.status, 200, "{alias}: {}", r.text());
         assert_eq!(r.json()["model"], target, "{alias}");
-        assert!(pods.contains(&pod(&r).as_str()), "{alias} went to {}", pod(&r));
+        assert!(
+            pods.contains(&pod(&r).as_str()),
+            "{alias} went to {}",
+            pod(&r)
+        );
     }
 
     // Only the top-level model counts; escapes and Unicode elsewhere are fine.
     let body = br#"{"metadata":{"model":"qwen-2-7b"},"messages":[{"role":"user","content":"caf\u00e9 \"model\": \"qwen\" \u2603"}],"model":"llama\u002d3-8b","max_tokens":2}"#;
-    let r = gw.raw("POST", "/v1/chat/completions", &[("content-type", "application/json")], body);
+    let r = gw.raw(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(["a", "b"].contains(&pod(&r).as_str()));
 
     // A chunked body fed in 7-byte pieces, the alias split across pieces.
-    let body = br#"{"messages":[{"role":"user","content":"hello there"}],"max_tokens":2,"model":"qwen"}"#;
+    let body =
+        br#"{"messages":[{"role":"user","content":"hello there"}],"max_tokens":2,"model":"qwen"}"#;
     let pieces: Vec<&[u8]> = body.chunks(7).collect();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-    );
-    let (status, text) = raw_http(gw.port, &head, &pieces, true);
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let (status, text) = raw_http(gw.port, head, &pieces, true);
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("x-sim-pod: c"), "{text}");
     assert!(text.contains(r#""model":"qwen-2-7b""#), "{text}");
@@ -213,7 +230,11 @@ fn routes_by_model_alias_and_weight() {
                     let r = gw.chat(&chat_body("chat"), &[]);
                     assert_eq!(r.status, 200, "{}", r.text());
                     let served = r.json()["model"].as_str().unwrap().to_string();
-                    let expected = if pod(&r) == "c" { "qwen-2-7b" } else { "llama-3-8b" };
+                    let expected = if pod(&r) == "c" {
+                        "qwen-2-7b"
+                    } else {
+                        "llama-3-8b"
+                    };
                     assert_eq!(served, expected, "body rewrite and route disagree");
                     *counts.lock().unwrap().entry(pod(&r)).or_default() += 1;
                 }
@@ -226,15 +247,23 @@ fn routes_by_model_alias_and_weight() {
     eprintln!("weighted split over {n}: llama {llama}, qwen {qwen} ({counts:?})");
     assert_eq!(llama + qwen, n);
     let share = qwen as f64 / n as f64;
-    assert!((share - 0.25).abs() < 0.05, "qwen share {share} (want 0.25)");
+    assert!(
+        (share - 0.25).abs() < 0.05,
+        "qwen share {share} (want 0.25)"
+    );
 
     // Criticality: the model's ("chat" is sheddable, llama critical); a client may lower
     // it but not raise it; junk is ignored.
     let crit = |model: &str, hdr: Option<&str>| {
-        let h: Vec<(&str, &str)> = hdr.map(|v| ("x-modelgate-criticality", v)).into_iter().collect();
+        let h: Vec<(&str, &str)> = hdr
+            .map(|v| ("x-modelgate-criticality", v))
+            .into_iter()
+            .collect();
         let r = gw.chat(&chat_body(model), &h);
         assert_eq!(r.status, 200, "{}", r.text());
-        r.header("x-modelgate-criticality").unwrap_or("-").to_string()
+        r.header("x-modelgate-criticality")
+            .unwrap_or("-")
+            .to_string()
     };
     assert_eq!(crit("chat", None), "sheddable");
     assert_eq!(crit("chat", Some("critical")), "sheddable");
@@ -255,7 +284,10 @@ fn routes_by_model_alias_and_weight() {
     let mut same = HashMap::<String, usize>::new();
     let mut hashes = std::collections::HashSet::new();
     for i in 0..20 {
-        let r = gw.chat(&convo("You are a careful analyst.", &format!("question {i}")), &[]);
+        let r = gw.chat(
+            &convo("You are a careful analyst.", &format!("question {i}")),
+            &[],
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         hashes.insert(r.header("x-modelgate-prefix-hash").unwrap().to_string());
         *same.entry(pod(&r)).or_default() += 1;
@@ -276,16 +308,27 @@ fn routes_by_model_alias_and_weight() {
     body["max_tokens"] = json!(5);
     let r = gw.chat(&body, &[]);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     let text = r.text();
     assert!(text.matches("data: ").count() >= 5, "{text}");
     assert!(text.contains(r#""model":"llama-3-8b""#), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 
     // Other inference paths.
-    let r = post_json(&gw.url("/v1/completions"), &json!({"model": "qwen", "prompt": "hi", "max_tokens": 2}), &[]);
+    let r = post_json(
+        &gw.url("/v1/completions"),
+        &json!({"model": "qwen", "prompt": "hi", "max_tokens": 2}),
+        &[],
+    );
     assert_eq!((r.status, pod(&r)), (200, "c".to_string()), "{}", r.text());
-    let r = post_json(&gw.url("/v1/embeddings"), &json!({"model": "llama3", "input": "hi"}), &[]);
+    let r = post_json(
+        &gw.url("/v1/embeddings"),
+        &json!({"model": "llama3", "input": "hi"}),
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(["a", "b"].contains(&pod(&r).as_str()));
 }
@@ -295,33 +338,87 @@ fn errors_models_and_pass_through() {
     let gw = start("router-errors");
     let json_ct = [("content-type", "application/json")];
 
-    let v = assert_api_error(&gw.raw("POST", "/v1/chat/completions", &json_ct, b"{\"model\": \"qwen\", "), 400, "invalid_json");
-    assert!(v["error"]["message"].as_str().unwrap().contains("JSON"), "{v}");
-    assert_api_error(&gw.raw("POST", "/v1/chat/completions", &json_ct, b"not json at all"), 400, "invalid_json");
-    assert_api_error(&gw.raw("POST", "/v1/chat/completions", &json_ct, b"[1,2]"), 400, "invalid_json");
-    assert_api_error(&gw.raw("POST", "/v1/chat/completions", &json_ct, b""), 400, "invalid_json");
-    let v = assert_api_error(&gw.chat(&json!({"messages": []}), &[]), 400, "missing_required_parameter");
-    assert_eq!(v["error"]["param"], "model");
-    assert_api_error(&gw.chat(&json!({"model": 7, "messages": []}), &[]), 400, "invalid_type");
-    assert_api_error(&gw.chat(&json!({"model": null}), &[]), 400, "invalid_type");
-    assert_api_error(&gw.chat(&json!({"model": {"name": "qwen"}}), &[]), 400, "invalid_type");
+    let v = assert_api_error(
+        &gw.raw(
+            "POST",
+            "/v1/chat/completions",
+            &json_ct,
+            b"{\"model\": \"qwen\", ",
+        ),
+        400,
+        "invalid_json",
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("JSON"),
+        "{v}"
+    );
     assert_api_error(
-        &gw.raw("POST", "/v1/chat/completions", &json_ct, br#"{"model":"qwen","model":"llama3"}"#),
+        &gw.raw("POST", "/v1/chat/completions", &json_ct, b"not json at all"),
+        400,
+        "invalid_json",
+    );
+    assert_api_error(
+        &gw.raw("POST", "/v1/chat/completions", &json_ct, b"[1,2]"),
+        400,
+        "invalid_json",
+    );
+    assert_api_error(
+        &gw.raw("POST", "/v1/chat/completions", &json_ct, b""),
+        400,
+        "invalid_json",
+    );
+    let v = assert_api_error(
+        &gw.chat(&json!({"messages": []}), &[]),
+        400,
+        "missing_required_parameter",
+    );
+    assert_eq!(v["error"]["param"], "model");
+    assert_api_error(
+        &gw.chat(&json!({"model": 7, "messages": []}), &[]),
+        400,
+        "invalid_type",
+    );
+    assert_api_error(&gw.chat(&json!({"model": null}), &[]), 400, "invalid_type");
+    assert_api_error(
+        &gw.chat(&json!({"model": {"name": "qwen"}}), &[]),
+        400,
+        "invalid_type",
+    );
+    assert_api_error(
+        &gw.raw(
+            "POST",
+            "/v1/chat/completions",
+            &json_ct,
+            br#"{"model":"qwen","model":"llama3"}"#,
+        ),
         400,
         "invalid_value",
     );
 
     let v = assert_api_error(&gw.chat(&chat_body("gpt-99"), &[]), 404, "model_not_found");
-    assert!(v["error"]["message"].as_str().unwrap().contains("gpt-99"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("gpt-99"),
+        "{v}"
+    );
     assert_eq!(v["error"]["param"], "model");
 
     assert_api_error(
-        &gw.raw("POST", "/v1/chat/completions", &[("content-type", "text/plain")], br#"{"model":"qwen"}"#),
+        &gw.raw(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "text/plain")],
+            br#"{"model":"qwen"}"#,
+        ),
         415,
         "unsupported_media_type",
     );
     assert_api_error(
-        &gw.raw("POST", "/v1/completions", &[("content-type", "application/x-www-form-urlencoded")], b"model=qwen"),
+        &gw.raw(
+            "POST",
+            "/v1/completions",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            b"model=qwen",
+        ),
         415,
         "unsupported_media_type",
     );
@@ -346,21 +443,49 @@ fn errors_models_and_pass_through() {
     assert_eq!(r.header("x-sim-pod"), None);
     let v = r.json();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["llama-3-8b", "qwen-2-7b", "chat"]);
-    assert!(v["data"].as_array().unwrap().iter().all(|m| m["object"] == "model" && m["owned_by"].is_string()));
+    assert!(v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["object"] == "model" && m["owned_by"].is_string()));
     let r = get(&gw.url("/v1/models/chat"));
     assert_eq!((r.status, r.json()["id"].clone()), (200, json!("chat")));
     assert_api_error(&get(&gw.url("/v1/models/nope")), 404, "model_not_found");
 
     // Non-inference paths pass through untouched, and a client cannot pick a cluster by
     // sending x-modelgate-model itself.
-    let r = request("GET", &gw.url("/v1/other"), &[("x-modelgate-model", "qwen-2-7b")], None);
+    let r = request(
+        "GET",
+        &gw.url("/v1/other"),
+        &[("x-modelgate-model", "qwen-2-7b")],
+        None,
+    );
     assert_eq!(r.status, 404, "{}", r.text());
-    assert_eq!(r.header("x-sim-pod"), None, "a spoofed routing header reached a pod");
-    let r = request("GET", &gw.url("/v1/chat/completions"), &[("x-modelgate-model", "qwen-2-7b")], None);
+    assert_eq!(
+        r.header("x-sim-pod"),
+        None,
+        "a spoofed routing header reached a pod"
+    );
+    let r = request(
+        "GET",
+        &gw.url("/v1/chat/completions"),
+        &[("x-modelgate-model", "qwen-2-7b")],
+        None,
+    );
     assert_eq!(r.header("x-sim-pod"), None);
-    let r = gw.raw("POST", "/v1/other", &[("content-type", "text/plain")], b"anything");
+    let r = gw.raw(
+        "POST",
+        "/v1/other",
+        &[("content-type", "text/plain")],
+        b"anything",
+    );
     assert_eq!(r.status, 404, "{}", r.text());
 }
 
@@ -368,13 +493,24 @@ fn errors_models_and_pass_through() {
 fn openai_python_client() {
     let gw = start("router-openai");
     let python = repo_root().join("tools/venv/bin/python");
-    assert!(python.exists(), "{} is missing: run `make setup`", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup`",
+        python.display()
+    );
     let script = repo_root().join("tests/e2e/py/openai_client_check.py");
-    let out = Command::new(python).arg(script).arg(gw.url("")).output().unwrap();
+    let out = Command::new(python)
+        .arg(script)
+        .arg(gw.url(""))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}{stderr}");
-    assert!(out.status.success(), "python openai client check failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "python openai client check failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all openai client checks passed"));
 }
 
@@ -390,8 +526,14 @@ fn bad_config_is_rejected() {
     let mut envoy = Envoy::spawn(&dir, "gateway", &yaml);
     let exited = envoy.proc.wait_exit(Duration::from_secs(30));
     let log = envoy.proc.log_text();
-    assert!(exited.is_some_and(|s| !s.success()), "Envoy accepted a bad router config:\n{log}");
-    assert!(log.contains("model_router: invalid configuration: field `weight`"), "{log}");
+    assert!(
+        exited.is_some_and(|s| !s.success()),
+        "Envoy accepted a bad router config:\n{log}"
+    );
+    assert!(
+        log.contains("model_router: invalid configuration: field `weight`"),
+        "{log}"
+    );
 }
 
 /// Why the gateway sets `allow_on_headers_stop_iteration: true`: without it, Envoy turns the
@@ -403,15 +545,26 @@ fn without_allow_on_headers_stop_iteration_requests_stall() {
     let sim = start_sim(&dir, "c", "qwen-2-7b");
     let (listen, admin) = (free_port(), free_port());
     let yaml = gateway_yaml(listen, admin, [sim.port, sim.port, sim.port])
-        .replace("allow_on_headers_stop_iteration: true", "allow_on_headers_stop_iteration: false")
+        .replace(
+            "allow_on_headers_stop_iteration: true",
+            "allow_on_headers_stop_iteration: false",
+        )
         .replace("stream_idle_timeout: 300s", "stream_idle_timeout: 2s");
     assert!(yaml.contains("allow_on_headers_stop_iteration: false"));
     let _envoy = Envoy::start(&dir, "gateway", &yaml, admin);
     let url = format!("http://127.0.0.1:{listen}");
     assert_eq!(get(&format!("{url}/v1/models")).status, 200);
     let started = std::time::Instant::now();
-    let r = post_json(&format!("{url}/v1/chat/completions"), &chat_body("qwen-2-7b"), &[]);
-    eprintln!("without the knob: status {} after {:?}", r.status, started.elapsed());
+    let r = post_json(
+        &format!("{url}/v1/chat/completions"),
+        &chat_body("qwen-2-7b"),
+        &[],
+    );
+    eprintln!(
+        "without the knob: status {} after {:?}",
+        r.status,
+        started.elapsed()
+    );
     assert_ne!(r.status, 200, "{}", r.text());
     assert!(started.elapsed() >= Duration::from_millis(1900));
 }
