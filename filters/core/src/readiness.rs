@@ -155,7 +155,7 @@ impl ReadinessConfigJson {
             DEFAULT_RETRY_AFTER,
         )?;
         if retry_ms == 0 {
-            return Err(ConfigError::new("retry_after", "must be at least 1s"));
+            return Err(ConfigError::new("retry_after", "must be more than 0"));
         }
         // Retry-After is whole seconds; round up so clients never retry sooner than asked.
         let retry_after_s = u32::try_from(retry_ms.div_ceil(1000))
