@@ -175,9 +175,19 @@ fn default_prefix_chars() -> usize {
 pub struct Target {
     pub name: String,
     pub weight: u32,
-    /// The name as a JSON string token, written into rewritten bodies.
-    json: String,
+    /// `"model":"<name>"`, written into bodies that lack a model; its tail after
+    /// `"model":` (the name as a JSON string token) replaces a client's model.
+    member_json: String,
 }
+
+impl Target {
+    /// The name as a JSON string token.
+    fn json(&self) -> &str {
+        self.member_json.get(MEMBER_PREFIX.len()..).unwrap_or("")
+    }
+}
+
+const MEMBER_PREFIX: &str = "\"model\":";
 
 /// One client-facing model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,7 +292,7 @@ impl Router {
                 targets.push(Target {
                     name: t.name,
                     weight: t.weight,
-                    json,
+                    member_json: format!("{MEMBER_PREFIX}{json}"),
                 });
             }
             if total_weight == 0 {
@@ -576,22 +586,22 @@ pub struct BodyRouting {
 
 /// What the body tells the glue to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyStep {
+pub enum BodyStep<'r> {
     /// Keep buffering (pause) and call again with the next bytes.
     NeedMore,
     /// Answer with this error.
     Error(ApiError),
     /// Route the request.
-    Route(Route),
+    Route(Route<'r>),
 }
 
 /// A routing decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
+pub struct Route<'r> {
     pub model: usize,
     pub target: usize,
     /// A body change, when the body must carry the target's name.
-    pub edit: Option<BodyEdit>,
+    pub edit: Option<BodyEdit<'r>>,
     /// The whole body is buffered (end of stream was reached), so a prefix hash can be
     /// computed from it.
     pub whole_body: bool,
@@ -601,14 +611,14 @@ pub struct Route {
 /// (and a comma when `comma`). Only a prefix of the body changes, which is the one body
 /// edit Envoy supports in the middle of buffered data (drain the front, prepend).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BodyEdit {
+pub struct BodyEdit<'r> {
     pub keep: usize,
     pub drop: usize,
-    insert: String,
+    insert: &'r str,
     comma: bool,
 }
 
-impl BodyEdit {
+impl BodyEdit<'_> {
     /// The new front of the body from the old body's first `keep` bytes.
     pub fn new_prefix(&self, kept: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(kept.len() + self.insert.len() + 1);
@@ -650,14 +660,14 @@ impl BodyRouting {
 
     /// Feeds the next body bytes (`chunk` starts at [`Self::consumed`]).
     /// `total` is the body length buffered so far (for the size limit).
-    pub fn feed(
+    pub fn feed<'r>(
         &mut self,
-        router: &Router,
+        router: &'r Router,
         chunk: &[u8],
         total: usize,
         end_of_stream: bool,
         rng: &mut Prng,
-    ) -> BodyStep {
+    ) -> BodyStep<'r> {
         if total > router.max_body_bytes {
             return BodyStep::Error(ApiError::too_large(router.max_body_bytes));
         }
@@ -726,7 +736,12 @@ impl BodyRouting {
         router.model(model)?.targets.get(target)
     }
 
-    fn replace_edit(&self, router: &Router, model: usize, target: usize) -> Option<BodyEdit> {
+    fn replace_edit<'r>(
+        &self,
+        router: &'r Router,
+        model: usize,
+        target: usize,
+    ) -> Option<BodyEdit<'r>> {
         let t = Self::target(router, model, target)?;
         if self.scanner.model() == Some(t.name.as_str()) {
             return None;
@@ -735,18 +750,23 @@ impl BodyRouting {
         Some(BodyEdit {
             keep: start,
             drop: end,
-            insert: t.json.clone(),
+            insert: t.json(),
             comma: false,
         })
     }
 
-    fn insert_edit(&self, router: &Router, model: usize, target: usize) -> Option<BodyEdit> {
+    fn insert_edit<'r>(
+        &self,
+        router: &'r Router,
+        model: usize,
+        target: usize,
+    ) -> Option<BodyEdit<'r>> {
         let t = Self::target(router, model, target)?;
         let brace = self.scanner.object_start()?;
         Some(BodyEdit {
             keep: brace + 1,
             drop: brace + 1,
-            insert: format!("\"model\":{}", t.json),
+            insert: &t.member_json,
             comma: self.scanner.top_level_keys() > 0,
         })
     }
@@ -781,6 +801,22 @@ fn turns_feed(h: &mut PrefixHasher, parts: &[Cow<'_, str>]) {
     for p in parts {
         h.feed(p);
     }
+}
+
+/// `n` in decimal into `buf`, for header values without allocating.
+pub fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    buf.get(i..).unwrap_or_default()
 }
 
 /// 16 lowercase hex digits, the header form of a prefix hash.

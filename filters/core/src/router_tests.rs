@@ -26,7 +26,12 @@ fn head<'a>(method: &'a str, path: &'a str) -> RequestHead<'a> {
 
 /// Runs a whole body through [`BodyRouting`] in the given pieces; returns the step and
 /// the body after the edit.
-fn route_pieces(r: &Router, body: &[u8], cuts: &[usize], seed: u64) -> (BodyStep, Vec<u8>) {
+fn route_pieces<'r>(
+    r: &'r Router,
+    body: &[u8],
+    cuts: &[usize],
+    seed: u64,
+) -> (BodyStep<'r>, Vec<u8>) {
     let mut rng = Prng::new(seed);
     let mut br = BodyRouting::new();
     let mut start = 0;
@@ -52,7 +57,7 @@ fn route_pieces(r: &Router, body: &[u8], cuts: &[usize], seed: u64) -> (BodyStep
     panic!("never decided");
 }
 
-fn route_whole(r: &Router, body: &str) -> (BodyStep, Vec<u8>) {
+fn route_whole<'r>(r: &'r Router, body: &str) -> (BodyStep<'r>, Vec<u8>) {
     route_pieces(r, body.as_bytes(), &[body.len()], 1)
 }
 

@@ -13,8 +13,8 @@ use std::rc::Rc;
 
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{
-    hash_hex, BodyRouting, BodyStep, Criticality, HeadersAction, RequestHead, Route, Router,
-    CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
+    decimal, hash_hex, BodyRouting, BodyStep, Criticality, HeadersAction, RequestHead, Route,
+    Router, CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
 };
 use modelgate_glue::{now_ms, send_error};
 use proxy_wasm::hostcalls;
@@ -187,7 +187,7 @@ impl HttpContext for RouterHttp {
 
 impl RouterHttp {
     /// Writes the decision into the request: body front, `content-length`, headers.
-    fn apply(&self, router: &Router, route: &Route, body_size: usize) {
+    fn apply(&self, router: &Router, route: &Route<'_>, body_size: usize) {
         let Some(model) = router.model(route.model) else {
             return;
         };
@@ -212,8 +212,9 @@ impl RouterHttp {
             // Envoy edits buffered bodies only at the front: drain `drop` bytes, prepend.
             self.set_http_request_body(0, edit.drop, &edit.new_prefix(kept));
             if self.has_content_length {
-                let len = edit.new_body_len(body_size).to_string();
-                self.set_http_request_header("content-length", Some(&len));
+                let mut digits = [0u8; 20];
+                let len = decimal(edit.new_body_len(body_size), &mut digits);
+                self.set_http_request_header_bytes("content-length", Some(len));
             }
         }
         self.set_http_request_header(MODEL_HEADER, Some(&target.name));
