@@ -231,6 +231,24 @@ impl ModelScanner {
         let had_model = self.model_span.is_some();
         let mut i = 0;
         while let Some(&b) = chunk.get(i) {
+            // Fast path: plain bytes inside a string we do not keep (prompts are most of
+            // the body) need no state change, only the check for control characters.
+            if let Token::Str {
+                sink: Sink::Skip,
+                esc: Esc::None,
+            } = self.token
+            {
+                let rest = chunk.get(i..).unwrap_or_default();
+                let run = rest
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    i += run;
+                    self.pos += run;
+                    continue;
+                }
+            }
             match self.step(b) {
                 Ok(true) => {
                     i += 1;

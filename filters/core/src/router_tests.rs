@@ -484,3 +484,59 @@ fn prefix_affinity_reads_the_whole_body() {
     assert_eq!(route.edit, None);
     assert!(r.prefix_hash(&out).is_some());
 }
+
+/// Throughput of the body path (scan + prefix hash); run with
+/// `cargo test --release -p modelgate-core router::tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    let r = router(
+        r#"{"models":[{"name":"m","aliases":["a"]}],"max_body_bytes":100000000,"prefix_affinity":{"chars":256}}"#,
+    );
+    // Prose with a newline escape per ~450-byte paragraph and a quote now and then.
+    let paragraph = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat. Duis aute irure dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat nulla pariatur. Excepteur sint occaecat cupidatat non proident, sunt in culpa qui officia \\\"deserunt\\\" mollit anim id est laborum.\\n";
+    let content = paragraph.repeat(2_300);
+    let body = format!(
+        r#"{{"messages":[{{"role":"system","content":"You are helpful."}},{{"role":"user","content":"{content}"}}],"model":"a","max_tokens":5}}"#
+    );
+    let rounds = 50;
+    let start = std::time::Instant::now();
+    for i in 0..rounds {
+        let mut br = BodyRouting::new();
+        let step = br.feed(&r, body.as_bytes(), body.len(), true, &mut Prng::new(i));
+        let BodyStep::Route(route) = step else {
+            panic!()
+        };
+        assert!(route.edit.is_some());
+        assert!(r.prefix_hash(body.as_bytes()).is_some());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mb = (body.len() * rounds as usize) as f64 / 1e6;
+    eprintln!(
+        "scan + prefix hash of a {} KB body: {:.0} MB/s",
+        body.len() / 1000,
+        mb / secs
+    );
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        let mut s = crate::json_scan::ModelScanner::new();
+        let mut rest = body.as_bytes();
+        while !rest.is_empty() {
+            let n = s.feed(rest).unwrap();
+            rest = &rest[n..];
+        }
+        s.finish().unwrap();
+    }
+    eprintln!("scan only: {:.0} MB/s", mb / start.elapsed().as_secs_f64());
+    let small = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let n = 1_000_000;
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        let mut br = BodyRouting::new();
+        let _ = br.feed(&r, small.as_bytes(), small.len(), true, &mut Prng::new(i));
+    }
+    eprintln!(
+        "small chat body: {:.0} ns per request",
+        start.elapsed().as_nanos() as f64 / n as f64
+    );
+}
