@@ -31,7 +31,9 @@ pub struct Labels<'a> {
 impl<'a> Labels<'a> {
     /// The value of label `key`, unescaped (borrowed unless it contains escapes).
     pub fn get(&self, key: &str) -> Option<Cow<'a, str>> {
-        self.iter().find(|(k, _)| *k == key).map(|(_, v)| unescape(v))
+        self.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| unescape(v))
     }
 
     /// `(name, raw escaped value)` pairs, in order.
@@ -152,7 +154,11 @@ pub fn parse_line(line: &str) -> Result<Option<Sample<'_>>, Malformed> {
         return Err(Malformed);
     }
     let mut fields = rest.split_ascii_whitespace();
-    let value: f64 = fields.next().ok_or(Malformed)?.parse().map_err(|_| Malformed)?;
+    let value: f64 = fields
+        .next()
+        .ok_or(Malformed)?
+        .parse()
+        .map_err(|_| Malformed)?;
     match fields.next() {
         None => {}
         // OpenMetrics exemplar after the value.
@@ -166,7 +172,11 @@ pub fn parse_line(line: &str) -> Result<Option<Sample<'_>>, Malformed> {
             }
         }
     }
-    Ok(Some(Sample { name, labels, value }))
+    Ok(Some(Sample {
+        name,
+        labels,
+        value,
+    }))
 }
 
 /// Index of the `}` that closes a label set, skipping quoted values.
@@ -431,7 +441,11 @@ mod tests {
         for size in [1, 7, 40, body.len()] {
             let chunks: Vec<&[u8]> = body.as_bytes().chunks(size).collect();
             let (samples, stats) = collect(&chunks, limits);
-            assert_eq!(samples, vec![("a".into(), 1.0), ("b".into(), 2.0)], "chunk {size}");
+            assert_eq!(
+                samples,
+                vec![("a".into(), 1.0), ("b".into(), 2.0)],
+                "chunk {size}"
+            );
             assert_eq!(stats.overlong, 1);
         }
     }

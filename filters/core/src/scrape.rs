@@ -58,11 +58,15 @@ impl ServerKind {
             | "vllm:num_requests_running"
             | "vllm:kv_cache_usage_perc"
             | "vllm:gpu_cache_usage_perc" => Some(Self::Vllm),
-            "sglang:num_queue_reqs" | "sglang:num_running_reqs" | "sglang:token_usage" => Some(Self::Sglang),
-            "tgi_queue_size" | "tgi_batch_current_size" | "tgi_batch_current_max_tokens" => Some(Self::Tgi),
-            "nv_trt_llm_request_metrics" | "nv_trt_llm_kv_cache_block_metrics" | "nv_inference_pending_request_count" => {
-                Some(Self::Triton)
+            "sglang:num_queue_reqs" | "sglang:num_running_reqs" | "sglang:token_usage" => {
+                Some(Self::Sglang)
             }
+            "tgi_queue_size" | "tgi_batch_current_size" | "tgi_batch_current_max_tokens" => {
+                Some(Self::Tgi)
+            }
+            "nv_trt_llm_request_metrics"
+            | "nv_trt_llm_kv_cache_block_metrics"
+            | "nv_inference_pending_request_count" => Some(Self::Triton),
             _ => None,
         }
     }
@@ -148,27 +152,42 @@ impl ScrapeConfig {
             None => Self::DEFAULT_PERIOD_MS,
         };
         if !(10..=600_000).contains(&period_ms) {
-            return Err(ConfigError::new(field("period"), "must be between 10ms and 10m"));
+            return Err(ConfigError::new(
+                field("period"),
+                "must be between 10ms and 10m",
+            ));
         }
         let timeout_ms = match &raw.timeout {
             Some(t) => parse_duration_ms(&field("timeout"), t)?,
             None => Self::DEFAULT_TIMEOUT_MS,
         };
         if !(1..=10_000).contains(&timeout_ms) {
-            return Err(ConfigError::new(field("timeout"), "must be between 1ms and 10s"));
+            return Err(ConfigError::new(
+                field("timeout"),
+                "must be between 1ms and 10s",
+            ));
         }
         let server = match &raw.server {
             Some(s) => ServerKind::parse(s).map_err(|UnknownServer| {
-                ConfigError::new(field("server"), format!("`{s}` is not one of {}", ServerKind::NAMES))
+                ConfigError::new(
+                    field("server"),
+                    format!("`{s}` is not one of {}", ServerKind::NAMES),
+                )
             })?,
             None => None,
         };
         let max_bytes = raw.max_body_bytes.unwrap_or(Limits::default().max_bytes);
         if !(1024..=(64 << 20)).contains(&max_bytes) {
-            return Err(ConfigError::new(field("max_body_bytes"), "must be between 1024 and 67108864"));
+            return Err(ConfigError::new(
+                field("max_body_bytes"),
+                "must be between 1024 and 67108864",
+            ));
         }
         if raw.kv_capacity_tokens == Some(0) {
-            return Err(ConfigError::new(field("kv_capacity_tokens"), "must be positive"));
+            return Err(ConfigError::new(
+                field("kv_capacity_tokens"),
+                "must be positive",
+            ));
         }
         Ok(Self {
             upstream,
@@ -218,7 +237,15 @@ impl ScrapeError {
     }
 
     /// Every kind, for defining one counter per kind up front.
-    pub const KINDS: [&'static str; 7] = ["dispatch", "timeout", "connect", "status", "too_large", "parse", "no_metrics"];
+    pub const KINDS: [&'static str; 7] = [
+        "dispatch",
+        "timeout",
+        "connect",
+        "status",
+        "too_large",
+        "parse",
+        "no_metrics",
+    ];
 }
 
 /// The load a scrape found.
@@ -311,8 +338,12 @@ impl Extractor {
         let v = s.value;
         let a = &mut self.acc;
         match s.name {
-            "vllm:num_requests_waiting" | "sglang:num_queue_reqs" | "tgi_queue_size" => add(&mut a.waiting, v),
-            "vllm:num_requests_running" | "sglang:num_running_reqs" | "tgi_batch_current_size" => add(&mut a.running, v),
+            "vllm:num_requests_waiting" | "sglang:num_queue_reqs" | "tgi_queue_size" => {
+                add(&mut a.waiting, v)
+            }
+            "vllm:num_requests_running" | "sglang:num_running_reqs" | "tgi_batch_current_size" => {
+                add(&mut a.running, v)
+            }
             "vllm:kv_cache_usage_perc" | "sglang:token_usage" => max(&mut a.kv, v),
             "vllm:gpu_cache_usage_perc" => max(&mut a.kv_legacy, v),
             "nv_inference_pending_request_count" => add(&mut a.triton_pending, v),
@@ -322,12 +353,14 @@ impl Extractor {
                 Some("active") => add(&mut a.trt_active, v),
                 _ => {}
             },
-            "nv_trt_llm_kv_cache_block_metrics" => match s.labels.get("kv_cache_block_type").as_deref() {
-                Some("fraction") => max(&mut a.kv, v),
-                Some("used") => add(&mut a.kv_used, v),
-                Some("max") => add(&mut a.kv_max, v),
-                _ => {}
-            },
+            "nv_trt_llm_kv_cache_block_metrics" => {
+                match s.labels.get("kv_cache_block_type").as_deref() {
+                    Some("fraction") => max(&mut a.kv, v),
+                    Some("used") => add(&mut a.kv_used, v),
+                    Some("max") => add(&mut a.kv_max, v),
+                    _ => {}
+                }
+            }
             _ => {}
         }
         if s.name == "tgi_batch_current_max_tokens" {
@@ -337,7 +370,10 @@ impl Extractor {
 
     /// The load, or `NoMetrics` when the server's queue gauges were not seen.
     pub fn finish(self) -> Result<ServerLoad, ScrapeError> {
-        let server = self.detected.or(self.configured).ok_or(ScrapeError::NoMetrics)?;
+        let server = self
+            .detected
+            .or(self.configured)
+            .ok_or(ScrapeError::NoMetrics)?;
         let a = self.acc;
         let running = a.running;
         let waiting = match (a.waiting, a.trt_active, running, a.triton_pending) {
@@ -350,18 +386,17 @@ impl Extractor {
         if waiting.is_none() && running.is_none() {
             return Err(ScrapeError::NoMetrics);
         }
-        let kv = a
-            .kv
-            .or(a.kv_legacy)
-            .or_else(|| match (a.kv_used, a.kv_max) {
-                (Some(u), Some(m)) if m > 0.0 => Some(u / m),
-                _ => None,
-            })
-            .or_else(|| match (a.tgi_max_tokens, self.kv_capacity_tokens) {
-                (Some(t), Some(cap)) => Some(t / cap as f64),
-                _ => None,
-            })
-            .unwrap_or(0.0);
+        let kv =
+            a.kv.or(a.kv_legacy)
+                .or_else(|| match (a.kv_used, a.kv_max) {
+                    (Some(u), Some(m)) if m > 0.0 => Some(u / m),
+                    _ => None,
+                })
+                .or_else(|| match (a.tgi_max_tokens, self.kv_capacity_tokens) {
+                    (Some(t), Some(cap)) => Some(t / cap as f64),
+                    _ => None,
+                })
+                .unwrap_or(0.0);
         Ok(ServerLoad {
             waiting: waiting.unwrap_or(0.0),
             running: running.unwrap_or(0.0),
@@ -397,7 +432,10 @@ impl MetricsReader {
     /// The load, or why there is none: `TooLarge` when the limit cut the body before any
     /// load metric, `Parse` when nothing was Prometheus text.
     pub fn finish(self) -> (Result<ServerLoad, ScrapeError>, ParseStats) {
-        let Self { parser, mut extractor } = self;
+        let Self {
+            parser,
+            mut extractor,
+        } = self;
         let stats = parser.finish(&mut |s| extractor.observe(s));
         let result = extractor.finish().map_err(|e| match e {
             ScrapeError::NoMetrics if stats.truncated => ScrapeError::TooLarge,
@@ -424,7 +462,11 @@ pub fn extract<'c>(
 
 /// The snapshot after an attempt: `seq` counts attempts; a failure keeps the last good
 /// values and `scraped_at_ms` (so readers judge staleness) and records its kind.
-pub fn next_snapshot(prev: &QueueSnapshot, outcome: Result<ServerLoad, ScrapeError>, now_ms: u64) -> QueueSnapshot {
+pub fn next_snapshot(
+    prev: &QueueSnapshot,
+    outcome: Result<ServerLoad, ScrapeError>,
+    now_ms: u64,
+) -> QueueSnapshot {
     let seq = prev.seq.wrapping_add(1);
     match outcome {
         Ok(load) => QueueSnapshot {
@@ -445,8 +487,23 @@ pub fn next_snapshot(prev: &QueueSnapshot, outcome: Result<ServerLoad, ScrapeErr
     }
 }
 
-/// Classifies a failed call: Envoy reports a timeout and a refused connection the same
-/// way (no headers), so the elapsed time tells them apart.
+/// Classifies a non-200 answer. Envoy answers a call it could not deliver with a local
+/// reply of its own (503 "upstream connect error ...", 504 "upstream request timeout"),
+/// which `body_start` (the first bytes of the body) tells apart from the server's.
+pub fn failed_status(status: u16, body_start: &[u8]) -> ScrapeError {
+    if body_start.starts_with(b"upstream connect error")
+        || body_start.starts_with(b"no healthy upstream")
+    {
+        ScrapeError::Connect
+    } else if body_start.starts_with(b"upstream request timeout") {
+        ScrapeError::Timeout
+    } else {
+        ScrapeError::Status(status)
+    }
+}
+
+/// Classifies a call that got no answer at all: a timeout and a reset look the same (no
+/// headers), so the elapsed time tells them apart.
 pub fn failed_call(elapsed_ms: u64, timeout_ms: u64) -> ScrapeError {
     if elapsed_ms + 50 >= timeout_ms {
         ScrapeError::Timeout
@@ -480,7 +537,10 @@ mod tests {
     #[test]
     fn vllm_v1() {
         let l = load(&auto(), "vllm-v1.prom");
-        assert_eq!((l.server, l.waiting, l.running), (ServerKind::Vllm, 7.0, 12.0));
+        assert_eq!(
+            (l.server, l.waiting, l.running),
+            (ServerKind::Vllm, 7.0, 12.0)
+        );
         assert_eq!(l.kv_cache_usage, 0.8234);
         assert_eq!(l.model, "meta-llama/Llama-3.1-8B-Instruct");
     }
@@ -495,14 +555,20 @@ mod tests {
     fn sglang() {
         let l = load(&auto(), "sglang.prom");
         assert_eq!(l.server, ServerKind::Sglang);
-        assert_eq!((l.waiting, l.running, l.kv_cache_usage), (2826.0, 31.0, 0.28));
+        assert_eq!(
+            (l.waiting, l.running, l.kv_cache_usage),
+            (2826.0, 31.0, 0.28)
+        );
         assert_eq!(l.model, "Qwen/Qwen2.5-7B-Instruct");
     }
 
     #[test]
     fn tgi_needs_capacity_for_kv() {
         let l = load(&auto(), "tgi.prom");
-        assert_eq!((l.server, l.waiting, l.running, l.kv_cache_usage), (ServerKind::Tgi, 9.0, 24.0, 0.0));
+        assert_eq!(
+            (l.server, l.waiting, l.running, l.kv_cache_usage),
+            (ServerKind::Tgi, 9.0, 24.0, 0.0)
+        );
         let c = cfg(r#"{"cluster":"l","server":"tgi","kv_capacity_tokens":65536}"#);
         assert_eq!(load(&c, "tgi.prom").kv_cache_usage, 57344.0 / 65536.0);
     }
@@ -511,7 +577,10 @@ mod tests {
     fn triton_trtllm() {
         let l = load(&auto(), "triton-trtllm.prom");
         assert_eq!(l.server, ServerKind::Triton);
-        assert_eq!((l.waiting, l.running, l.kv_cache_usage), (5.0, 6.0, 0.65625));
+        assert_eq!(
+            (l.waiting, l.running, l.kv_cache_usage),
+            (5.0, 6.0, 0.65625)
+        );
         // Older backends: waiting = active - scheduled, KV = used / max.
         let l = load(&auto(), "triton-trtllm-old.prom");
         assert_eq!((l.waiting, l.running, l.kv_cache_usage), (3.0, 4.0, 0.25));
@@ -521,23 +590,35 @@ mod tests {
     fn multi_engine_sums_counts_and_takes_fullest_kv_and_filters_model() {
         let l = load(&auto(), "multi-model-vllm.prom");
         assert_eq!((l.waiting, l.running, l.kv_cache_usage), (25.0, 14.0, 0.99));
-        let l = load(&cfg(r#"{"cluster":"l","model":"base"}"#), "multi-model-vllm.prom");
+        let l = load(
+            &cfg(r#"{"cluster":"l","model":"base"}"#),
+            "multi-model-vllm.prom",
+        );
         assert_eq!((l.waiting, l.running, l.kv_cache_usage), (5.0, 5.0, 0.7));
     }
 
     #[test]
     fn configured_server_ignores_other_servers_metrics() {
         let c = cfg(r#"{"cluster":"l","server":"sglang"}"#);
-        assert_eq!(extract(&c, [data("vllm-v1.prom").as_slice()]).0, Err(ScrapeError::NoMetrics));
+        assert_eq!(
+            extract(&c, [data("vllm-v1.prom").as_slice()]).0,
+            Err(ScrapeError::NoMetrics)
+        );
     }
 
     #[test]
     fn garbage_and_foreign_text() {
         let c = auto();
-        assert_eq!(extract(&c, [b"<html>502 Bad Gateway</html>".as_slice()]).0, Err(ScrapeError::Parse));
+        assert_eq!(
+            extract(&c, [b"<html>502 Bad Gateway</html>".as_slice()]).0,
+            Err(ScrapeError::Parse)
+        );
         assert_eq!(extract(&c, [b"".as_slice()]).0, Err(ScrapeError::Parse));
         let envoy_stats = b"# TYPE envoy_up gauge\nenvoy_up 1\nprocess_cpu_seconds_total 4.2\n";
-        assert_eq!(extract(&c, [envoy_stats.as_slice()]).0, Err(ScrapeError::NoMetrics));
+        assert_eq!(
+            extract(&c, [envoy_stats.as_slice()]).0,
+            Err(ScrapeError::NoMetrics)
+        );
         // Broken values are skipped, the rest still counts.
         let partly = b"vllm:num_requests_waiting{model_name=\"m\"} nope\nvllm:num_requests_running{model_name=\"m\"} 2\n";
         let l = extract(&c, [partly.as_slice()]).0.unwrap();
@@ -556,7 +637,10 @@ mod tests {
         assert!(stats.truncated);
         // Metrics before the cut still count.
         let body = format!("vllm:num_requests_waiting 3\n{}", "x 1\n".repeat(100_000));
-        assert_eq!(extract(&c, body.as_bytes().chunks(8192)).0.unwrap().waiting, 3.0);
+        assert_eq!(
+            extract(&c, body.as_bytes().chunks(8192)).0.unwrap().waiting,
+            3.0
+        );
     }
 
     #[test]
@@ -570,21 +654,42 @@ mod tests {
 
     #[test]
     fn snapshot_keeps_last_good_values_on_failure() {
-        let ok = next_snapshot(&QueueSnapshot::default(), Ok(load(&auto(), "vllm-v0.prom")), 1000);
-        assert_eq!((ok.seq, ok.scraped_at_ms, ok.waiting, ok.error.clone()), (1, 1000, 2.0, None));
+        let ok = next_snapshot(
+            &QueueSnapshot::default(),
+            Ok(load(&auto(), "vllm-v0.prom")),
+            1000,
+        );
+        assert_eq!(
+            (ok.seq, ok.scraped_at_ms, ok.waiting, ok.error.clone()),
+            (1, 1000, 2.0, None)
+        );
         assert_eq!(ok.server, "vllm");
         let failed = next_snapshot(&ok, Err(ScrapeError::Timeout), 2000);
-        assert_eq!((failed.seq, failed.scraped_at_ms, failed.waiting), (2, 1000, 2.0));
+        assert_eq!(
+            (failed.seq, failed.scraped_at_ms, failed.waiting),
+            (2, 1000, 2.0)
+        );
         assert_eq!(failed.error.as_deref(), Some("timeout"));
         let again = next_snapshot(&failed, Ok(load(&auto(), "sglang.prom")), 3000);
-        assert_eq!((again.seq, again.error, again.server.as_str()), (3, None, "sglang"));
+        assert_eq!(
+            (again.seq, again.error, again.server.as_str()),
+            (3, None, "sglang")
+        );
     }
 
     #[test]
     fn config_defaults_and_errors_name_the_field() {
         let c = auto();
         let u = &c.upstream;
-        assert_eq!((u.authority.as_str(), u.path.as_str(), c.period_ms, c.timeout_ms), ("local", "/metrics", 250, 1000));
+        assert_eq!(
+            (
+                u.authority.as_str(),
+                u.path.as_str(),
+                c.period_ms,
+                c.timeout_ms
+            ),
+            ("local", "/metrics", 250, 1000)
+        );
         assert_eq!(c.server, None);
         let bad = |json: &str| {
             let raw: ScrapeConfigJson = crate::config::parse_json(json.as_bytes()).unwrap();
@@ -595,21 +700,49 @@ mod tests {
         assert_eq!(bad(r#"{"cluster":"l","period":"1h"}"#), "scrape.period");
         assert_eq!(bad(r#"{"cluster":"l","timeout":"soon"}"#), "scrape.timeout");
         assert_eq!(bad(r#"{"cluster":"l","path":"metrics"}"#), "scrape.path");
-        assert_eq!(bad(r#"{"cluster":"l","max_body_bytes":1}"#), "scrape.max_body_bytes");
+        assert_eq!(
+            bad(r#"{"cluster":"l","max_body_bytes":1}"#),
+            "scrape.max_body_bytes"
+        );
     }
 
     #[test]
     fn from_a_json_value_as_the_metrics_filter_passes_it() {
         let v = serde_json::json!({"cluster": "model_server", "period": "100ms"});
         let c = ScrapeConfig::from_value(&v, "scrape").unwrap();
-        assert_eq!((c.upstream.cluster.as_str(), c.period_ms), ("model_server", 100));
+        assert_eq!(
+            (c.upstream.cluster.as_str(), c.period_ms),
+            ("model_server", 100)
+        );
         let v = serde_json::json!({"cluster": "m", "perod": "1s"});
-        assert_eq!(ScrapeConfig::from_value(&v, "scrape").unwrap_err().field, "scrape.perod");
+        assert_eq!(
+            ScrapeConfig::from_value(&v, "scrape").unwrap_err().field,
+            "scrape.perod"
+        );
     }
 
     #[test]
     fn failed_calls_are_classified_by_elapsed_time() {
         assert_eq!(failed_call(1, 1000), ScrapeError::Connect);
         assert_eq!(failed_call(999, 1000), ScrapeError::Timeout);
+    }
+
+    #[test]
+    fn envoy_local_replies_are_told_from_server_errors() {
+        let connect = b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+        assert_eq!(failed_status(503, connect), ScrapeError::Connect);
+        assert_eq!(
+            failed_status(503, b"no healthy upstream"),
+            ScrapeError::Connect
+        );
+        assert_eq!(
+            failed_status(504, b"upstream request timeout"),
+            ScrapeError::Timeout
+        );
+        assert_eq!(
+            failed_status(503, b"{\"error\": \"starting\"}"),
+            ScrapeError::Status(503)
+        );
+        assert_eq!(ScrapeError::Status(404).kind(), "status");
     }
 }

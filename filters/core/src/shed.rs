@@ -56,7 +56,11 @@ impl Criticality {
 /// sets the header and strips the client's) the header is taken as is; otherwise a
 /// client may only lower itself below the configured default, never raise itself.
 /// A missing or unknown value means the default.
-pub fn effective_criticality(header: Option<&str>, default: Criticality, trust_header: bool) -> Criticality {
+pub fn effective_criticality(
+    header: Option<&str>,
+    default: Criticality,
+    trust_header: bool,
+) -> Criticality {
     match header.and_then(Criticality::parse) {
         Some(c) if trust_header => c,
         Some(c) => c.min(default),
@@ -80,7 +84,13 @@ pub enum ShedReason {
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 5] = [Self::Queue, Self::KvCache, Self::Concurrency, Self::Stale, Self::PoolSaturated];
+    pub const ALL: [ShedReason; 5] = [
+        Self::Queue,
+        Self::KvCache,
+        Self::Concurrency,
+        Self::Stale,
+        Self::PoolSaturated,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -238,8 +248,16 @@ impl ShedConfig {
             None => Criticality::Standard,
         };
         let t = raw.thresholds.as_ref();
-        let standard = class(t.and_then(|t| t.standard), Self::STANDARD_DEFAULT, "thresholds.standard")?;
-        let sheddable = class(t.and_then(|t| t.sheddable), Self::SHEDDABLE_DEFAULT, "thresholds.sheddable")?;
+        let standard = class(
+            t.and_then(|t| t.standard),
+            Self::STANDARD_DEFAULT,
+            "thresholds.standard",
+        )?;
+        let sheddable = class(
+            t.and_then(|t| t.sheddable),
+            Self::SHEDDABLE_DEFAULT,
+            "thresholds.sheddable",
+        )?;
         // "Sheddable first": a sheddable limit looser than the standard one is a mistake.
         let looser = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => a > b,
@@ -247,7 +265,10 @@ impl ShedConfig {
             _ => false,
         };
         if looser(sheddable.queue, standard.queue) {
-            return Err(ConfigError::new("thresholds.sheddable.queue", "must not exceed thresholds.standard.queue"));
+            return Err(ConfigError::new(
+                "thresholds.sheddable.queue",
+                "must not exceed thresholds.standard.queue",
+            ));
         }
         if looser(sheddable.kv_cache, standard.kv_cache) {
             return Err(ConfigError::new(
@@ -264,13 +285,18 @@ impl ShedConfig {
                 "must not exceed thresholds.standard.max_in_flight",
             ));
         }
-        let period = scrape.as_ref().map_or(ScrapeConfig::DEFAULT_PERIOD_MS, |s| s.period_ms);
+        let period = scrape
+            .as_ref()
+            .map_or(ScrapeConfig::DEFAULT_PERIOD_MS, |s| s.period_ms);
         let stale_after_ms = match &raw.stale_after {
             Some(s) => parse_duration_ms("stale_after", s)?,
             None => (4 * period).max(1000),
         };
         if stale_after_ms < period {
-            return Err(ConfigError::new("stale_after", "must be at least scrape.period"));
+            return Err(ConfigError::new(
+                "stale_after",
+                "must be at least scrape.period",
+            ));
         }
         let on_stale = match raw.on_stale.as_deref() {
             None | Some("admit") => OnStale::Admit,
@@ -293,7 +319,11 @@ impl ShedConfig {
         let retry_after_s = u32::try_from(retry_after_ms.div_ceil(1000).max(1)).unwrap_or(1);
         let orca = orca(raw.orca.as_ref(), scrape.is_some())?;
         let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
-        if scrape.is_none() && gateway.is_none() && standard.max_in_flight.is_none() && sheddable.max_in_flight.is_none() {
+        if scrape.is_none()
+            && gateway.is_none()
+            && standard.max_in_flight.is_none()
+            && sheddable.max_in_flight.is_none()
+        {
             return Err(ConfigError::new(
                 "scrape",
                 "nothing to do: configure `scrape` (sidecar), `gateway`, or a `max_in_flight` threshold",
@@ -403,19 +433,32 @@ impl ClassLimits {
     }
 }
 
-fn class(raw: Option<ClassJson>, default: ClassLimits, prefix: &str) -> Result<ClassLimits, ConfigError> {
+fn class(
+    raw: Option<ClassJson>,
+    default: ClassLimits,
+    prefix: &str,
+) -> Result<ClassLimits, ConfigError> {
     let raw = raw.unwrap_or_default();
     let queue = raw.queue.or(default.queue);
     if queue.is_some_and(|q| !q.is_finite() || q < 0.0) {
-        return Err(ConfigError::new(format!("{prefix}.queue"), "must be a non-negative number"));
+        return Err(ConfigError::new(
+            format!("{prefix}.queue"),
+            "must be a non-negative number",
+        ));
     }
     let kv_cache = raw.kv_cache.or(default.kv_cache);
     if kv_cache.is_some_and(|k| !(0.0..=1.0).contains(&k)) {
-        return Err(ConfigError::new(format!("{prefix}.kv_cache"), "must be between 0 and 1"));
+        return Err(ConfigError::new(
+            format!("{prefix}.kv_cache"),
+            "must be between 0 and 1",
+        ));
     }
     let max_in_flight = raw.max_in_flight.or(default.max_in_flight);
     if max_in_flight == Some(0) {
-        return Err(ConfigError::new(format!("{prefix}.max_in_flight"), "must be positive (omit it for no cap)"));
+        return Err(ConfigError::new(
+            format!("{prefix}.max_in_flight"),
+            "must be positive (omit it for no cap)",
+        ));
     }
     Ok(ClassLimits {
         queue,
@@ -430,11 +473,17 @@ fn orca(raw: Option<&OrcaJson>, scraping: bool) -> Result<Option<OrcaConfig>, Co
         return Ok(None);
     }
     if !scraping {
-        return Err(ConfigError::new("orca.enabled", "the ORCA report needs `scrape`"));
+        return Err(ConfigError::new(
+            "orca.enabled",
+            "the ORCA report needs `scrape`",
+        ));
     }
     let capacity = raw.and_then(|o| o.capacity).unwrap_or(32.0);
     if !capacity.is_finite() || capacity <= 0.0 {
-        return Err(ConfigError::new("orca.capacity", "must be a positive number of requests"));
+        return Err(ConfigError::new(
+            "orca.capacity",
+            "must be a positive number of requests",
+        ));
     }
     let window_ms = match raw.and_then(|o| o.window.as_deref()) {
         Some(w) => parse_duration_ms("orca.window", w)?,
@@ -443,13 +492,19 @@ fn orca(raw: Option<&OrcaJson>, scraping: bool) -> Result<Option<OrcaConfig>, Co
     if window_ms == 0 {
         return Err(ConfigError::new("orca.window", "must be positive"));
     }
-    Ok(Some(OrcaConfig { capacity, window_ms }))
+    Ok(Some(OrcaConfig {
+        capacity,
+        window_ms,
+    }))
 }
 
 fn gateway(raw: &GatewayJson) -> Result<GatewayConfig, ConfigError> {
     let utilization_threshold = raw.utilization_threshold.unwrap_or(0.8);
     if !utilization_threshold.is_finite() || utilization_threshold <= 0.0 {
-        return Err(ConfigError::new("gateway.utilization_threshold", "must be a positive number"));
+        return Err(ConfigError::new(
+            "gateway.utilization_threshold",
+            "must be a positive number",
+        ));
     }
     let report_ttl_ms = match &raw.report_ttl {
         Some(s) => parse_duration_ms("gateway.report_ttl", s)?,
@@ -475,7 +530,10 @@ pub enum ServerView {
     /// No `scrape` configured (gateway-only or cap-only).
     NotScraped,
     Stale,
-    Fresh { waiting: f64, kv_cache: f64 },
+    Fresh {
+        waiting: f64,
+        kv_cache: f64,
+    },
 }
 
 /// Everything a decision needs besides the class and the in-flight count; cached in
@@ -524,7 +582,9 @@ impl Ewma {
 /// Proportional to the load, so Envoy's weight `rps / utilisation` estimates the rate
 /// the server sustains at full load (by Little's law, capacity / latency).
 pub fn utilization(s: &QueueSnapshot, capacity: f64) -> f64 {
-    ((s.running + s.waiting) / capacity).max(s.kv_cache_usage).max(0.0)
+    ((s.running + s.waiting) / capacity)
+        .max(s.kv_cache_usage)
+        .max(0.0)
 }
 
 /// Envoy ignores reports whose utilisation or rate is 0; these floors keep every report
@@ -565,7 +625,8 @@ impl OrcaReporter {
             // A counter that went backwards (a worker restarted) counts as no completions.
             let delta = completed.saturating_sub(self.last_completed);
             if self.last_ms.is_some() {
-                self.rps.update(delta as f64 * 1000.0 / dt as f64, dt, self.cfg.window_ms);
+                self.rps
+                    .update(delta as f64 * 1000.0 / dt as f64, dt, self.cfg.window_ms);
             }
             self.last_completed = completed;
             self.last_ms = Some(now_ms);
@@ -575,7 +636,8 @@ impl OrcaReporter {
             self.valid = false;
             return;
         };
-        self.util.update(utilization(s, self.cfg.capacity), dt, self.cfg.window_ms);
+        self.util
+            .update(utilization(s, self.cfg.capacity), dt, self.cfg.window_ms);
         self.header.clear();
         let _ = write!(
             self.header,
@@ -649,13 +711,17 @@ pub struct WorkerTable {
 impl WorkerTable {
     /// A fresh id: one above the largest in use.
     pub fn next_id(&self) -> u32 {
-        self.workers.keys().next_back().map_or(1, |k| k.saturating_add(1))
+        self.workers
+            .keys()
+            .next_back()
+            .map_or(1, |k| k.saturating_add(1))
     }
 
     /// Records `id`'s load and forgets workers silent for `ttl_ms` (ended VMs).
     pub fn update(&mut self, id: u32, load: WorkerLoad, ttl_ms: u64) {
         let now = load.at_ms;
-        self.workers.retain(|k, w| *k == id || now.saturating_sub(w.at_ms) <= ttl_ms);
+        self.workers
+            .retain(|k, w| *k == id || now.saturating_sub(w.at_ms) <= ttl_ms);
         self.workers.insert(id, load);
     }
 
@@ -669,7 +735,9 @@ impl WorkerTable {
 
     /// Completed responses summed over the workers present.
     pub fn completed(&self) -> u64 {
-        self.workers.values().fold(0u64, |acc, w| acc.saturating_add(w.completed))
+        self.workers
+            .values()
+            .fold(0u64, |acc, w| acc.saturating_add(w.completed))
     }
 }
 
@@ -769,7 +837,10 @@ mod tests {
 
     fn fresh(waiting: f64, kv: f64) -> LoadView {
         LoadView {
-            server: ServerView::Fresh { waiting, kv_cache: kv },
+            server: ServerView::Fresh {
+                waiting,
+                kv_cache: kv,
+            },
             pool_saturated: false,
         }
     }
@@ -779,13 +850,31 @@ mod tests {
     #[test]
     fn client_may_lower_but_not_raise_without_router() {
         assert_eq!(effective_criticality(None, Standard, false), Standard);
-        assert_eq!(effective_criticality(Some("sheddable"), Standard, false), Sheddable);
-        assert_eq!(effective_criticality(Some("critical"), Standard, false), Standard);
-        assert_eq!(effective_criticality(Some("Critical"), Sheddable, false), Sheddable);
-        assert_eq!(effective_criticality(Some("bogus"), Sheddable, false), Sheddable);
+        assert_eq!(
+            effective_criticality(Some("sheddable"), Standard, false),
+            Sheddable
+        );
+        assert_eq!(
+            effective_criticality(Some("critical"), Standard, false),
+            Standard
+        );
+        assert_eq!(
+            effective_criticality(Some("Critical"), Sheddable, false),
+            Sheddable
+        );
+        assert_eq!(
+            effective_criticality(Some("bogus"), Sheddable, false),
+            Sheddable
+        );
         // A router in front is trusted both ways.
-        assert_eq!(effective_criticality(Some("critical"), Standard, true), Critical);
-        assert_eq!(effective_criticality(Some(" sheddable "), Critical, true), Sheddable);
+        assert_eq!(
+            effective_criticality(Some("critical"), Standard, true),
+            Critical
+        );
+        assert_eq!(
+            effective_criticality(Some(" sheddable "), Critical, true),
+            Sheddable
+        );
     }
 
     #[test]
@@ -804,13 +893,23 @@ mod tests {
     fn sheddable_is_shed_first_and_critical_never() {
         let c = sidecar();
         let v = fresh(6.0, 0.1);
-        assert_eq!(c.decide(Sheddable, &v, 0), Decision::Shed(ShedReason::Queue));
+        assert_eq!(
+            c.decide(Sheddable, &v, 0),
+            Decision::Shed(ShedReason::Queue)
+        );
         assert_eq!(c.decide(Standard, &v, 0), Decision::Admit);
         assert_eq!(c.decide(Critical, &v, 0), Decision::Admit);
         let v = fresh(5.0, 0.1);
-        assert_eq!(c.decide(Sheddable, &v, 0), Decision::Admit, "at the threshold is not above it");
+        assert_eq!(
+            c.decide(Sheddable, &v, 0),
+            Decision::Admit,
+            "at the threshold is not above it"
+        );
         let v = fresh(0.0, 0.85);
-        assert_eq!(c.decide(Sheddable, &v, 0), Decision::Shed(ShedReason::KvCache));
+        assert_eq!(
+            c.decide(Sheddable, &v, 0),
+            Decision::Shed(ShedReason::KvCache)
+        );
         assert_eq!(c.decide(Standard, &v, 0), Decision::Admit);
         let v = fresh(100.0, 1.0);
         assert_eq!(c.decide(Standard, &v, 0), Decision::Shed(ShedReason::Queue));
@@ -819,12 +918,20 @@ mod tests {
 
     #[test]
     fn in_flight_cap_works_without_a_scrape() {
-        let c = cfg(r#"{"thresholds":{"sheddable":{"max_in_flight":2},"standard":{"max_in_flight":4}}}"#);
+        let c = cfg(
+            r#"{"thresholds":{"sheddable":{"max_in_flight":2},"standard":{"max_in_flight":4}}}"#,
+        );
         let v = LoadView::default();
         assert_eq!(c.decide(Sheddable, &v, 1), Decision::Admit);
-        assert_eq!(c.decide(Sheddable, &v, 2), Decision::Shed(ShedReason::Concurrency));
+        assert_eq!(
+            c.decide(Sheddable, &v, 2),
+            Decision::Shed(ShedReason::Concurrency)
+        );
         assert_eq!(c.decide(Standard, &v, 3), Decision::Admit);
-        assert_eq!(c.decide(Standard, &v, 4), Decision::Shed(ShedReason::Concurrency));
+        assert_eq!(
+            c.decide(Standard, &v, 4),
+            Decision::Shed(ShedReason::Concurrency)
+        );
         assert_eq!(c.decide(Critical, &v, 100), Decision::Admit);
     }
 
@@ -836,7 +943,13 @@ mod tests {
             ..Default::default()
         };
         let c = sidecar();
-        assert_eq!(c.server_view(Some(&snap), 10_900), ServerView::Fresh { waiting: 50.0, kv_cache: 0.0 });
+        assert_eq!(
+            c.server_view(Some(&snap), 10_900),
+            ServerView::Fresh {
+                waiting: 50.0,
+                kv_cache: 0.0
+            }
+        );
         assert_eq!(c.server_view(Some(&snap), 11_001), ServerView::Stale);
         assert_eq!(c.server_view(None, 1), ServerView::Stale);
         let never = QueueSnapshot::default();
@@ -847,10 +960,16 @@ mod tests {
         };
         assert_eq!(c.decide(Sheddable, &stale, 0), Decision::Admit);
         let c2 = cfg(r#"{"scrape":{"cluster":"l"},"on_stale":"shed_sheddable"}"#);
-        assert_eq!(c2.decide(Sheddable, &stale, 0), Decision::Shed(ShedReason::Stale));
+        assert_eq!(
+            c2.decide(Sheddable, &stale, 0),
+            Decision::Shed(ShedReason::Stale)
+        );
         assert_eq!(c2.decide(Standard, &stale, 0), Decision::Admit);
         let c3 = cfg(r#"{"scrape":{"cluster":"l"},"on_stale":"shed"}"#);
-        assert_eq!(c3.decide(Standard, &stale, 0), Decision::Shed(ShedReason::Stale));
+        assert_eq!(
+            c3.decide(Standard, &stale, 0),
+            Decision::Shed(ShedReason::Stale)
+        );
         assert_eq!(c3.decide(Critical, &stale, 0), Decision::Admit);
     }
 
@@ -861,7 +980,10 @@ mod tests {
             server: ServerView::NotScraped,
             pool_saturated: true,
         };
-        assert_eq!(c.decide(Sheddable, &v, 0), Decision::Shed(ShedReason::PoolSaturated));
+        assert_eq!(
+            c.decide(Sheddable, &v, 0),
+            Decision::Shed(ShedReason::PoolSaturated)
+        );
         assert_eq!(c.decide(Standard, &v, 0), Decision::Admit);
         assert!(c.orca.is_none());
     }
@@ -871,7 +993,10 @@ mod tests {
         let err = |json: &str| ShedConfig::parse(json.as_bytes()).unwrap_err().field;
         assert_eq!(err("{}"), "scrape");
         assert_eq!(err(r#"{"scrape":{"cluster":"l"},"bogus":1}"#), "bogus");
-        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"default_criticality":"vip"}"#), "default_criticality");
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"default_criticality":"vip"}"#),
+            "default_criticality"
+        );
         assert_eq!(
             err(r#"{"scrape":{"cluster":"l"},"thresholds":{"sheddable":{"queue":30}}}"#),
             "thresholds.sheddable.queue"
@@ -881,14 +1006,31 @@ mod tests {
             "thresholds.standard.kv_cache"
         );
         assert_eq!(
-            err(r#"{"scrape":{"cluster":"l"},"thresholds":{"standard":{"max_in_flight":2},"sheddable":{"max_in_flight":3}}}"#),
+            err(
+                r#"{"scrape":{"cluster":"l"},"thresholds":{"standard":{"max_in_flight":2},"sheddable":{"max_in_flight":3}}}"#
+            ),
             "thresholds.sheddable.max_in_flight"
         );
-        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"on_stale":"panic"}"#), "on_stale");
-        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"orca":{"capacity":0}}"#), "orca.capacity");
-        assert_eq!(err(r#"{"gateway":{},"orca":{"enabled":true}}"#), "orca.enabled");
-        assert_eq!(err(r#"{"gateway":{"utilization_threshold":-1}}"#), "gateway.utilization_threshold");
-        assert_eq!(err(r#"{"scrape":{"cluster":"l"},"stale_after":"10ms"}"#), "stale_after");
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"on_stale":"panic"}"#),
+            "on_stale"
+        );
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"orca":{"capacity":0}}"#),
+            "orca.capacity"
+        );
+        assert_eq!(
+            err(r#"{"gateway":{},"orca":{"enabled":true}}"#),
+            "orca.enabled"
+        );
+        assert_eq!(
+            err(r#"{"gateway":{"utilization_threshold":-1}}"#),
+            "gateway.utilization_threshold"
+        );
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"stale_after":"10ms"}"#),
+            "stale_after"
+        );
         assert_eq!(err(r#"{"scrape":{"cluster":"l","bogus":1}}"#), "bogus");
     }
 
@@ -896,7 +1038,10 @@ mod tests {
     fn shed_error_is_a_rate_limit_error_with_retry_after() {
         let c = cfg(r#"{"scrape":{"cluster":"l"},"retry_after":"2500ms"}"#);
         let e = c.shed_error(Sheddable, ShedReason::Queue);
-        assert_eq!((e.status, e.kind, e.retry_after_s), (429, "rate_limit_error", Some(3)));
+        assert_eq!(
+            (e.status, e.kind, e.retry_after_s),
+            (429, "rate_limit_error", Some(3))
+        );
         assert!(e.message.contains("queue"));
     }
 
@@ -955,12 +1100,39 @@ mod tests {
     fn worker_table_counts_other_workers_and_forgets_silent_ones() {
         let mut t = WorkerTable::default();
         let a = t.next_id();
-        t.update(a, WorkerLoad { in_flight: 3, completed: 10, at_ms: 1000 }, 500);
+        t.update(
+            a,
+            WorkerLoad {
+                in_flight: 3,
+                completed: 10,
+                at_ms: 1000,
+            },
+            500,
+        );
         let b = t.next_id();
         assert_ne!(a, b);
-        t.update(b, WorkerLoad { in_flight: 2, completed: 5, at_ms: 1100 }, 500);
-        assert_eq!((t.others_in_flight(a), t.others_in_flight(b), t.completed()), (2, 3, 15));
-        t.update(b, WorkerLoad { in_flight: 1, completed: 6, at_ms: 1600 }, 500);
+        t.update(
+            b,
+            WorkerLoad {
+                in_flight: 2,
+                completed: 5,
+                at_ms: 1100,
+            },
+            500,
+        );
+        assert_eq!(
+            (t.others_in_flight(a), t.others_in_flight(b), t.completed()),
+            (2, 3, 15)
+        );
+        t.update(
+            b,
+            WorkerLoad {
+                in_flight: 1,
+                completed: 6,
+                at_ms: 1600,
+            },
+            500,
+        );
         assert_eq!(t.others_in_flight(b), 0, "a went silent");
         let round: WorkerTable = crate::state::decode(&crate::state::encode(&t)).unwrap();
         assert_eq!(round, t);
@@ -973,19 +1145,61 @@ mod tests {
             report_ttl_ms: 1000,
         };
         let mut t = PoolTable::default();
-        t.record("pool", "a:1", HostReport { utilization: 0.9, at_ms: 100 });
-        t.record("pool", "b:1", HostReport { utilization: 0.95, at_ms: 100 });
-        t.record("pool", "c:1", HostReport { utilization: 0.2, at_ms: 100 });
+        t.record(
+            "pool",
+            "a:1",
+            HostReport {
+                utilization: 0.9,
+                at_ms: 100,
+            },
+        );
+        t.record(
+            "pool",
+            "b:1",
+            HostReport {
+                utilization: 0.95,
+                at_ms: 100,
+            },
+        );
+        t.record(
+            "pool",
+            "c:1",
+            HostReport {
+                utilization: 0.2,
+                at_ms: 100,
+            },
+        );
         let l = t.loads(500, &g);
         assert_eq!(l.len(), 1);
         assert!(!l[0].saturated, "average 0.68");
-        t.record("pool", "c:1", HostReport { utilization: 0.9, at_ms: 200 });
-        t.record("pool", "c:1", HostReport { utilization: 0.1, at_ms: 150 }); // older: ignored
+        t.record(
+            "pool",
+            "c:1",
+            HostReport {
+                utilization: 0.9,
+                at_ms: 200,
+            },
+        );
+        t.record(
+            "pool",
+            "c:1",
+            HostReport {
+                utilization: 0.1,
+                at_ms: 150,
+            },
+        ); // older: ignored
         let l = t.loads(500, &g);
         assert!(l[0].saturated && l[0].hosts == 3);
         assert!(t.loads(5000, &g).is_empty());
         let mut other = PoolTable::default();
-        other.record("pool", "a:1", HostReport { utilization: 0.1, at_ms: 300 });
+        other.record(
+            "pool",
+            "a:1",
+            HostReport {
+                utilization: 0.1,
+                at_ms: 300,
+            },
+        );
         t.merge(&other);
         assert!(!t.loads(500, &g)[0].saturated);
         t.prune(5000, 1000);

@@ -48,7 +48,7 @@ impl ScrapeMetrics {
             attempts: counter("modelgate_scrape_attempts_total"),
             failures: ScrapeError::KINDS
                 .iter()
-                .map(|k| counter(&format!("kind=.={k};.;modelgate_scrape_failures_total")))
+                .map(|k| counter(&format!("reason=.={k};.;modelgate_scrape_failures_total")))
                 .collect(),
         }
     }
@@ -114,7 +114,8 @@ impl Scraper {
                 self.in_flight = None;
             }
         }
-        if self.in_flight.is_none() && crate::claim_lease(LEASE_PURPOSE, now_ms, self.cfg.period_ms) {
+        if self.in_flight.is_none() && crate::claim_lease(LEASE_PURPOSE, now_ms, self.cfg.period_ms)
+        {
             self.dispatch(now_ms);
         }
         changed
@@ -139,7 +140,10 @@ impl Scraper {
         ) {
             Ok(token) => self.in_flight = Some((token, now_ms)),
             Err(status) => {
-                self.log_failure(ScrapeError::Dispatch, &format!("dispatch_http_call to cluster `{}`: {status:?}", u.cluster));
+                self.log_failure(
+                    ScrapeError::Dispatch,
+                    &format!("dispatch_http_call to cluster `{}`: {status:?}", u.cluster),
+                );
                 self.publish(Err(ScrapeError::Dispatch), now_ms);
             }
         }
@@ -147,7 +151,12 @@ impl Scraper {
 
     /// Handles the answer to a dispatched call; returns false (and does nothing) when
     /// `token` is not this scraper's, so the embedding filter can handle its own calls.
-    pub fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) -> bool {
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+    ) -> bool {
         let Some((mine, sent)) = self.in_flight else {
             return false;
         };
@@ -165,9 +174,19 @@ impl Scraper {
                 .and_then(|s| s.parse::<u16>().ok())
         };
         let outcome = match status {
-            None => Err(scrape::failed_call(now.saturating_sub(sent), self.cfg.timeout_ms)),
+            None => Err(scrape::failed_call(
+                now.saturating_sub(sent),
+                self.cfg.timeout_ms,
+            )),
             Some(200) => self.read_body(body_size),
-            Some(other) => Err(ScrapeError::Status(other)),
+            Some(other) => {
+                let start =
+                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(64))
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                Err(scrape::failed_status(other, &start))
+            }
         };
         if let Err(e) = &outcome {
             let detail = match e {
@@ -176,7 +195,13 @@ impl Scraper {
             };
             self.log_failure(*e, &detail);
         } else if let Some(prev) = self.logged_error.take() {
-            log(LogLevel::Info, &format!("scrape of `{}` recovered (was {prev})", self.cfg.upstream.cluster));
+            log(
+                LogLevel::Info,
+                &format!(
+                    "scrape of `{}` recovered (was {prev})",
+                    self.cfg.upstream.cluster
+                ),
+            );
         }
         self.publish(outcome, now);
         true
@@ -190,7 +215,9 @@ impl Scraper {
         let mut start = 0;
         while start < end {
             let len = CHUNK_BYTES.min(end - start);
-            let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpCallResponseBody, start, len) else {
+            let Ok(Some(chunk)) =
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, start, len)
+            else {
                 break;
             };
             if chunk.is_empty() || !reader.feed(&chunk) {
@@ -202,7 +229,8 @@ impl Scraper {
     }
 
     fn publish(&mut self, outcome: Result<scrape::ServerLoad, ScrapeError>, now_ms: u64) {
-        self.metrics.count(&outcome.as_ref().map(|_| ()).map_err(|e| *e));
+        self.metrics
+            .count(&outcome.as_ref().map(|_| ()).map_err(|e| *e));
         // Re-read first: another VM may have published since our tick (seq stays monotonic).
         self.reader.refresh();
         let prev = self.reader.get().cloned().unwrap_or_default();
@@ -218,7 +246,10 @@ impl Scraper {
             self.logged_error = Some(kind);
             log(
                 LogLevel::Warn,
-                &format!("scrape of `{}{}` failed: {kind} ({detail})", self.cfg.upstream.cluster, self.cfg.upstream.path),
+                &format!(
+                    "scrape of `{}{}` failed: {kind} ({detail})",
+                    self.cfg.upstream.cluster, self.cfg.upstream.path
+                ),
             );
         }
     }

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use modelgate_core::metrics::{encode_stat_name, SHED_HEADER};
 use modelgate_core::shed::{
-    self, effective_criticality, Criticality, Decision, HostReport, LoadView, OrcaReporter, PoolTable,
-    ServerView, ShedConfig, ShedReason, WorkerLoad, WorkerTable, CRITICALITY_HEADER, ORCA_HEADER, POOL_KEY,
-    WORKERS_KEY,
+    self, effective_criticality, Criticality, Decision, HostReport, LoadView, OrcaReporter,
+    PoolTable, ServerView, ShedConfig, ShedReason, WorkerLoad, WorkerTable, CRITICALITY_HEADER,
+    ORCA_HEADER, POOL_KEY, WORKERS_KEY,
 };
 use modelgate_core::state;
 use modelgate_glue::scraper::Scraper;
@@ -105,14 +105,21 @@ impl Metrics {
         let mut shed = [[None; CLASSES]; REASONS];
         for c in Criticality::ALL {
             if let Some(slot) = admitted.get_mut(c.index()) {
-                *slot = def(MetricType::Counter, "modelgate_shedder_admitted_total", &[("criticality", c.as_str())]);
+                *slot = def(
+                    MetricType::Counter,
+                    "modelgate_shedder_admitted_total",
+                    &[("criticality", c.as_str())],
+                );
             }
             for r in ShedReason::ALL {
                 // Critical is never shed: no series for it.
                 if c == Criticality::Critical {
                     continue;
                 }
-                if let Some(slot) = shed.get_mut(r.index()).and_then(|row| row.get_mut(c.index())) {
+                if let Some(slot) = shed
+                    .get_mut(r.index())
+                    .and_then(|row| row.get_mut(c.index()))
+                {
                     *slot = def(
                         MetricType::Counter,
                         "modelgate_shedder_shed_total",
@@ -126,9 +133,17 @@ impl Metrics {
             shed,
             in_flight: def(MetricType::Gauge, "modelgate_shedder_in_flight", &[]),
             stale: def(MetricType::Gauge, "modelgate_shedder_snapshot_stale", &[]),
-            snapshot_age: def(MetricType::Gauge, "modelgate_shedder_snapshot_age_milliseconds", &[]),
+            snapshot_age: def(
+                MetricType::Gauge,
+                "modelgate_shedder_snapshot_age_milliseconds",
+                &[],
+            ),
             utilization: def(MetricType::Gauge, "modelgate_shedder_utilization_ppm", &[]),
-            pool_utilization: def(MetricType::Gauge, "modelgate_shedder_pool_utilization_ppm", &[]),
+            pool_utilization: def(
+                MetricType::Gauge,
+                "modelgate_shedder_pool_utilization_ppm",
+                &[],
+            ),
             pool_saturated: def(MetricType::Gauge, "modelgate_shedder_pool_saturated", &[]),
         }
     }
@@ -173,6 +188,8 @@ struct Active {
     pool: PoolTable,
     /// For logging transitions only.
     was_stale: Option<bool>,
+    warned_stale: bool,
+    configured_ms: u64,
     was_saturated: bool,
     last_summary_ms: u64,
     shed_since_summary: u64,
@@ -184,7 +201,13 @@ struct ShedRoot {
 }
 
 impl Context for ShedRoot {
-    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         if let Some(s) = self.active.as_mut().and_then(|a| a.scraper.as_mut()) {
             s.on_http_call_response(token, num_headers, body_size);
         }
@@ -233,6 +256,8 @@ impl RootContext for ShedRoot {
             worker_id: None,
             pool: PoolTable::default(),
             was_stale: None,
+            warned_stale: false,
+            configured_ms: modelgate_glue::now_ms(),
             was_saturated: false,
             last_summary_ms: 0,
             shed_since_summary: 0,
@@ -308,7 +333,10 @@ impl Active {
             self.shed_since_summary += shed_now;
             self.metrics.flush(&mut vm.counts);
         }
-        gauge(self.metrics.in_flight, u64::from(in_flight.saturating_add(others)));
+        gauge(
+            self.metrics.in_flight,
+            u64::from(in_flight.saturating_add(others)),
+        );
         self.log_transitions(now, server, age, last_error.as_deref());
     }
 
@@ -351,7 +379,9 @@ impl Active {
             let mut table: PoolTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
             table.merge(&local);
             table.prune(now, g.report_ttl_ms);
-            if !local.is_empty() && hostcalls::set_shared_data(POOL_KEY, Some(&state::encode(&table)), cas).is_err() {
+            if !local.is_empty()
+                && hostcalls::set_shared_data(POOL_KEY, Some(&state::encode(&table)), cas).is_err()
+            {
                 // Lost the race: keep the reports for the next tick.
                 self.vm.borrow_mut().reports.merge(&local);
             }
@@ -359,7 +389,11 @@ impl Active {
         }
         let loads = self.pool.loads(now, &g);
         let max_avg = loads.iter().map(|l| l.average).fold(0.0, f64::max);
-        let saturated: Vec<String> = loads.iter().filter(|l| l.saturated).map(|l| l.cluster.clone()).collect();
+        let saturated: Vec<String> = loads
+            .iter()
+            .filter(|l| l.saturated)
+            .map(|l| l.cluster.clone())
+            .collect();
         gauge(self.metrics.pool_utilization, ppm(max_avg));
         gauge(self.metrics.pool_saturated, saturated.len() as u64);
         let now_saturated = !saturated.is_empty();
@@ -370,7 +404,10 @@ impl Active {
                 .map(|l| format!("{}: {:.2} over {} hosts", l.cluster, l.average, l.hosts))
                 .collect();
             let (level, what) = if now_saturated {
-                (LogLevel::Warn, "pool saturated, shedding sheddable requests")
+                (
+                    LogLevel::Warn,
+                    "pool saturated, shedding sheddable requests",
+                )
             } else {
                 (LogLevel::Info, "pool no longer saturated")
             };
@@ -386,32 +423,44 @@ impl Active {
         saturated
     }
 
-    fn log_transitions(&mut self, now: u64, server: ServerView, age: Option<u64>, last_error: Option<&str>) {
+    fn log_transitions(
+        &mut self,
+        now: u64,
+        server: ServerView,
+        age: Option<u64>,
+        last_error: Option<&str>,
+    ) {
         gauge(self.metrics.snapshot_age, age.unwrap_or(0));
         if self.config.scrape.is_some() {
             let stale = server == ServerView::Stale;
             gauge(self.metrics.stale, u64::from(stale));
-            if self.was_stale != Some(stale) {
-                // The first tick only reports a stale start at debug level (no scrape yet).
-                let first = self.was_stale.is_none();
-                self.was_stale = Some(stale);
-                let error = last_error.unwrap_or("none");
-                if stale && !first {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "load_shedder: queue snapshot is stale (last error: {error}); on_stale = {:?}",
-                            self.config.on_stale
-                        ),
-                    );
-                } else if !stale && !first {
-                    log(LogLevel::Info, "load_shedder: queue snapshot is fresh again");
-                }
+            // Warn when the snapshot goes stale, or stays stale past the first scrapes
+            // after start; tell when it recovers from a warned staleness.
+            let started = now.saturating_sub(self.configured_ms) > self.config.stale_after_ms;
+            if stale && !self.warned_stale && (self.was_stale == Some(false) || started) {
+                self.warned_stale = true;
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "load_shedder: queue snapshot is stale (last scrape error: {}); on_stale: {:?}",
+                        last_error.unwrap_or("none"),
+                        self.config.on_stale
+                    ),
+                );
+            } else if !stale && self.warned_stale {
+                self.warned_stale = false;
+                log(
+                    LogLevel::Info,
+                    "load_shedder: queue snapshot is fresh again",
+                );
             }
+            self.was_stale = Some(stale);
         }
         if self.shed_since_summary > 0 && now.saturating_sub(self.last_summary_ms) >= 5000 {
             let load = match server {
-                ServerView::Fresh { waiting, kv_cache } => format!("waiting {waiting}, KV cache {kv_cache:.2}"),
+                ServerView::Fresh { waiting, kv_cache } => {
+                    format!("waiting {waiting}, KV cache {kv_cache:.2}")
+                }
                 ServerView::Stale => "server load unknown".into(),
                 ServerView::NotScraped => "no scrape".into(),
             };
@@ -450,11 +499,23 @@ impl HttpContext for ShedHttp {
             .ok()
             .flatten();
         let cfg = &self.config;
-        let class = effective_criticality(header.as_deref(), cfg.default_criticality, cfg.trust_criticality_header);
+        let class = effective_criticality(
+            header.as_deref(),
+            cfg.default_criticality,
+            cfg.trust_criticality_header,
+        );
         // A client claimed more than it may: pass the effective class on (rare, so the
         // extra host call is only paid then).
-        if header.as_deref().and_then(Criticality::parse).is_some_and(|c| c != class) {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, CRITICALITY_HEADER, Some(class.as_str()));
+        if header
+            .as_deref()
+            .and_then(Criticality::parse)
+            .is_some_and(|c| c != class)
+        {
+            let _ = hostcalls::set_map_value(
+                MapType::HttpRequestHeaders,
+                CRITICALITY_HEADER,
+                Some(class.as_str()),
+            );
         }
         let mut vm = self.vm.borrow_mut();
         let mut view = vm.view;
@@ -472,7 +533,12 @@ impl HttpContext for ShedHttp {
                 Action::Continue
             }
             Decision::Shed(reason) => {
-                if let Some(n) = vm.counts.shed.get_mut(reason.index()).and_then(|r| r.get_mut(class.index())) {
+                if let Some(n) = vm
+                    .counts
+                    .shed
+                    .get_mut(reason.index())
+                    .and_then(|r| r.get_mut(class.index()))
+                {
                     *n += 1;
                 }
                 drop(vm);
@@ -506,7 +572,8 @@ impl ShedHttp {
     /// Gateway: remembers the upstream's ORCA report (keyed by cluster and host) and
     /// strips it, since the load of the servers is no business of the client.
     fn record_report(&mut self, now: u64) {
-        let Ok(Some(value)) = hostcalls::get_map_value(MapType::HttpResponseHeaders, ORCA_HEADER) else {
+        let Ok(Some(value)) = hostcalls::get_map_value(MapType::HttpResponseHeaders, ORCA_HEADER)
+        else {
             return;
         };
         let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, ORCA_HEADER);
