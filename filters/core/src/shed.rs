@@ -765,9 +765,14 @@ pub struct PoolLoad {
 }
 
 impl PoolTable {
-    /// Records a report (the newer one wins).
+    /// Records a report (the newer one wins); allocates only for a host not seen yet.
     pub fn record(&mut self, cluster: &str, host: &str, report: HostReport) {
-        let hosts = self.clusters.entry(cluster.to_string()).or_default();
+        if !self.clusters.contains_key(cluster) {
+            self.clusters.insert(cluster.to_string(), BTreeMap::new());
+        }
+        let Some(hosts) = self.clusters.get_mut(cluster) else {
+            return;
+        };
         match hosts.get_mut(host) {
             Some(r) if r.at_ms > report.at_ms => {}
             Some(r) => *r = report,
