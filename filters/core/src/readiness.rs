@@ -25,6 +25,7 @@ const DEFAULT_GATED_PREFIX: &str = "/v1/";
 /// `max_age` defaults to this many periods: one missed round is tolerated, three are not.
 const DEFAULT_MAX_AGE_PERIODS: u64 = 3;
 const MIN_PERIOD_MS: u64 = 10;
+const TICKS_PER_PERIOD: u64 = 4;
 
 /// The plugin configuration as written (JSON); see docs/readiness-gate.md.
 #[derive(Deserialize, Debug, Clone)]
@@ -78,6 +79,12 @@ impl ReadinessConfig {
     /// Parses and validates the plugin configuration; the error names the field.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         crate::config::parse_json::<ReadinessConfigJson>(bytes)?.validate()
+    }
+
+    /// Tick of every VM: a quarter period, so a VM picks up a snapshot another VM published
+    /// within a quarter period, while the lease still limits polls to one round per period.
+    pub fn tick_ms(&self) -> u64 {
+        (self.period_ms / TICKS_PER_PERIOD).max(MIN_PERIOD_MS)
     }
 
     /// What the filter does with a request for `path` (query string included or not).
@@ -528,6 +535,11 @@ mod tests {
         );
         assert_eq!(c.probe_path.as_deref(), Some("/modelgate/ready"));
         assert_eq!(c.gated_prefixes, vec!["/v1/".to_string()]);
+        assert_eq!(c.tick_ms(), 250);
+        assert_eq!(
+            cfg(r#"{"model":"m","period":"20ms","timeout":"10ms"}"#).tick_ms(),
+            10
+        );
     }
 
     #[test]

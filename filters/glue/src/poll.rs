@@ -1,7 +1,8 @@
 //! Polling an upstream from the root context, once per period for the whole proxy, and
 //! caching a shared snapshot per VM. The pattern, for a filter's root context:
 //!
-//! - `on_configure`: `hostcalls::set_tick_period(period)`.
+//! - `on_configure`: `hostcalls::set_tick_period(..)`, a fraction of the period so readers
+//!   pick up new snapshots quickly (the lease still allows one round per period).
 //! - `on_tick`: `if calls.is_idle() && claim_lease(purpose, now, period) { calls.dispatch(..) }`
 //!   for each target; then `reader.refresh()` and, when it changed, recompute the value
 //!   HTTP contexts read from their `Rc<RefCell<..>>` (no host call per request).

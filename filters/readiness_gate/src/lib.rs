@@ -88,7 +88,7 @@ impl RootContext for GateRoot {
                 return false;
             }
         };
-        if hostcalls::set_tick_period(Duration::from_millis(config.period_ms)).is_err() {
+        if hostcalls::set_tick_period(Duration::from_millis(config.tick_ms())).is_err() {
             log(LogLevel::Error, "cannot set the tick period");
             return false;
         }

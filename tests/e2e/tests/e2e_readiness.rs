@@ -93,6 +93,22 @@ fn assert_probe(r: &Response, status: u16, state: &str) -> String {
     v["reason"].as_str().unwrap().to_string()
 }
 
+/// Each worker VM picks up a new snapshot on its next tick (a quarter period): after one
+/// request saw a change, wait this long before expecting every request to see it.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Waits until the probe's `key` is `value`, then lets every VM catch up.
+fn wait_probe(port: u16, key: &str, value: &str) {
+    let ok = wait_until(WAIT, || probe(port).json()[key] == value);
+    assert!(
+        ok,
+        "probe {key} never became {value:?}: {}",
+        probe(port).text()
+    );
+    std::thread::sleep(SETTLE);
+}
+
+/// Waits until a chat request gets `status`, lets every VM catch up, and sends one more.
 fn wait_status(port: u16, status: u16) -> Response {
     let mut last = Response::default();
     let ok = wait_until(WAIT, || {
@@ -105,7 +121,10 @@ fn wait_status(port: u16, status: u16) -> Response {
         last.status,
         last.text()
     );
-    last
+    std::thread::sleep(SETTLE);
+    let r = chat(port);
+    assert_eq!(r.status, status, "{}", r.text());
+    r
 }
 
 fn count(log: &str, needle: &str) -> usize {
@@ -122,31 +141,49 @@ fn assert_gone(pids: &[u32]) {
     }
 }
 
+/// Starts modelgate-sim on a port chosen in advance.
+fn start_sim_on(dir: &Path, port: u16, args: &[&str]) -> Sim {
+    let mut cmd = std::process::Command::new(release_bin("modelgate-sim"));
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(args);
+    let proc = Proc::spawn("sim", cmd, dir);
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "{}",
+        proc.log_text()
+    );
+    Sim { port, proc }
+}
+
 #[test]
 fn gates_until_ready_and_again_when_unhealthy() {
     let dir = scratch_dir("readiness");
-    let sim = Sim::start(
-        &dir,
-        "sim",
-        &["--served-model-name", MODEL, "--startup-delay-ms", "6000"],
-    );
-    let (yaml, ports) = sidecar_yaml(sim.port, None, PERIOD);
+    // Envoy first, so the sim's start-up delay is not used up while Envoy compiles the
+    // module on a busy machine.
+    let sim_port = free_port();
+    let (yaml, ports) = sidecar_yaml(sim_port, None, PERIOD);
     let envoy = Envoy::start(&dir, "envoy", &yaml, ports.admin);
     let p = ports.listen;
 
-    // Starting: the gate answers, the sim sees nothing.
+    // Nothing behind the gate yet: refused by the gate itself.
     let message = assert_gated(&chat(p), "model_not_ready");
     assert!(message.contains(MODEL), "{message}");
     assert_eq!(probe(p).status, 503);
+
+    let sim = start_sim_on(
+        &dir,
+        sim_port,
+        &["--served-model-name", MODEL, "--startup-delay-ms", "4000"],
+    );
+    // Starting: the gate answers with the failing check, the sim sees nothing.
+    wait_probe(p, "status", "not_ready");
+    let reason = assert_probe(&probe(p), 503, "not_ready");
+    assert_eq!(reason, "health: status 503");
+    let message = assert_gated(&chat(p), "model_not_ready");
+    assert!(message.contains("health: status 503"), "{message}");
     let r = get(&format!("http://127.0.0.1:{p}/metrics"));
     assert_eq!(r.status, 200, "ungated paths pass while not ready");
     assert!(r.text().contains("vllm:num_requests_running"));
-
-    // Once the first round has run, the reason is the failing check.
-    let ok = wait_until(WAIT, || probe(p).json()["status"] == "not_ready");
-    assert!(ok, "{}", probe(p).text());
-    let reason = assert_probe(&probe(p), 503, "not_ready");
-    assert_eq!(reason, "health: status 503");
 
     // Ready: forwarded to the sim.
     let r = wait_status(p, 200);
@@ -154,7 +191,6 @@ fn gates_until_ready_and_again_when_unhealthy() {
     assert_eq!(r.json()["model"], MODEL);
     assert_eq!(assert_probe(&probe(p), 200, "ready"), "");
     // Both worker threads agree (each has its own VM and cache): 20 requests, all 200.
-    std::thread::sleep(Duration::from_millis(1100));
     for _ in 0..20 {
         assert_eq!(chat(p).status, 200);
     }
@@ -204,8 +240,7 @@ fn unlisted_model_keeps_the_gate_closed() {
     let p = ports.listen;
 
     let expected = format!("models: `{MODEL}` is not listed yet");
-    let ok = wait_until(WAIT, || probe(p).json()["reason"] == expected.as_str());
-    assert!(ok, "{}", probe(p).text());
+    wait_probe(p, "reason", &expected);
     // Healthy server, model not there: still refused, for several periods.
     for _ in 0..4 {
         let message = assert_gated(&chat(p), "model_not_ready");
@@ -303,8 +338,7 @@ fn loader_loading_and_draining_refuse_requests() {
     let p = ports.listen;
 
     // Server ready, loader still loading: not ready.
-    let ok = wait_until(WAIT, || probe(p).json()["status"] == "not_ready");
-    assert!(ok, "{}", probe(p).text());
+    wait_probe(p, "status", "not_ready");
     assert_eq!(
         assert_probe(&probe(p), 503, "not_ready"),
         "loader: loading (status 503)"
@@ -330,10 +364,7 @@ fn loader_loading_and_draining_refuse_requests() {
 
     // Swapping versions counts as draining too; then back to ready.
     loader.set(503, "updating");
-    let ok = wait_until(WAIT, || {
-        probe(p).json()["reason"] == "loader: updating (revision r1)"
-    });
-    assert!(ok, "{}", probe(p).text());
+    wait_probe(p, "reason", "loader: updating (revision r1)");
     assert_gated(&chat(p), "model_draining");
     loader.set(200, "ready");
     wait_status(p, 200);
