@@ -88,17 +88,21 @@ impl ReadinessConfig {
     }
 
     /// What the filter does with a request for `path` (query string included or not).
-    pub fn classify(&self, path: &str) -> PathAction {
+    /// Bytes, not `&str`: a header value need not be UTF-8 and must not trap the VM.
+    pub fn classify(&self, path: &[u8]) -> PathAction {
         if let Some(probe) = &self.probe_path {
-            let bare = path.split(['?', '#']).next().unwrap_or(path);
-            if bare == probe {
+            let end = path
+                .iter()
+                .position(|b| *b == b'?' || *b == b'#')
+                .unwrap_or(path.len());
+            if path.get(..end) == Some(probe.as_bytes()) {
                 return PathAction::Probe;
             }
         }
         if self
             .gated_prefixes
             .iter()
-            .any(|p| path.starts_with(p.as_str()))
+            .any(|p| path.starts_with(p.as_bytes()))
         {
             PathAction::Gate
         } else {
@@ -562,8 +566,8 @@ mod tests {
             (200, 100, 1000, 2)
         );
         assert_eq!(c.probe_path, None);
-        assert_eq!(c.classify("/generate?x=1"), PathAction::Gate);
-        assert_eq!(c.classify("/modelgate/ready"), PathAction::Pass);
+        assert_eq!(c.classify(b"/generate?x=1"), PathAction::Gate);
+        assert_eq!(c.classify(b"/modelgate/ready"), PathAction::Pass);
     }
 
     #[test]
@@ -617,14 +621,16 @@ mod tests {
     #[test]
     fn paths_are_classified() {
         let c = cfg(r#"{"model":"m"}"#);
-        assert_eq!(c.classify("/modelgate/ready"), PathAction::Probe);
-        assert_eq!(c.classify("/modelgate/ready?verbose"), PathAction::Probe);
-        assert_eq!(c.classify("/modelgate/readyz"), PathAction::Pass);
-        assert_eq!(c.classify("/v1/chat/completions"), PathAction::Gate);
-        assert_eq!(c.classify("/v1/models"), PathAction::Gate);
-        assert_eq!(c.classify("/v1"), PathAction::Pass);
-        assert_eq!(c.classify("/metrics"), PathAction::Pass);
-        assert_eq!(c.classify("/health"), PathAction::Pass);
+        assert_eq!(c.classify(b"/modelgate/ready"), PathAction::Probe);
+        assert_eq!(c.classify(b"/modelgate/ready?verbose"), PathAction::Probe);
+        assert_eq!(c.classify(b"/modelgate/readyz"), PathAction::Pass);
+        assert_eq!(c.classify(b"/v1/chat/completions"), PathAction::Gate);
+        assert_eq!(c.classify(b"/v1/models"), PathAction::Gate);
+        assert_eq!(c.classify(b"/v1"), PathAction::Pass);
+        assert_eq!(c.classify(b"/metrics"), PathAction::Pass);
+        assert_eq!(c.classify(b"/health"), PathAction::Pass);
+        assert_eq!(c.classify(b"/v1/\xff"), PathAction::Gate);
+        assert_eq!(c.classify(b""), PathAction::Pass);
     }
 
     #[test]

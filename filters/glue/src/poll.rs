@@ -95,10 +95,11 @@ pub struct CallResponse {
 impl CallResponse {
     /// Reads the response of the call being answered, at most `max_body` bytes of body.
     pub fn read(body_size: usize, max_body: usize) -> Self {
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        // Bytes: `get_map_value` traps the VM on a non-UTF-8 value.
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|s| s.parse().ok());
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
         let body = if body_size == 0 {
             Vec::new()
         } else {

@@ -206,7 +206,8 @@ impl HttpContext for GateRequest {
         let Some((config, gate)) = &self.active else {
             return Action::Continue;
         };
-        let Ok(Some(path)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path") else {
+        let Ok(Some(path)) = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
+        else {
             return Action::Continue;
         };
         match config.classify(&path) {
