@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::config::{parse_duration_ms, validate_path, ConfigError, Upstream, UpstreamJson};
 use crate::error::ApiError;
+pub use crate::metrics::GATED_HEADER;
 use crate::state::{ReadinessSnapshot, ReadinessStatus};
 
 /// Lease purpose (`modelgate.lease.readiness`): one poll round per period per proxy.
@@ -459,6 +460,9 @@ pub struct GateState {
     pub verdict: Verdict,
     /// The reply to a gated request while not ready; `None` when ready.
     pub rejection: Option<ApiError>,
+    /// Value of [`GATED_HEADER`] on that reply, for the metrics filter: one of `unknown`,
+    /// `not_ready`, `draining`, `stale` (a bounded set: it becomes a metric label).
+    pub gated_reason: &'static str,
     pub probe_status: u32,
     pub probe_body: Vec<u8>,
 }
@@ -498,8 +502,14 @@ impl GateState {
             model: &config.model,
         })
         .unwrap_or_default();
+        let gated_reason = if verdict.stale {
+            "stale"
+        } else {
+            status_name(verdict.status)
+        };
         Self {
             rejection,
+            gated_reason,
             probe_status: if ready { 200 } else { 503 },
             probe_body,
             verdict,
@@ -832,6 +842,20 @@ mod tests {
         };
         let d = GateState::new(draining, &c);
         assert_eq!(d.rejection.unwrap().code, "model_draining");
+        assert_eq!(d.gated_reason, "draining");
+        assert_eq!(unknown.gated_reason, "unknown");
+        let stale = GateState::new(
+            verdict(
+                Some(&ReadinessSnapshot {
+                    status: ReadinessStatus::Ready,
+                    ..Default::default()
+                }),
+                10_000,
+                3000,
+            ),
+            &c,
+        );
+        assert_eq!((stale.is_ready(), stale.gated_reason), (false, "stale"));
         assert_eq!(d.probe_status, 503);
     }
 }

@@ -8,8 +8,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use modelgate_core::readiness::{
-    self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, LEASE_PURPOSE,
-    MAX_BODY_BYTES,
+    self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, GATED_HEADER,
+    LEASE_PURPOSE, MAX_BODY_BYTES,
 };
 use modelgate_core::state::{ReadinessSnapshot, READINESS_KEY};
 use modelgate_glue::poll::{CallResponse, InFlight, SnapshotReader};
@@ -226,7 +226,7 @@ impl HttpContext for GateRequest {
                 match &g.rejection {
                     None => Action::Continue,
                     Some(err) => {
-                        modelgate_glue::send_error(err, &[]);
+                        modelgate_glue::send_error(err, &[(GATED_HEADER, g.gated_reason)]);
                         Action::Pause
                     }
                 }

@@ -79,6 +79,15 @@ fn assert_gated(r: &Response, code: &str) -> String {
         None,
         "the request reached the model server"
     );
+    // The marker the metrics filter counts refusals by (a bounded set of reasons).
+    let gated = r.header("x-modelgate-gated").unwrap_or_default();
+    match code {
+        "model_draining" => assert_eq!(gated, "draining"),
+        _ => assert!(
+            ["unknown", "not_ready", "stale"].contains(&gated),
+            "{gated:?}"
+        ),
+    }
     let v = r.json();
     assert_eq!(v["error"]["type"], "server_error");
     assert_eq!(v["error"]["code"], code, "{v}");
