@@ -35,8 +35,9 @@ test-core:
 test-core-wasm:
 	scripts/test-core-wasm.sh
 
+# Runs the modules in dist/ (from `make wasm`); every shipped filter must be there.
 test-abi:
-	cargo test -p modelgate-abi-tests
+	MODELGATE_REQUIRE_ALL_FILTERS=1 MODELGATE_DIST=$(CURDIR)/dist cargo test -p modelgate-abi-tests
 
 test-e2e:
 	cargo test -p modelgate-e2e -- --test-threads=2

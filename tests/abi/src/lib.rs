@@ -35,7 +35,5 @@ pub fn two_cuts(len: usize) -> impl Iterator<Item = Vec<usize>> {
 
 /// Problems that would stop Envoy 1.40 from loading the module at `path` (empty: loads).
 pub fn envoy_load_problems(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let bytes = std::fs::read(path)?;
-    let module = wasmtime::Module::new(&wasmtime::Engine::default(), &bytes)?;
-    Ok(imports::envoy_load_problems(&module))
+    Ok(imports::envoy_load_problems(&vm::compiled(path)?))
 }

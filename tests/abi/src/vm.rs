@@ -208,8 +208,10 @@ fn engine() -> &'static Engine {
     ENGINE.get_or_init(Engine::default)
 }
 
-/// Compiled modules, once per test process (compiling is most of a test's cost).
-fn compiled(path: &Path) -> Result<Module> {
+/// Compiled modules: once per test process in memory, and across processes in a disk cache
+/// keyed by the module's bytes (Cranelift takes about a second per filter; loading a cached
+/// artifact takes milliseconds).
+pub fn compiled(path: &Path) -> Result<Module> {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Module>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,11 +224,54 @@ fn compiled(path: &Path) -> Result<Module> {
             path.display()
         )
     })?;
-    let module = Module::new(engine(), &bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("{} is not a valid Wasm module", path.display()))?;
+    let started = std::time::Instant::now();
+    let module = from_disk_cache(&bytes)
+        .map(Ok)
+        .unwrap_or_else(|| {
+            let m = Module::new(engine(), &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("{} is not a valid Wasm module", path.display()))?;
+            to_disk_cache(&bytes, &m);
+            Ok::<_, anyhow::Error>(m)
+        })?;
+    if std::env::var_os("MODELGATE_ABI_TIMING").is_some() {
+        eprintln!("loaded {} in {:?}", path.display(), started.elapsed());
+    }
     cache.insert(path.to_path_buf(), module.clone());
     Ok(module)
+}
+
+fn disk_cache_path(bytes: &[u8]) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    std::env::temp_dir()
+        .join("modelgate-abi-cache")
+        .join(format!("{:016x}-{}.cwasm", h.finish(), bytes.len()))
+}
+
+fn from_disk_cache(bytes: &[u8]) -> Option<Module> {
+    let file = disk_cache_path(bytes);
+    if !file.exists() {
+        return None;
+    }
+    // SAFETY: the file is an artifact this host serialised; wasmtime checks that its
+    // version and engine settings match and errors (→ recompile) otherwise.
+    unsafe { Module::deserialize_file(engine(), &file) }.ok()
+}
+
+fn to_disk_cache(bytes: &[u8], module: &Module) {
+    let file = disk_cache_path(bytes);
+    let Ok(data) = module.serialize() else { return };
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    // Write then rename, so parallel test processes never read a half-written artifact.
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, data).is_ok() {
+        let _ = std::fs::rename(&tmp, &file);
+    }
 }
 
 /// Directory of the shipped modules: `$MODELGATE_DIST`, else `<repo>/dist`.

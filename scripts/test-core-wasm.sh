@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs modelgate-core's unit tests compiled to wasm32-wasip1 on wasmtime (the `wasi-run`
+# runner of tests/abi): no preopened directories, no environment, no threads — so a core
+# test that quietly needs what a proxy VM lacks fails here. (The monotonic clock is caught
+# one layer up: the ABI host answers ENOTSUP for it, as Envoy does.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+# The runner is a host binary: build it for the host, in the same target dir.
+cargo build --quiet -p modelgate-abi-tests --bin wasi-run
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+export CARGO_TARGET_WASM32_WASIP1_RUNNER="$target_dir/debug/wasi-run"
+exec cargo test -p modelgate-core --target wasm32-wasip1 "$@"

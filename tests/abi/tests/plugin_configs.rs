@@ -1,0 +1,207 @@
+//! Every plugin configuration shipped in `envoy/*.yaml` and `istio/*.yaml` is accepted by
+//! the module it is written for, as Envoy would accept it at `proxy_on_configure`.
+
+use std::path::{Path, PathBuf};
+
+use modelgate_abi_tests::{module_path, Host};
+use serde_yaml::Value;
+
+/// Sample values for the `{{KEY}}` placeholders of the templates (e2e tests render them
+/// with real ports; only the shape matters here). Each entry lists every variant to try.
+const SAMPLES: &[(&str, &[&str])] = &[
+    ("ADMIN_PORT", &["9901"]),
+    ("LISTEN_PORT", &["10000"]),
+    ("LOADER_PORT", &["8081"]),
+    ("SIM_PORT", &["8000"]),
+    ("POD_A_PORT", &["8001"]),
+    ("POD_B_PORT", &["8002"]),
+    ("POD_C_PORT", &["8003"]),
+    ("WASM_DIR", &["/dist"]),
+    ("MODEL", &["sim-model"]),
+    (
+        "READINESS_LOADER",
+        &["null", r#"{"cluster": "loader", "path": "/ready"}"#],
+    ),
+    ("READINESS_PERIOD", &["500ms", "1s"]),
+];
+
+/// One plugin configuration found in a file.
+#[derive(Debug)]
+struct Plugin {
+    file: PathBuf,
+    module: String,
+    root_id: String,
+    vm_id: String,
+    allow_stop: bool,
+    configuration: String,
+    from_wasm_plugin: bool,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Renders a template once per combination of sample values it uses.
+fn renderings(text: &str) -> Vec<String> {
+    let mut out = vec![text.to_string()];
+    for (key, values) in SAMPLES {
+        let pat = format!("{{{{{key}}}}}");
+        if !text.contains(&pat) {
+            continue;
+        }
+        out = out
+            .iter()
+            .flat_map(|t| values.iter().map(|v| t.replace(&pat, v)).collect::<Vec<_>>())
+            .collect();
+    }
+    out
+}
+
+fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.as_mapping()?.get(Value::String(key.to_string()))
+}
+
+fn text(v: Option<&Value>) -> String {
+    v.and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+/// Module name from a file path or an image/URL: `.../readiness_gate.wasm`,
+/// `oci://ghcr.io/modelgate/readiness_gate:0.1.0` → `readiness_gate`.
+fn module_of(url_or_file: &str) -> String {
+    let last = url_or_file.rsplit('/').next().unwrap_or_default();
+    let last = last.split(['@', ':']).next().unwrap_or_default();
+    last.trim_end_matches(".wasm").to_string()
+}
+
+/// Walks a YAML document for Envoy Wasm filter configs (`...wasm.v3.Wasm` typed configs,
+/// also inside Istio EnvoyFilter patches) and Istio `WasmPlugin` resources.
+fn collect(file: &Path, v: &Value, out: &mut Vec<Plugin>) {
+    if text(get(v, "@type")).ends_with("envoy.extensions.filters.http.wasm.v3.Wasm") {
+        if let Some(cfg) = get(v, "config") {
+            let vm = get(cfg, "vm_config");
+            let filename = vm
+                .and_then(|vm| get(vm, "code"))
+                .and_then(|c| get(c, "local"))
+                .map(|l| text(get(l, "filename")))
+                .unwrap_or_default();
+            let configuration = get(cfg, "configuration")
+                .map(|c| match c.as_str() {
+                    Some(s) => s.to_string(),
+                    None => text(get(c, "value")),
+                })
+                .unwrap_or_default();
+            out.push(Plugin {
+                file: file.to_path_buf(),
+                module: module_of(&filename),
+                root_id: text(get(cfg, "root_id")),
+                vm_id: text(vm.and_then(|vm| get(vm, "vm_id"))),
+                allow_stop: get(cfg, "allow_on_headers_stop_iteration")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                configuration,
+                from_wasm_plugin: false,
+            });
+        }
+    }
+    if text(get(v, "kind")) == "WasmPlugin" {
+        if let Some(spec) = get(v, "spec") {
+            let configuration = get(spec, "pluginConfig")
+                .map(|c| serde_json::to_string(c).unwrap())
+                .unwrap_or_default();
+            out.push(Plugin {
+                file: file.to_path_buf(),
+                module: module_of(&text(get(spec, "url"))),
+                root_id: text(get(spec, "pluginName")),
+                vm_id: text(get(spec, "vmConfig").and_then(|c| get(c, "vmId"))),
+                // Istio has no field for it; an EnvoyFilter patch sets it (NOTES.md).
+                allow_stop: true,
+                configuration,
+                from_wasm_plugin: true,
+            });
+        }
+    }
+    match v {
+        Value::Mapping(m) => m.values().for_each(|x| collect(file, x, out)),
+        Value::Sequence(s) => s.iter().for_each(|x| collect(file, x, out)),
+        Value::Tagged(t) => collect(file, &t.value, out),
+        _ => {}
+    }
+}
+
+fn plugins() -> Vec<Plugin> {
+    let mut out = Vec::new();
+    for dir in ["envoy", "istio"] {
+        let Ok(entries) = std::fs::read_dir(repo().join(dir)) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let raw = std::fs::read_to_string(&file).unwrap();
+            for rendered in renderings(&raw) {
+                assert!(
+                    !rendered.contains("{{"),
+                    "{}: a placeholder has no sample value in plugin_configs.rs SAMPLES",
+                    file.display()
+                );
+                for doc in serde_yaml::Deserializer::from_str(&rendered) {
+                    let v = Value::deserialize(doc)
+                        .unwrap_or_else(|e| panic!("{}: not YAML: {e}", file.display()));
+                    collect(&file, &v, &mut out);
+                }
+            }
+        }
+    }
+    out
+}
+
+use serde::Deserialize;
+
+#[test]
+fn every_shipped_plugin_configuration_is_accepted() {
+    let plugins = plugins();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for p in &plugins {
+        if !module_path(&p.module).exists() {
+            eprintln!("skip {} ({}): dist/{}.wasm not built", p.file.display(), p.root_id, p.module);
+            continue;
+        }
+        let host = Host::new();
+        let mut b = host.vm(&p.module).root_id(&p.root_id);
+        if !p.vm_id.is_empty() {
+            b = b.vm_id(&p.vm_id);
+        }
+        match b.configure(&p.configuration) {
+            Ok(_) => checked += 1,
+            Err(e) => failures.push(format!(
+                "{} (root_id {}, module {}): {e:#}\nconfiguration:\n{}",
+                p.file.display(),
+                p.root_id,
+                p.module,
+                p.configuration
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "rejected configurations:\n{}", failures.join("\n\n"));
+    eprintln!("{checked} plugin configurations accepted");
+}
+
+/// Envoy configs must follow CONTRACTS.md. Istio WasmPlugins cannot set either field: Istio
+/// leaves vm_id empty for all of them (so they still share one namespace) and the knob comes
+/// from an EnvoyFilter patch, so they are not checked here.
+#[test]
+fn every_envoy_plugin_shares_the_modelgate_vm_and_may_pause_in_headers() {
+    for p in plugins().into_iter().filter(|p| !p.from_wasm_plugin) {
+        assert_eq!(p.vm_id, "modelgate", "{}: {} must use vm_id modelgate (CONTRACTS.md)", p.file.display(), p.root_id);
+        assert!(
+            p.allow_stop,
+            "{}: {} must set allow_on_headers_stop_iteration: true (CONTRACTS.md)",
+            p.file.display(),
+            p.root_id
+        );
+    }
+}
