@@ -239,6 +239,14 @@ impl Engine {
     }
 }
 
+/// Sleeps until `due`, skipping the timer when it has passed: a timer entry always waits for
+/// the next tick of tokio's 1 ms wheel, which would cap zero-latency runs at ~1000 tokens/s.
+async fn wait_until(due: Instant) {
+    if due > Instant::now() {
+        sleep_until(due.into()).await;
+    }
+}
+
 struct WaitingGuard<'a>(&'a Engine);
 
 impl<'a> WaitingGuard<'a> {
@@ -276,7 +284,7 @@ impl RunningSeq {
         if self.generated >= self.target {
             return None;
         }
-        sleep_until(self.next_due.into()).await;
+        wait_until(self.next_due).await;
         let index = self.generated;
         if index == 0 {
             self.engine.ttft.observe(self.arrived.elapsed());
@@ -301,7 +309,7 @@ impl RunningSeq {
     /// Waits out the prefill of a request that generates nothing (embeddings) and records
     /// it as finished.
     pub async fn prefill_only(&mut self) {
-        sleep_until(self.next_due.into()).await;
+        wait_until(self.next_due).await;
         self.engine.ttft.observe(self.arrived.elapsed());
         self.finish(FinishReason::Stop);
     }

@@ -11,6 +11,7 @@ pub mod text;
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::{MetricsFlavor, SimConfig};
@@ -35,5 +36,10 @@ pub fn validate(config: &SimConfig) -> Result<(), String> {
 /// Serves on `listener` until the future is dropped.
 pub async fn serve(listener: TcpListener, config: SimConfig) -> std::io::Result<()> {
     let engine = Engine::new(config);
+    // Without TCP_NODELAY, Nagle's algorithm holds back small SSE frames (one per token)
+    // for up to a delayed-ACK period, which distorts inter-token latency.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, api::router(Arc::clone(&engine))).await
 }
