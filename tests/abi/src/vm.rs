@@ -549,14 +549,21 @@ impl Vm {
         let outcome = f.call(&mut self.store, args, &mut results);
         self.store.data_mut().effective = None;
         if let Err(err) = outcome {
+            // The module's own words first (its panic message arrives through proxy_log or
+            // stderr just before the `unreachable`), then the trap and the wasm frames.
             let logs: Vec<String> = self.store.data().logs[log_start..]
                 .iter()
                 .map(|l| format!("  [{:?}] {}", l.level, l.message))
                 .collect();
+            let frames = err
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .map(|bt| format!("\n{bt}"))
+                .unwrap_or_default();
             let why = format!(
-                "module `{}` trapped in {name}: {err:?}\nmodule output before the trap:\n{}",
+                "module `{}` trapped in {name}: {}\nmodule output before the trap:\n{}{frames}",
                 self.name,
-                logs.join("\n")
+                err.root_cause(),
+                if logs.is_empty() { "  (none)".to_string() } else { logs.join("\n") },
             );
             self.failed = Some(why.clone());
             panic!("{why}");
