@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::config::check_delay_ms;
 use crate::engine::{Engine, RunningSeq};
 use crate::metrics;
 use crate::request::{
@@ -182,9 +183,8 @@ async fn set_config(
         ("itl_ms_per_running", update.itl_ms_per_running),
     ]) {
         if let Some(ms) = value {
-            if !(0.0..=3_600_000.0).contains(&ms) {
-                return SimError::bad_request(format!("`{name}` must be between 0 and 3600000."))
-                    .into_response();
+            if let Err(e) = check_delay_ms(ms) {
+                return SimError::bad_request(format!("`{name}` {e}.")).into_response();
             }
             *slot = Some(std::time::Duration::from_secs_f64(ms / 1000.0));
         }

@@ -2,6 +2,25 @@
 
 use clap::{Parser, ValueEnum};
 
+/// Upper bound of every delay flag (one hour), so deadline arithmetic cannot overflow.
+pub const MAX_DELAY_MS: u64 = 3_600_000;
+
+/// A delay in (fractional) milliseconds within 0..=MAX_DELAY_MS (NaN is refused too).
+pub fn check_delay_ms(ms: f64) -> Result<f64, String> {
+    if (0.0..=MAX_DELAY_MS as f64).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!("must be between 0 and {MAX_DELAY_MS}"))
+    }
+}
+
+fn parse_delay_ms(text: &str) -> Result<f64, String> {
+    let ms: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of milliseconds"))?;
+    check_delay_ms(ms)
+}
+
 /// Whose metric names `/metrics` uses for the same engine state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MetricsFlavor {
@@ -40,16 +59,16 @@ pub struct SimConfig {
     pub max_num_seqs: u32,
 
     /// Milliseconds from scheduling to the first output token.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=MAX_DELAY_MS))]
     pub ttft_ms: u64,
 
     /// Milliseconds per further output token.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_DELAY_MS))]
     pub itl_ms: u64,
 
     /// Extra milliseconds per output token for each other running request (decode steps
     /// slow down as the batch grows; 0 keeps --itl-ms fixed).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_delay_ms)]
     pub itl_ms_per_running: f64,
 
     /// Completion length in tokens when the request sets no max_tokens/max_completion_tokens.

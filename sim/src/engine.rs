@@ -232,7 +232,7 @@ impl Engine {
             _kv: kv,
             held_tokens: prompt_tokens,
             arrived,
-            next_due: scheduled + self.timing().0,
+            next_due: scheduled.checked_add(self.timing().0).unwrap_or(scheduled),
             generated: 0,
             target: completion_tokens,
         })
@@ -296,7 +296,8 @@ impl RunningSeq {
             .load(Ordering::Relaxed)
             .saturating_sub(1);
         let others = u32::try_from(others).unwrap_or(u32::MAX);
-        self.next_due += itl + per_running.saturating_mul(others);
+        let step = itl.saturating_add(per_running.saturating_mul(others));
+        self.next_due = self.next_due.checked_add(step).unwrap_or(self.next_due);
         self.generated += 1;
         self.held_tokens += 1;
         self.engine.kv_tokens.fetch_add(1, Ordering::Relaxed);
