@@ -183,10 +183,23 @@ impl<'a> HttpStream<'a> {
 
     /// `proxy_on_request_headers`.
     pub fn request_headers(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> Action {
+        self.request_header_pairs(wire::pairs_from(headers), end_of_stream)
+    }
+
+    /// `proxy_on_request_headers` with raw values (Envoy passes obs-text bytes 0x80-0xFF
+    /// through, so a value need not be UTF-8).
+    pub fn request_headers_bytes(&mut self, headers: &[(&str, &[u8])], end_of_stream: bool) -> Action {
+        let pairs = headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+            .collect();
+        self.request_header_pairs(pairs, end_of_stream)
+    }
+
+    fn request_header_pairs(&mut self, pairs: Pairs, end_of_stream: bool) -> Action {
         if self.st().ended() {
             return Action::NotCalled;
         }
-        let pairs = wire::pairs_from(headers);
         let n = pairs.len() as i32;
         {
             let s = self.st_mut();
@@ -292,10 +305,22 @@ impl<'a> HttpStream<'a> {
 
     /// `proxy_on_response_headers` for the upstream's response.
     pub fn response_headers(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> Action {
+        self.response_header_pairs(wire::pairs_from(headers), end_of_stream)
+    }
+
+    /// `proxy_on_response_headers` with raw (possibly non-UTF-8) values.
+    pub fn response_headers_bytes(&mut self, headers: &[(&str, &[u8])], end_of_stream: bool) -> Action {
+        let pairs = headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+            .collect();
+        self.response_header_pairs(pairs, end_of_stream)
+    }
+
+    fn response_header_pairs(&mut self, pairs: Pairs, end_of_stream: bool) -> Action {
         if self.st().ended() {
             return Action::NotCalled;
         }
-        let pairs = wire::pairs_from(headers);
         let n = pairs.len() as i32;
         {
             let s = self.st_mut();
