@@ -33,6 +33,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
+        .route("/ping", get(health))
+        .route("/version", get(version))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
@@ -79,6 +81,10 @@ async fn health(State(engine): State<Arc<Engine>>) -> StatusCode {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     }
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": concat!(env!("CARGO_PKG_VERSION"), "+modelgate-sim")}))
 }
 
 async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
@@ -220,13 +226,25 @@ async fn generate(
     };
     let req = match parse_generation(&body, endpoint, &engine.config) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(&engine, e),
     };
     if req.stream {
         stream_response(engine, req, arrived)
     } else {
         json_response(engine, req, arrived).await
     }
+}
+
+/// Answers a refused inference request (and logs it with --log-requests).
+fn refuse(engine: &Engine, e: SimError) -> Response {
+    if engine.config.log_requests {
+        eprintln!(
+            "modelgate-sim: request refused {}: {}",
+            e.status.as_u16(),
+            e.message
+        );
+    }
+    e.into_response()
 }
 
 fn usage(req: &GenRequest) -> Value {
@@ -436,7 +454,7 @@ async fn embeddings(
     });
     let (model, inputs) = match parsed {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(&engine, e),
     };
     let prompt_tokens: u64 = inputs.iter().map(|s| count_tokens(s).max(1)).sum();
     // An embedding is a prefill only: it queues like any request and takes --ttft-ms.

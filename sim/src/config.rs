@@ -91,6 +91,10 @@ pub struct SimConfig {
     #[arg(long, value_enum, default_value_t = MetricsFlavor::Vllm)]
     pub metrics_flavor: MetricsFlavor,
 
+    /// Log one line per finished, aborted or refused inference request to stderr.
+    #[arg(long)]
+    pub log_requests: bool,
+
     /// Length of the vectors /v1/embeddings returns.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub embedding_dim: u64,

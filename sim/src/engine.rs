@@ -232,6 +232,10 @@ impl Engine {
             _kv: kv,
             held_tokens: prompt_tokens,
             arrived,
+            queued: scheduled - arrived,
+            first_token: None,
+            finished: false,
+            prompt_tokens,
             next_due: scheduled.checked_add(self.timing().0).unwrap_or(scheduled),
             generated: 0,
             target: completion_tokens,
@@ -270,6 +274,10 @@ pub struct RunningSeq {
     _kv: OwnedSemaphorePermit,
     held_tokens: u64,
     arrived: Instant,
+    queued: Duration,
+    first_token: Option<Duration>,
+    finished: bool,
+    prompt_tokens: u64,
     /// When the next token is due; advancing a deadline (not sleeping a delay) avoids drift.
     next_due: Instant,
     generated: u64,
@@ -287,7 +295,9 @@ impl RunningSeq {
         wait_until(self.next_due).await;
         let index = self.generated;
         if index == 0 {
-            self.engine.ttft.observe(self.arrived.elapsed());
+            let ttft = self.arrived.elapsed();
+            self.first_token = Some(ttft);
+            self.engine.ttft.observe(ttft);
         }
         let (_, itl, per_running) = self.engine.timing();
         let others = self
@@ -311,12 +321,16 @@ impl RunningSeq {
     /// it as finished.
     pub async fn prefill_only(&mut self) {
         wait_until(self.next_due).await;
-        self.engine.ttft.observe(self.arrived.elapsed());
+        let ttft = self.arrived.elapsed();
+        self.first_token = Some(ttft);
+        self.engine.ttft.observe(ttft);
         self.finish(FinishReason::Stop);
     }
 
     /// Records a successful finish (call after the last token was sent).
-    pub fn finish(&self, reason: FinishReason) {
+    pub fn finish(&mut self, reason: FinishReason) {
+        self.finished = true;
+        self.log(reason.as_str());
         let counter = match reason {
             FinishReason::Stop => &self.engine.success_stop,
             FinishReason::Length => &self.engine.success_length,
@@ -326,8 +340,33 @@ impl RunningSeq {
     }
 }
 
+impl RunningSeq {
+    fn log(&self, outcome: &str) {
+        if !self.engine.config.log_requests {
+            return;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        eprintln!(
+            "modelgate-sim: request {outcome} prompt_tokens={} completion_tokens={}/{} \
+             queue_ms={:.1} ttft_ms={} total_ms={:.1} running={} waiting={}",
+            self.prompt_tokens,
+            self.generated,
+            self.target,
+            ms(self.queued),
+            self.first_token
+                .map_or_else(|| "-".to_owned(), |d| format!("{:.1}", ms(d))),
+            ms(self.arrived.elapsed()),
+            self.engine.running.load(Ordering::Relaxed),
+            self.engine.waiting.load(Ordering::Relaxed),
+        );
+    }
+}
+
 impl Drop for RunningSeq {
     fn drop(&mut self) {
+        if !self.finished {
+            self.log("aborted");
+        }
         self.engine
             .kv_tokens
             .fetch_sub(self.held_tokens, Ordering::Relaxed);

@@ -164,6 +164,11 @@ async fn health_models_and_pod_header() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(get(addr, "/ping").await.status, 200);
+    assert!(get(addr, "/version").await.json()["version"].is_string());
+    let r = request(addr, "DELETE", "/health", None).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("x-sim-pod"), Some("pod-7"));
     let r = get(addr, "/no/such/path").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.header("x-sim-pod"), Some("pod-7"));
