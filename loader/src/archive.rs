@@ -1,0 +1,121 @@
+//! Unpacking `.tar` / `.tar.gz` archives without trusting their names: only regular files and
+//! directories, every name checked by `RelPath`, no links, no overwrites.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use crate::digest::{Expected, Hasher};
+use crate::safe_path::RelPath;
+use crate::source::ArchiveKind;
+use crate::versions::ManifestEntry;
+
+pub fn unpack(archive: &Path, kind: &ArchiveKind, dest: &Path) -> Result<Vec<ManifestEntry>, String> {
+    let file = std::fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let reader: Box<dyn Read> = match kind {
+        ArchiveKind::Tar => Box::new(std::io::BufReader::new(file)),
+        ArchiveKind::TarGz => Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file))),
+    };
+    let mut ar = tar::Archive::new(reader);
+    let mut out = Vec::new();
+    for entry in ar.entries().map_err(|e| format!("archive: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("archive: {e}"))?;
+        let kind = entry.header().entry_type();
+        let raw = entry.path().map_err(|e| format!("archive: {e}"))?;
+        let raw = raw.to_str().ok_or("archive: non-UTF-8 name refused")?.to_string();
+        let name = raw.trim_start_matches("./").trim_end_matches('/');
+        if name.is_empty() || name == "." {
+            continue;
+        }
+        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() {
+            continue;
+        }
+        let rel = RelPath::parse(name).map_err(|e| format!("archive entry: {e}"))?;
+        let target = rel.under(dest);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(format!("archive entry {name:?}: links and special files are refused"));
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        // create_new: a second entry with the same name (or through an earlier symlink) fails.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        let mut hasher = Hasher::new(&Expected::default());
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| format!("archive {name}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            let piece = buf.get(..n).unwrap_or_default();
+            hasher.update(piece);
+            f.write_all(piece).map_err(|e| format!("{}: {e}", target.display()))?;
+        }
+        f.sync_all().map_err(|e| format!("{}: {e}", target.display()))?;
+        let c = hasher.finish();
+        out.push(ManifestEntry { path: rel.as_str().to_string(), size: c.len, sha256: c.sha256, id: None });
+    }
+    if out.is_empty() {
+        return Err("archive: no files".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(name: &str, kind: tar::EntryType) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(if kind == tar::EntryType::Regular { 2 } else { 0 });
+        h.set_mode(0o644);
+        // set_path refuses "..", so write the raw name as a hostile archive would.
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        if kind == tar::EntryType::Symlink {
+            h.set_link_name("/etc/passwd").unwrap();
+        }
+        h.set_cksum();
+        let data: &[u8] = if kind == tar::EntryType::Regular { b"hi" } else { b"" };
+        b.append(&h, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn refuses_dotdot_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, kind) in [
+            ("../evil", tar::EntryType::Regular),
+            ("/abs", tar::EntryType::Regular),
+            ("link", tar::EntryType::Symlink),
+        ] {
+            let ar = dir.path().join("a.tar");
+            std::fs::write(&ar, tar_with(name, kind)).unwrap();
+            let out = dir.path().join(format!("out-{}", name.len()));
+            std::fs::create_dir_all(&out).unwrap();
+            assert!(unpack(&ar, &ArchiveKind::Tar, &out).is_err(), "{name}");
+        }
+        assert!(!dir.path().parent().unwrap().join("evil").exists());
+    }
+
+    #[test]
+    fn unpacks_files_with_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ar = dir.path().join("a.tar");
+        std::fs::write(&ar, tar_with("sub/ok.txt", tar::EntryType::Regular)).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let m = unpack(&ar, &ArchiveKind::Tar, &out).unwrap();
+        assert_eq!(std::fs::read(out.join("sub/ok.txt")).unwrap(), b"hi");
+        assert_eq!(m[0].sha256, crate::digest::sha256_hex(b"hi"));
+    }
+}

@@ -1,0 +1,577 @@
+//! Downloading one file: parallel byte ranges written in place, sha256 fed in order as the
+//! chunks arrive (never a second pass over fresh data), retries per range, and resume from a
+//! small state file beside the partial file.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::{GetOptions, GetRange};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::digest::{Computed, Expected, Hasher};
+use crate::progress::Progress;
+use crate::retry::{classify_status, Failure, RetryPolicy};
+use crate::source::{map_store, Remote};
+use crate::status::METRICS;
+
+type ByteStream = BoxStream<'static, Result<Bytes, Failure>>;
+
+/// Settings shared by every download of a run.
+pub struct FetchCtx {
+    pub client: reqwest::Client,
+    pub retry: RetryPolicy,
+    pub chunk_size: u64,
+    pub parallel_ranges: usize,
+    /// A body that delivers nothing for this long is a stalled connection.
+    pub read_timeout: Duration,
+    /// Caps open connections across all files.
+    pub connections: Arc<Semaphore>,
+    pub progress: Arc<Progress>,
+}
+
+/// Writes are batched to this size before a blocking write call.
+const WRITE_BATCH: usize = 1 << 20;
+
+impl Remote {
+    /// Opens `range` (or the whole object). `full_size` lets a 200 answer to a range request
+    /// for the whole object count as a success.
+    async fn open(
+        &self,
+        ctx: &FetchCtx,
+        range: Option<Range<u64>>,
+        full_size: Option<u64>,
+    ) -> Result<ByteStream, Failure> {
+        match self {
+            Remote::Http { url, bearer } => {
+                let what = crate::log::redact_url(url);
+                let mut req = ctx.client.get(url);
+                if let Some(t) = bearer {
+                    // reqwest drops Authorization on cross-host redirects (CDN), as it must.
+                    req = req.bearer_auth(t);
+                }
+                if let Some(r) = &range {
+                    req = req.header(
+                        reqwest::header::RANGE,
+                        format!("bytes={}-{}", r.start, r.end.saturating_sub(1)),
+                    );
+                }
+                let resp = req.send().await.map_err(|e| {
+                    Failure::retryable(format!("GET {what}: {}", e.without_url()))
+                })?;
+                let status = resp.status().as_u16();
+                let ra = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                if let Some(f) = classify_status(status, ra.as_deref(), &format!("GET {what}")) {
+                    return Err(f);
+                }
+                if let Some(r) = &range {
+                    if status == 200 {
+                        let whole = r.start == 0 && full_size == Some(r.end);
+                        if !whole {
+                            return Err(Failure::RangeUnsupported);
+                        }
+                    } else if status == 206 {
+                        let start = resp
+                            .headers()
+                            .get(reqwest::header::CONTENT_RANGE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("bytes "))
+                            .and_then(|v| v.split('-').next())
+                            .and_then(|v| v.parse::<u64>().ok());
+                        if start != Some(r.start) {
+                            return Err(Failure::retryable(format!(
+                                "GET {what}: Content-Range does not start at {}",
+                                r.start
+                            )));
+                        }
+                    }
+                }
+                let w = what.clone();
+                Ok(resp
+                    .bytes_stream()
+                    .map_err(move |e| Failure::retryable(format!("GET {w}: {}", e.without_url())))
+                    .boxed())
+            }
+            Remote::Object { store, path } => {
+                let what = format!("GET {path}");
+                let opts = GetOptions::new().with_range(range.clone().map(GetRange::Bounded));
+                let res = store.get_opts(path, opts).await.map_err(|e| map_store(e, &what))?;
+                Ok(res
+                    .into_stream()
+                    .map_err(move |e| map_store(e, &what))
+                    .boxed())
+            }
+            Remote::Local(p) => {
+                let f = std::fs::File::open(p)
+                    .map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
+                let start = range.as_ref().map_or(0, |r| r.start);
+                let end = range.map(|r| r.end);
+                let stream = futures_util::stream::unfold(
+                    (start, end, Some(f)),
+                    move |(pos, end, file)| async move {
+                        let file = file?;
+                        let want = end.map_or(WRITE_BATCH as u64, |e| e.saturating_sub(pos).min(WRITE_BATCH as u64));
+                        if want == 0 {
+                            return None;
+                        }
+                        let res = tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; usize::try_from(want).unwrap_or(WRITE_BATCH)];
+                            let n = file.read_at(&mut buf, pos)?;
+                            buf.truncate(n);
+                            Ok::<_, std::io::Error>((buf, file))
+                        })
+                        .await;
+                        match res {
+                            Ok(Ok((buf, _))) if buf.is_empty() => None,
+                            Ok(Ok((buf, file))) => {
+                                let n = buf.len() as u64;
+                                Some((Ok(Bytes::from(buf)), (pos + n, end, Some(file))))
+                            }
+                            Ok(Err(e)) => Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None))),
+                            Err(e) => Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None))),
+                        }
+                    },
+                );
+                Ok(stream.boxed())
+            }
+        }
+    }
+}
+
+/// Resume bookkeeping for one partial file.
+#[derive(Serialize, Deserialize, PartialEq, Eq)]
+struct ChunkState {
+    identity: String,
+    size: u64,
+    chunk_size: u64,
+    done: Vec<bool>,
+}
+
+fn save_state(path: &Path, st: &ChunkState) -> std::io::Result<()> {
+    let tmp = path.with_extension("state.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(st).unwrap_or_default())?;
+    std::fs::rename(&tmp, path)
+}
+
+fn load_state(path: &Path) -> Option<ChunkState> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+pub fn state_path(part: &Path) -> PathBuf {
+    let mut s = part.as_os_str().to_owned();
+    s.push(".state");
+    PathBuf::from(s)
+}
+
+/// Downloads `remote` to `part` and verifies it; a mismatch deletes the partial data and
+/// starts again (up to the retry budget). Returns the computed digests.
+pub async fn fetch_file(
+    ctx: &Arc<FetchCtx>,
+    remote: &Remote,
+    expected: &Expected,
+    part: &Path,
+    name: &str,
+) -> Result<Computed, Failure> {
+    let mut chunk_size = ctx.chunk_size.max(1);
+    let mut integrity_attempt = 0u32;
+    loop {
+        let res = match expected.size {
+            Some(size) => fetch_ranged(ctx, remote, expected, part, size, chunk_size, name).await,
+            None => fetch_sequential(ctx, remote, expected, part, name).await,
+        };
+        match res {
+            Ok(c) => match c.verify(expected) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(state_path(part));
+                    return Ok(c);
+                }
+                Err(why) => {
+                    METRICS.integrity_failures.inc();
+                    let _ = std::fs::remove_file(part);
+                    let _ = std::fs::remove_file(state_path(part));
+                    let f = Failure::retryable(format!("{name}: integrity check failed: {why}"));
+                    integrity_attempt += 1;
+                    ctx.retry.pause(integrity_attempt, f, "verify").await?;
+                }
+            },
+            Err(Failure::RangeUnsupported) if chunk_size < expected.size.unwrap_or(0) => {
+                crate::warn!("{name}: server ignores Range; downloading in one stream");
+                chunk_size = expected.size.unwrap_or(u64::MAX).max(1);
+                let _ = std::fs::remove_file(state_path(part));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn fetch_sequential(
+    ctx: &Arc<FetchCtx>,
+    remote: &Remote,
+    expected: &Expected,
+    part: &Path,
+    name: &str,
+) -> Result<Computed, Failure> {
+    let mut attempt = 0u32;
+    loop {
+        let file = std::fs::File::create(part).map_err(|e| io_fail(part, e))?;
+        let mut hasher = Hasher::new(expected);
+        let res = async {
+            let _permit = ctx.connections.acquire().await.map_err(|_| Failure::Fatal("shutdown".into()))?;
+            let mut stream = remote.open(ctx, None, None).await?;
+            let mut pos = 0u64;
+            loop {
+                let next = tokio::time::timeout(ctx.read_timeout, stream.next())
+                    .await
+                    .map_err(|_| stall(name, ctx.read_timeout))?;
+                let Some(piece) = next else { break };
+                let piece = piece?;
+                hasher.update(&piece);
+                file.write_all_at(&piece, pos).map_err(|e| io_fail(part, e))?;
+                pos += piece.len() as u64;
+                ctx.progress.add(piece.len() as u64);
+                METRICS.bytes_downloaded.add(piece.len() as u64);
+            }
+            file.sync_all().map_err(|e| io_fail(part, e))?;
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => return Ok(hasher.finish()),
+            Err(f) => {
+                attempt += 1;
+                ctx.retry.pause(attempt, f, name).await?;
+            }
+        }
+    }
+}
+
+fn io_fail(p: &Path, e: std::io::Error) -> Failure {
+    if e.raw_os_error() == Some(28) {
+        return Failure::Fatal(format!("{}: no space left on device", p.display()));
+    }
+    Failure::Fatal(format!("{}: {e}", p.display()))
+}
+
+fn stall(name: &str, t: Duration) -> Failure {
+    Failure::retryable(format!("{name}: no data for {:.1}s (stalled)", t.as_secs_f64()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_ranged(
+    ctx: &Arc<FetchCtx>,
+    remote: &Remote,
+    expected: &Expected,
+    part: &Path,
+    size: u64,
+    chunk_size: u64,
+    name: &str,
+) -> Result<Computed, Failure> {
+    let n_chunks = usize::try_from(size.div_ceil(chunk_size).max(1))
+        .map_err(|_| Failure::Fatal("file too large".into()))?;
+    let identity = format!("{}|{expected:?}", remote.identity());
+    let spath = state_path(part);
+    let fresh = ChunkState { identity: identity.clone(), size, chunk_size, done: vec![false; n_chunks] };
+    let part_len = std::fs::metadata(part).map(|m| m.len()).ok();
+    let state = match load_state(&spath) {
+        Some(s)
+            if s.identity == identity
+                && s.size == size
+                && s.chunk_size == chunk_size
+                && s.done.len() == n_chunks
+                && part_len == Some(size) =>
+        {
+            let n = s.done.iter().filter(|d| **d).count();
+            if n > 0 {
+                crate::info!("{name}: resuming, {n}/{n_chunks} chunks already on disk");
+            }
+            s
+        }
+        _ => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(part)
+                .map_err(|e| io_fail(part, e))?;
+            f.set_len(size).map_err(|e| io_fail(part, e))?;
+            save_state(&spath, &fresh).map_err(|e| io_fail(&spath, e))?;
+            fresh
+        }
+    };
+    let file = Arc::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(part)
+            .map_err(|e| io_fail(part, e))?,
+    );
+    let done_at_start = state.done.clone();
+    let resumed_bytes: u64 = (0..n_chunks)
+        .filter(|i| done_at_start.get(*i).copied().unwrap_or(false))
+        .map(|i| chunk_range(i, chunk_size, size).end - chunk_range(i, chunk_size, size).start)
+        .sum();
+    ctx.progress.add(resumed_bytes);
+    let state = Arc::new(Mutex::new(state));
+
+    let mut senders: Vec<Option<oneshot::Sender<Vec<Bytes>>>> = Vec::with_capacity(n_chunks);
+    let mut receivers: Vec<Option<oneshot::Receiver<Vec<Bytes>>>> = Vec::with_capacity(n_chunks);
+    let mut queue = VecDeque::new();
+    for (i, done) in done_at_start.iter().enumerate() {
+        if *done {
+            senders.push(None);
+            receivers.push(None);
+        } else {
+            let (tx, rx) = oneshot::channel();
+            senders.push(Some(tx));
+            receivers.push(Some(rx));
+            queue.push_back(i);
+        }
+    }
+    let senders = Arc::new(Mutex::new(senders));
+    let queue = Arc::new(Mutex::new(queue));
+    // Chunks ahead of the hasher are held in memory; the window bounds that.
+    let window = ctx.parallel_ranges.max(1) + 1;
+    let (hashed_tx, hashed_rx) = watch::channel(0usize);
+
+    let mut workers = JoinSet::new();
+    let n_workers = ctx.parallel_ranges.max(1).min(queue.lock().map(|q| q.len()).unwrap_or(1));
+    for _ in 0..n_workers {
+        let ctx = ctx.clone();
+        let remote = remote.clone();
+        let file = file.clone();
+        let queue = queue.clone();
+        let senders = senders.clone();
+        let state = state.clone();
+        let spath = spath.clone();
+        let mut hashed_rx = hashed_rx.clone();
+        let name = name.to_string();
+        let part = part.to_path_buf();
+        workers.spawn(async move {
+            loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                let Some(idx) = next else { return Ok(()) };
+                hashed_rx
+                    .wait_for(|h| idx < h + window)
+                    .await
+                    .map_err(|_| Failure::Fatal("hasher stopped".into()))?;
+                let range = chunk_range(idx, chunk_size, size);
+                let data = fetch_chunk(&ctx, &remote, &file, &part, range, size, &name).await?;
+                let tx = senders.lock().ok().and_then(|mut s| s.get_mut(idx).and_then(Option::take));
+                if let Some(tx) = tx {
+                    let _ = tx.send(data);
+                }
+                if let Ok(mut st) = state.lock() {
+                    if let Some(d) = st.done.get_mut(idx) {
+                        *d = true;
+                    }
+                    let _ = save_state(&spath, &st);
+                }
+            }
+        });
+    }
+
+    // Feed the hasher in file order: chunks from the network as they come, chunks that were
+    // on disk before this run from the disk.
+    let hash_result: Result<Hasher, Failure> = async {
+        let mut hasher = Hasher::new(expected);
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let range = chunk_range(i, chunk_size, size);
+            hasher = match rx {
+                Some(rx) => {
+                    let data = rx.await.map_err(|_| Failure::Fatal("download worker stopped".into()))?;
+                    spawn_hash(hasher, data).await?
+                }
+                None => {
+                    let f = file.clone();
+                    let p = part.to_path_buf();
+                    tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; usize::try_from(range.end - range.start).unwrap_or(0)];
+                        f.read_exact_at(&mut buf, range.start).map_err(|e| io_fail(&p, e))?;
+                        hasher.update(&buf);
+                        Ok::<_, Failure>(hasher)
+                    })
+                    .await
+                    .map_err(|e| Failure::Fatal(format!("hash: {e}")))??
+                }
+            };
+            let _ = hashed_tx.send(i + 1);
+        }
+        Ok(hasher)
+    }
+    .await;
+
+    let hasher = match hash_result {
+        Ok(h) => {
+            while let Some(r) = workers.join_next().await {
+                flatten(r)?;
+            }
+            h
+        }
+        Err(e) => {
+            // A worker failed (its sender dropped): report the worker's error, not ours.
+            let mut first = None;
+            while let Some(r) = workers.join_next().await {
+                if let Err(err) = flatten(r) {
+                    if first.is_none() {
+                        first = Some(err);
+                        workers.abort_all();
+                    }
+                }
+            }
+            return Err(first.unwrap_or(e));
+        }
+    };
+    let f = file.clone();
+    let p = part.to_path_buf();
+    tokio::task::spawn_blocking(move || f.sync_all().map_err(|e| io_fail(&p, e)))
+        .await
+        .map_err(|e| Failure::Fatal(format!("sync: {e}")))??;
+    Ok(hasher.finish())
+}
+
+fn flatten(r: Result<Result<(), Failure>, tokio::task::JoinError>) -> Result<(), Failure> {
+    match r {
+        Ok(inner) => inner,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(Failure::Fatal(format!("download task: {e}"))),
+    }
+}
+
+async fn spawn_hash(mut hasher: Hasher, data: Vec<Bytes>) -> Result<Hasher, Failure> {
+    tokio::task::spawn_blocking(move || {
+        for piece in &data {
+            hasher.update(piece);
+        }
+        hasher
+    })
+    .await
+    .map_err(|e| Failure::Fatal(format!("hash: {e}")))
+}
+
+fn chunk_range(i: usize, chunk: u64, size: u64) -> Range<u64> {
+    let start = (i as u64).saturating_mul(chunk).min(size);
+    start..start.saturating_add(chunk).min(size)
+}
+
+/// One chunk, retried from where it stopped; returns its bytes for the hasher.
+async fn fetch_chunk(
+    ctx: &FetchCtx,
+    remote: &Remote,
+    file: &Arc<std::fs::File>,
+    part: &Path,
+    range: Range<u64>,
+    size: u64,
+    name: &str,
+) -> Result<Vec<Bytes>, Failure> {
+    let mut data: Vec<Bytes> = Vec::new();
+    let mut got = 0u64;
+    let want = range.end - range.start;
+    let mut attempt = 0u32;
+    while got < want {
+        let res: Result<(), Failure> = async {
+            let _permit = ctx
+                .connections
+                .acquire()
+                .await
+                .map_err(|_| Failure::Fatal("shutdown".into()))?;
+            let sub = range.start + got..range.end;
+            let mut stream = remote.open(ctx, Some(sub), Some(size)).await?;
+            let mut pending: Vec<Bytes> = Vec::new();
+            let mut pending_len = 0usize;
+            let mut write_pos = range.start + got;
+            loop {
+                let next = tokio::time::timeout(ctx.read_timeout, stream.next())
+                    .await
+                    .map_err(|_| stall(name, ctx.read_timeout));
+                let piece = match next {
+                    Ok(Some(Ok(p))) => Some(p),
+                    Ok(None) => None,
+                    Ok(Some(Err(e))) | Err(e) => {
+                        // Keep what arrived: the retry continues after it.
+                        write_batch(file, part, write_pos, std::mem::take(&mut pending)).await?;
+                        return Err(e);
+                    }
+                };
+                let Some(mut piece) = piece else { break };
+                let room = want - got;
+                if piece.len() as u64 > room {
+                    piece.truncate(usize::try_from(room).unwrap_or(0));
+                }
+                if piece.is_empty() {
+                    break;
+                }
+                let n = piece.len();
+                got += n as u64;
+                ctx.progress.add(n as u64);
+                METRICS.bytes_downloaded.add(n as u64);
+                data.push(piece.clone());
+                pending.push(piece);
+                pending_len += n;
+                if pending_len >= WRITE_BATCH {
+                    let batch = std::mem::take(&mut pending);
+                    write_batch(file, part, write_pos, batch).await?;
+                    write_pos += pending_len as u64;
+                    pending_len = 0;
+                }
+                if got >= want {
+                    break;
+                }
+            }
+            write_batch(file, part, write_pos, pending).await?;
+            if got < want {
+                return Err(Failure::retryable(format!(
+                    "{name}: connection closed after {got} of {want} bytes of a range"
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(f) = res {
+            attempt += 1;
+            ctx.retry.pause(attempt, f, name).await?;
+        }
+    }
+    Ok(data)
+}
+
+async fn write_batch(file: &Arc<std::fs::File>, part: &Path, pos: u64, batch: Vec<Bytes>) -> Result<(), Failure> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let f = file.clone();
+    let p = part.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut at = pos;
+        for b in &batch {
+            f.write_all_at(b, at).map_err(|e| io_fail(&p, e))?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Failure::Fatal(format!("write: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_file() {
+        assert_eq!(chunk_range(0, 4, 10), 0..4);
+        assert_eq!(chunk_range(2, 4, 10), 8..10);
+        assert_eq!(chunk_range(0, 4, 0), 0..0);
+    }
+}

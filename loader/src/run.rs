@@ -1,0 +1,592 @@
+//! The loader's life: load the current revision, serve it, poll for new ones, swap them in,
+//! stop cleanly on SIGTERM.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::cli::Args;
+use crate::digest::parse_manifest;
+use crate::fetch::{fetch_file, FetchCtx};
+use crate::progress::Progress;
+use crate::retry::{Failure, RetryPolicy};
+use crate::source::{build_store, Filters, Listing, RemoteFile, Source, SourceSpec};
+use crate::status::{Phase, Status, METRICS};
+use crate::versions::{
+    append_done, link_or_copy, read_done, read_manifest, write_atomic, write_manifest, Layout,
+    Manifest, ManifestEntry, PARTS_DIR,
+};
+use crate::{error, info, warn};
+
+pub struct Loader {
+    args: Args,
+    layout: Layout,
+    source: Source,
+    retry: RetryPolicy,
+    status: Arc<Status>,
+    ready_file: PathBuf,
+    metadata_file: PathBuf,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+impl Loader {
+    pub fn new(args: Args, status: Arc<Status>) -> Result<Self, String> {
+        let spec = SourceSpec::parse(&args.source, args.revision.as_deref())?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(args.connect_timeout)
+            .read_timeout(args.read_timeout)
+            .user_agent(concat!("modelgate-loader/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        let (store, store_prefix) = match &spec {
+            SourceSpec::Store { url } => {
+                let (s, p) = build_store(url, args.connect_timeout)?;
+                (Some(s), p)
+            }
+            _ => (None, object_store::path::Path::default()),
+        };
+        let manifest = match &args.manifest {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("manifest: {}: {e}", p.display()))?;
+                Some(parse_manifest(&text).map_err(|e| format!("manifest: {e}"))?.into_iter().collect())
+            }
+            None => None,
+        };
+        if let Some(s) = &args.sha256 {
+            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err("sha256: expected 64 hex digits".into());
+            }
+        }
+        let token = args
+            .hf_token
+            .clone()
+            .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+            .map(Arc::from);
+        let source = Source {
+            spec,
+            client,
+            hf_endpoint: args.hf_endpoint.clone(),
+            token,
+            filters: Filters::new(&args.include, &args.exclude)?,
+            manifest,
+            sha256: args.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+            store,
+            store_prefix,
+        };
+        if args.dest.as_os_str().is_empty() {
+            return Err("dest: empty (set --dest or MODEL_DIR)".into());
+        }
+        let dest = std::path::absolute(&args.dest).map_err(|e| format!("dest: {e}"))?;
+        let versions = match &args.versions_dir {
+            Some(v) => std::path::absolute(v).map_err(|e| format!("versions-dir: {e}"))?,
+            None => {
+                let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                dest.parent().unwrap_or(Path::new("/")).join(format!(".{name}.versions"))
+            }
+        };
+        if versions.starts_with(&dest) {
+            return Err("versions-dir: must not be inside dest".into());
+        }
+        let ready_file = args.ready_file.clone().unwrap_or_else(|| dest.join(".ready"));
+        let metadata_file = args.metadata_file.clone().unwrap_or_else(|| dest.join("metadata.json"));
+        if args.parallel_files == 0 || args.parallel_ranges == 0 || args.connections == 0 {
+            return Err("parallel-files, parallel-ranges and connections must be at least 1".into());
+        }
+        if args.chunk_size < 64 * 1024 {
+            return Err("chunk-size: at least 64KiB".into());
+        }
+        let retry = RetryPolicy { max_retries: args.retries, base: args.retry_base, max_delay: args.retry_max };
+        Ok(Self {
+            layout: Layout { dest, versions },
+            source,
+            retry,
+            status,
+            ready_file,
+            metadata_file,
+            args,
+        })
+    }
+
+    /// Lists the source and makes its revision the served one if it is not already.
+    /// Returns true when the served revision changed.
+    pub async fn cycle(&self) -> Result<bool, Failure> {
+        let started = Instant::now();
+        let listing = self.source.list(&self.retry).await?;
+        let rev = listing.revision.clone();
+        if self.layout.current().is_some_and(|m| m.revision == rev) {
+            METRICS.last_success_unix_ms.set(now_ms());
+            self.status.set(Phase::Ready, Some(rev));
+            return Ok(false);
+        }
+        info!(
+            "{}: revision {rev}, {} file(s), {:.1} MiB",
+            self.source.spec.display(),
+            listing.files.len(),
+            mib(listing.files.iter().filter_map(|f| f.expected.size).sum())
+        );
+        let lock = self.layout.lock().await.map_err(|e| Failure::Fatal(format!("lock: {e}")))?;
+        // Re-read under the lock: another loader on this volume may have done the work.
+        let current = self.layout.current();
+        let vdir = self.layout.version_dir(&rev);
+        let manifest = match read_manifest(&vdir).filter(|m| m.revision == rev) {
+            Some(m) => {
+                info!("revision {rev} already complete on this volume");
+                m
+            }
+            None => self.download(&listing, current.as_ref()).await?,
+        };
+        let previous = current.map(|m| m.revision);
+        if previous.as_deref() == Some(rev.as_str()) {
+            self.status.set(Phase::Ready, Some(rev));
+            return Ok(false);
+        }
+        self.write_side_files(&vdir, &manifest, true)
+            .map_err(|e| Failure::Fatal(format!("metadata: {e}")))?;
+        if previous.is_some() {
+            self.status.set_phase(Phase::Updating);
+        }
+        if let Err(e) = self.layout.switch(&rev) {
+            self.status.set_phase(if previous.is_some() { Phase::Ready } else { Phase::Loading });
+            return Err(Failure::Fatal(format!("switch: {e}")));
+        }
+        self.write_side_files(&vdir, &manifest, false)
+            .map_err(|e| Failure::Fatal(format!("metadata: {e}")))?;
+        self.status.set(Phase::Ready, Some(rev.clone()));
+        METRICS.last_duration_ms.set(started.elapsed().as_millis() as u64);
+        METRICS.last_success_unix_ms.set(now_ms());
+        match &previous {
+            Some(p) => {
+                METRICS.updates.inc();
+                info!("switched {} from {p} to {rev}", self.layout.dest.display());
+            }
+            None => info!("serving {rev} at {}", self.layout.dest.display()),
+        }
+        self.layout.prune(self.args.keep.max(1), &rev, None);
+        drop(lock);
+        if let Some(p) = previous {
+            self.run_hook(&rev, &p, &vdir).await;
+        }
+        Ok(true)
+    }
+
+    /// Writes the `.ready` sentinel and `metadata.json`: those under the served path go into
+    /// the revision directory before the switch (`before_switch`), the others after it.
+    fn write_side_files(&self, vdir: &Path, m: &Manifest, before_switch: bool) -> std::io::Result<()> {
+        let bytes: u64 = m.files.iter().map(|f| f.size).sum();
+        let meta = serde_json::json!({
+            "model_id": self.args.source,
+            "source": self.source.spec.display(),
+            "revision": m.revision,
+            // The seed's update check compared this key; it now holds the served revision.
+            "remote_sha": m.revision,
+            "path": vdir,
+            "files": m.files.len(),
+            "bytes": bytes,
+            "loaded_at": m.completed_at,
+        });
+        let meta = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+        let ready = format!("{}\n", m.revision);
+        for (path, data) in [(&self.metadata_file, meta.as_slice()), (&self.ready_file, ready.as_bytes())] {
+            match path.strip_prefix(&self.layout.dest) {
+                Ok(rel) if before_switch => {
+                    let rel_s = rel.to_string_lossy();
+                    if m.files.iter().any(|f| f.path == rel_s) {
+                        warn!("{} is a model file; not overwriting it with loader metadata", path.display());
+                        continue;
+                    }
+                    write_atomic(&vdir.join(rel), data)?;
+                }
+                Err(_) if !before_switch => write_atomic(path, data)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a sentinel outside the served path that no verified revision backs.
+    fn clear_stale_ready(&self) {
+        if self.ready_file.strip_prefix(&self.layout.dest).is_err() && self.ready_file.exists() {
+            warn!("removing stale {}", self.ready_file.display());
+            let _ = std::fs::remove_file(&self.ready_file);
+        }
+    }
+
+    async fn download(&self, listing: &Listing, current: Option<&Manifest>) -> Result<Manifest, Failure> {
+        let started = Instant::now();
+        let rev = &listing.revision;
+        let partial = self.layout.partial_dir(rev);
+        let parts = partial.join(PARTS_DIR);
+        let io = |p: &Path, e: std::io::Error| Failure::Fatal(format!("{}: {e}", p.display()));
+        // Frees space held by old partial downloads before checking what is free.
+        self.layout
+            .prune(self.args.keep.max(1), current.map_or("", |m| m.revision.as_str()), Some(rev));
+        std::fs::create_dir_all(&parts).map_err(|e| io(&parts, e))?;
+
+        let done: HashMap<String, ManifestEntry> =
+            read_done(&partial).into_iter().map(|e| (e.path.clone(), e)).collect();
+        let serving_dir = current.map(|m| self.layout.version_dir(&m.revision));
+        let serving: HashMap<&str, &ManifestEntry> = current
+            .map(|m| m.files.iter().map(|e| (e.path.as_str(), e)).collect())
+            .unwrap_or_default();
+
+        let mut entries: Vec<ManifestEntry> = Vec::new();
+        let mut to_fetch: Vec<RemoteFile> = Vec::new();
+        let (mut reused_files, mut reused_bytes) = (0u64, 0u64);
+        for f in &listing.files {
+            let target = f.path.under(&partial);
+            if listing.archive.is_none() {
+                if let Some(d) = done.get(f.path.as_str()) {
+                    let on_disk = std::fs::metadata(&target).map(|m| m.len()).ok();
+                    if on_disk == Some(d.size) && f.expected.size.is_none_or(|s| s == d.size) {
+                        entries.push(d.clone());
+                        continue;
+                    }
+                }
+                if let (Some(s), Some(dir)) = (serving.get(f.path.as_str()), &serving_dir) {
+                    if reusable(s, f) {
+                        let from = f.path.under(dir);
+                        if link_or_copy(&from, &target).is_ok() {
+                            let e = ManifestEntry { id: f.id.clone().or(s.id.clone()), ..(*s).clone() };
+                            let _ = append_done(&partial, &e);
+                            entries.push(e);
+                            reused_files += 1;
+                            reused_bytes += s.size;
+                            continue;
+                        }
+                    }
+                }
+            }
+            to_fetch.push(f.clone());
+        }
+        METRICS.files_reused.add(reused_files);
+        METRICS.bytes_reused.add(reused_bytes);
+        if reused_files > 0 {
+            info!("reusing {reused_files} unchanged file(s), {:.1} MiB, from the serving revision", mib(reused_bytes));
+        }
+
+        // Free space: what is left to fetch, less what partial files already hold.
+        let total: u64 = to_fetch.iter().filter_map(|f| f.expected.size).sum();
+        let held: u64 = to_fetch
+            .iter()
+            .filter_map(|f| std::fs::metadata(part_path(&parts, f)).ok())
+            .map(|m| m.blocks() * 512)
+            .sum();
+        let need = total.saturating_sub(held);
+        let avail = fs4::available_space(&partial).map_err(|e| io(&partial, e))?;
+        if avail < need.saturating_add(self.args.min_free) {
+            return Err(Failure::Fatal(format!(
+                "not enough free space in {}: revision {rev} needs {need} more bytes (+{} reserve), {avail} available",
+                self.layout.versions.display(),
+                self.args.min_free
+            )));
+        }
+
+        let progress = if to_fetch.is_empty() {
+            Progress::quiet()
+        } else {
+            Progress::start(self.args.progress, total, &format!("download {rev}"), self.args.progress_interval)
+        };
+        let ctx = Arc::new(FetchCtx {
+            client: self.source.client.clone(),
+            retry: self.retry.clone(),
+            chunk_size: self.args.chunk_size,
+            parallel_ranges: self.args.parallel_ranges,
+            read_timeout: self.args.read_timeout,
+            connections: Arc::new(Semaphore::new(self.args.connections)),
+            progress: progress.clone(),
+        });
+        let file_slots = Arc::new(Semaphore::new(self.args.parallel_files));
+        let done_log = Arc::new(Mutex::new(()));
+        let mut set = JoinSet::new();
+        let downloaded_bytes = to_fetch.iter().filter_map(|f| f.expected.size).sum::<u64>();
+        let n_fetch = to_fetch.len();
+        for f in to_fetch {
+            let ctx = ctx.clone();
+            let slots = file_slots.clone();
+            let partial = partial.clone();
+            let part = part_path(&parts, &f);
+            let done_log = done_log.clone();
+            let is_archive = listing.archive.is_some();
+            set.spawn(async move {
+                let _slot = slots.acquire().await.map_err(|_| Failure::Fatal("shutdown".into()))?;
+                if let Some(p) = part.parent() {
+                    std::fs::create_dir_all(p).map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
+                }
+                let name = f.path.to_string();
+                let c = fetch_file(&ctx, &f.remote, &f.expected, &part, &name).await?;
+                METRICS.files_downloaded.inc();
+                if is_archive {
+                    return Ok(None);
+                }
+                let target = f.path.under(&partial);
+                if let Some(p) = target.parent() {
+                    std::fs::create_dir_all(p).map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
+                }
+                std::fs::rename(&part, &target).map_err(|e| Failure::Fatal(format!("{}: {e}", target.display())))?;
+                let e = ManifestEntry { path: name, size: c.len, sha256: c.sha256, id: f.id.clone() };
+                let _g = done_log.lock();
+                append_done(&partial, &e).map_err(|e| Failure::Fatal(format!("done log: {e}")))?;
+                Ok::<_, Failure>(Some(e))
+            });
+        }
+        let mut first_err = None;
+        while let Some(r) = set.join_next().await {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => Err(Failure::Fatal(format!("download task: {e}"))),
+            };
+            match r {
+                Ok(Some(e)) => entries.push(e),
+                Ok(None) => {}
+                Err(e) => {
+                    if first_err.is_none() {
+                        set.abort_all();
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        progress.finish();
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+
+        if let (Some(kind), Some(f)) = (&listing.archive, listing.files.first()) {
+            let archive = part_path(&parts, f);
+            let dest = partial.clone();
+            let kind = kind.clone();
+            let unpacked = tokio::task::spawn_blocking(move || {
+                // A previous run may have died mid-unpack: start from an empty directory.
+                if let Ok(rd) = std::fs::read_dir(&dest) {
+                    for e in rd.flatten() {
+                        if e.file_name() != PARTS_DIR {
+                            let p = e.path();
+                            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                        }
+                    }
+                }
+                crate::archive::unpack(&archive, &kind, &dest)
+            })
+            .await
+            .map_err(|e| Failure::Fatal(format!("unpack: {e}")))?
+            .map_err(Failure::Fatal)?;
+            entries = unpacked;
+        }
+
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let manifest = Manifest {
+            revision: rev.clone(),
+            source: self.source.spec.display(),
+            completed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            files: entries,
+        };
+        let _ = std::fs::remove_dir_all(&parts);
+        let _ = std::fs::remove_file(partial.join(crate::versions::DONE_LOG));
+        write_manifest(&partial, &manifest).map_err(|e| io(&partial, e))?;
+        let vdir = self.layout.version_dir(rev);
+        if vdir.exists() {
+            let _ = std::fs::remove_dir_all(&vdir);
+        }
+        std::fs::rename(&partial, &vdir).map_err(|e| io(&vdir, e))?;
+        crate::versions::sync_dir(&self.layout.versions);
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        info!(
+            "revision {rev} verified: {} file(s); downloaded {n_fetch} file(s), {:.1} MiB in {secs:.2}s ({:.1} MiB/s); reused {reused_files}",
+            manifest.files.len(),
+            mib(downloaded_bytes),
+            mib(downloaded_bytes) / secs
+        );
+        Ok(manifest)
+    }
+
+    async fn run_hook(&self, rev: &str, previous: &str, path: &Path) {
+        if let Some(cmd) = &self.args.update_hook_cmd {
+            let res = tokio::time::timeout(
+                Duration::from_secs(300),
+                tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .env("MODELGATE_REVISION", rev)
+                    .env("MODELGATE_PREVIOUS_REVISION", previous)
+                    .env("MODELGATE_PATH", &self.layout.dest)
+                    .env("MODELGATE_VERSION_DIR", path)
+                    .status(),
+            )
+            .await;
+            match res {
+                Ok(Ok(s)) if s.success() => info!("update hook command succeeded"),
+                Ok(Ok(s)) => warn!("update hook command failed: {s}"),
+                Ok(Err(e)) => warn!("update hook command: {e}"),
+                Err(_) => warn!("update hook command timed out after 300s"),
+            }
+        }
+        if let Some(url) = &self.args.update_hook_url {
+            let body = serde_json::json!({
+                "revision": rev,
+                "previous_revision": previous,
+                "path": self.layout.dest,
+            })
+            .to_string();
+            let what = format!("update hook POST {}", crate::log::redact_url(url));
+            let res = self
+                .retry
+                .run(&what, || async {
+                    let resp = self
+                        .source
+                        .client
+                        .post(url)
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .map_err(|e| Failure::retryable(format!("{what}: {}", e.without_url())))?;
+                    match crate::retry::classify_status(resp.status().as_u16(), None, &what) {
+                        Some(f) => Err(f),
+                        None => Ok(()),
+                    }
+                })
+                .await;
+            match res {
+                Ok(()) => info!("update hook POST succeeded"),
+                Err(e) => warn!("{e}"),
+            }
+        }
+    }
+}
+
+fn part_path(parts: &Path, f: &RemoteFile) -> PathBuf {
+    let mut p = f.path.under(parts).into_os_string();
+    p.push(".part");
+    PathBuf::from(p)
+}
+
+/// A serving file can stand in for a new one when the size matches and the content is known
+/// equal: same sha256, or (no sha256 published) the same source content id.
+fn reusable(old: &ManifestEntry, new: &RemoteFile) -> bool {
+    if new.expected.size != Some(old.size) {
+        return false;
+    }
+    match (&new.expected.sha256, &new.id) {
+        (Some(sha), _) => sha.eq_ignore_ascii_case(&old.sha256),
+        (None, Some(id)) => old.id.as_deref() == Some(id.as_str()),
+        (None, None) => false,
+    }
+}
+
+/// Runs the loader until done (`--once`) or SIGTERM; returns the process exit code.
+pub async fn run(args: Args) -> i32 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let status = Arc::new(Status::default());
+    let once = args.once;
+    let poll = args.poll_interval;
+    let status_addr = args.status_addr;
+    let loader = match Loader::new(args, status.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return 2;
+        }
+    };
+    if let Err(e) = loader.layout.prepare() {
+        error!("{}: {e}", loader.layout.versions.display());
+        return 2;
+    }
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            error!("cannot install signal handlers");
+            return 2;
+        }
+    };
+    match loader.layout.current() {
+        Some(m) => {
+            info!("serving {} from a previous run", m.revision);
+            status.set(Phase::Ready, Some(m.revision));
+        }
+        None => {
+            loader.clear_stale_ready();
+            status.set(Phase::Loading, None);
+        }
+    }
+    if let Some(addr) = status_addr {
+        match crate::status::serve(addr, status.clone()).await {
+            Ok(bound) => info!("status server listening on {bound}"),
+            Err(e) => {
+                error!("status server on {addr}: {e}");
+                return 2;
+            }
+        }
+    }
+    let mut failures = 0u32;
+    loop {
+        let res = tokio::select! {
+            r = loader.cycle() => r,
+            _ = term.recv() => return stop(&status, "SIGTERM", once),
+            _ = int.recv() => return stop(&status, "SIGINT", once),
+        };
+        let wait = match res {
+            Ok(_) => {
+                failures = 0;
+                if once {
+                    return 0;
+                }
+                (!poll.is_zero()).then_some(poll)
+            }
+            Err(e) => {
+                METRICS.failures.inc();
+                error!("{e}");
+                if once {
+                    return 1;
+                }
+                failures += 1;
+                let backoff = loader.retry.delay(failures, None);
+                let has_current = status.get().1.is_some();
+                match (has_current, poll.is_zero()) {
+                    (false, true) => Some(backoff),
+                    (false, false) => Some(backoff.min(poll)),
+                    (true, true) => None,
+                    (true, false) => Some(poll),
+                }
+            }
+        };
+        let sleep = async {
+            match wait {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = term.recv() => return stop(&status, "SIGTERM", once),
+            _ = int.recv() => return stop(&status, "SIGINT", once),
+        }
+    }
+}
+
+fn stop(status: &Status, sig: &str, once: bool) -> i32 {
+    let (_, rev) = status.get();
+    status.set_phase(Phase::Draining);
+    info!("{sig}: stopping (partial downloads are kept for resume)");
+    if once && rev.is_none() {
+        1
+    } else {
+        0
+    }
+}
