@@ -280,7 +280,13 @@ async fn fetch_ranged(
 ) -> Result<Computed, Failure> {
     let n_chunks = usize::try_from(size.div_ceil(chunk_size).max(1))
         .map_err(|_| Failure::Fatal("file too large".into()))?;
-    let identity = format!("{}|{expected:?}", remote.identity());
+    // With a published hash the content pins the partial data, so a changed URL (another
+    // CDN node, a re-signed link) still resumes; without one, the URL must match.
+    let identity = if expected.has_hash() {
+        format!("{name}|{expected:?}")
+    } else {
+        format!("{}|{expected:?}", remote.identity())
+    };
     let spath = state_path(part);
     let fresh = ChunkState { identity: identity.clone(), size, chunk_size, done: vec![false; n_chunks] };
     let part_len = std::fs::metadata(part).map(|m| m.len()).ok();

@@ -196,7 +196,8 @@ impl Loader {
             "revision": m.revision,
             // The seed's update check compared this key; it now holds the served revision.
             "remote_sha": m.revision,
-            "path": vdir,
+            "path": self.layout.dest,
+            "version_dir": vdir,
             "files": m.files.len(),
             "bytes": bytes,
             "loaded_at": m.completed_at,
