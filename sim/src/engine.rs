@@ -102,6 +102,10 @@ pub struct Engine {
     pub running: AtomicU64,
     /// Tokens (prompt + generated so far) held by running requests.
     pub kv_tokens: AtomicU64,
+    /// Tokens reserved by running requests (prompt + whole completion).
+    pub reserved_tokens: AtomicU64,
+    /// Running requests that have not produced their first token yet.
+    pub prefilling: AtomicU64,
     pub prompt_tokens_total: AtomicU64,
     pub generation_tokens_total: AtomicU64,
     pub success_stop: AtomicU64,
@@ -132,6 +136,8 @@ impl Engine {
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
             kv_tokens: AtomicU64::new(0),
+            reserved_tokens: AtomicU64::new(0),
+            prefilling: AtomicU64::new(0),
             prompt_tokens_total: AtomicU64::new(0),
             generation_tokens_total: AtomicU64::new(0),
             success_stop: AtomicU64::new(0),
@@ -223,6 +229,8 @@ impl Engine {
         let scheduled = Instant::now();
         self.queue_time.observe(scheduled - arrived);
         self.running.fetch_add(1, Ordering::Relaxed);
+        self.prefilling.fetch_add(1, Ordering::Relaxed);
+        self.reserved_tokens.fetch_add(reserve, Ordering::Relaxed);
         self.kv_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
         self.prompt_tokens_total
             .fetch_add(prompt_tokens, Ordering::Relaxed);
@@ -235,6 +243,8 @@ impl Engine {
             queued: scheduled - arrived,
             first_token: None,
             finished: false,
+            in_prefill: true,
+            reserved: reserve,
             prompt_tokens,
             next_due: scheduled.checked_add(self.timing().0).unwrap_or(scheduled),
             generated: 0,
@@ -277,6 +287,8 @@ pub struct RunningSeq {
     queued: Duration,
     first_token: Option<Duration>,
     finished: bool,
+    in_prefill: bool,
+    reserved: u64,
     prompt_tokens: u64,
     /// When the next token is due; advancing a deadline (not sleeping a delay) avoids drift.
     next_due: Instant,
@@ -295,9 +307,7 @@ impl RunningSeq {
         wait_until(self.next_due).await;
         let index = self.generated;
         if index == 0 {
-            let ttft = self.arrived.elapsed();
-            self.first_token = Some(ttft);
-            self.engine.ttft.observe(ttft);
+            self.first_token_out();
         }
         let (_, itl, per_running) = self.engine.timing();
         let others = self
@@ -321,9 +331,7 @@ impl RunningSeq {
     /// it as finished.
     pub async fn prefill_only(&mut self) {
         wait_until(self.next_due).await;
-        let ttft = self.arrived.elapsed();
-        self.first_token = Some(ttft);
-        self.engine.ttft.observe(ttft);
+        self.first_token_out();
         self.finish(FinishReason::Stop);
     }
 
@@ -341,6 +349,15 @@ impl RunningSeq {
 }
 
 impl RunningSeq {
+    fn first_token_out(&mut self) {
+        let ttft = self.arrived.elapsed();
+        self.first_token = Some(ttft);
+        self.engine.ttft.observe(ttft);
+        if std::mem::replace(&mut self.in_prefill, false) {
+            self.engine.prefilling.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     fn log(&self, outcome: &str) {
         if !self.engine.config.log_requests {
             return;
@@ -367,6 +384,12 @@ impl Drop for RunningSeq {
         if !self.finished {
             self.log("aborted");
         }
+        if self.in_prefill {
+            self.engine.prefilling.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.engine
+            .reserved_tokens
+            .fetch_sub(self.reserved, Ordering::Relaxed);
         self.engine
             .kv_tokens
             .fetch_sub(self.held_tokens, Ordering::Relaxed);

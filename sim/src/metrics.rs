@@ -72,6 +72,8 @@ pub fn render(engine: &Engine) -> String {
     let waiting = engine.waiting.load(Ordering::Relaxed) as f64;
     let kv = engine.kv_usage();
     let kv_used = engine.kv_tokens.load(Ordering::Relaxed) as f64;
+    let reserved = engine.reserved_tokens.load(Ordering::Relaxed) as f64;
+    let prefilling = engine.prefilling.load(Ordering::Relaxed) as f64;
     let prompt = engine.prompt_tokens_total.load(Ordering::Relaxed) as f64;
     let generated = engine.generation_tokens_total.load(Ordering::Relaxed) as f64;
     let stop = engine.success_stop.load(Ordering::Relaxed) as f64;
@@ -218,7 +220,8 @@ pub fn render(engine: &Engine) -> String {
             // TGI's exporter writes TYPE lines only and no labels.
             o.metric("tgi_queue_size", "gauge", "", waiting);
             o.metric("tgi_batch_current_size", "gauge", "", running);
-            o.metric("tgi_batch_current_max_tokens", "gauge", "", kv_used);
+            // TGI: the token budget the current batch has reserved (prompts + max new tokens).
+            o.metric("tgi_batch_current_max_tokens", "gauge", "", reserved);
             o.metric("tgi_request_count", "counter", "", requests);
             o.metric("tgi_request_success", "counter", "", stop + length);
             o.metric("tgi_request_input_count", "counter", "", prompt);
@@ -259,10 +262,11 @@ pub fn render(engine: &Engine) -> String {
             let max = f64::from(cfg.max_num_seqs);
             for (kind, v) in [
                 ("waiting", waiting),
-                ("context", 0.0),
+                ("context", prefilling),
                 ("scheduled", running),
                 ("max", max),
-                ("active", running),
+                // TensorRT-LLM counts queued requests as active too.
+                ("active", running + waiting),
             ] {
                 let series = format!("model=\"{model}\",request_type=\"{kind}\",version=\"1\"");
                 o.sample("nv_trt_llm_request_metrics", &series, v);
@@ -290,4 +294,74 @@ pub fn render(engine: &Engine) -> String {
         }
     }
     o.text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SimConfig;
+    use clap::Parser;
+
+    fn engine(flavor: &str) -> std::sync::Arc<Engine> {
+        let cfg = SimConfig::parse_from([
+            "modelgate-sim",
+            "--metrics-flavor",
+            flavor,
+            "--served-model-name",
+            "m\"x",
+            "--kv-cache-tokens",
+            "160",
+        ]);
+        let e = Engine::new(cfg);
+        e.running.store(2, Ordering::Relaxed);
+        e.waiting.store(3, Ordering::Relaxed);
+        e.prefilling.store(1, Ordering::Relaxed);
+        e.kv_tokens.store(40, Ordering::Relaxed);
+        e.reserved_tokens.store(100, Ordering::Relaxed);
+        e
+    }
+
+    #[test]
+    fn vllm_escapes_label_and_reports_state() {
+        let text = render(&engine("vllm"));
+        assert!(text.contains("vllm:num_requests_running{model_name=\"m\\\"x\"} 2.0\n"));
+        assert!(text.contains("vllm:num_requests_waiting{model_name=\"m\\\"x\"} 3.0\n"));
+        assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"m\\\"x\"} 0.25\n"));
+        assert!(text.contains("vllm:gpu_cache_usage_perc{model_name=\"m\\\"x\"} 0.25\n"));
+        assert!(text.contains(
+            "vllm:time_to_first_token_seconds_bucket{le=\"+Inf\",model_name=\"m\\\"x\"} 0.0\n"
+        ));
+    }
+
+    #[test]
+    fn triton_follows_tensorrt_llm_semantics() {
+        let text = render(&engine("triton"));
+        let series = |t: &str| {
+            format!(
+                "nv_trt_llm_request_metrics{{model=\"m\\\"x\",request_type=\"{t}\",version=\"1\"}}"
+            )
+        };
+        assert!(text.contains(&format!("{} 3.0\n", series("waiting"))));
+        assert!(text.contains(&format!("{} 2.0\n", series("scheduled"))));
+        assert!(text.contains(&format!("{} 5.0\n", series("active"))));
+        assert!(text.contains(&format!("{} 1.0\n", series("context"))));
+        // 160 tokens = 10 blocks of 16; 40 tokens held = 3 blocks.
+        assert!(text.contains("kv_cache_block_type=\"max\",model=\"m\\\"x\",version=\"1\"} 10.0\n"));
+        assert!(text.contains("kv_cache_block_type=\"used\",model=\"m\\\"x\",version=\"1\"} 3.0\n"));
+        assert!(text
+            .contains("kv_cache_block_type=\"fraction\",model=\"m\\\"x\",version=\"1\"} 0.25\n"));
+    }
+
+    #[test]
+    fn tgi_and_sglang() {
+        let text = render(&engine("tgi"));
+        assert!(text.contains("tgi_queue_size 3.0\n"));
+        assert!(text.contains("tgi_batch_current_size 2.0\n"));
+        assert!(text.contains("tgi_batch_current_max_tokens 100.0\n"));
+        assert!(!text.contains("# HELP"));
+        let text = render(&engine("sglang"));
+        assert!(text.contains("sglang:num_queue_reqs{model_name=\"m\\\"x\"} 3.0\n"));
+        assert!(text.contains("sglang:num_running_reqs{model_name=\"m\\\"x\"} 2.0\n"));
+        assert!(text.contains("sglang:token_usage{model_name=\"m\\\"x\"} 0.25\n"));
+    }
 }

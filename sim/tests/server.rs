@@ -840,3 +840,87 @@ async fn decode_slows_with_batch_size() {
     assert_eq!(a.await.unwrap().status, 200);
     assert!(b_latency >= Duration::from_millis(1350), "{b_latency:?}");
 }
+
+/// Mangled bodies (truncated, bytes flipped, values swapped for other JSON types) get a
+/// 2xx/4xx answer, never a dropped connection, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mangled_bodies_never_break_the_server() {
+    let addr = start(&["--ttft-ms", "0", "--itl-ms", "0", "--max-tokens", "2"]).await;
+    let seeds: &[(&str, &str)] = &[
+        (
+            "/v1/chat/completions",
+            r#"{"model":"sim-model","messages":[{"role":"user","content":[{"type":"text","text":"a b"}]}],"max_tokens":2,"stream":true,"stream_options":{"include_usage":true}}"#,
+        ),
+        (
+            "/v1/completions",
+            r#"{"model":"sim-model","prompt":[[1,2,3]],"max_completion_tokens":2,"n":1}"#,
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"model":"sim-model","input":["a",[1,2]]}"#,
+        ),
+        ("/sim/config", r#"{"ttft_ms":0,"itl_ms":0}"#),
+        ("/sim/health", r#"{"healthy":true}"#),
+    ];
+    let swaps = [
+        "null",
+        "-1",
+        "1e999",
+        "\"x\"",
+        "[]",
+        "{}",
+        "true",
+        "18446744073709551616",
+        "\"\\ud800\"",
+    ];
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    for round in 0..300 {
+        let (path, seed) = seeds[round % seeds.len()];
+        let mut body = seed.as_bytes().to_vec();
+        match next(3) {
+            0 => body.truncate(next(body.len())),
+            1 => {
+                let i = next(body.len());
+                body[i] = (next(256)) as u8;
+            }
+            _ => {
+                // Replace a value after a random ':' with another JSON type.
+                let colons: Vec<usize> = body
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == b':')
+                    .map(|(i, _)| i)
+                    .collect();
+                let at = colons[next(colons.len())] + 1;
+                let end = body[at..]
+                    .iter()
+                    .position(|b| *b == b',' || *b == b'}')
+                    .map_or(body.len(), |p| at + p);
+                body.splice(at..end, swaps[next(swaps.len())].bytes());
+            }
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let r = request(addr, "POST", path, Some(&text)).await;
+        assert!(
+            matches!(r.status, 200 | 400 | 404 | 413 | 422),
+            "{path} {text}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    post(addr, "/sim/health", &json!({"healthy": true})).await;
+    assert_eq!(get(addr, "/health").await.status, 200);
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &chat_body("sim-model", "ok", 1),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
