@@ -101,7 +101,13 @@ impl Remote {
                 let w = what.clone();
                 Ok(resp
                     .bytes_stream()
-                    .map_err(move |e| Failure::retryable(format!("GET {w}: {}", e.without_url())))
+                    .map_err(move |e| {
+                        if e.is_timeout() {
+                            Failure::retryable(format!("GET {w}: no data within the read timeout (stalled)"))
+                        } else {
+                            Failure::retryable(format!("GET {w}: {}", e.without_url()))
+                        }
+                    })
                     .boxed())
             }
             Remote::Object { store, path } => {
@@ -229,7 +235,9 @@ async fn fetch_sequential(
         let mut hasher = Hasher::new(expected);
         let res = async {
             let _permit = ctx.connections.acquire().await.map_err(|_| Failure::Fatal("shutdown".into()))?;
-            let mut stream = remote.open(ctx, None, None).await?;
+            let mut stream = tokio::time::timeout(ctx.read_timeout, remote.open(ctx, None, None))
+                .await
+                .map_err(|_| stall(name, ctx.read_timeout))??;
             let mut pos = 0u64;
             loop {
                 let next = tokio::time::timeout(ctx.read_timeout, stream.next())
@@ -493,7 +501,9 @@ async fn fetch_chunk(
                 .await
                 .map_err(|_| Failure::Fatal("shutdown".into()))?;
             let sub = range.start + got..range.end;
-            let mut stream = remote.open(ctx, Some(sub), Some(size)).await?;
+            let mut stream = tokio::time::timeout(ctx.read_timeout, remote.open(ctx, Some(sub), Some(size)))
+                .await
+                .map_err(|_| stall(name, ctx.read_timeout))??;
             let mut pending: Vec<Bytes> = Vec::new();
             let mut pending_len = 0usize;
             let mut write_pos = range.start + got;
