@@ -232,38 +232,53 @@ pub fn build_store(
     url: &str,
     connect_timeout: std::time::Duration,
 ) -> Result<(Arc<dyn ObjectStore>, ObjPath), String> {
-    use object_store::{ClientOptions, RetryConfig};
+    use object_store::{ClientConfigKey as C, RetryConfig};
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("source: {e}"))?;
     let prefix = ObjPath::from_url_path(parsed.path()).map_err(|e| format!("source: {e}"))?;
-    let opts = ClientOptions::new()
-        .with_timeout_disabled()
-        .with_connect_timeout(connect_timeout);
+    // Set through config keys so the environment's client settings (AWS_ALLOW_HTTP, proxies)
+    // survive; the whole-request timeout is effectively off because our stall timeout and
+    // retries cover slow bodies.
+    let connect = format!("{}ms", connect_timeout.as_millis().max(1));
+    let total = "24h";
     let retry = RetryConfig { max_retries: 0, ..Default::default() };
+    let err = |e: object_store::Error| format!("source: {e}");
     let store: Arc<dyn ObjectStore> = match parsed.scheme() {
-        "s3" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url)
-                .with_client_options(opts)
-                .with_retry(retry)
-                .build()
-                .map_err(|e| format!("source: {e}"))?,
-        ),
-        "gs" => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .with_client_options(opts)
-                .with_retry(retry)
-                .build()
-                .map_err(|e| format!("source: {e}"))?,
-        ),
-        _ => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .with_client_options(opts)
-                .with_retry(retry)
-                .build()
-                .map_err(|e| format!("source: {e}"))?,
-        ),
+        "s3" => {
+            use object_store::aws::AmazonS3ConfigKey as K;
+            Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_config(K::Client(C::ConnectTimeout), &connect)
+                    .with_config(K::Client(C::Timeout), total)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(err)?,
+            )
+        }
+        "gs" => {
+            use object_store::gcp::GoogleConfigKey as K;
+            Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_config(K::Client(C::ConnectTimeout), &connect)
+                    .with_config(K::Client(C::Timeout), total)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(err)?,
+            )
+        }
+        _ => {
+            use object_store::azure::AzureConfigKey as K;
+            Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_config(K::Client(C::ConnectTimeout), &connect)
+                    .with_config(K::Client(C::Timeout), total)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(err)?,
+            )
+        }
     };
     Ok((store, prefix))
 }
