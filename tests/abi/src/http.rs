@@ -115,7 +115,10 @@ impl StreamState {
     }
 
     fn ended(&self) -> bool {
-        self.local_reply.is_some() || self.pending_local_reply.is_some() || self.reset || self.finished
+        self.local_reply.is_some()
+            || self.pending_local_reply.is_some()
+            || self.reset
+            || self.finished
     }
 }
 
@@ -136,9 +139,16 @@ impl<'a> HttpStream<'a> {
     pub(crate) fn new(vm: &'a mut Vm) -> Self {
         let id = vm.next_ctx;
         vm.next_ctx += 1;
-        vm.store.data_mut().streams.insert(id, StreamState::default());
+        vm.store
+            .data_mut()
+            .streams
+            .insert(id, StreamState::default());
         let root = vm.root_ctx();
-        vm.call_as(id, "proxy_on_context_create", &[Val::I32(id as i32), Val::I32(root as i32)]);
+        vm.call_as(
+            id,
+            "proxy_on_context_create",
+            &[Val::I32(id as i32), Val::I32(root as i32)],
+        );
         Self { vm, id }
     }
 
@@ -188,7 +198,11 @@ impl<'a> HttpStream<'a> {
 
     /// `proxy_on_request_headers` with raw values (Envoy passes obs-text bytes 0x80-0xFF
     /// through, so a value need not be UTF-8).
-    pub fn request_headers_bytes(&mut self, headers: &[(&str, &[u8])], end_of_stream: bool) -> Action {
+    pub fn request_headers_bytes(
+        &mut self,
+        headers: &[(&str, &[u8])],
+        end_of_stream: bool,
+    ) -> Action {
         let pairs = headers
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
@@ -210,7 +224,11 @@ impl<'a> HttpStream<'a> {
         let id = self.id as i32;
         let a = action(self.call(
             "proxy_on_request_headers",
-            &[Val::I32(id), Val::I32(n), Val::I32(i32::from(end_of_stream))],
+            &[
+                Val::I32(id),
+                Val::I32(n),
+                Val::I32(i32::from(end_of_stream)),
+            ],
         ));
         let stop = self.stop_next();
         let allow = self.vm.allow_on_headers_stop_iteration;
@@ -248,7 +266,11 @@ impl<'a> HttpStream<'a> {
         let id = self.id as i32;
         let a = action(self.call(
             "proxy_on_request_body",
-            &[Val::I32(id), Val::I32(size), Val::I32(i32::from(end_of_stream))],
+            &[
+                Val::I32(id),
+                Val::I32(size),
+                Val::I32(i32::from(end_of_stream)),
+            ],
         ));
         let stop = self.stop_next();
         let s = self.st_mut();
@@ -309,7 +331,11 @@ impl<'a> HttpStream<'a> {
     }
 
     /// `proxy_on_response_headers` with raw (possibly non-UTF-8) values.
-    pub fn response_headers_bytes(&mut self, headers: &[(&str, &[u8])], end_of_stream: bool) -> Action {
+    pub fn response_headers_bytes(
+        &mut self,
+        headers: &[(&str, &[u8])],
+        end_of_stream: bool,
+    ) -> Action {
         let pairs = headers
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
@@ -331,7 +357,11 @@ impl<'a> HttpStream<'a> {
         let id = self.id as i32;
         let a = action(self.call(
             "proxy_on_response_headers",
-            &[Val::I32(id), Val::I32(n), Val::I32(i32::from(end_of_stream))],
+            &[
+                Val::I32(id),
+                Val::I32(n),
+                Val::I32(i32::from(end_of_stream)),
+            ],
         ));
         let stop = self.stop_next();
         let allow = self.vm.allow_on_headers_stop_iteration;
@@ -364,7 +394,11 @@ impl<'a> HttpStream<'a> {
         let id = self.id as i32;
         let a = action(self.call(
             "proxy_on_response_body",
-            &[Val::I32(id), Val::I32(size), Val::I32(i32::from(end_of_stream))],
+            &[
+                Val::I32(id),
+                Val::I32(size),
+                Val::I32(i32::from(end_of_stream)),
+            ],
         ));
         let stop = self.stop_next();
         let s = self.st_mut();

@@ -94,7 +94,9 @@ pub fn envoy_load_problems(module: &Module) -> Vec<String> {
             _ => false,
         };
         if !known {
-            problems.push(format!("imports `{m}.{n}`, which Envoy 1.40 does not provide"));
+            problems.push(format!(
+                "imports `{m}.{n}`, which Envoy 1.40 does not provide"
+            ));
         } else if !matches!(imp.ty(), ExternType::Func(_)) {
             problems.push(format!("imports `{m}.{n}` as a non-function"));
         }
@@ -213,7 +215,11 @@ fn restricted(c: &mut C, name: &str) -> bool {
 fn const_map(st: &State, map_type: i32) -> Option<&Pairs> {
     if map_type == 6 || map_type == 7 {
         let r = st.call_response.as_ref()?;
-        return Some(if map_type == 6 { &r.headers } else { &r.trailers });
+        return Some(if map_type == 6 {
+            &r.headers
+        } else {
+            &r.trailers
+        });
     }
     let s = st.streams.get(&st.ctx())?;
     let log = s.access_log_phase;
@@ -296,87 +302,134 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
 }
 
 fn define_env(l: &mut Linker<State>) -> Result<()> {
-    l.func_wrap("env", "proxy_log", |mut c: C, level: i32, ptr: i32, len: i32| -> Result<i32> {
-        let Some(level) = LogLevel::from_i32(level) else {
-            return Ok(BAD_ARGUMENT);
-        };
-        let Some(msg) = read_str(&mut c, ptr, len) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        c.data_mut().log(level, msg);
-        Ok(OK)
-    })?;
-    l.func_wrap("env", "proxy_get_log_level", |mut c: C, ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_log_level") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let level = c.data().log_level as u32;
-        Ok(if write_u32(&mut c, ptr, level) { OK } else { INVALID_MEMORY_ACCESS })
-    })?;
-    l.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: C, ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_current_time_nanoseconds") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let now = c.data().host.lock().now_ns;
-        Ok(if write_u64(&mut c, ptr, now) { OK } else { INVALID_MEMORY_ACCESS })
-    })?;
-    l.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: C, period: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_set_tick_period_milliseconds") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        c.data_mut().tick_period_ms = period as u32;
-        Ok(OK)
-    })?;
-    l.func_wrap("env", "proxy_get_status", |mut c: C, code_ptr: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_status") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let (code, msg) = c.data().status.clone();
-        if !write_u32(&mut c, code_ptr, code) {
-            return Ok(INVALID_MEMORY_ACCESS);
-        }
-        copy_out(&mut c, &msg, ptr_ptr, size_ptr)
-    })?;
-    l.func_wrap("env", "proxy_get_property", |mut c: C, path_ptr: i32, path_len: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_property") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let Some(path) = read(&mut c, path_ptr, path_len) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        match property(c.data(), &path) {
-            Some(v) => copy_out(&mut c, &v, ptr_ptr, size_ptr),
-            None => Ok(NOT_FOUND),
-        }
-    })?;
-    l.func_wrap("env", "proxy_set_property", |mut c: C, kp: i32, kl: i32, vp: i32, vl: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_set_property") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let (Some(k), Some(v)) = (read(&mut c, kp, kl), read(&mut c, vp, vl)) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let st = c.data_mut();
-        let ctx = st.ctx();
-        // Envoy stores it in the stream's filter state; a root context has none.
-        match st.streams.get_mut(&ctx) {
-            Some(s) => {
-                s.properties.insert(k, v);
-                Ok(OK)
+    l.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: C, level: i32, ptr: i32, len: i32| -> Result<i32> {
+            let Some(level) = LogLevel::from_i32(level) else {
+                return Ok(BAD_ARGUMENT);
+            };
+            let Some(msg) = read_str(&mut c, ptr, len) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            c.data_mut().log(level, msg);
+            Ok(OK)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut c: C, ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_log_level") {
+                return Ok(INTERNAL_FAILURE);
             }
-            None => Ok(NOT_FOUND),
-        }
-    })?;
+            let level = c.data().log_level as u32;
+            Ok(if write_u32(&mut c, ptr, level) {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: C, ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_current_time_nanoseconds") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let now = c.data().host.lock().now_ns;
+            Ok(if write_u64(&mut c, ptr, now) {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: C, period: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_set_tick_period_milliseconds") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            c.data_mut().tick_period_ms = period as u32;
+            Ok(OK)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_status",
+        |mut c: C, code_ptr: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_status") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let (code, msg) = c.data().status.clone();
+            if !write_u32(&mut c, code_ptr, code) {
+                return Ok(INVALID_MEMORY_ACCESS);
+            }
+            copy_out(&mut c, &msg, ptr_ptr, size_ptr)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut c: C, path_ptr: i32, path_len: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_property") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let Some(path) = read(&mut c, path_ptr, path_len) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            match property(c.data(), &path) {
+                Some(v) => copy_out(&mut c, &v, ptr_ptr, size_ptr),
+                None => Ok(NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut c: C, kp: i32, kl: i32, vp: i32, vl: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_set_property") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let (Some(k), Some(v)) = (read(&mut c, kp, kl), read(&mut c, vp, vl)) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let st = c.data_mut();
+            let ctx = st.ctx();
+            // Envoy stores it in the stream's filter state; a root context has none.
+            match st.streams.get_mut(&ctx) {
+                Some(s) => {
+                    s.properties.insert(k, v);
+                    Ok(OK)
+                }
+                None => Ok(NOT_FOUND),
+            }
+        },
+    )?;
     l.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut c: C, status: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, grpc: i32| -> Result<i32> {
+        |mut c: C,
+         status: i32,
+         dp: i32,
+         dl: i32,
+         bp: i32,
+         bl: i32,
+         hp: i32,
+         hl: i32,
+         grpc: i32|
+         -> Result<i32> {
             if restricted(&mut c, "proxy_send_local_response") {
                 return Ok(INTERNAL_FAILURE);
             }
-            let (Some(details), Some(body), Some(headers)) =
-                (read_str(&mut c, dp, dl), read(&mut c, bp, bl), read(&mut c, hp, hl))
-            else {
+            let (Some(details), Some(body), Some(headers)) = (
+                read_str(&mut c, dp, dl),
+                read(&mut c, bp, bl),
+                read(&mut c, hp, hl),
+            ) else {
                 return Ok(INVALID_MEMORY_ACCESS);
             };
             let st = c.data_mut();
@@ -400,337 +453,440 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             Ok(OK)
         },
     )?;
-    l.func_wrap("env", "proxy_get_shared_data", |mut c: C, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32, cas_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_shared_data") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let Some(key) = read_str(&mut c, kp, kl) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let got = {
+    l.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: C, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32, cas_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_shared_data") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let Some(key) = read_str(&mut c, kp, kl) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let got = {
+                let st = c.data();
+                st.host.lock().get_data(&st.vm_id, &key)
+            };
+            let Some((value, cas)) = got else {
+                return Ok(NOT_FOUND);
+            };
+            let r = copy_out(&mut c, &value, ptr_ptr, size_ptr)?;
+            if r != OK {
+                return Ok(r);
+            }
+            Ok(if write_u32(&mut c, cas_ptr, cas) {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_set_shared_data") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let (Some(key), Some(value)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
             let st = c.data();
-            st.host.lock().get_data(&st.vm_id, &key)
-        };
-        let Some((value, cas)) = got else {
-            return Ok(NOT_FOUND);
-        };
-        let r = copy_out(&mut c, &value, ptr_ptr, size_ptr)?;
-        if r != OK {
-            return Ok(r);
-        }
-        Ok(if write_u32(&mut c, cas_ptr, cas) { OK } else { INVALID_MEMORY_ACCESS })
-    })?;
-    l.func_wrap("env", "proxy_set_shared_data", |mut c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_set_shared_data") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let (Some(key), Some(value)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let st = c.data();
-        let ok = st.host.lock().set_data(&st.vm_id, &key, &value, cas as u32);
-        Ok(if ok { OK } else { CAS_MISMATCH })
-    })?;
-    l.func_wrap("env", "proxy_register_shared_queue", |mut c: C, np: i32, nl: i32, token_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_register_shared_queue") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let Some(name) = read_str(&mut c, np, nl) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let id = {
-            let st = c.data();
-            let mut sh = st.host.lock();
-            let existing = sh
+            let ok = st.host.lock().set_data(&st.vm_id, &key, &value, cas as u32);
+            Ok(if ok { OK } else { CAS_MISMATCH })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: C, np: i32, nl: i32, token_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_register_shared_queue") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let Some(name) = read_str(&mut c, np, nl) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let id = {
+                let st = c.data();
+                let mut sh = st.host.lock();
+                let existing = sh
+                    .queues
+                    .iter()
+                    .find(|(_, q)| q.vm_id == st.vm_id && q.name == name)
+                    .map(|(id, _)| *id);
+                match existing {
+                    Some(id) => {
+                        if let Some(q) = sh.queues.get_mut(&id) {
+                            q.owner = st.serial;
+                        }
+                        id
+                    }
+                    None => {
+                        let id = sh.next_queue;
+                        sh.next_queue += 1;
+                        sh.queues.insert(
+                            id,
+                            crate::host::Queue {
+                                vm_id: st.vm_id.clone(),
+                                name,
+                                items: Default::default(),
+                                owner: st.serial,
+                            },
+                        );
+                        id
+                    }
+                }
+            };
+            Ok(if write_u32(&mut c, token_ptr, id) {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: C, vp: i32, vl: i32, np: i32, nl: i32, token_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_resolve_shared_queue") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let (Some(vm_id), Some(name)) = (read_str(&mut c, vp, vl), read_str(&mut c, np, nl))
+            else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let id = c
+                .data()
+                .host
+                .lock()
                 .queues
                 .iter()
-                .find(|(_, q)| q.vm_id == st.vm_id && q.name == name)
+                .find(|(_, q)| q.vm_id == vm_id && q.name == name)
                 .map(|(id, _)| *id);
-            match existing {
-                Some(id) => {
-                    if let Some(q) = sh.queues.get_mut(&id) {
-                        q.owner = st.serial;
-                    }
-                    id
-                }
-                None => {
-                    let id = sh.next_queue;
-                    sh.next_queue += 1;
-                    sh.queues.insert(
-                        id,
-                        crate::host::Queue {
-                            vm_id: st.vm_id.clone(),
-                            name,
-                            items: Default::default(),
-                            owner: st.serial,
-                        },
-                    );
-                    id
-                }
+            match id {
+                Some(id) => Ok(if write_u32(&mut c, token_ptr, id) {
+                    OK
+                } else {
+                    INVALID_MEMORY_ACCESS
+                }),
+                None => Ok(NOT_FOUND),
             }
-        };
-        Ok(if write_u32(&mut c, token_ptr, id) { OK } else { INVALID_MEMORY_ACCESS })
-    })?;
-    l.func_wrap("env", "proxy_resolve_shared_queue", |mut c: C, vp: i32, vl: i32, np: i32, nl: i32, token_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_resolve_shared_queue") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let (Some(vm_id), Some(name)) = (read_str(&mut c, vp, vl), read_str(&mut c, np, nl)) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let id = c
-            .data()
-            .host
-            .lock()
-            .queues
-            .iter()
-            .find(|(_, q)| q.vm_id == vm_id && q.name == name)
-            .map(|(id, _)| *id);
-        match id {
-            Some(id) => Ok(if write_u32(&mut c, token_ptr, id) { OK } else { INVALID_MEMORY_ACCESS }),
-            None => Ok(NOT_FOUND),
-        }
-    })?;
-    l.func_wrap("env", "proxy_enqueue_shared_queue", |mut c: C, token: i32, dp: i32, dl: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_enqueue_shared_queue") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let Some(data) = read(&mut c, dp, dl) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let st = c.data();
-        let mut sh = st.host.lock();
-        match sh.queues.get_mut(&(token as u32)) {
-            Some(q) => {
-                q.items.push_back(data);
-                Ok(OK)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: C, token: i32, dp: i32, dl: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_enqueue_shared_queue") {
+                return Ok(INTERNAL_FAILURE);
             }
-            None => Ok(NOT_FOUND),
-        }
-    })?;
-    l.func_wrap("env", "proxy_dequeue_shared_queue", |mut c: C, token: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_dequeue_shared_queue") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let item = {
+            let Some(data) = read(&mut c, dp, dl) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
             let st = c.data();
             let mut sh = st.host.lock();
             match sh.queues.get_mut(&(token as u32)) {
-                None => return Ok(NOT_FOUND),
-                Some(q) => q.items.pop_front(),
-            }
-        };
-        match item {
-            None => Ok(EMPTY),
-            Some(v) => copy_out(&mut c, &v, ptr_ptr, size_ptr),
-        }
-    })?;
-    l.func_wrap("env", "proxy_get_header_map_value", |mut c: C, mt: i32, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_header_map_value") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        if !(0..=7).contains(&mt) {
-            return Ok(BAD_ARGUMENT);
-        }
-        let Some(key) = read_str(&mut c, kp, kl) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let key = key.to_ascii_lowercase();
-        let value = {
-            let st = c.data();
-            match const_map(st, mt) {
-                None => {
-                    let log = st.streams.get(&st.ctx()).is_some_and(|s| s.access_log_phase);
-                    // Envoy: a map that does not exist now is BadArgument, except in on_log.
-                    return Ok(if log { NOT_FOUND } else { BAD_ARGUMENT });
+                Some(q) => {
+                    q.items.push_back(data);
+                    Ok(OK)
                 }
-                Some(m) => m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
+                None => Ok(NOT_FOUND),
             }
-        };
-        match value {
-            None => Ok(NOT_FOUND),
-            Some(v) => copy_out(&mut c, &v, ptr_ptr, size_ptr),
-        }
-    })?;
-    l.func_wrap("env", "proxy_get_header_map_pairs", |mut c: C, mt: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_header_map_pairs") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        if !(0..=7).contains(&mt) {
-            return Ok(BAD_ARGUMENT);
-        }
-        // Envoy returns an empty map (Ok) when the map does not exist now.
-        let pairs = const_map(c.data(), mt).cloned().unwrap_or_default();
-        let bytes = if pairs.is_empty() { Vec::new() } else { wire::encode_pairs(&pairs) };
-        copy_out(&mut c, &bytes, ptr_ptr, size_ptr)
-    })?;
-    l.func_wrap("env", "proxy_set_header_map_pairs", |mut c: C, mt: i32, ptr: i32, len: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_set_header_map_pairs") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        if !(0..=7).contains(&mt) {
-            return Ok(BAD_ARGUMENT);
-        }
-        let Some(data) = read(&mut c, ptr, len) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let pairs: Pairs = wire::decode_pairs(&data)
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        let st = c.data_mut();
-        match mut_map(st, mt) {
-            None => Ok(BAD_ARGUMENT),
-            Some(m) => {
-                *m = pairs;
-                map_touched(st, mt);
-                Ok(OK)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: C, token: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_dequeue_shared_queue") {
+                return Ok(INTERNAL_FAILURE);
             }
-        }
-    })?;
-    l.func_wrap("env", "proxy_add_header_map_value", |mut c: C, mt: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_add_header_map_value") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        if !(0..=7).contains(&mt) {
-            return Ok(BAD_ARGUMENT);
-        }
-        let (Some(k), Some(v)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let st = c.data_mut();
-        match mut_map(st, mt) {
-            None => Ok(BAD_ARGUMENT),
-            Some(m) => {
-                m.push((k.to_ascii_lowercase(), v));
-                map_touched(st, mt);
-                Ok(OK)
-            }
-        }
-    })?;
-    l.func_wrap("env", "proxy_replace_header_map_value", |mut c: C, mt: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_replace_header_map_value") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        if !(0..=7).contains(&mt) {
-            return Ok(BAD_ARGUMENT);
-        }
-        let (Some(k), Some(v)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let k = k.to_ascii_lowercase();
-        let st = c.data_mut();
-        match mut_map(st, mt) {
-            None => Ok(BAD_ARGUMENT),
-            Some(m) => {
-                // Envoy `setCopy`: every entry of the key goes, the new value is appended.
-                m.retain(|(key, _)| *key != k);
-                m.push((k, v));
-                map_touched(st, mt);
-                Ok(OK)
-            }
-        }
-    })?;
-    l.func_wrap("env", "proxy_remove_header_map_value", |mut c: C, mt: i32, kp: i32, kl: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_remove_header_map_value") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        if !(0..=7).contains(&mt) {
-            return Ok(BAD_ARGUMENT);
-        }
-        let Some(k) = read_str(&mut c, kp, kl) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let k = k.to_ascii_lowercase();
-        let st = c.data_mut();
-        match mut_map(st, mt) {
-            None => Ok(BAD_ARGUMENT),
-            Some(m) => {
-                m.retain(|(key, _)| *key != k);
-                map_touched(st, mt);
-                Ok(OK)
-            }
-        }
-    })?;
-    l.func_wrap("env", "proxy_get_header_map_size", |mut c: C, mt: i32, ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_header_map_size") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let size = match mut_map(c.data_mut(), mt) {
-            None => return Ok(BAD_ARGUMENT),
-            Some(m) => m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(),
-        };
-        Ok(if write_u32(&mut c, ptr, size as u32) { OK } else { INVALID_MEMORY_ACCESS })
-    })?;
-    l.func_wrap("env", "proxy_get_buffer_status", |mut c: C, bt: i32, len_ptr: i32, flags_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_buffer_status") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let len = match const_buffer(c.data(), bt) {
-            Ok(b) => b.len(),
-            Err(code) => return Ok(code),
-        };
-        Ok(if write_u32(&mut c, len_ptr, len as u32) && write_u32(&mut c, flags_ptr, 0) {
-            OK
-        } else {
-            INVALID_MEMORY_ACCESS
-        })
-    })?;
-    l.func_wrap("env", "proxy_get_buffer_bytes", |mut c: C, bt: i32, start: i32, length: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_buffer_bytes") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let (start, length) = (start as u32 as usize, length as u32 as usize);
-        let bytes = match const_buffer(c.data(), bt) {
-            Err(code) => return Ok(code),
-            Ok(b) => {
-                if start.checked_add(length).is_none() {
-                    return Ok(BAD_ARGUMENT);
+            let item = {
+                let st = c.data();
+                let mut sh = st.host.lock();
+                match sh.queues.get_mut(&(token as u32)) {
+                    None => return Ok(NOT_FOUND),
+                    Some(q) => q.items.pop_front(),
                 }
-                let end = (start + length).min(b.len());
-                b.get(start.min(end)..end).map(<[u8]>::to_vec).unwrap_or_default()
+            };
+            match item {
+                None => Ok(EMPTY),
+                Some(v) => copy_out(&mut c, &v, ptr_ptr, size_ptr),
             }
-        };
-        // Envoy writes nothing for an empty range: the SDK sees a null pointer (None).
-        if bytes.is_empty() {
-            return Ok(OK);
-        }
-        copy_out(&mut c, &bytes, ptr_ptr, size_ptr)
-    })?;
-    l.func_wrap("env", "proxy_set_buffer_bytes", |mut c: C, bt: i32, start: i32, length: i32, dp: i32, dl: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_set_buffer_bytes") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let Some(data) = read(&mut c, dp, dl) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let (start, length) = (start as u32 as usize, length as u32 as usize);
-        let st = c.data_mut();
-        let ctx = st.ctx();
-        let buf = match (bt, st.streams.get_mut(&ctx)) {
-            (0, Some(s)) if s.req_body_live => &mut s.req_body,
-            (1, Some(s)) if s.resp_body_live => &mut s.resp_body,
-            (4 | 6 | 7 | 8, _) => return Ok(BAD_ARGUMENT),
-            (t, _) if !(0..=8).contains(&t) => return Ok(BAD_ARGUMENT),
-            _ => return Ok(NOT_FOUND),
-        };
-        // Envoy `Buffer::copyFrom`: start 0 replaces the first `length` bytes, a start at or
-        // past the end appends; anything in between is refused.
-        if start == 0 {
-            let drain = length.min(buf.len());
-            buf.drain(..drain);
-            buf.splice(0..0, data);
-        } else if start >= buf.len() {
-            buf.extend_from_slice(&data);
-        } else {
-            return Ok(BAD_ARGUMENT);
-        }
-        Ok(OK)
-    })?;
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut c: C, mt: i32, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_header_map_value") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            if !(0..=7).contains(&mt) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let Some(key) = read_str(&mut c, kp, kl) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let key = key.to_ascii_lowercase();
+            let value = {
+                let st = c.data();
+                match const_map(st, mt) {
+                    None => {
+                        let log = st
+                            .streams
+                            .get(&st.ctx())
+                            .is_some_and(|s| s.access_log_phase);
+                        // Envoy: a map that does not exist now is BadArgument, except in on_log.
+                        return Ok(if log { NOT_FOUND } else { BAD_ARGUMENT });
+                    }
+                    Some(m) => m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
+                }
+            };
+            match value {
+                None => Ok(NOT_FOUND),
+                Some(v) => copy_out(&mut c, &v, ptr_ptr, size_ptr),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: C, mt: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_header_map_pairs") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            if !(0..=7).contains(&mt) {
+                return Ok(BAD_ARGUMENT);
+            }
+            // Envoy returns an empty map (Ok) when the map does not exist now.
+            let pairs = const_map(c.data(), mt).cloned().unwrap_or_default();
+            let bytes = if pairs.is_empty() {
+                Vec::new()
+            } else {
+                wire::encode_pairs(&pairs)
+            };
+            copy_out(&mut c, &bytes, ptr_ptr, size_ptr)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: C, mt: i32, ptr: i32, len: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_set_header_map_pairs") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            if !(0..=7).contains(&mt) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let Some(data) = read(&mut c, ptr, len) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let pairs: Pairs = wire::decode_pairs(&data)
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            let st = c.data_mut();
+            match mut_map(st, mt) {
+                None => Ok(BAD_ARGUMENT),
+                Some(m) => {
+                    *m = pairs;
+                    map_touched(st, mt);
+                    Ok(OK)
+                }
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |mut c: C, mt: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_add_header_map_value") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            if !(0..=7).contains(&mt) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let (Some(k), Some(v)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let st = c.data_mut();
+            match mut_map(st, mt) {
+                None => Ok(BAD_ARGUMENT),
+                Some(m) => {
+                    m.push((k.to_ascii_lowercase(), v));
+                    map_touched(st, mt);
+                    Ok(OK)
+                }
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |mut c: C, mt: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_replace_header_map_value") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            if !(0..=7).contains(&mt) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let (Some(k), Some(v)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let k = k.to_ascii_lowercase();
+            let st = c.data_mut();
+            match mut_map(st, mt) {
+                None => Ok(BAD_ARGUMENT),
+                Some(m) => {
+                    // Envoy `setCopy`: every entry of the key goes, the new value is appended.
+                    m.retain(|(key, _)| *key != k);
+                    m.push((k, v));
+                    map_touched(st, mt);
+                    Ok(OK)
+                }
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: C, mt: i32, kp: i32, kl: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_remove_header_map_value") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            if !(0..=7).contains(&mt) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let Some(k) = read_str(&mut c, kp, kl) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let k = k.to_ascii_lowercase();
+            let st = c.data_mut();
+            match mut_map(st, mt) {
+                None => Ok(BAD_ARGUMENT),
+                Some(m) => {
+                    m.retain(|(key, _)| *key != k);
+                    map_touched(st, mt);
+                    Ok(OK)
+                }
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        |mut c: C, mt: i32, ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_header_map_size") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let size = match mut_map(c.data_mut(), mt) {
+                None => return Ok(BAD_ARGUMENT),
+                Some(m) => m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(),
+            };
+            Ok(if write_u32(&mut c, ptr, size as u32) {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_buffer_status",
+        |mut c: C, bt: i32, len_ptr: i32, flags_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_buffer_status") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let len = match const_buffer(c.data(), bt) {
+                Ok(b) => b.len(),
+                Err(code) => return Ok(code),
+            };
+            Ok(
+                if write_u32(&mut c, len_ptr, len as u32) && write_u32(&mut c, flags_ptr, 0) {
+                    OK
+                } else {
+                    INVALID_MEMORY_ACCESS
+                },
+            )
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut c: C, bt: i32, start: i32, length: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_buffer_bytes") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let (start, length) = (start as u32 as usize, length as u32 as usize);
+            let bytes = match const_buffer(c.data(), bt) {
+                Err(code) => return Ok(code),
+                Ok(b) => {
+                    if start.checked_add(length).is_none() {
+                        return Ok(BAD_ARGUMENT);
+                    }
+                    let end = (start + length).min(b.len());
+                    b.get(start.min(end)..end)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default()
+                }
+            };
+            // Envoy writes nothing for an empty range: the SDK sees a null pointer (None).
+            if bytes.is_empty() {
+                return Ok(OK);
+            }
+            copy_out(&mut c, &bytes, ptr_ptr, size_ptr)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |mut c: C, bt: i32, start: i32, length: i32, dp: i32, dl: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_set_buffer_bytes") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let Some(data) = read(&mut c, dp, dl) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let (start, length) = (start as u32 as usize, length as u32 as usize);
+            let st = c.data_mut();
+            let ctx = st.ctx();
+            let buf = match (bt, st.streams.get_mut(&ctx)) {
+                (0, Some(s)) if s.req_body_live => &mut s.req_body,
+                (1, Some(s)) if s.resp_body_live => &mut s.resp_body,
+                (4 | 6 | 7 | 8, _) => return Ok(BAD_ARGUMENT),
+                (t, _) if !(0..=8).contains(&t) => return Ok(BAD_ARGUMENT),
+                _ => return Ok(NOT_FOUND),
+            };
+            // Envoy `Buffer::copyFrom`: start 0 replaces the first `length` bytes, a start at or
+            // past the end appends; anything in between is refused.
+            if start == 0 {
+                let drain = length.min(buf.len());
+                buf.drain(..drain);
+                buf.splice(0..0, data);
+            } else if start >= buf.len() {
+                buf.extend_from_slice(&data);
+            } else {
+                return Ok(BAD_ARGUMENT);
+            }
+            Ok(OK)
+        },
+    )?;
     l.func_wrap(
         "env",
         "proxy_http_call",
-        |mut c: C, up: i32, ul: i32, hp: i32, hl: i32, bp: i32, bl: i32, tp: i32, tl: i32, timeout: i32, token_ptr: i32| -> Result<i32> {
+        |mut c: C,
+         up: i32,
+         ul: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         tp: i32,
+         tl: i32,
+         timeout: i32,
+         token_ptr: i32|
+         -> Result<i32> {
             if restricted(&mut c, "proxy_http_call") {
                 return Ok(INTERNAL_FAILURE);
             }
@@ -775,7 +931,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             };
             st.pending_calls.insert(token, call.clone());
             st.all_calls.push(call);
-            Ok(if write_u32(&mut c, token_ptr, token) { OK } else { INVALID_MEMORY_ACCESS })
+            Ok(if write_u32(&mut c, token_ptr, token) {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
         },
     )?;
     for name in ["proxy_grpc_call", "proxy_grpc_stream"] {
@@ -784,7 +944,20 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             l.func_wrap(
                 "env",
                 n,
-                move |_c: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> Result<i32> {
+                move |_c: C,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32|
+                      -> Result<i32> {
                     bail!("{n}: gRPC calls are not modelled by the ABI test host")
                 },
             )?;
@@ -792,7 +965,17 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             l.func_wrap(
                 "env",
                 n,
-                move |_c: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> Result<i32> {
+                move |_c: C,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32,
+                      _: i32|
+                      -> Result<i32> {
                     bail!("{n}: gRPC streams are not modelled by the ABI test host")
                 },
             )?;
@@ -803,105 +986,142 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             bail!("{n}: gRPC is not modelled by the ABI test host")
         })?;
     }
-    l.func_wrap("env", "proxy_grpc_send", |_c: C, _: i32, _: i32, _: i32, _: i32| -> Result<i32> {
-        bail!("proxy_grpc_send: gRPC is not modelled by the ABI test host")
-    })?;
-    l.func_wrap("env", "proxy_define_metric", |mut c: C, kind: i32, np: i32, nl: i32, id_ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_define_metric") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let kind_enum = match kind {
-            0 => crate::host::MetricKind::Counter,
-            1 => crate::host::MetricKind::Gauge,
-            2 => crate::host::MetricKind::Histogram,
-            _ => return Ok(BAD_ARGUMENT),
-        };
-        let Some(name) = read_str(&mut c, np, nl) else {
-            return Ok(INVALID_MEMORY_ACCESS);
-        };
-        let st = c.data_mut();
-        // Envoy ids carry the kind in the low two bits.
-        let id = (st.next_metric_seq << 2) | kind as u32;
-        st.next_metric_seq += 1;
-        st.metric_ids.insert(id, name.clone());
-        st.host
-            .lock()
-            .metrics
-            .entry(name)
-            .or_insert_with(|| crate::host::Metric {
-                kind: kind_enum,
-                value: 0,
-                samples: Vec::new(),
-            });
-        Ok(if write_u32(&mut c, id_ptr, id) { OK } else { INVALID_MEMORY_ACCESS })
-    })?;
-    l.func_wrap("env", "proxy_increment_metric", |mut c: C, id: i32, offset: i64| -> Result<i32> {
-        if restricted(&mut c, "proxy_increment_metric") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let st = c.data();
-        let Some(name) = st.metric_ids.get(&(id as u32)) else {
-            return Ok(NOT_FOUND);
-        };
-        let mut sh = st.host.lock();
-        let Some(m) = sh.metrics.get_mut(name) else {
-            return Ok(NOT_FOUND);
-        };
-        match id & 3 {
-            0 if offset > 0 => m.value += offset,
-            1 => m.value += offset,
-            _ => return Ok(BAD_ARGUMENT),
-        }
-        Ok(OK)
-    })?;
-    l.func_wrap("env", "proxy_record_metric", |mut c: C, id: i32, value: i64| -> Result<i32> {
-        if restricted(&mut c, "proxy_record_metric") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let st = c.data();
-        let Some(name) = st.metric_ids.get(&(id as u32)) else {
-            return Ok(NOT_FOUND);
-        };
-        let mut sh = st.host.lock();
-        let Some(m) = sh.metrics.get_mut(name) else {
-            return Ok(NOT_FOUND);
-        };
-        match id & 3 {
-            0 => m.value += value,
-            1 => m.value = value,
-            _ => m.samples.push(value as u64),
-        }
-        Ok(OK)
-    })?;
-    l.func_wrap("env", "proxy_get_metric", |mut c: C, id: i32, ptr: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_get_metric") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let value = {
+    l.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |_c: C, _: i32, _: i32, _: i32, _: i32| -> Result<i32> {
+            bail!("proxy_grpc_send: gRPC is not modelled by the ABI test host")
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: C, kind: i32, np: i32, nl: i32, id_ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_define_metric") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let kind_enum = match kind {
+                0 => crate::host::MetricKind::Counter,
+                1 => crate::host::MetricKind::Gauge,
+                2 => crate::host::MetricKind::Histogram,
+                _ => return Ok(BAD_ARGUMENT),
+            };
+            let Some(name) = read_str(&mut c, np, nl) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let st = c.data_mut();
+            // Envoy ids carry the kind in the low two bits.
+            let id = (st.next_metric_seq << 2) | kind as u32;
+            st.next_metric_seq += 1;
+            st.metric_ids.insert(id, name.clone());
+            st.host
+                .lock()
+                .metrics
+                .entry(name)
+                .or_insert_with(|| crate::host::Metric {
+                    kind: kind_enum,
+                    value: 0,
+                    samples: Vec::new(),
+                });
+            Ok(if write_u32(&mut c, id_ptr, id) {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |mut c: C, id: i32, offset: i64| -> Result<i32> {
+            if restricted(&mut c, "proxy_increment_metric") {
+                return Ok(INTERNAL_FAILURE);
+            }
             let st = c.data();
             let Some(name) = st.metric_ids.get(&(id as u32)) else {
                 return Ok(NOT_FOUND);
             };
-            if id & 3 == 2 {
-                return Ok(BAD_ARGUMENT);
+            let mut sh = st.host.lock();
+            let Some(m) = sh.metrics.get_mut(name) else {
+                return Ok(NOT_FOUND);
+            };
+            match id & 3 {
+                0 if offset > 0 => m.value += offset,
+                1 => m.value += offset,
+                _ => return Ok(BAD_ARGUMENT),
             }
-            st.host.lock().metrics.get(name).map(|m| m.value).unwrap_or(0)
-        };
-        Ok(if write_u64(&mut c, ptr, value as u64) { OK } else { INVALID_MEMORY_ACCESS })
-    })?;
-    l.func_wrap("env", "proxy_set_effective_context", |mut c: C, ctx: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_set_effective_context") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        let st = c.data_mut();
-        let ctx = ctx as u32;
-        if ctx == st.root_ctx || st.streams.contains_key(&ctx) {
-            st.effective = Some(ctx);
             Ok(OK)
-        } else {
-            Ok(BAD_ARGUMENT)
-        }
-    })?;
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |mut c: C, id: i32, value: i64| -> Result<i32> {
+            if restricted(&mut c, "proxy_record_metric") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let st = c.data();
+            let Some(name) = st.metric_ids.get(&(id as u32)) else {
+                return Ok(NOT_FOUND);
+            };
+            let mut sh = st.host.lock();
+            let Some(m) = sh.metrics.get_mut(name) else {
+                return Ok(NOT_FOUND);
+            };
+            match id & 3 {
+                0 => m.value += value,
+                1 => m.value = value,
+                _ => m.samples.push(value as u64),
+            }
+            Ok(OK)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: C, id: i32, ptr: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_get_metric") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let value = {
+                let st = c.data();
+                let Some(name) = st.metric_ids.get(&(id as u32)) else {
+                    return Ok(NOT_FOUND);
+                };
+                if id & 3 == 2 {
+                    return Ok(BAD_ARGUMENT);
+                }
+                st.host
+                    .lock()
+                    .metrics
+                    .get(name)
+                    .map(|m| m.value)
+                    .unwrap_or(0)
+            };
+            Ok(if write_u64(&mut c, ptr, value as u64) {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: C, ctx: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_set_effective_context") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            let st = c.data_mut();
+            let ctx = ctx as u32;
+            if ctx == st.root_ctx || st.streams.contains_key(&ctx) {
+                st.effective = Some(ctx);
+                Ok(OK)
+            } else {
+                Ok(BAD_ARGUMENT)
+            }
+        },
+    )?;
     l.func_wrap("env", "proxy_done", |mut c: C| -> Result<i32> {
         if restricted(&mut c, "proxy_done") {
             return Ok(INTERNAL_FAILURE);
@@ -937,35 +1157,45 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             Ok(NOT_FOUND)
         },
     )?;
-    l.func_wrap("env", "proxy_continue_stream", |mut c: C, ty: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_continue_stream") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        if !(0..=3).contains(&ty) {
-            return Ok(BAD_ARGUMENT);
-        }
-        let st = c.data_mut();
-        let ctx = st.ctx();
-        if let Some(s) = st.streams.get_mut(&ctx) {
-            s.resume(ty);
-        }
-        Ok(OK)
+    l.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: C, ty: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_continue_stream") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            if !(0..=3).contains(&ty) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let st = c.data_mut();
+            let ctx = st.ctx();
+            if let Some(s) = st.streams.get_mut(&ctx) {
+                s.resume(ty);
+            }
+            Ok(OK)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut c: C, ty: i32| -> Result<i32> {
+            if restricted(&mut c, "proxy_close_stream") {
+                return Ok(INTERNAL_FAILURE);
+            }
+            if !(0..=3).contains(&ty) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let st = c.data_mut();
+            let ctx = st.ctx();
+            if let Some(s) = st.streams.get_mut(&ctx) {
+                s.reset = true;
+            }
+            Ok(OK)
+        },
+    )?;
+    l.func_wrap("env", "pthread_equal", |_c: C, a: i32, b: i32| -> i32 {
+        i32::from(a == b)
     })?;
-    l.func_wrap("env", "proxy_close_stream", |mut c: C, ty: i32| -> Result<i32> {
-        if restricted(&mut c, "proxy_close_stream") {
-            return Ok(INTERNAL_FAILURE);
-        }
-        if !(0..=3).contains(&ty) {
-            return Ok(BAD_ARGUMENT);
-        }
-        let st = c.data_mut();
-        let ctx = st.ctx();
-        if let Some(s) = st.streams.get_mut(&ctx) {
-            s.reset = true;
-        }
-        Ok(OK)
-    })?;
-    l.func_wrap("env", "pthread_equal", |_c: C, a: i32, b: i32| -> i32 { i32::from(a == b) })?;
     l.func_wrap("env", "emscripten_notify_memory_growth", |_c: C, _: i32| {})?;
     Ok(())
 }
@@ -973,41 +1203,59 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
 /// Envoy's own WASI preview1 subset (not a general WASI): stdout/stderr become logs, no
 /// files, no preopens, only the realtime clock, random bytes from the host.
 fn define_wasi(l: &mut Linker<State>, m: &str) -> Result<()> {
-    l.func_wrap(m, "fd_write", |mut c: C, fd: i32, iovs: i32, n: i32, nwritten: i32| -> Result<i32> {
-        let level = match fd {
-            1 => LogLevel::Info,
-            2 => LogLevel::Error,
-            _ => return Ok(WASI_EBADF),
-        };
-        let mut out = Vec::new();
-        for i in 0..n {
-            let Some(iov) = read(&mut c, iovs + i * 8, 8) else {
-                return Ok(WASI_EFAULT);
+    l.func_wrap(
+        m,
+        "fd_write",
+        |mut c: C, fd: i32, iovs: i32, n: i32, nwritten: i32| -> Result<i32> {
+            let level = match fd {
+                1 => LogLevel::Info,
+                2 => LogLevel::Error,
+                _ => return Ok(WASI_EBADF),
             };
-            let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
-            let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-            let Some(bytes) = read(&mut c, ptr, len) else {
-                return Ok(WASI_EFAULT);
-            };
-            out.extend_from_slice(&bytes);
-        }
-        let written = out.len();
-        if written > 0 {
-            if out.last() == Some(&b'\n') {
-                out.pop();
+            let mut out = Vec::new();
+            for i in 0..n {
+                let Some(iov) = read(&mut c, iovs + i * 8, 8) else {
+                    return Ok(WASI_EFAULT);
+                };
+                let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+                let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+                let Some(bytes) = read(&mut c, ptr, len) else {
+                    return Ok(WASI_EFAULT);
+                };
+                out.extend_from_slice(&bytes);
             }
+            let written = out.len();
+            if written > 0 {
+                if out.last() == Some(&b'\n') {
+                    out.pop();
+                }
+                c.data_mut()
+                    .log(level, String::from_utf8_lossy(&out).into_owned());
+            }
+            Ok(if write_u32(&mut c, nwritten, written as u32) {
+                0
+            } else {
+                WASI_EFAULT
+            })
+        },
+    )?;
+    l.func_wrap(
+        m,
+        "fd_read",
+        |_c: C, _: i32, _: i32, _: i32, _: i32| -> i32 { WASI_ENOSYS },
+    )?;
+    l.func_wrap(
+        m,
+        "fd_seek",
+        |mut c: C, _: i32, _: i64, _: i32, _: i32| -> i32 {
             c.data_mut()
-                .log(level, String::from_utf8_lossy(&out).into_owned());
-        }
-        Ok(if write_u32(&mut c, nwritten, written as u32) { 0 } else { WASI_EFAULT })
-    })?;
-    l.func_wrap(m, "fd_read", |_c: C, _: i32, _: i32, _: i32, _: i32| -> i32 { WASI_ENOSYS })?;
-    l.func_wrap(m, "fd_seek", |mut c: C, _: i32, _: i64, _: i32, _: i32| -> i32 {
-        c.data_mut().log(LogLevel::Error, "wasi_unstable fd_seek".into());
-        0
-    })?;
+                .log(LogLevel::Error, "wasi_unstable fd_seek".into());
+            0
+        },
+    )?;
     l.func_wrap(m, "fd_close", |mut c: C, _: i32| -> i32 {
-        c.data_mut().log(LogLevel::Error, "wasi_unstable fd_close".into());
+        c.data_mut()
+            .log(LogLevel::Error, "wasi_unstable fd_close".into());
         0
     })?;
     l.func_wrap(m, "fd_fdstat_get", |mut c: C, fd: i32, out: i32| -> i32 {
@@ -1024,33 +1272,45 @@ fn define_wasi(l: &mut Linker<State>, m: &str) -> Result<()> {
         }
     })?;
     l.func_wrap(m, "environ_get", |_c: C, _: i32, _: i32| -> i32 { 0 })?;
-    l.func_wrap(m, "environ_sizes_get", |mut c: C, count: i32, size: i32| -> i32 {
-        if write_u32(&mut c, count, 0) && write_u32(&mut c, size, 0) {
-            0
-        } else {
-            WASI_EFAULT
-        }
-    })?;
+    l.func_wrap(
+        m,
+        "environ_sizes_get",
+        |mut c: C, count: i32, size: i32| -> i32 {
+            if write_u32(&mut c, count, 0) && write_u32(&mut c, size, 0) {
+                0
+            } else {
+                WASI_EFAULT
+            }
+        },
+    )?;
     l.func_wrap(m, "args_get", |_c: C, _: i32, _: i32| -> i32 { 0 })?;
-    l.func_wrap(m, "args_sizes_get", |mut c: C, argc: i32, size: i32| -> i32 {
-        if write_u32(&mut c, argc, 0) && write_u32(&mut c, size, 0) {
-            0
-        } else {
-            WASI_EFAULT
-        }
-    })?;
-    l.func_wrap(m, "clock_time_get", |mut c: C, id: i32, _precision: i64, out: i32| -> i32 {
-        // Envoy answers only the realtime clock; std's Instant (monotonic) gets ENOTSUP.
-        if id != 0 {
-            return WASI_ENOTSUP;
-        }
-        let now = c.data().host.lock().now_ns;
-        if write_u64(&mut c, out, now) {
-            0
-        } else {
-            WASI_EFAULT
-        }
-    })?;
+    l.func_wrap(
+        m,
+        "args_sizes_get",
+        |mut c: C, argc: i32, size: i32| -> i32 {
+            if write_u32(&mut c, argc, 0) && write_u32(&mut c, size, 0) {
+                0
+            } else {
+                WASI_EFAULT
+            }
+        },
+    )?;
+    l.func_wrap(
+        m,
+        "clock_time_get",
+        |mut c: C, id: i32, _precision: i64, out: i32| -> i32 {
+            // Envoy answers only the realtime clock; std's Instant (monotonic) gets ENOTSUP.
+            if id != 0 {
+                return WASI_ENOTSUP;
+            }
+            let now = c.data().host.lock().now_ns;
+            if write_u64(&mut c, out, now) {
+                0
+            } else {
+                WASI_EFAULT
+            }
+        },
+    )?;
     l.func_wrap(m, "random_get", |mut c: C, ptr: i32, len: i32| -> i32 {
         let mut buf = vec![0u8; len as u32 as usize];
         c.data().host.lock().random_bytes(&mut buf);
@@ -1066,10 +1326,18 @@ fn define_wasi(l: &mut Linker<State>, m: &str) -> Result<()> {
     l.func_wrap(
         m,
         "path_open",
-        |_c: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32, _: i32| -> i32 { WASI_EBADF },
+        |_c: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i64, _: i64, _: i32, _: i32| -> i32 {
+            WASI_EBADF
+        },
     )?;
-    l.func_wrap(m, "fd_prestat_get", |_c: C, _: i32, _: i32| -> i32 { WASI_EBADF })?;
-    l.func_wrap(m, "fd_prestat_dir_name", |_c: C, _: i32, _: i32, _: i32| -> i32 { WASI_ENOSYS })?;
+    l.func_wrap(m, "fd_prestat_get", |_c: C, _: i32, _: i32| -> i32 {
+        WASI_EBADF
+    })?;
+    l.func_wrap(
+        m,
+        "fd_prestat_dir_name",
+        |_c: C, _: i32, _: i32, _: i32| -> i32 { WASI_ENOSYS },
+    )?;
     Ok(())
 }
 
@@ -1085,7 +1353,10 @@ pub(crate) fn local_reply_headers(reply: &LocalReply) -> Pairs {
     );
     if !reply.body.is_empty() {
         h.retain(|(k, _)| k != "content-length");
-        h.push(("content-length".into(), reply.body.len().to_string().into_bytes()));
+        h.push((
+            "content-length".into(),
+            reply.body.len().to_string().into_bytes(),
+        ));
         if header_value(&h, "content-type").is_none() {
             h.push(("content-type".into(), b"text/plain".to_vec()));
         }

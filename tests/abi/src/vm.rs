@@ -225,15 +225,13 @@ pub fn compiled(path: &Path) -> Result<Module> {
         )
     })?;
     let started = std::time::Instant::now();
-    let module = from_disk_cache(&bytes)
-        .map(Ok)
-        .unwrap_or_else(|| {
-            let m = Module::new(engine(), &bytes)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("{} is not a valid Wasm module", path.display()))?;
-            to_disk_cache(&bytes, &m);
-            Ok::<_, anyhow::Error>(m)
-        })?;
+    let module = from_disk_cache(&bytes).map(Ok).unwrap_or_else(|| {
+        let m = Module::new(engine(), &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{} is not a valid Wasm module", path.display()))?;
+        to_disk_cache(&bytes, &m);
+        Ok::<_, anyhow::Error>(m)
+    })?;
     if std::env::var_os("MODELGATE_ABI_TIMING").is_some() {
         eprintln!("loaded {} in {:?}", path.display(), started.elapsed());
     }
@@ -436,7 +434,9 @@ impl VmBuilder {
             .with_context(|| format!("Envoy would fail to load module `{}`", self.name))?;
         let malloc = instance
             .get_typed_func::<i32, i32>(&mut store, "malloc")
-            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate"))
+            .or_else(|_| {
+                instance.get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            })
             .map_err(|_| anyhow!("Wasm module is missing malloc function"))?;
         store.data_mut().malloc = Some(malloc);
         let mut vm = Vm {
@@ -462,10 +462,16 @@ impl VmBuilder {
         }
         vm.store.data_mut().phase = Phase::VmStart;
         let root = vm.root_ctx();
-        vm.call("proxy_on_context_create", &[Val::I32(root as i32), Val::I32(0)]);
+        vm.call(
+            "proxy_on_context_create",
+            &[Val::I32(root as i32), Val::I32(0)],
+        );
         let vm_cfg_len = vm.store.data().vm_config.len() as i32;
         let started = vm
-            .call("proxy_on_vm_start", &[Val::I32(root as i32), Val::I32(vm_cfg_len)])
+            .call(
+                "proxy_on_vm_start",
+                &[Val::I32(root as i32), Val::I32(vm_cfg_len)],
+            )
             .unwrap_or(1);
         if started == 0 {
             return Err(anyhow!(
@@ -476,7 +482,10 @@ impl VmBuilder {
         vm.store.data_mut().phase = Phase::Configure;
         let cfg_len = vm.store.data().plugin_config.len() as i32;
         let configured = vm
-            .call("proxy_on_configure", &[Val::I32(root as i32), Val::I32(cfg_len)])
+            .call(
+                "proxy_on_configure",
+                &[Val::I32(root as i32), Val::I32(cfg_len)],
+            )
             .unwrap_or(1);
         vm.store.data_mut().phase = Phase::Running;
         if configured == 0 {
@@ -563,7 +572,11 @@ impl Vm {
                 "module `{}` trapped in {name}: {}\nmodule output before the trap:\n{}{frames}",
                 self.name,
                 err.root_cause(),
-                if logs.is_empty() { "  (none)".to_string() } else { logs.join("\n") },
+                if logs.is_empty() {
+                    "  (none)".to_string()
+                } else {
+                    logs.join("\n")
+                },
             );
             self.failed = Some(why.clone());
             panic!("{why}");
@@ -690,7 +703,10 @@ impl Vm {
 
     /// Answers every pending call (including calls made while answering) with `respond`,
     /// until none is left. Returns the calls answered.
-    pub fn answer_all(&mut self, mut respond: impl FnMut(&HttpCall) -> CallOutcome) -> Vec<HttpCall> {
+    pub fn answer_all(
+        &mut self,
+        mut respond: impl FnMut(&HttpCall) -> CallOutcome,
+    ) -> Vec<HttpCall> {
         let mut answered = Vec::new();
         for _ in 0..1000 {
             let Some(call) = self.pending_calls().into_iter().next() else {
@@ -717,7 +733,11 @@ impl Vm {
         };
         let root = self.root_ctx();
         for id in ready {
-            self.call_as(root, "proxy_on_queue_ready", &[Val::I32(root as i32), Val::I32(id as i32)]);
+            self.call_as(
+                root,
+                "proxy_on_queue_ready",
+                &[Val::I32(root as i32), Val::I32(id as i32)],
+            );
         }
     }
 
@@ -744,7 +764,9 @@ impl Vm {
     /// Ends the plugin like Envoy on shutdown: `proxy_on_done(root)`, then `proxy_on_delete`.
     pub fn shutdown(&mut self) -> bool {
         let root = self.root_ctx();
-        let done = self.call_as(root, "proxy_on_done", &[Val::I32(root as i32)]).unwrap_or(1);
+        let done = self
+            .call_as(root, "proxy_on_done", &[Val::I32(root as i32)])
+            .unwrap_or(1);
         if done != 0 || self.store.data().done_called {
             self.call_as(root, "proxy_on_delete", &[Val::I32(root as i32)]);
         }

@@ -7,7 +7,10 @@ pub type Pairs = Vec<(String, Vec<u8>)>;
 /// `u32 count`, then `u32 key_len, u32 value_len` per pair, then each key and value
 /// followed by a NUL byte. All integers little-endian.
 pub fn encode_pairs(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let size = 4 + pairs.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>();
+    let size = 4 + pairs
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len() + 2)
+        .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {

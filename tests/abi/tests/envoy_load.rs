@@ -5,7 +5,12 @@
 use modelgate_abi_tests::{dist_dir, envoy_load_problems, Host};
 
 /// The filters `make wasm` ships (the Makefile's FILTERS).
-const FILTERS: &[&str] = &["readiness_gate", "model_router", "load_shedder", "ml_metrics"];
+const FILTERS: &[&str] = &[
+    "readiness_gate",
+    "model_router",
+    "load_shedder",
+    "ml_metrics",
+];
 
 fn shipped() -> Vec<std::path::PathBuf> {
     let mut found: Vec<_> = std::fs::read_dir(dist_dir())
@@ -33,7 +38,11 @@ fn every_shipped_module_imports_only_what_envoy_provides() {
             report.push(format!("{}: {p}", path.display()));
         }
     }
-    assert!(report.is_empty(), "modules Envoy 1.40 would refuse:\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "modules Envoy 1.40 would refuse:\n{}",
+        report.join("\n")
+    );
 }
 
 #[test]
@@ -55,10 +64,7 @@ fn every_shipped_module_instantiates_and_starts() {
             Err(panic) => panic!(
                 "{}: trapped while starting: {}",
                 path.display(),
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .unwrap_or_default()
+                panic.downcast_ref::<String>().cloned().unwrap_or_default()
             ),
         }
     }

@@ -108,7 +108,11 @@ fn last_log(vm: &Vm) -> String {
 #[test]
 fn header_pairs_are_serialised_like_envoy() {
     let mut vm = vm(&Host::new());
-    let headers = [(":method", "POST"), (":path", "/v1/chat"), ("X-Mixed", "Case")];
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat"),
+        ("X-Mixed", "Case"),
+    ];
     vm.http().request_headers(&headers, false);
     let want = encode_pairs(&pairs_from(&headers));
     assert_eq!(last_log(&vm).as_bytes(), want.as_slice());
@@ -133,7 +137,10 @@ fn trap_report_names_the_callback_and_keeps_the_vm_dead() {
         vm.http();
     }))
     .unwrap_err();
-    assert!(again.downcast_ref::<String>().unwrap().contains("dead after an earlier trap"));
+    assert!(again
+        .downcast_ref::<String>()
+        .unwrap()
+        .contains("dead after an earlier trap"));
 }
 
 #[test]
@@ -141,7 +148,10 @@ fn body_is_buffered_across_pause_and_forwarded_on_continue() {
     let mut vm = vm(&Host::new());
     vm.call_export("set_mode", &[1]);
     let mut req = vm.http();
-    assert_eq!(req.request_headers(&[(":path", "/x")], false), Action::Pause);
+    assert_eq!(
+        req.request_headers(&[(":path", "/x")], false),
+        Action::Pause
+    );
     assert_eq!(req.request_body(b"ab", false), Action::Pause);
     assert_eq!(req.request_body(b"cd", false), Action::Pause);
     assert_eq!(req.request_body(b"ef", true), Action::Continue);
@@ -155,7 +165,10 @@ fn body_is_buffered_across_pause_and_forwarded_on_continue() {
 fn request_headers_are_gone_once_headers_continued() {
     let mut vm = vm(&Host::new());
     let mut req = vm.http();
-    assert_eq!(req.request_headers(&[(":path", "/x")], false), Action::Continue);
+    assert_eq!(
+        req.request_headers(&[(":path", "/x")], false),
+        Action::Continue
+    );
     req.request_body(b"z", true);
     // Envoy: BadArgument (2), which proxy-wasm's get_http_request_header turns into a panic.
     assert!(vm.logs().iter().any(|l| l.message == "2"));
@@ -173,7 +186,10 @@ fn local_reply_is_sent_after_the_callback_and_seen_by_response_headers() {
     assert_eq!(reply.header("x-why").as_deref(), Some("test"));
     assert_eq!(reply.header("content-type").as_deref(), Some("text/plain"));
     assert_eq!(reply.header("content-length").as_deref(), Some("6"));
-    assert!(!req.request_forwarded(), "send_local_response stops the iteration");
+    assert!(
+        !req.request_forwarded(),
+        "send_local_response stops the iteration"
+    );
     assert_eq!(req.request_body(b"late", true), Action::NotCalled);
     // The filter's on_response_headers saw the reply's headers.
     assert!(String::from_utf8_lossy(last_log(&vm).as_bytes()).contains("403"));
@@ -184,15 +200,31 @@ fn shared_data_cas_is_shared_between_vms() {
     let host = Host::new();
     let mut a = vm(&host);
     let mut b = vm(&host);
-    assert_eq!(a.call_export("cas_read", &[]), Some(1), "absent key: NotFound");
+    assert_eq!(
+        a.call_export("cas_read", &[]),
+        Some(1),
+        "absent key: NotFound"
+    );
     assert_eq!(a.call_export("cas_write", &[]), Some(0));
     assert_eq!(a.call_export("cas_read", &[]), Some(0));
     assert_eq!(b.call_export("cas_read", &[]), Some(0));
-    assert_eq!(a.call_export("cas_write", &[]), Some(0), "A's CAS is current");
-    assert_eq!(b.call_export("cas_write", &[]), Some(8), "B's CAS is stale: CasMismatch");
+    assert_eq!(
+        a.call_export("cas_write", &[]),
+        Some(0),
+        "A's CAS is current"
+    );
+    assert_eq!(
+        b.call_export("cas_write", &[]),
+        Some(8),
+        "B's CAS is stale: CasMismatch"
+    );
     assert_eq!(host.shared_text("modelgate", "k").as_deref(), Some("v1"));
     // Another vm_id has its own namespace.
-    let mut c = host.vm_from_wat(&test_module()).vm_id("other").configure("{}").unwrap();
+    let mut c = host
+        .vm_from_wat(&test_module())
+        .vm_id("other")
+        .configure("{}")
+        .unwrap();
     assert_eq!(c.call_export("cas_read", &[]), Some(1));
 }
 
@@ -203,7 +235,11 @@ fn clock_is_the_host_clock_and_monotonic_is_unsupported_like_envoy() {
     host.set_now_ms(5_000_000);
     assert_eq!(vm.call_export("clock", &[0]), Some(0));
     assert_eq!(vm.call_export("clock_ms", &[]), Some(5_000));
-    assert_eq!(vm.call_export("clock", &[1]), Some(58), "ENOTSUP for CLOCK_MONOTONIC");
+    assert_eq!(
+        vm.call_export("clock", &[1]),
+        Some(58),
+        "ENOTSUP for CLOCK_MONOTONIC"
+    );
 }
 
 #[test]
@@ -237,6 +273,12 @@ fn a_module_importing_what_envoy_lacks_does_not_load() {
     assert!(format!("{err:#}").contains("poll_oneoff"), "{err:#}");
     let module = wasmtime::Module::new(&wasmtime::Engine::default(), wat).unwrap();
     let problems = modelgate_abi_tests::imports::envoy_load_problems(&module);
-    assert!(problems.iter().any(|p| p.contains("poll_oneoff")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("ABI version")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("poll_oneoff")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("ABI version")),
+        "{problems:?}"
+    );
 }

@@ -51,7 +51,12 @@ fn renderings(text: &str) -> Vec<String> {
         }
         out = out
             .iter()
-            .flat_map(|t| values.iter().map(|v| t.replace(&pat, v)).collect::<Vec<_>>())
+            .flat_map(|t| {
+                values
+                    .iter()
+                    .map(|v| t.replace(&pat, v))
+                    .collect::<Vec<_>>()
+            })
             .collect();
     }
     out
@@ -167,7 +172,12 @@ fn every_shipped_plugin_configuration_is_accepted() {
     let mut checked = 0;
     for p in &plugins {
         if !module_path(&p.module).exists() {
-            eprintln!("skip {} ({}): dist/{}.wasm not built", p.file.display(), p.root_id, p.module);
+            eprintln!(
+                "skip {} ({}): dist/{}.wasm not built",
+                p.file.display(),
+                p.root_id,
+                p.module
+            );
             continue;
         }
         let host = Host::new();
@@ -186,7 +196,11 @@ fn every_shipped_plugin_configuration_is_accepted() {
             )),
         }
     }
-    assert!(failures.is_empty(), "rejected configurations:\n{}", failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "rejected configurations:\n{}",
+        failures.join("\n\n")
+    );
     eprintln!("{checked} plugin configurations accepted");
 }
 
@@ -196,7 +210,13 @@ fn every_shipped_plugin_configuration_is_accepted() {
 #[test]
 fn every_envoy_plugin_shares_the_modelgate_vm_and_may_pause_in_headers() {
     for p in plugins().into_iter().filter(|p| !p.from_wasm_plugin) {
-        assert_eq!(p.vm_id, "modelgate", "{}: {} must use vm_id modelgate (CONTRACTS.md)", p.file.display(), p.root_id);
+        assert_eq!(
+            p.vm_id,
+            "modelgate",
+            "{}: {} must use vm_id modelgate (CONTRACTS.md)",
+            p.file.display(),
+            p.root_id
+        );
         assert!(
             p.allow_stop,
             "{}: {} must set allow_on_headers_stop_iteration: true (CONTRACTS.md)",
