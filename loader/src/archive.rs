@@ -9,7 +9,11 @@ use crate::safe_path::RelPath;
 use crate::source::ArchiveKind;
 use crate::versions::ManifestEntry;
 
-pub fn unpack(archive: &Path, kind: &ArchiveKind, dest: &Path) -> Result<Vec<ManifestEntry>, String> {
+pub fn unpack(
+    archive: &Path,
+    kind: &ArchiveKind,
+    dest: &Path,
+) -> Result<Vec<ManifestEntry>, String> {
     let file = std::fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
     let reader: Box<dyn Read> = match kind {
         ArchiveKind::Tar => Box::new(std::io::BufReader::new(file)),
@@ -21,12 +25,18 @@ pub fn unpack(archive: &Path, kind: &ArchiveKind, dest: &Path) -> Result<Vec<Man
         let mut entry = entry.map_err(|e| format!("archive: {e}"))?;
         let kind = entry.header().entry_type();
         let raw = entry.path().map_err(|e| format!("archive: {e}"))?;
-        let raw = raw.to_str().ok_or("archive: non-UTF-8 name refused")?.to_string();
+        let raw = raw
+            .to_str()
+            .ok_or("archive: non-UTF-8 name refused")?
+            .to_string();
         let name = raw.trim_start_matches("./").trim_end_matches('/');
         if name.is_empty() || name == "." {
             continue;
         }
-        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() {
+        if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+        {
             continue;
         }
         let rel = RelPath::parse(name).map_err(|e| format!("archive entry: {e}"))?;
@@ -36,7 +46,9 @@ pub fn unpack(archive: &Path, kind: &ArchiveKind, dest: &Path) -> Result<Vec<Man
             continue;
         }
         if !kind.is_file() {
-            return Err(format!("archive entry {name:?}: links and special files are refused"));
+            return Err(format!(
+                "archive entry {name:?}: links and special files are refused"
+            ));
         }
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -50,17 +62,26 @@ pub fn unpack(archive: &Path, kind: &ArchiveKind, dest: &Path) -> Result<Vec<Man
         let mut hasher = Hasher::new(&Expected::default());
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = entry.read(&mut buf).map_err(|e| format!("archive {name}: {e}"))?;
+            let n = entry
+                .read(&mut buf)
+                .map_err(|e| format!("archive {name}: {e}"))?;
             if n == 0 {
                 break;
             }
             let piece = buf.get(..n).unwrap_or_default();
             hasher.update(piece);
-            f.write_all(piece).map_err(|e| format!("{}: {e}", target.display()))?;
+            f.write_all(piece)
+                .map_err(|e| format!("{}: {e}", target.display()))?;
         }
-        f.sync_all().map_err(|e| format!("{}: {e}", target.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("{}: {e}", target.display()))?;
         let c = hasher.finish();
-        out.push(ManifestEntry { path: rel.as_str().to_string(), size: c.len, sha256: c.sha256, id: None });
+        out.push(ManifestEntry {
+            path: rel.as_str().to_string(),
+            size: c.len,
+            sha256: c.sha256,
+            id: None,
+        });
     }
     if out.is_empty() {
         return Err("archive: no files".into());
@@ -76,7 +97,11 @@ mod tests {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
-        h.set_size(if kind == tar::EntryType::Regular { 2 } else { 0 });
+        h.set_size(if kind == tar::EntryType::Regular {
+            2
+        } else {
+            0
+        });
         h.set_mode(0o644);
         // set_path refuses "..", so write the raw name as a hostile archive would.
         let gnu = h.as_gnu_mut().unwrap();
@@ -85,7 +110,11 @@ mod tests {
             h.set_link_name("/etc/passwd").unwrap();
         }
         h.set_cksum();
-        let data: &[u8] = if kind == tar::EntryType::Regular { b"hi" } else { b"" };
+        let data: &[u8] = if kind == tar::EntryType::Regular {
+            b"hi"
+        } else {
+            b""
+        };
         b.append(&h, data).unwrap();
         b.into_inner().unwrap()
     }

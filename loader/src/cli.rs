@@ -10,7 +10,11 @@ use clap::Parser;
 use crate::progress::ProgressMode;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "modelgate-loader", version, about = "Downloads, verifies and hot-updates a model")]
+#[command(
+    name = "modelgate-loader",
+    version,
+    about = "Downloads, verifies and hot-updates a model"
+)]
 pub struct Args {
     /// hf://org/name[@rev], org/name, s3://bucket/prefix, gs://…, az://…, https://…/file[.tar.gz], file:///path or a path.
     #[arg(long, env = "MODEL_ID")]
@@ -114,10 +118,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     } else {
         (t, 1.0)
     };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like \"300\", \"500ms\", \"30s\", \"5m\""))?;
+    let v: f64 = num.trim().parse().map_err(|_| {
+        format!("`{text}` is not a duration like \"300\", \"500ms\", \"30s\", \"5m\"")
+    })?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("`{text}` must be a non-negative duration"));
     }
@@ -146,7 +149,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             }
         }
     }
-    Err(format!("`{text}` is not a size like \"8MiB\", \"16MB\" or a byte count"))
+    Err(format!(
+        "`{text}` is not a size like \"8MiB\", \"16MB\" or a byte count"
+    ))
 }
 
 #[cfg(test)]

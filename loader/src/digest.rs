@@ -163,8 +163,12 @@ mod tests {
 
     #[test]
     fn manifest_parses_sha256sum_output() {
-        let m = parse_manifest(&format!("{}  a/b.bin\n{} *c\n", "ab".repeat(32), "CD".repeat(32)))
-            .unwrap();
+        let m = parse_manifest(&format!(
+            "{}  a/b.bin\n{} *c\n",
+            "ab".repeat(32),
+            "CD".repeat(32)
+        ))
+        .unwrap();
         assert_eq!(m[0], ("a/b.bin".to_string(), "ab".repeat(32)));
         assert_eq!(m[1], ("c".to_string(), "cd".repeat(32)));
         assert!(parse_manifest("nothash x").is_err());

@@ -64,9 +64,10 @@ impl Remote {
                         format!("bytes={}-{}", r.start, r.end.saturating_sub(1)),
                     );
                 }
-                let resp = req.send().await.map_err(|e| {
-                    Failure::retryable(format!("GET {what}: {}", e.without_url()))
-                })?;
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| Failure::retryable(format!("GET {what}: {}", e.without_url())))?;
                 let status = resp.status().as_u16();
                 let ra = resp
                     .headers()
@@ -103,7 +104,9 @@ impl Remote {
                     .bytes_stream()
                     .map_err(move |e| {
                         if e.is_timeout() {
-                            Failure::retryable(format!("GET {w}: no data within the read timeout (stalled)"))
+                            Failure::retryable(format!(
+                                "GET {w}: no data within the read timeout (stalled)"
+                            ))
                         } else {
                             Failure::retryable(format!("GET {w}: {}", e.without_url()))
                         }
@@ -113,7 +116,10 @@ impl Remote {
             Remote::Object { store, path } => {
                 let what = format!("GET {path}");
                 let opts = GetOptions::new().with_range(range.clone().map(GetRange::Bounded));
-                let res = store.get_opts(path, opts).await.map_err(|e| map_store(e, &what))?;
+                let res = store
+                    .get_opts(path, opts)
+                    .await
+                    .map_err(|e| map_store(e, &what))?;
                 Ok(res
                     .into_stream()
                     .map_err(move |e| map_store(e, &what))
@@ -128,7 +134,9 @@ impl Remote {
                     (start, end, Some(f)),
                     move |(pos, end, file)| async move {
                         let file = file?;
-                        let want = end.map_or(WRITE_BATCH as u64, |e| e.saturating_sub(pos).min(WRITE_BATCH as u64));
+                        let want = end.map_or(WRITE_BATCH as u64, |e| {
+                            e.saturating_sub(pos).min(WRITE_BATCH as u64)
+                        });
                         if want == 0 {
                             return None;
                         }
@@ -145,8 +153,12 @@ impl Remote {
                                 let n = buf.len() as u64;
                                 Some((Ok(Bytes::from(buf)), (pos + n, end, Some(file))))
                             }
-                            Ok(Err(e)) => Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None))),
-                            Err(e) => Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None))),
+                            Ok(Err(e)) => {
+                                Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None)))
+                            }
+                            Err(e) => {
+                                Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None)))
+                            }
                         }
                     },
                 );
@@ -234,7 +246,11 @@ async fn fetch_sequential(
         let file = std::fs::File::create(part).map_err(|e| io_fail(part, e))?;
         let mut hasher = Hasher::new(expected);
         let res = async {
-            let _permit = ctx.connections.acquire().await.map_err(|_| Failure::Fatal("shutdown".into()))?;
+            let _permit = ctx
+                .connections
+                .acquire()
+                .await
+                .map_err(|_| Failure::Fatal("shutdown".into()))?;
             let mut stream = tokio::time::timeout(ctx.read_timeout, remote.open(ctx, None, None))
                 .await
                 .map_err(|_| stall(name, ctx.read_timeout))??;
@@ -246,7 +262,8 @@ async fn fetch_sequential(
                 let Some(piece) = next else { break };
                 let piece = piece?;
                 hasher.update(&piece);
-                file.write_all_at(&piece, pos).map_err(|e| io_fail(part, e))?;
+                file.write_all_at(&piece, pos)
+                    .map_err(|e| io_fail(part, e))?;
                 pos += piece.len() as u64;
                 ctx.progress.add(piece.len() as u64);
                 METRICS.bytes_downloaded.add(piece.len() as u64);
@@ -273,7 +290,10 @@ fn io_fail(p: &Path, e: std::io::Error) -> Failure {
 }
 
 fn stall(name: &str, t: Duration) -> Failure {
-    Failure::retryable(format!("{name}: no data for {:.1}s (stalled)", t.as_secs_f64()))
+    Failure::retryable(format!(
+        "{name}: no data for {:.1}s (stalled)",
+        t.as_secs_f64()
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -296,7 +316,12 @@ async fn fetch_ranged(
         format!("{}|{expected:?}", remote.identity())
     };
     let spath = state_path(part);
-    let fresh = ChunkState { identity: identity.clone(), size, chunk_size, done: vec![false; n_chunks] };
+    let fresh = ChunkState {
+        identity: identity.clone(),
+        size,
+        chunk_size,
+        done: vec![false; n_chunks],
+    };
     let part_len = std::fs::metadata(part).map(|m| m.len()).ok();
     let state = match load_state(&spath) {
         Some(s)
@@ -360,7 +385,10 @@ async fn fetch_ranged(
     let (hashed_tx, hashed_rx) = watch::channel(0usize);
 
     let mut workers = JoinSet::new();
-    let n_workers = ctx.parallel_ranges.max(1).min(queue.lock().map(|q| q.len()).unwrap_or(1));
+    let n_workers = ctx
+        .parallel_ranges
+        .max(1)
+        .min(queue.lock().map(|q| q.len()).unwrap_or(1));
     for _ in 0..n_workers {
         let ctx = ctx.clone();
         let remote = remote.clone();
@@ -382,7 +410,10 @@ async fn fetch_ranged(
                     .map_err(|_| Failure::Fatal("hasher stopped".into()))?;
                 let range = chunk_range(idx, chunk_size, size);
                 let data = fetch_chunk(&ctx, &remote, &file, &part, range, size, &name).await?;
-                let tx = senders.lock().ok().and_then(|mut s| s.get_mut(idx).and_then(Option::take));
+                let tx = senders
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.get_mut(idx).and_then(Option::take));
                 if let Some(tx) = tx {
                     let _ = tx.send(data);
                 }
@@ -404,15 +435,19 @@ async fn fetch_ranged(
             let range = chunk_range(i, chunk_size, size);
             hasher = match rx {
                 Some(rx) => {
-                    let data = rx.await.map_err(|_| Failure::Fatal("download worker stopped".into()))?;
+                    let data = rx
+                        .await
+                        .map_err(|_| Failure::Fatal("download worker stopped".into()))?;
                     spawn_hash(hasher, data).await?
                 }
                 None => {
                     let f = file.clone();
                     let p = part.to_path_buf();
                     tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; usize::try_from(range.end - range.start).unwrap_or(0)];
-                        f.read_exact_at(&mut buf, range.start).map_err(|e| io_fail(&p, e))?;
+                        let mut buf =
+                            vec![0u8; usize::try_from(range.end - range.start).unwrap_or(0)];
+                        f.read_exact_at(&mut buf, range.start)
+                            .map_err(|e| io_fail(&p, e))?;
                         hasher.update(&buf);
                         Ok::<_, Failure>(hasher)
                     })
@@ -501,9 +536,10 @@ async fn fetch_chunk(
                 .await
                 .map_err(|_| Failure::Fatal("shutdown".into()))?;
             let sub = range.start + got..range.end;
-            let mut stream = tokio::time::timeout(ctx.read_timeout, remote.open(ctx, Some(sub), Some(size)))
-                .await
-                .map_err(|_| stall(name, ctx.read_timeout))??;
+            let mut stream =
+                tokio::time::timeout(ctx.read_timeout, remote.open(ctx, Some(sub), Some(size)))
+                    .await
+                    .map_err(|_| stall(name, ctx.read_timeout))??;
             let mut pending: Vec<Bytes> = Vec::new();
             let mut pending_len = 0usize;
             let mut write_pos = range.start + got;
@@ -562,7 +598,12 @@ async fn fetch_chunk(
     Ok(data)
 }
 
-async fn write_batch(file: &Arc<std::fs::File>, part: &Path, pos: u64, batch: Vec<Bytes>) -> Result<(), Failure> {
+async fn write_batch(
+    file: &Arc<std::fs::File>,
+    part: &Path,
+    pos: u64,
+    batch: Vec<Bytes>,
+) -> Result<(), Failure> {
     if batch.is_empty() {
         return Ok(());
     }

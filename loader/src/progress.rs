@@ -37,7 +37,12 @@ pub struct Progress {
 impl Progress {
     /// Counts silently (no bar, no log); used before a run starts.
     pub fn quiet() -> Arc<Self> {
-        Arc::new(Self { total: AtomicU64::new(0), done: AtomicU64::new(0), started: Instant::now(), bar: None })
+        Arc::new(Self {
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            started: Instant::now(),
+            bar: None,
+        })
     }
 
     pub fn start(mode: ProgressMode, total: u64, label: &str, log_every: Duration) -> Arc<Self> {

@@ -54,9 +54,10 @@ impl RetryPolicy {
     /// random point in its upper half so many clients do not retry in lockstep. A server's
     /// `Retry-After` wins when longer (capped at 5 minutes so a bad header cannot park us).
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX));
+        let exp = self.base.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
         let capped = exp.min(self.max_delay);
         let half = capped / 2;
         let jitter = half.mul_f64(fastrand::f64());
@@ -123,11 +124,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// Classifies an HTTP status; `None` when it is a success.
-pub fn classify_status(
-    status: u16,
-    retry_after: Option<&str>,
-    what: &str,
-) -> Option<Failure> {
+pub fn classify_status(status: u16, retry_after: Option<&str>, what: &str) -> Option<Failure> {
     match status {
         200..=299 => None,
         429 | 500..=599 | 408 => Some(Failure::Retryable {
@@ -168,7 +165,10 @@ mod tests {
             base: Duration::from_millis(10),
             max_delay: Duration::from_millis(20),
         };
-        assert_eq!(p.delay(1, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT").is_some());
     }
@@ -176,11 +176,20 @@ mod tests {
     #[test]
     fn statuses_classified() {
         assert!(classify_status(200, None, "x").is_none());
-        assert!(matches!(classify_status(503, None, "x"), Some(Failure::Retryable { .. })));
+        assert!(matches!(
+            classify_status(503, None, "x"),
+            Some(Failure::Retryable { .. })
+        ));
         assert!(matches!(
             classify_status(429, Some("1"), "x"),
-            Some(Failure::Retryable { retry_after: Some(_), .. })
+            Some(Failure::Retryable {
+                retry_after: Some(_),
+                ..
+            })
         ));
-        assert!(matches!(classify_status(404, None, "x"), Some(Failure::Fatal(_))));
+        assert!(matches!(
+            classify_status(404, None, "x"),
+            Some(Failure::Fatal(_))
+        ));
     }
 }

@@ -63,8 +63,14 @@ impl Loader {
         };
         let manifest = match &args.manifest {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("manifest: {}: {e}", p.display()))?;
-                Some(parse_manifest(&text).map_err(|e| format!("manifest: {e}"))?.into_iter().collect())
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("manifest: {}: {e}", p.display()))?;
+                Some(
+                    parse_manifest(&text)
+                        .map_err(|e| format!("manifest: {e}"))?
+                        .into_iter()
+                        .collect(),
+                )
             }
             None => None,
         };
@@ -97,22 +103,39 @@ impl Loader {
         let versions = match &args.versions_dir {
             Some(v) => std::path::absolute(v).map_err(|e| format!("versions-dir: {e}"))?,
             None => {
-                let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                dest.parent().unwrap_or(Path::new("/")).join(format!(".{name}.versions"))
+                let name = dest
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                dest.parent()
+                    .unwrap_or(Path::new("/"))
+                    .join(format!(".{name}.versions"))
             }
         };
         if versions.starts_with(&dest) {
             return Err("versions-dir: must not be inside dest".into());
         }
-        let ready_file = args.ready_file.clone().unwrap_or_else(|| dest.join(".ready"));
-        let metadata_file = args.metadata_file.clone().unwrap_or_else(|| dest.join("metadata.json"));
+        let ready_file = args
+            .ready_file
+            .clone()
+            .unwrap_or_else(|| dest.join(".ready"));
+        let metadata_file = args
+            .metadata_file
+            .clone()
+            .unwrap_or_else(|| dest.join("metadata.json"));
         if args.parallel_files == 0 || args.parallel_ranges == 0 || args.connections == 0 {
-            return Err("parallel-files, parallel-ranges and connections must be at least 1".into());
+            return Err(
+                "parallel-files, parallel-ranges and connections must be at least 1".into(),
+            );
         }
         if args.chunk_size < 64 * 1024 {
             return Err("chunk-size: at least 64KiB".into());
         }
-        let retry = RetryPolicy { max_retries: args.retries, base: args.retry_base, max_delay: args.retry_max };
+        let retry = RetryPolicy {
+            max_retries: args.retries,
+            base: args.retry_base,
+            max_delay: args.retry_max,
+        };
         Ok(Self {
             layout: Layout { dest, versions },
             source,
@@ -141,7 +164,11 @@ impl Loader {
             listing.files.len(),
             mib(listing.files.iter().filter_map(|f| f.expected.size).sum())
         );
-        let lock = self.layout.lock().await.map_err(|e| Failure::Fatal(format!("lock: {e}")))?;
+        let lock = self
+            .layout
+            .lock()
+            .await
+            .map_err(|e| Failure::Fatal(format!("lock: {e}")))?;
         // Re-read under the lock: another loader on this volume may have done the work.
         let current = self.layout.current();
         let vdir = self.layout.version_dir(&rev);
@@ -163,13 +190,19 @@ impl Loader {
             self.status.set_phase(Phase::Updating);
         }
         if let Err(e) = self.layout.switch(&rev) {
-            self.status.set_phase(if previous.is_some() { Phase::Ready } else { Phase::Loading });
+            self.status.set_phase(if previous.is_some() {
+                Phase::Ready
+            } else {
+                Phase::Loading
+            });
             return Err(Failure::Fatal(format!("switch: {e}")));
         }
         self.write_side_files(&vdir, &manifest, false)
             .map_err(|e| Failure::Fatal(format!("metadata: {e}")))?;
         self.status.set(Phase::Ready, Some(rev.clone()));
-        METRICS.last_duration_ms.set(started.elapsed().as_millis() as u64);
+        METRICS
+            .last_duration_ms
+            .set(started.elapsed().as_millis() as u64);
         METRICS.last_success_unix_ms.set(now_ms());
         match &previous {
             Some(p) => {
@@ -188,7 +221,12 @@ impl Loader {
 
     /// Writes the `.ready` sentinel and `metadata.json`: those under the served path go into
     /// the revision directory before the switch (`before_switch`), the others after it.
-    fn write_side_files(&self, vdir: &Path, m: &Manifest, before_switch: bool) -> std::io::Result<()> {
+    fn write_side_files(
+        &self,
+        vdir: &Path,
+        m: &Manifest,
+        before_switch: bool,
+    ) -> std::io::Result<()> {
         let bytes: u64 = m.files.iter().map(|f| f.size).sum();
         let meta = serde_json::json!({
             "model_id": self.args.source,
@@ -204,12 +242,18 @@ impl Loader {
         });
         let meta = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         let ready = format!("{}\n", m.revision);
-        for (path, data) in [(&self.metadata_file, meta.as_slice()), (&self.ready_file, ready.as_bytes())] {
+        for (path, data) in [
+            (&self.metadata_file, meta.as_slice()),
+            (&self.ready_file, ready.as_bytes()),
+        ] {
             match path.strip_prefix(&self.layout.dest) {
                 Ok(rel) if before_switch => {
                     let rel_s = rel.to_string_lossy();
                     if m.files.iter().any(|f| f.path == rel_s) {
-                        warn!("{} is a model file; not overwriting it with loader metadata", path.display());
+                        warn!(
+                            "{} is a model file; not overwriting it with loader metadata",
+                            path.display()
+                        );
                         continue;
                     }
                     write_atomic(&vdir.join(rel), data)?;
@@ -229,19 +273,28 @@ impl Loader {
         }
     }
 
-    async fn download(&self, listing: &Listing, current: Option<&Manifest>) -> Result<Manifest, Failure> {
+    async fn download(
+        &self,
+        listing: &Listing,
+        current: Option<&Manifest>,
+    ) -> Result<Manifest, Failure> {
         let started = Instant::now();
         let rev = &listing.revision;
         let partial = self.layout.partial_dir(rev);
         let parts = partial.join(PARTS_DIR);
         let io = |p: &Path, e: std::io::Error| Failure::Fatal(format!("{}: {e}", p.display()));
         // Frees space held by old partial downloads before checking what is free.
-        self.layout
-            .prune(self.args.keep.max(1), current.map_or("", |m| m.revision.as_str()), Some(rev));
+        self.layout.prune(
+            self.args.keep.max(1),
+            current.map_or("", |m| m.revision.as_str()),
+            Some(rev),
+        );
         std::fs::create_dir_all(&parts).map_err(|e| io(&parts, e))?;
 
-        let done: HashMap<String, ManifestEntry> =
-            read_done(&partial).into_iter().map(|e| (e.path.clone(), e)).collect();
+        let done: HashMap<String, ManifestEntry> = read_done(&partial)
+            .into_iter()
+            .map(|e| (e.path.clone(), e))
+            .collect();
         let serving_dir = current.map(|m| self.layout.version_dir(&m.revision));
         let serving: HashMap<&str, &ManifestEntry> = current
             .map(|m| m.files.iter().map(|e| (e.path.as_str(), e)).collect())
@@ -264,7 +317,10 @@ impl Loader {
                     if reusable(s, f) {
                         let from = f.path.under(dir);
                         if link_or_copy(&from, &target).is_ok() {
-                            let e = ManifestEntry { id: f.id.clone().or(s.id.clone()), ..(*s).clone() };
+                            let e = ManifestEntry {
+                                id: f.id.clone().or(s.id.clone()),
+                                ..(*s).clone()
+                            };
                             let _ = append_done(&partial, &e);
                             entries.push(e);
                             reused_files += 1;
@@ -279,7 +335,10 @@ impl Loader {
         METRICS.files_reused.add(reused_files);
         METRICS.bytes_reused.add(reused_bytes);
         if reused_files > 0 {
-            info!("reusing {reused_files} unchanged file(s), {:.1} MiB, from the serving revision", mib(reused_bytes));
+            info!(
+                "reusing {reused_files} unchanged file(s), {:.1} MiB, from the serving revision",
+                mib(reused_bytes)
+            );
         }
 
         // Free space: what is left to fetch, less what partial files already hold.
@@ -302,7 +361,12 @@ impl Loader {
         let progress = if to_fetch.is_empty() {
             Progress::quiet()
         } else {
-            Progress::start(self.args.progress, total, &format!("download {rev}"), self.args.progress_interval)
+            Progress::start(
+                self.args.progress,
+                total,
+                &format!("download {rev}"),
+                self.args.progress_interval,
+            )
         };
         let ctx = Arc::new(FetchCtx {
             client: self.source.client.clone(),
@@ -326,9 +390,13 @@ impl Loader {
             let done_log = done_log.clone();
             let is_archive = listing.archive.is_some();
             set.spawn(async move {
-                let _slot = slots.acquire().await.map_err(|_| Failure::Fatal("shutdown".into()))?;
+                let _slot = slots
+                    .acquire()
+                    .await
+                    .map_err(|_| Failure::Fatal("shutdown".into()))?;
                 if let Some(p) = part.parent() {
-                    std::fs::create_dir_all(p).map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
+                    std::fs::create_dir_all(p)
+                        .map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
                 }
                 let name = f.path.to_string();
                 let c = fetch_file(&ctx, &f.remote, &f.expected, &part, &name).await?;
@@ -338,10 +406,17 @@ impl Loader {
                 }
                 let target = f.path.under(&partial);
                 if let Some(p) = target.parent() {
-                    std::fs::create_dir_all(p).map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
+                    std::fs::create_dir_all(p)
+                        .map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
                 }
-                std::fs::rename(&part, &target).map_err(|e| Failure::Fatal(format!("{}: {e}", target.display())))?;
-                let e = ManifestEntry { path: name, size: c.len, sha256: c.sha256, id: f.id.clone() };
+                std::fs::rename(&part, &target)
+                    .map_err(|e| Failure::Fatal(format!("{}: {e}", target.display())))?;
+                let e = ManifestEntry {
+                    path: name,
+                    size: c.len,
+                    sha256: c.sha256,
+                    id: f.id.clone(),
+                };
                 let _g = done_log.lock();
                 append_done(&partial, &e).map_err(|e| Failure::Fatal(format!("done log: {e}")))?;
                 Ok::<_, Failure>(Some(e))
@@ -379,7 +454,11 @@ impl Loader {
                     for e in rd.flatten() {
                         if e.file_name() != PARTS_DIR {
                             let p = e.path();
-                            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                            let _ = if p.is_dir() {
+                                std::fs::remove_dir_all(&p)
+                            } else {
+                                std::fs::remove_file(&p)
+                            };
                         }
                     }
                 }
@@ -509,7 +588,10 @@ pub async fn run(args: Args) -> i32 {
         error!("{}: {e}", loader.layout.versions.display());
         return 2;
     }
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             error!("cannot install signal handlers");

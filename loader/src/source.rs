@@ -24,9 +24,17 @@ pub enum ArchiveKind {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceSpec {
-    Hf { repo: String, revision: String },
-    Store { url: String },
-    Http { url: String, archive: Option<ArchiveKind> },
+    Hf {
+        repo: String,
+        revision: String,
+    },
+    Store {
+        url: String,
+    },
+    Http {
+        url: String,
+        archive: Option<ArchiveKind>,
+    },
     Local(PathBuf),
 }
 
@@ -43,7 +51,9 @@ impl SourceSpec {
         }
         for scheme in ["s3://", "gs://", "az://", "abfs://", "abfss://"] {
             if raw.starts_with(scheme) {
-                return Ok(Self::Store { url: raw.to_string() });
+                return Ok(Self::Store {
+                    url: raw.to_string(),
+                });
             }
         }
         if raw.starts_with("http://") || raw.starts_with("https://") {
@@ -55,13 +65,18 @@ impl SourceSpec {
             } else {
                 None
             };
-            return Ok(Self::Http { url: raw.to_string(), archive });
+            return Ok(Self::Http {
+                url: raw.to_string(),
+                archive,
+            });
         }
         if let Some(p) = raw.strip_prefix("file://") {
             return Ok(Self::Local(PathBuf::from(p)));
         }
         if raw.contains("://") {
-            return Err(format!("source: unknown scheme in {raw:?} (hf, s3, gs, az, http, https, file)"));
+            return Err(format!(
+                "source: unknown scheme in {raw:?} (hf, s3, gs, az, http, https, file)"
+            ));
         }
         let looks_local = raw.starts_with('/') || raw.starts_with('.') || Path::new(raw).exists();
         if !looks_local && raw.split('@').next().unwrap_or("").matches('/').count() == 1 {
@@ -80,7 +95,8 @@ impl SourceSpec {
             !s.is_empty()
                 && s != "."
                 && s != ".."
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         };
         if !(parts.len() == 2 || parts.len() == 3 && parts.first() == Some(&"datasets"))
             || !parts.iter().all(|p| valid(p))
@@ -91,7 +107,10 @@ impl SourceSpec {
         if revision.is_empty() {
             return Err("revision: empty".into());
         }
-        Ok(Self::Hf { repo: repo.to_string(), revision })
+        Ok(Self::Hf {
+            repo: repo.to_string(),
+            revision,
+        })
     }
 
     /// The source as it may appear in logs and metadata (no credentials, no query).
@@ -107,8 +126,14 @@ impl SourceSpec {
 /// Where the bytes of one file are fetched from.
 #[derive(Clone)]
 pub enum Remote {
-    Http { url: String, bearer: Option<Arc<str>> },
-    Object { store: Arc<dyn ObjectStore>, path: ObjPath },
+    Http {
+        url: String,
+        bearer: Option<Arc<str>>,
+    },
+    Object {
+        store: Arc<dyn ObjectStore>,
+        path: ObjPath,
+    },
     Local(PathBuf),
 }
 
@@ -158,7 +183,10 @@ impl Filters {
             }
             b.build().map(Some).map_err(|e| format!("{field}: {e}"))
         };
-        Ok(Self { include: build(include, "include")?, exclude: build(exclude, "exclude")? })
+        Ok(Self {
+            include: build(include, "include")?,
+            exclude: build(exclude, "exclude")?,
+        })
     }
 
     pub fn accepts(&self, path: &str) -> bool {
@@ -219,7 +247,8 @@ fn map_reqwest(e: reqwest::Error, what: &str) -> Failure {
 pub fn map_store(e: object_store::Error, what: &str) -> Failure {
     match e {
         object_store::Error::NotFound { .. } => Failure::Fatal(format!("{what}: not found")),
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
             Failure::Fatal(format!("{what}: access denied (check credentials)"))
         }
         other => Failure::retryable(format!("{what}: {other}")),
@@ -240,7 +269,10 @@ pub fn build_store(
     // retries cover slow bodies.
     let connect = format!("{}ms", connect_timeout.as_millis().max(1));
     let total = "24h";
-    let retry = RetryConfig { max_retries: 0, ..Default::default() };
+    let retry = RetryConfig {
+        max_retries: 0,
+        ..Default::default()
+    };
     let err = |e: object_store::Error| format!("source: {e}");
     let store: Arc<dyn ObjectStore> = match parsed.scheme() {
         "s3" => {
@@ -288,11 +320,15 @@ impl Source {
         let mut listing = match &self.spec {
             SourceSpec::Hf { repo, revision } => self.list_hf(repo, revision, retry).await?,
             SourceSpec::Store { url } => self.list_store(url, retry).await?,
-            SourceSpec::Http { url, archive } => self.list_http(url, archive.clone(), retry).await?,
+            SourceSpec::Http { url, archive } => {
+                self.list_http(url, archive.clone(), retry).await?
+            }
             SourceSpec::Local(p) => list_local(p).await?,
         };
         if listing.archive.is_none() {
-            listing.files.retain(|f| self.filters.accepts(f.path.as_str()));
+            listing
+                .files
+                .retain(|f| self.filters.accepts(f.path.as_str()));
             if listing.files.is_empty() {
                 return Err(Failure::Fatal(format!(
                     "{}: no files (after include/exclude filters)",
@@ -312,7 +348,11 @@ impl Source {
         }
         if let Some(manifest) = &self.manifest {
             for f in &mut listing.files {
-                let key = if listing.archive.is_some() { None } else { manifest.get(f.path.as_str()) };
+                let key = if listing.archive.is_some() {
+                    None
+                } else {
+                    manifest.get(f.path.as_str())
+                };
                 match key {
                     Some(h) => f.expected.sha256 = Some(h.clone()),
                     None if listing.archive.is_none() => {
@@ -328,7 +368,12 @@ impl Source {
         Ok(listing)
     }
 
-    async fn list_hf(&self, repo: &str, revision: &str, retry: &RetryPolicy) -> Result<Listing, Failure> {
+    async fn list_hf(
+        &self,
+        repo: &str,
+        revision: &str,
+        retry: &RetryPolicy,
+    ) -> Result<Listing, Failure> {
         let mut url = reqwest::Url::parse(&self.hf_endpoint)
             .map_err(|e| Failure::Fatal(format!("HF_ENDPOINT: {e}")))?;
         let (kind, repo_path) = match repo.strip_prefix("datasets/") {
@@ -380,11 +425,20 @@ impl Source {
             .ok_or_else(|| Failure::Fatal(format!("{what}: no commit sha in the answer")))?;
         let mut files = Vec::with_capacity(info.siblings.len());
         let base = self.hf_endpoint.trim_end_matches('/');
-        let repo_url = if kind == "datasets" { format!("datasets/{repo_path}") } else { repo_path.to_string() };
+        let repo_url = if kind == "datasets" {
+            format!("datasets/{repo_path}")
+        } else {
+            repo_path.to_string()
+        };
         for s in info.siblings {
-            let path = RelPath::parse(&s.rfilename).map_err(|e| Failure::Fatal(format!("{what}: {e}")))?;
+            let path =
+                RelPath::parse(&s.rfilename).map_err(|e| Failure::Fatal(format!("{what}: {e}")))?;
             let (sha256, size, blob) = match s.lfs {
-                Some(lfs) => (Some(lfs.sha256.to_ascii_lowercase()), lfs.size.or(s.size), None),
+                Some(lfs) => (
+                    Some(lfs.sha256.to_ascii_lowercase()),
+                    lfs.size.or(s.size),
+                    None,
+                ),
                 None => (None, s.size, s.blob_id),
             };
             let id = sha256.clone().or_else(|| blob.clone());
@@ -393,12 +447,24 @@ impl Source {
             let url = format!("{base}/{repo_url}/resolve/{commit}/{}", encoded.join("/"));
             files.push(RemoteFile {
                 path,
-                expected: Expected { size, sha256, git_blob_sha1: blob, md5: None },
+                expected: Expected {
+                    size,
+                    sha256,
+                    git_blob_sha1: blob,
+                    md5: None,
+                },
                 id,
-                remote: Remote::Http { url, bearer: self.token.clone() },
+                remote: Remote::Http {
+                    url,
+                    bearer: self.token.clone(),
+                },
             });
         }
-        Ok(Listing { revision: commit, files, archive: None })
+        Ok(Listing {
+            revision: commit,
+            files,
+            archive: None,
+        })
     }
 
     async fn list_store(&self, url: &str, retry: &RetryPolicy) -> Result<Listing, Failure> {
@@ -410,7 +476,11 @@ impl Source {
         let prefix = self.store_prefix.clone();
         let metas = retry
             .run(&what, || async {
-                let p = if prefix.as_ref().is_empty() { None } else { Some(&prefix) };
+                let p = if prefix.as_ref().is_empty() {
+                    None
+                } else {
+                    Some(&prefix)
+                };
                 store
                     .list(p)
                     .try_collect::<Vec<_>>()
@@ -445,21 +515,40 @@ impl Source {
                     .unwrap_or(loc)
             };
             let path = RelPath::parse(rel).map_err(|e| Failure::Fatal(format!("{what}: {e}")))?;
-            let etag = m.e_tag.as_deref().map(|e| e.trim_matches('"').to_ascii_lowercase());
+            let etag = m
+                .e_tag
+                .as_deref()
+                .map(|e| e.trim_matches('"').to_ascii_lowercase());
             let md5 = etag
                 .clone()
                 .filter(|e| is_s3 && e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()));
-            fingerprint.push_str(&format!("{rel}\t{}\t{}\n", m.size, etag.as_deref().unwrap_or("")));
+            fingerprint.push_str(&format!(
+                "{rel}\t{}\t{}\n",
+                m.size,
+                etag.as_deref().unwrap_or("")
+            ));
             files.push(RemoteFile {
                 path,
-                expected: Expected { size: Some(m.size), sha256: None, git_blob_sha1: None, md5 },
+                expected: Expected {
+                    size: Some(m.size),
+                    sha256: None,
+                    git_blob_sha1: None,
+                    md5,
+                },
                 id: etag,
-                remote: Remote::Object { store: store.clone(), path: m.location },
+                remote: Remote::Object {
+                    store: store.clone(),
+                    path: m.location,
+                },
             });
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let revision = short_rev(&fingerprint);
-        Ok(Listing { revision, files, archive: None })
+        Ok(Listing {
+            revision,
+            files,
+            archive: None,
+        })
     }
 
     async fn list_http(
@@ -471,7 +560,12 @@ impl Source {
         let what = format!("HEAD {}", crate::log::redact_url(url));
         let (size, etag, modified) = retry
             .run(&what, || async {
-                let resp = self.client.head(url).send().await.map_err(|e| map_reqwest(e, &what))?;
+                let resp = self
+                    .client
+                    .head(url)
+                    .send()
+                    .await
+                    .map_err(|e| map_reqwest(e, &what))?;
                 let ra = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -484,16 +578,28 @@ impl Source {
                 if let Some(f) = classify_status(status, ra.as_deref(), &what) {
                     return Err(f);
                 }
-                let h = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let h = |n: &str| {
+                    resp.headers()
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
                 let size = h("content-length").and_then(|v| v.parse::<u64>().ok());
                 Ok((size, h("etag"), h("last-modified")))
             })
             .await?;
         let path_part = reqwest::Url::parse(url)
             .ok()
-            .and_then(|u| u.path_segments().and_then(|mut s| s.next_back().map(str::to_string)))
+            .and_then(|u| {
+                u.path_segments()
+                    .and_then(|mut s| s.next_back().map(str::to_string))
+            })
             .unwrap_or_default();
-        let name = if path_part.is_empty() { "download".to_string() } else { path_part };
+        let name = if path_part.is_empty() {
+            "download".to_string()
+        } else {
+            path_part
+        };
         let path = RelPath::parse(&name).map_err(|e| Failure::Fatal(format!("{what}: {e}")))?;
         let revision = match &self.sha256 {
             Some(s) => s.chars().take(16).collect(),
@@ -507,9 +613,15 @@ impl Source {
             revision,
             files: vec![RemoteFile {
                 path,
-                expected: Expected { size, ..Default::default() },
+                expected: Expected {
+                    size,
+                    ..Default::default()
+                },
                 id,
-                remote: Remote::Http { url: url.to_string(), bearer: None },
+                remote: Remote::Http {
+                    url: url.to_string(),
+                    bearer: None,
+                },
             }],
             archive,
         })
@@ -528,7 +640,11 @@ fn list_local_blocking(root: &Path) -> Result<Listing, Failure> {
     let meta = std::fs::metadata(root).map_err(|e| io(e, root))?;
     let mut found: Vec<(String, PathBuf, std::fs::Metadata)> = Vec::new();
     if meta.is_file() {
-        let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+        let name = root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("model")
+            .to_string();
         found.push((name, root.to_path_buf(), meta));
     } else {
         let mut stack = vec![(root.to_path_buf(), String::new())];
@@ -536,7 +652,11 @@ fn list_local_blocking(root: &Path) -> Result<Listing, Failure> {
             for entry in std::fs::read_dir(&dir).map_err(|e| io(e, &dir))? {
                 let entry = entry.map_err(|e| io(e, &dir))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let child_rel = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
                 let ft = entry.file_type().map_err(|e| io(e, &entry.path()))?;
                 if ft.is_dir() {
                     stack.push((entry.path(), child_rel));
@@ -563,16 +683,26 @@ fn list_local_blocking(root: &Path) -> Result<Listing, Failure> {
         let path = RelPath::parse(&rel).map_err(Failure::Fatal)?;
         files.push(RemoteFile {
             path,
-            expected: Expected { size: Some(m.len()), ..Default::default() },
+            expected: Expected {
+                size: Some(m.len()),
+                ..Default::default()
+            },
             id: None,
             remote: Remote::Local(full),
         });
     }
-    Ok(Listing { revision: short_rev(&fingerprint), files, archive: None })
+    Ok(Listing {
+        revision: short_rev(&fingerprint),
+        files,
+        archive: None,
+    })
 }
 
 fn short_rev(fingerprint: &str) -> String {
-    sha256_hex(fingerprint.as_bytes()).chars().take(16).collect()
+    sha256_hex(fingerprint.as_bytes())
+        .chars()
+        .take(16)
+        .collect()
 }
 
 fn encode_segment(s: &str) -> String {
@@ -595,26 +725,48 @@ mod tests {
     fn parses_sources() {
         assert_eq!(
             SourceSpec::parse("hf://org/name@v1", None).unwrap(),
-            SourceSpec::Hf { repo: "org/name".into(), revision: "v1".into() }
+            SourceSpec::Hf {
+                repo: "org/name".into(),
+                revision: "v1".into()
+            }
         );
         assert_eq!(
             SourceSpec::parse("org/name", Some("abc")).unwrap(),
-            SourceSpec::Hf { repo: "org/name".into(), revision: "abc".into() }
+            SourceSpec::Hf {
+                repo: "org/name".into(),
+                revision: "abc".into()
+            }
         );
-        assert!(matches!(SourceSpec::parse("/data/m", None).unwrap(), SourceSpec::Local(_)));
-        assert!(matches!(SourceSpec::parse("file:///data/m", None).unwrap(), SourceSpec::Local(_)));
+        assert!(matches!(
+            SourceSpec::parse("/data/m", None).unwrap(),
+            SourceSpec::Local(_)
+        ));
+        assert!(matches!(
+            SourceSpec::parse("file:///data/m", None).unwrap(),
+            SourceSpec::Local(_)
+        ));
         assert!(matches!(
             SourceSpec::parse("https://h/x.tar.gz?sig=1", None).unwrap(),
-            SourceSpec::Http { archive: Some(ArchiveKind::TarGz), .. }
+            SourceSpec::Http {
+                archive: Some(ArchiveKind::TarGz),
+                ..
+            }
         ));
-        assert!(matches!(SourceSpec::parse("s3://b/p", None).unwrap(), SourceSpec::Store { .. }));
+        assert!(matches!(
+            SourceSpec::parse("s3://b/p", None).unwrap(),
+            SourceSpec::Store { .. }
+        ));
         assert!(SourceSpec::parse("hf://../x", None).is_err());
         assert!(SourceSpec::parse("ftp://x", None).is_err());
     }
 
     #[test]
     fn filters_apply_globs() {
-        let f = Filters::new(&["*.json".into(), "*.safetensors".into()], &["original/*".into()]).unwrap();
+        let f = Filters::new(
+            &["*.json".into(), "*.safetensors".into()],
+            &["original/*".into()],
+        )
+        .unwrap();
         assert!(f.accepts("config.json"));
         assert!(!f.accepts("model.bin"));
         assert!(!f.accepts("original/config.json"));

@@ -148,14 +148,46 @@ pub fn render_metrics(status: &Status) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
         );
     };
-    counter("modelgate_loader_bytes_downloaded_total", "Bytes received from the source.", m.bytes_downloaded.get());
-    counter("modelgate_loader_bytes_reused_total", "Bytes reused from the serving revision instead of downloaded.", m.bytes_reused.get());
-    counter("modelgate_loader_files_downloaded_total", "Files downloaded and verified.", m.files_downloaded.get());
-    counter("modelgate_loader_files_reused_total", "Files hardlinked or copied from the serving revision.", m.files_reused.get());
-    counter("modelgate_loader_retries_total", "Retried requests (connect errors, timeouts, 429, 5xx, integrity).", m.retries.get());
-    counter("modelgate_loader_integrity_failures_total", "Files whose size or hash did not match the published value.", m.integrity_failures.get());
-    counter("modelgate_loader_failures_total", "Load or update cycles that failed.", m.failures.get());
-    counter("modelgate_loader_updates_total", "Revision switches after the first load.", m.updates.get());
+    counter(
+        "modelgate_loader_bytes_downloaded_total",
+        "Bytes received from the source.",
+        m.bytes_downloaded.get(),
+    );
+    counter(
+        "modelgate_loader_bytes_reused_total",
+        "Bytes reused from the serving revision instead of downloaded.",
+        m.bytes_reused.get(),
+    );
+    counter(
+        "modelgate_loader_files_downloaded_total",
+        "Files downloaded and verified.",
+        m.files_downloaded.get(),
+    );
+    counter(
+        "modelgate_loader_files_reused_total",
+        "Files hardlinked or copied from the serving revision.",
+        m.files_reused.get(),
+    );
+    counter(
+        "modelgate_loader_retries_total",
+        "Retried requests (connect errors, timeouts, 429, 5xx, integrity).",
+        m.retries.get(),
+    );
+    counter(
+        "modelgate_loader_integrity_failures_total",
+        "Files whose size or hash did not match the published value.",
+        m.integrity_failures.get(),
+    );
+    counter(
+        "modelgate_loader_failures_total",
+        "Load or update cycles that failed.",
+        m.failures.get(),
+    );
+    counter(
+        "modelgate_loader_updates_total",
+        "Revision switches after the first load.",
+        m.updates.get(),
+    );
     let _ = write!(
         out,
         "# HELP modelgate_loader_last_load_duration_seconds Duration of the last successful load.\n# TYPE modelgate_loader_last_load_duration_seconds gauge\nmodelgate_loader_last_load_duration_seconds {:.3}\n",
@@ -175,7 +207,12 @@ pub fn render_metrics(status: &Status) -> String {
         out,
         "# HELP modelgate_loader_state Current state (1 for the active one).\n# TYPE modelgate_loader_state gauge"
     );
-    for p in [Phase::Loading, Phase::Ready, Phase::Updating, Phase::Draining] {
+    for p in [
+        Phase::Loading,
+        Phase::Ready,
+        Phase::Updating,
+        Phase::Draining,
+    ] {
         let _ = writeln!(
             out,
             "modelgate_loader_state{{state=\"{}\"}} {}",

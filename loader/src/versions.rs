@@ -41,7 +41,13 @@ pub struct Layout {
 pub fn dir_name(rev: &str) -> String {
     let s: String = rev
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(96)
         .collect();
     if s.is_empty() || s.starts_with('.') {
@@ -109,7 +115,11 @@ impl Layout {
             }
             _ => {}
         }
-        let name = self.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = self
+            .dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp)?;
@@ -123,7 +133,9 @@ impl Layout {
     pub fn prune(&self, keep: usize, serving: &str, downloading: Option<&str>) {
         let serving_dir = dir_name(serving);
         let keep_partial = downloading.map(|r| format!(".partial-{}", dir_name(r)));
-        let Ok(rd) = std::fs::read_dir(&self.versions) else { return };
+        let Ok(rd) = std::fs::read_dir(&self.versions) else {
+            return;
+        };
         let mut complete: Vec<(std::time::SystemTime, PathBuf, String)> = Vec::new();
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -142,7 +154,7 @@ impl Layout {
                 complete.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), path, name));
             }
         }
-        complete.sort_by(|a, b| b.0.cmp(&a.0));
+        complete.sort_by_key(|c| std::cmp::Reverse(c.0));
         for (_, path, name) in complete.into_iter().skip(keep.saturating_sub(1)) {
             crate::info!("removing old revision {name}");
             let _ = std::fs::remove_dir_all(&path);
@@ -165,7 +177,10 @@ impl Layout {
                 return Ok(VolumeLock { _file: file });
             }
             if !warned {
-                crate::info!("waiting for {} (another loader is working on this volume)", path.display());
+                crate::info!(
+                    "waiting for {} (another loader is working on this volume)",
+                    path.display()
+                );
                 warned = true;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -183,14 +198,20 @@ pub fn read_manifest(dir: &Path) -> Option<Manifest> {
 }
 
 pub fn write_manifest(dir: &Path, m: &Manifest) -> std::io::Result<()> {
-    write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(m).unwrap_or_default())
+    write_atomic(
+        &dir.join(MANIFEST),
+        &serde_json::to_vec_pretty(m).unwrap_or_default(),
+    )
 }
 
 /// Write to a temp file, fsync, rename: readers see the old or the new content, never half.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -246,17 +267,28 @@ mod tests {
     #[test]
     fn switch_is_a_relative_symlink_and_prune_keeps_serving() {
         let d = tempfile::tempdir().unwrap();
-        let l = Layout { dest: d.path().join("model"), versions: d.path().join(".versions") };
+        let l = Layout {
+            dest: d.path().join("model"),
+            versions: d.path().join(".versions"),
+        };
         l.prepare().unwrap();
         for (i, rev) in ["a", "b", "c"].iter().enumerate() {
             let dir = l.version_dir(rev);
             std::fs::create_dir_all(&dir).unwrap();
-            let m = Manifest { revision: rev.to_string(), source: "s".into(), completed_at: i.to_string(), files: vec![] };
+            let m = Manifest {
+                revision: rev.to_string(),
+                source: "s".into(),
+                completed_at: i.to_string(),
+                files: vec![],
+            };
             write_manifest(&dir, &m).unwrap();
             std::thread::sleep(Duration::from_millis(20));
         }
         l.switch("a").unwrap();
-        assert_eq!(std::fs::read_link(&l.dest).unwrap(), PathBuf::from(".versions/a"));
+        assert_eq!(
+            std::fs::read_link(&l.dest).unwrap(),
+            PathBuf::from(".versions/a")
+        );
         assert_eq!(l.current().unwrap().revision, "a");
         l.switch("c").unwrap();
         assert_eq!(l.current().unwrap().revision, "c");

@@ -1,4 +1,11 @@
 //! Loader against the HF-compatible test hub: correctness, integrity, faults, resume, swaps.
+// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -30,14 +37,21 @@ fn parallel_ranges_download_is_byte_exact() {
         assert_eq!(&std::fs::read(dest.join(name)).unwrap(), bytes, "{name}");
     }
     assert_eq!(read_link_rev(&dest), "c1");
-    assert_eq!(std::fs::read_to_string(dest.join(".ready")).unwrap().trim(), "c1");
+    assert_eq!(
+        std::fs::read_to_string(dest.join(".ready")).unwrap().trim(),
+        "c1"
+    );
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dest.join("metadata.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dest.join("metadata.json")).unwrap())
+            .unwrap();
     assert_eq!(meta["revision"], "c1");
     assert_eq!(meta["remote_sha"], "c1");
     let stats = hub.stats();
     assert!(stats["range_requests"].as_u64().unwrap() >= 13, "{stats}");
-    assert_eq!(stats["bytes_sent"].as_u64().unwrap(), files.iter().map(|f| f.1.len() as u64).sum::<u64>());
+    assert_eq!(
+        stats["bytes_sent"].as_u64().unwrap(),
+        files.iter().map(|f| f.1.len() as u64).sum::<u64>()
+    );
     // Second run: same revision, nothing downloaded.
     let mut c = loader(Some(&hub), "hf://org/model", &dest);
     c.arg("--once");
@@ -51,7 +65,12 @@ fn corrupted_byte_is_detected_retried_and_never_served() {
     let t = tmp();
     let repos = t.path().join("repos");
     let big = data(3 * 1024 * 1024, 3);
-    publish(&repos, REPO, "c1", &[("model.bin", big.clone()), ("config.json", b"{}".to_vec())]);
+    publish(
+        &repos,
+        REPO,
+        "c1",
+        &[("model.bin", big.clone()), ("config.json", b"{}".to_vec())],
+    );
 
     // One corrupted response: detected, file re-downloaded, then correct.
     let hub = Hub::start(&repos, &["--corrupt-count", "1"]);
@@ -71,7 +90,10 @@ fn corrupted_byte_is_detected_retried_and_never_served() {
     c.args(["--once", "--retries", "2"]);
     let (out, err) = run(c);
     assert!(!out.status.success(), "{err}");
-    assert!(std::fs::symlink_metadata(&dest).is_err(), "dest must not exist");
+    assert!(
+        std::fs::symlink_metadata(&dest).is_err(),
+        "dest must not exist"
+    );
     assert!(!dest.join(".ready").exists());
 }
 
@@ -97,16 +119,33 @@ fn http_500s_and_429s_are_retried_with_retry_after() {
     let repos = t.path().join("repos");
     let big = data(2 * 1024 * 1024, 4);
     publish(&repos, REPO, "c1", &[("model.bin", big.clone())]);
-    let hub = Hub::start(&repos, &["--fail-first", "3", "--throttle-first", "2", "--retry-after", "1"]);
+    let hub = Hub::start(
+        &repos,
+        &[
+            "--fail-first",
+            "3",
+            "--throttle-first",
+            "2",
+            "--retry-after",
+            "1",
+        ],
+    );
     let dest = t.path().join("model");
     let mut c = loader(Some(&hub), REPO, &dest);
     c.args(["--once", "--parallel-ranges", "1"]);
     let start = Instant::now();
     let (out, err) = run(c);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("HTTP 500") && err.contains("HTTP 429"), "{err}");
+    assert!(
+        err.contains("HTTP 500") && err.contains("HTTP 429"),
+        "{err}"
+    );
     // Two 429s with Retry-After: 1 s each on one sequential path.
-    assert!(start.elapsed() >= Duration::from_millis(1900), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(std::fs::read(dest.join("model.bin")).unwrap(), big);
 }
 
@@ -147,7 +186,10 @@ fn resumes_after_the_process_is_killed_mid_file() {
         });
         r.signal(9);
     }
-    assert!(std::fs::symlink_metadata(&dest).is_err(), "killed run must not serve");
+    assert!(
+        std::fs::symlink_metadata(&dest).is_err(),
+        "killed run must not serve"
+    );
     let hub = Hub::start(&repos, &[]);
     let mut c = loader(Some(&hub), REPO, &dest);
     c.args(["--once", "--chunk-size", "1MiB", "--parallel-ranges", "2"]);
@@ -156,7 +198,10 @@ fn resumes_after_the_process_is_killed_mid_file() {
     assert!(err.contains("resuming"), "{err}");
     assert_eq!(std::fs::read(dest.join("model.bin")).unwrap(), big);
     let sent = hub.stats()["bytes_sent"].as_u64().unwrap();
-    assert!(sent <= big.len() as u64 - 3 * 1024 * 1024, "resume re-sent {sent} bytes");
+    assert!(
+        sent <= big.len() as u64 - 3 * 1024 * 1024,
+        "resume re-sent {sent} bytes"
+    );
 }
 
 #[test]
@@ -166,24 +211,50 @@ fn new_revision_is_swapped_in_while_the_old_stays_readable() {
     let shared = data(4 * 1024 * 1024, 7);
     let w1 = data(3 * 1024 * 1024, 8);
     let w2 = data(3 * 1024 * 1024, 9);
-    publish(&repos, REPO, "c1", &[("shared.bin", shared.clone()), ("weights.bin", w1.clone())]);
+    publish(
+        &repos,
+        REPO,
+        "c1",
+        &[("shared.bin", shared.clone()), ("weights.bin", w1.clone())],
+    );
     // 4 MiB/s per response keeps rev 2's download visible for ~1 s.
     let hub = Hub::start(&repos, &["--rate-bps", "4194304"]);
     let dest = t.path().join("model");
     let hook_out = t.path().join("hook.txt");
     let mut c = loader(Some(&hub), REPO, &dest);
-    c.args(["--poll-interval", "200ms", "--status-addr", "127.0.0.1:0", "--chunk-size", "1MiB", "--parallel-ranges", "1"])
-        .arg("--update-hook-cmd")
-        .arg(format!("echo $MODELGATE_PREVIOUS_REVISION $MODELGATE_REVISION > {}", hook_out.display()));
+    c.args([
+        "--poll-interval",
+        "200ms",
+        "--status-addr",
+        "127.0.0.1:0",
+        "--chunk-size",
+        "1MiB",
+        "--parallel-ranges",
+        "1",
+    ])
+    .arg("--update-hook-cmd")
+    .arg(format!(
+        "echo $MODELGATE_PREVIOUS_REVISION $MODELGATE_REVISION > {}",
+        hook_out.display()
+    ));
     let r = Running::spawn(c);
     let port = r.status_port();
-    wait_until("rev c1 ready", Duration::from_secs(30), || http_get(port, "/ready").0 == 200);
+    wait_until("rev c1 ready", Duration::from_secs(30), || {
+        http_get(port, "/ready").0 == 200
+    });
     assert!(http_get(port, "/ready").1.contains("\"c1\""));
     let old_handle = std::fs::File::open(dest.join("weights.bin")).unwrap();
     let sent_before = hub.stats()["bytes_sent"].as_u64().unwrap();
 
-    publish(&repos, REPO, "c2", &[("shared.bin", shared.clone()), ("weights.bin", w2.clone())]);
-    wait_until("download of c2 to start", Duration::from_secs(10), || versions_of(&dest).join(".partial-c2").exists());
+    publish(
+        &repos,
+        REPO,
+        "c2",
+        &[("shared.bin", shared.clone()), ("weights.bin", w2.clone())],
+    );
+    wait_until("download of c2 to start", Duration::from_secs(10), || {
+        versions_of(&dest).join(".partial-c2").exists()
+    });
     // While c2 downloads beside it, c1 stays served and readable, and /ready stays 200.
     let mut checks = 0;
     while read_link_rev(&dest) == "c1" {
@@ -191,13 +262,21 @@ fn new_revision_is_swapped_in_while_the_old_stays_readable() {
         if read_link_rev(&dest) != "c1" {
             break;
         }
-        assert!(code == 200 && body.contains("\"c1\"") || body.contains("updating"), "{code} {body}");
+        assert!(
+            code == 200 && body.contains("\"c1\"") || body.contains("updating"),
+            "{code} {body}"
+        );
         assert_eq!(std::fs::read(dest.join("weights.bin")).unwrap(), w1);
         checks += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(checks >= 3, "c2 finished too quickly to observe ({checks} checks)");
-    wait_until("rev c2 ready", Duration::from_secs(30), || http_get(port, "/ready").1.contains("\"c2\""));
+    assert!(
+        checks >= 3,
+        "c2 finished too quickly to observe ({checks} checks)"
+    );
+    wait_until("rev c2 ready", Duration::from_secs(30), || {
+        http_get(port, "/ready").1.contains("\"c2\"")
+    });
     assert_eq!(std::fs::read(dest.join("weights.bin")).unwrap(), w2);
     assert_eq!(std::fs::read(dest.join("shared.bin")).unwrap(), shared);
     // The handle opened on c1 still reads c1's bytes.
@@ -210,12 +289,23 @@ fn new_revision_is_swapped_in_while_the_old_stays_readable() {
     let meta = std::fs::read_to_string(dest.join("metadata.json")).unwrap();
     assert!(meta.contains("\"revision\": \"c2\""), "{meta}");
     wait_until("hook ran", Duration::from_secs(10), || {
-        std::fs::read_to_string(&hook_out).map(|s| s.trim() == "c1 c2").unwrap_or(false)
+        std::fs::read_to_string(&hook_out)
+            .map(|s| s.trim() == "c1 c2")
+            .unwrap_or(false)
     });
     let metrics = http_get(port, "/metrics").1;
-    assert!(metrics.contains("modelgate_loader_updates_total 1"), "{metrics}");
-    assert!(metrics.contains("modelgate_loader_revision_info{revision=\"c2\"} 1"), "{metrics}");
-    assert!(metrics.contains("modelgate_loader_files_reused_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("modelgate_loader_updates_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("modelgate_loader_revision_info{revision=\"c2\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("modelgate_loader_files_reused_total 1"),
+        "{metrics}"
+    );
     // SIGTERM: drains and exits 0.
     r.signal(15);
     let mut r = r;
@@ -224,7 +314,10 @@ fn new_revision_is_swapped_in_while_the_old_stays_readable() {
         if let Some(s) = r.child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
@@ -248,14 +341,25 @@ fn two_loaders_on_one_volume_download_once() {
     assert!(a.child.wait().unwrap().success(), "{}", a.log());
     assert!(b.child.wait().unwrap().success(), "{}", b.log());
     assert_eq!(std::fs::read(dest.join("model.bin")).unwrap(), big);
-    assert_eq!(hub.stats()["bytes_sent"].as_u64().unwrap(), big.len() as u64);
+    assert_eq!(
+        hub.stats()["bytes_sent"].as_u64().unwrap(),
+        big.len() as u64
+    );
 }
 
 #[test]
 fn hf_token_is_sent_and_never_logged() {
     let t = tmp();
     let repos = t.path().join("repos");
-    publish(&repos, REPO, "c1", &[("config.json", b"{}".to_vec()), ("model.bin", data(2 << 20, 11))]);
+    publish(
+        &repos,
+        REPO,
+        "c1",
+        &[
+            ("config.json", b"{}".to_vec()),
+            ("model.bin", data(2 << 20, 11)),
+        ],
+    );
     let hub = Hub::start(&repos, &["--require-token", "hf_sekrit"]);
     let dest = t.path().join("model");
     let mut c = loader(Some(&hub), REPO, &dest);
@@ -281,7 +385,8 @@ fn http_tar_gz_archive_is_unpacked_and_checked() {
         let mut h = tar::Header::new_gnu();
         h.set_size(payload.len() as u64);
         h.set_mode(0o644);
-        b.append_data(&mut h, "weights/model.bin", payload.as_slice()).unwrap();
+        b.append_data(&mut h, "weights/model.bin", payload.as_slice())
+            .unwrap();
         b.finish().unwrap();
     }
     let archive = gz.finish().unwrap();
@@ -294,7 +399,10 @@ fn http_tar_gz_archive_is_unpacked_and_checked() {
     c.args(["--once", "--sha256", &sha]);
     let (out, err) = run(c);
     assert!(out.status.success(), "{err}");
-    assert_eq!(std::fs::read(dest.join("weights/model.bin")).unwrap(), data(100_000, 12));
+    assert_eq!(
+        std::fs::read(dest.join("weights/model.bin")).unwrap(),
+        data(100_000, 12)
+    );
     // A wrong --sha256 is never served.
     let dest2 = t.path().join("model2");
     let mut c = loader(None, &url, &dest2);
@@ -316,5 +424,8 @@ fn local_directory_source_is_copied_and_verified() {
     c.args(["--once", "--chunk-size", "1MiB"]);
     let (out, err) = run(c);
     assert!(out.status.success(), "{err}");
-    assert_eq!(std::fs::read(dest.join("a/x.bin")).unwrap(), data(3 << 20, 13));
+    assert_eq!(
+        std::fs::read(dest.join("a/x.bin")).unwrap(),
+        data(3 << 20, 13)
+    );
 }

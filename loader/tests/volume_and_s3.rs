@@ -1,4 +1,11 @@
 //! Loader against a full disk (a small tmpfs) and against a real S3 API (moto's server).
+// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -52,16 +59,31 @@ fn full_disk_is_refused_before_download_and_keeps_serving_the_old_revision() {
     let (out, err) = run(c);
     assert!(out.status.success(), "{err}");
 
-    publish(&repos, "org/model", "c2", &[("model.bin", data(3 << 20, 21)), ("more.bin", data(1 << 20, 22))]);
+    publish(
+        &repos,
+        "org/model",
+        "c2",
+        &[
+            ("model.bin", data(3 << 20, 21)),
+            ("more.bin", data(1 << 20, 22)),
+        ],
+    );
     let mut c = loader(Some(&hub), "org/model", &dest);
     c.arg("--once");
     let (out, err) = run(c);
     assert!(!out.status.success());
     assert!(err.contains("not enough free space"), "{err}");
-    assert_eq!(hub.stats()["bytes_sent"].as_u64().unwrap(), small.len() as u64, "nothing of c2 fetched");
+    assert_eq!(
+        hub.stats()["bytes_sent"].as_u64().unwrap(),
+        small.len() as u64,
+        "nothing of c2 fetched"
+    );
     assert_eq!(read_link_rev(&dest), "c1");
     assert_eq!(std::fs::read(dest.join("model.bin")).unwrap(), small);
-    assert_eq!(std::fs::read_to_string(dest.join(".ready")).unwrap().trim(), "c1");
+    assert_eq!(
+        std::fs::read_to_string(dest.join(".ready")).unwrap().trim(),
+        "c1"
+    );
 }
 
 struct Moto(Child);
@@ -74,7 +96,11 @@ impl Drop for Moto {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn raw_request(port: u16, req: &str) -> String {
@@ -90,7 +116,10 @@ fn raw_request(port: u16, req: &str) -> String {
 fn s3_source_via_moto() {
     let moto_bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/venv/bin/moto_server");
     if !moto_bin.exists() {
-        eprintln!("SKIPPED s3 test: {} missing (run scripts/setup.sh)", moto_bin.display());
+        eprintln!(
+            "SKIPPED s3 test: {} missing (run scripts/setup.sh)",
+            moto_bin.display()
+        );
         return;
     }
     let port = free_port();
@@ -102,7 +131,9 @@ fn s3_source_via_moto() {
             .spawn()
             .unwrap(),
     );
-    wait_until("moto up", Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_until("moto up", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     let created = raw_request(
         port,
         "PUT /models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -110,8 +141,10 @@ fn s3_source_via_moto() {
     assert!(created.starts_with("HTTP/1.1 200"), "{created}");
 
     let big = data(5 * 1024 * 1024 + 7, 30);
-    let files: Vec<(&str, Vec<u8>)> =
-        vec![("llama/config.json", b"{\"x\":1}".to_vec()), ("llama/w/model.bin", big.clone())];
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("llama/config.json", b"{\"x\":1}".to_vec()),
+        ("llama/w/model.bin", big.clone()),
+    ];
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -126,7 +159,10 @@ fn s3_source_via_moto() {
             .build()
             .unwrap();
         for (k, v) in &files {
-            store.put(&object_store::path::Path::from(*k), v.clone().into()).await.unwrap();
+            store
+                .put(&object_store::path::Path::from(*k), v.clone().into())
+                .await
+                .unwrap();
         }
     });
 
@@ -141,7 +177,10 @@ fn s3_source_via_moto() {
         .env("AWS_REGION", "us-east-1");
     let (out, err) = run(c);
     assert!(out.status.success(), "{err}");
-    assert_eq!(std::fs::read(dest.join("config.json")).unwrap(), b"{\"x\":1}");
+    assert_eq!(
+        std::fs::read(dest.join("config.json")).unwrap(),
+        b"{\"x\":1}"
+    );
     assert_eq!(std::fs::read(dest.join("w/model.bin")).unwrap(), big);
     let manifest = std::fs::read_to_string(dest.join(".modelgate-manifest.json")).unwrap();
     assert!(manifest.contains("w/model.bin"), "{manifest}");

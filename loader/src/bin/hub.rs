@@ -27,7 +27,10 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 #[derive(Parser, Debug)]
-#[command(name = "modelgate-hub", about = "HF Hub-compatible test and demo server")]
+#[command(
+    name = "modelgate-hub",
+    about = "HF Hub-compatible test and demo server"
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -89,11 +92,13 @@ struct FileEntry {
 }
 
 type Repo = HashMap<String, Vec<FileEntry>>; // commit -> files
+/// (path, size, mtime): a file's hashes are recomputed only when one of these changes.
+type FileKey = (PathBuf, u64, SystemTime);
 
 struct Hub {
     args: Args,
     demo: Option<(String, Repo)>,
-    hash_cache: Mutex<HashMap<(PathBuf, u64, SystemTime), (String, String)>>,
+    hash_cache: Mutex<HashMap<FileKey, (String, String)>>,
     fail_left: AtomicI64,
     throttle_left: AtomicI64,
     stall_left: AtomicI64,
@@ -109,7 +114,10 @@ fn hashes(data: &[u8]) -> (String, String) {
     let mut s1 = Sha1::new();
     s1.update(format!("blob {}\0", data.len()).as_bytes());
     s1.update(data);
-    (hex::encode(Sha256::digest(data)), hex::encode(s1.finalize()))
+    (
+        hex::encode(Sha256::digest(data)),
+        hex::encode(s1.finalize()),
+    )
 }
 
 fn demo_repo() -> (String, Repo) {
@@ -147,7 +155,8 @@ fn demo_repo() -> (String, Repo) {
         let v = (x as f32 / u32::MAX as f32 - 0.5) * 0.02;
         model.extend_from_slice(&v.to_le_bytes());
     }
-    let readme = b"# modelgate demo model\nA tiny stand-in served by modelgate-hub --demo.\n".to_vec();
+    let readme =
+        b"# modelgate demo model\nA tiny stand-in served by modelgate-hub --demo.\n".to_vec();
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("README.md", readme),
         ("config.json", config),
@@ -186,7 +195,11 @@ impl Hub {
             }
         }
         let root = self.args.repos.as_ref()?;
-        if repo.split('/').any(|p| p.is_empty() || p == ".." || p == ".") || rev.contains("..") {
+        if repo
+            .split('/')
+            .any(|p| p.is_empty() || p == ".." || p == ".")
+            || rev.contains("..")
+        {
             return None;
         }
         let base = root.join(repo);
@@ -217,7 +230,11 @@ impl Hub {
             } else if ft.is_file() {
                 let m = e.metadata()?;
                 let key = (p.clone(), m.len(), m.modified()?);
-                let cached = self.hash_cache.lock().ok().and_then(|c| c.get(&key).cloned());
+                let cached = self
+                    .hash_cache
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.get(&key).cloned());
                 let (sha256, blob_sha1) = match cached {
                     Some(h) => h,
                     None => {
@@ -228,8 +245,18 @@ impl Hub {
                         h
                     }
                 };
-                let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
-                out.push(FileEntry { path: rel, size: m.len(), sha256, blob_sha1, content: Content::Disk(p) });
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                out.push(FileEntry {
+                    path: rel,
+                    size: m.len(),
+                    sha256,
+                    blob_sha1,
+                    content: Content::Disk(p),
+                });
             }
         }
         Ok(())
@@ -266,7 +293,11 @@ impl Hub {
 
 type Shared = Arc<Hub>;
 
-async fn api_revision(State(hub): State<Shared>, UrlPath(rest): UrlPath<String>, headers: HeaderMap) -> Response {
+async fn api_revision(
+    State(hub): State<Shared>,
+    UrlPath(rest): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Some(r) = hub.gate(&headers) {
         return r;
     }
@@ -275,24 +306,44 @@ async fn api_revision(State(hub): State<Shared>, UrlPath(rest): UrlPath<String>,
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
     let Some((commit, files)) = hub.resolve(repo, rev) else {
-        return (StatusCode::NOT_FOUND, "{\"error\":\"Repository or revision not found\"}").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "{\"error\":\"Repository or revision not found\"}",
+        )
+            .into_response();
     };
     let siblings: Vec<serde_json::Value> = files
         .iter()
         .map(|f| {
-            let mut v = serde_json::json!({ "rfilename": f.path, "size": f.size, "blobId": f.blob_sha1 });
+            let mut v =
+                serde_json::json!({ "rfilename": f.path, "size": f.size, "blobId": f.blob_sha1 });
             if f.size >= hub.args.lfs_threshold {
-                v["lfs"] = serde_json::json!({ "sha256": f.sha256, "size": f.size, "pointerSize": 134 });
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert(
+                        "lfs".into(),
+                        serde_json::json!({ "sha256": f.sha256, "size": f.size, "pointerSize": 134 }),
+                    );
+                }
             }
             v
         })
         .collect();
     let mut siblings = siblings;
     if let Some(name) = &hub.args.inject_sibling {
-        siblings.push(serde_json::json!({ "rfilename": name, "size": 4, "blobId": "0".repeat(40) }));
+        siblings
+            .push(serde_json::json!({ "rfilename": name, "size": 4, "blobId": "0".repeat(40) }));
     }
     let body = serde_json::json!({ "id": repo, "sha": commit, "siblings": siblings });
-    ([(header::CONTENT_TYPE, "application/json"), (header::HeaderName::from_static("x-repo-commit"), commit.as_str())], body.to_string())
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (
+                header::HeaderName::from_static("x-repo-commit"),
+                commit.as_str(),
+            ),
+        ],
+        body.to_string(),
+    )
         .into_response()
 }
 
@@ -353,14 +404,32 @@ fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
         return Some((size.saturating_sub(n), size));
     }
     let start: u64 = a.parse().ok()?;
-    let end = if b.is_empty() { size } else { b.parse::<u64>().ok()?.saturating_add(1).min(size) };
+    let end = if b.is_empty() {
+        size
+    } else {
+        b.parse::<u64>().ok()?.saturating_add(1).min(size)
+    };
     (start < end).then_some((start, end))
 }
 
-async fn serve_content(hub: &Shared, f: FileEntry, commit: &str, method: &Method, headers: &HeaderMap, lfs: bool) -> Response {
+async fn serve_content(
+    hub: &Shared,
+    f: FileEntry,
+    commit: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    lfs: bool,
+) -> Response {
     hub.file_requests.fetch_add(1, Ordering::Relaxed);
-    let etag = if f.size >= hub.args.lfs_threshold || lfs { f.sha256.clone() } else { f.blob_sha1.clone() };
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let etag = if f.size >= hub.args.lfs_threshold || lfs {
+        f.sha256.clone()
+    } else {
+        f.blob_sha1.clone()
+    };
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let (start, end, status) = match range {
         Some(r) => match parse_range(&r, f.size) {
             Some((s, e)) => {
@@ -385,7 +454,10 @@ async fn serve_content(hub: &Shared, f: FileEntry, commit: &str, method: &Method
         .header("x-repo-commit", commit)
         .header(header::CONTENT_TYPE, "application/octet-stream");
     if status == StatusCode::PARTIAL_CONTENT {
-        b = b.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{}", end.saturating_sub(1), f.size));
+        b = b.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{}", end.saturating_sub(1), f.size),
+        );
     }
     if method == Method::HEAD {
         return b.body(Body::empty()).unwrap_or_default();
@@ -399,7 +471,15 @@ async fn serve_content(hub: &Shared, f: FileEntry, commit: &str, method: &Method
     let sent = hub.bytes_sent.clone();
     let content = f.content.clone();
     let corrupt_at = start + (end - start) / 2;
-    let stream = async_stream(content, start, end, stall_at, corrupt.then_some(corrupt_at), rate, sent);
+    let stream = async_stream(
+        content,
+        start,
+        end,
+        stall_at,
+        corrupt.then_some(corrupt_at),
+        rate,
+        sent,
+    );
     b.body(Body::from_stream(stream)).unwrap_or_default()
 }
 
@@ -505,9 +585,15 @@ async fn main() -> std::process::ExitCode {
     });
     let app = Router::new()
         .route("/api/models/{*rest}", get(api_revision))
-        .route("/_lfs/{org}/{name}/{commit}/{*path}", get(lfs_file).head(lfs_file))
+        .route(
+            "/_lfs/{org}/{name}/{commit}/{*path}",
+            get(lfs_file).head(lfs_file),
+        )
         .route("/_hub/stats", get(stats))
-        .route("/{org}/{name}/resolve/{rev}/{*path}", get(resolve_file).head(resolve_file))
+        .route(
+            "/{org}/{name}/resolve/{rev}/{*path}",
+            get(resolve_file).head(resolve_file),
+        )
         .with_state(hub);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -516,15 +602,19 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     println!("modelgate-hub listening on {bound}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -55,7 +55,9 @@ impl Hub {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
         Hub { child, port }
     }
@@ -84,7 +86,16 @@ pub fn loader(hub: Option<&Hub>, source: &str, dest: &Path) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .args(["--source", source, "--dest"])
         .arg(dest)
-        .args(["--retry-base", "50ms", "--retry-max", "500ms", "--progress", "log", "--progress-interval", "1s"]);
+        .args([
+            "--retry-base",
+            "50ms",
+            "--retry-max",
+            "500ms",
+            "--progress",
+            "log",
+            "--progress-interval",
+            "1s",
+        ]);
     if let Some(h) = hub {
         c.env("HF_ENDPOINT", h.endpoint());
     }
@@ -107,8 +118,15 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
-    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -128,7 +146,11 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(mut c: Command) -> Running {
-        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let err = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let l2 = log.clone();
@@ -152,7 +174,15 @@ impl Running {
         wait_until("status server", Duration::from_secs(20), || {
             let l = self.log();
             if let Some(rest) = l.split("status server listening on ").nth(1) {
-                port = rest.lines().next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+                port = rest
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 true
             } else {
                 false
@@ -163,7 +193,10 @@ impl Running {
 
     pub fn signal(&self, sig: i32) {
         // SAFETY-free: `kill` the child by its pid, nothing else.
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
     }
 }
 
@@ -175,7 +208,12 @@ impl Drop for Running {
 }
 
 pub fn read_link_rev(dest: &Path) -> String {
-    std::fs::read_link(dest).unwrap().file_name().unwrap().to_string_lossy().into_owned()
+    std::fs::read_link(dest)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn tmp() -> tempfile::TempDir {
