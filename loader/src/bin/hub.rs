@@ -483,7 +483,7 @@ async fn serve_content(
     b.body(Body::from_stream(stream)).unwrap_or_default()
 }
 
-const PIECE: u64 = 64 * 1024;
+const PIECE: u64 = 256 * 1024;
 
 fn async_stream(
     content: Content,
