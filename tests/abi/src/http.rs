@@ -319,7 +319,14 @@ impl<'a> HttpStream<'a> {
         let id = self.id as i32;
         let a = action(self.call("proxy_on_request_trailers", &[Val::I32(id), Val::I32(n)]));
         if a == Action::Continue && !self.stop_next() {
-            self.st_mut().req_trailers_live = false;
+            // Continuing at the trailers sends on whatever Envoy buffered before them.
+            let s = self.st_mut();
+            s.req_trailers_live = false;
+            s.forwarded_req_body.append(&mut s.req_body);
+            s.req_body_live = false;
+            s.req_buffering = false;
+            s.request_forwarded = true;
+            s.stop_all_request = false;
         }
         self.vm.run_deferred_local_replies();
         a
@@ -445,7 +452,13 @@ impl<'a> HttpStream<'a> {
         let id = self.id as i32;
         let a = action(self.call("proxy_on_response_trailers", &[Val::I32(id), Val::I32(n)]));
         if a == Action::Continue && !self.stop_next() {
-            self.st_mut().resp_trailers_live = false;
+            let s = self.st_mut();
+            s.resp_trailers_live = false;
+            s.forwarded_resp_body.append(&mut s.resp_body);
+            s.resp_body_live = false;
+            s.resp_buffering = false;
+            s.response_forwarded = true;
+            s.stop_all_response = false;
         }
         self.vm.run_deferred_local_replies();
         a
