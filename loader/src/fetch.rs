@@ -409,7 +409,18 @@ async fn fetch_ranged(
                     .await
                     .map_err(|_| Failure::Fatal("hasher stopped".into()))?;
                 let range = chunk_range(idx, chunk_size, size);
-                let data = fetch_chunk(&ctx, &remote, &file, &part, range, size, &name).await?;
+                let data = match fetch_chunk(&ctx, &remote, &file, &part, range, size, &name).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Drop this chunk's sender so the hasher stops waiting for it.
+                        if let Ok(mut s) = senders.lock() {
+                            if let Some(tx) = s.get_mut(idx) {
+                                tx.take();
+                            }
+                        }
+                        return Err(e);
+                    }
+                };
                 let tx = senders
                     .lock()
                     .ok()
@@ -469,14 +480,13 @@ async fn fetch_ranged(
             h
         }
         Err(e) => {
-            // A worker failed (its sender dropped): report the worker's error, not ours.
+            // Usually a worker failed (its sender dropped) and already returned: report its
+            // error, not ours. The others may wait on the hasher's window, so stop them.
+            workers.abort_all();
             let mut first = None;
             while let Some(r) = workers.join_next().await {
                 if let Err(err) = flatten(r) {
-                    if first.is_none() {
-                        first = Some(err);
-                        workers.abort_all();
-                    }
+                    first.get_or_insert(err);
                 }
             }
             return Err(first.unwrap_or(e));
