@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, env = "MODEL_REVISION")]
     pub revision: Option<String>,
     /// The served path: a symlink to the current revision's directory.
-    #[arg(long, env = "MODEL_DIR")]
+    #[arg(long, env = "MODEL_DIR", visible_alias = "model-dir")]
     pub dest: PathBuf,
     /// Where revisions live [default: <dest's parent>/.<dest name>.versions].
     #[arg(long, env = "MODELGATE_VERSIONS_DIR")]
