@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use modelgate_abi_tests::{module_path, Host};
+use modelgate_abi_tests::{module_path, Action, Host};
 use serde_yaml::Value;
 
 /// Sample values for the `{{KEY}}` placeholders of the templates (e2e tests render them
@@ -23,6 +23,7 @@ const SAMPLES: &[(&str, &[&str])] = &[
         &["null", r#"{"cluster": "loader", "path": "/ready"}"#],
     ),
     ("READINESS_PERIOD", &["500ms", "1s"]),
+    ("SATURATION", &["0.8"]),
 ];
 
 /// One plugin configuration found in a file.
@@ -84,11 +85,16 @@ fn collect(file: &Path, v: &Value, out: &mut Vec<Plugin>) {
     if text(get(v, "@type")).ends_with("envoy.extensions.filters.http.wasm.v3.Wasm") {
         if let Some(cfg) = get(v, "config") {
             let vm = get(cfg, "vm_config");
-            let filename = vm
-                .and_then(|vm| get(vm, "code"))
-                .and_then(|c| get(c, "local"))
-                .map(|l| text(get(l, "filename")))
-                .unwrap_or_default();
+            // `code.local.filename`, or `code.remote.http_uri.uri` (Istio EnvoyFilter + ECDS).
+            let code = vm.and_then(|vm| get(vm, "code"));
+            let filename = match code.and_then(|c| get(c, "local")) {
+                Some(l) => text(get(l, "filename")),
+                None => text(
+                    code.and_then(|c| get(c, "remote"))
+                        .and_then(|r| get(r, "http_uri"))
+                        .and_then(|h| get(h, "uri")),
+                ),
+            };
             let configuration = get(cfg, "configuration")
                 .map(|c| match c.as_str() {
                     Some(s) => s.to_string(),
@@ -147,9 +153,16 @@ fn plugins() -> Vec<Plugin> {
         for file in files {
             let raw = std::fs::read_to_string(&file).unwrap();
             for rendered in renderings(&raw) {
+                let missing: Vec<&str> = rendered
+                    .match_indices("{{")
+                    .filter_map(|(i, _)| {
+                        let rest = rendered.get(i..)?;
+                        rest.find("}}").and_then(|e| rest.get(..e + 2))
+                    })
+                    .collect();
                 assert!(
-                    !rendered.contains("{{"),
-                    "{}: a placeholder has no sample value in plugin_configs.rs SAMPLES",
+                    missing.is_empty(),
+                    "{}: no sample value for {missing:?}: add one to SAMPLES in tests/abi/tests/plugin_configs.rs",
                     file.display()
                 );
                 for doc in serde_yaml::Deserializer::from_str(&rendered) {
@@ -204,11 +217,13 @@ fn every_shipped_plugin_configuration_is_accepted() {
     eprintln!("{checked} plugin configurations accepted");
 }
 
-/// Envoy configs must follow CONTRACTS.md. Istio WasmPlugins cannot set either field: Istio
-/// leaves vm_id empty for all of them (so they still share one namespace) and the knob comes
-/// from an EnvoyFilter patch, so they are not checked here.
+/// Envoy configs must follow CONTRACTS.md: `vm_id: modelgate`, and
+/// `allow_on_headers_stop_iteration: true` where the filter pauses in request headers — found
+/// out by sending an inference request to the module with the knob as configured. Istio
+/// WasmPlugins cannot set either field (Istio leaves vm_id empty for all of them, so they
+/// still share one namespace; the knob comes from an EnvoyFilter patch), so they are skipped.
 #[test]
-fn every_envoy_plugin_shares_the_modelgate_vm_and_may_pause_in_headers() {
+fn every_envoy_plugin_shares_the_modelgate_vm_and_does_not_stall_requests() {
     for p in plugins().into_iter().filter(|p| !p.from_wasm_plugin) {
         assert_eq!(
             p.vm_id,
@@ -217,9 +232,30 @@ fn every_envoy_plugin_shares_the_modelgate_vm_and_may_pause_in_headers() {
             p.file.display(),
             p.root_id
         );
+        if p.allow_stop || !module_path(&p.module).exists() {
+            continue;
+        }
+        let mut vm = Host::new()
+            .vm(&p.module)
+            .root_id(&p.root_id)
+            .allow_on_headers_stop_iteration(false)
+            .configure(&p.configuration)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", p.file.display()));
+        let mut req = vm.http();
+        let action = req.request_headers(
+            &[
+                (":method", "POST"),
+                (":path", "/v1/chat/completions"),
+                (":authority", "modelgate"),
+                ("content-type", "application/json"),
+                ("content-length", "40"),
+            ],
+            false,
+        );
         assert!(
-            p.allow_stop,
-            "{}: {} must set allow_on_headers_stop_iteration: true (CONTRACTS.md)",
+            action == Action::Continue || req.local_reply().is_some(),
+            "{}: {} pauses in request headers, so it must set allow_on_headers_stop_iteration: true \
+             (without it Envoy never delivers the body and the request hangs)",
             p.file.display(),
             p.root_id
         );
