@@ -12,6 +12,7 @@
 //! VM and its root context, [`http`] one HTTP stream, [`imports`] the host functions and
 //! the list of what Envoy provides, [`wire`] the ABI's byte formats.
 
+pub mod configs;
 pub mod host;
 pub mod http;
 pub mod imports;
