@@ -2,7 +2,7 @@
 //! behaviour the filter tests rely on.
 
 use modelgate_abi_tests::wire::{encode_pairs, pairs_from};
-use modelgate_abi_tests::{Action, Host, LogLevel, Vm};
+use modelgate_abi_tests::{Action, CallOutcome, Host, LogLevel, Vm};
 
 fn wat_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\{b:02x}")).collect()
@@ -12,6 +12,11 @@ fn wat_bytes(bytes: &[u8]) -> String {
 /// (0 Continue, 1 Pause, 2 local reply).
 fn test_module() -> String {
     let call_headers = encode_pairs(&pairs_from(&[(":method", "GET"), (":path", "/health")]));
+    let good_call = encode_pairs(&pairs_from(&[
+        (":method", "GET"),
+        (":path", "/auth"),
+        (":authority", "auth"),
+    ]));
     let reply_headers = encode_pairs(&pairs_from(&[("x-why", "test")]));
     format!(
         r#"(module
@@ -24,11 +29,17 @@ fn test_module() -> String {
   (import "env" "proxy_set_shared_data" (func $sset (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (import "env" "proxy_register_shared_queue" (func $qreg (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_enqueue_shared_queue" (func $qpush (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_dequeue_shared_queue" (func $qpop (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
   (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $fdw (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 8192))
   (global $mode (mut i32) (i32.const 0))
+  (global $waiting (mut i32) (i32.const 0))
   (data (i32.const 100) "boom: the module panicked")
   (data (i32.const 200) ":path")
   (data (i32.const 300) "k")
@@ -38,6 +49,9 @@ fn test_module() -> String {
   (data (i32.const 700) "cluster")
   (data (i32.const 800) "{reply_headers}")
   (data (i32.const 1000) "\f0\03\00\00\0d\00\00\00hello stderr\n")
+  (data (i32.const 1100) "q")
+  (data (i32.const 1110) "item")
+  (data (i32.const 1200) "{good_call}")
   (func (export "_initialize"))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "malloc") (param $n i32) (result i32) (local $p i32)
@@ -60,6 +74,12 @@ fn test_module() -> String {
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (drop (call $pairs (i32.const 0) (i32.const 0) (i32.const 4)))
     (call $log_out)
+    (if (i32.eq (global.get $mode) (i32.const 3))
+      (then
+        (global.set $waiting (local.get 0))
+        (drop (call $call (i32.const 700) (i32.const 7) (i32.const 1200) (i32.const {good_len})
+                          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 500) (i32.const 40)))
+        (return (i32.const 1))))
     (if (i32.eq (global.get $mode) (i32.const 2))
       (then
         (drop (call $reply (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 400) (i32.const 6)
@@ -76,6 +96,16 @@ fn test_module() -> String {
     (drop (call $pairs (i32.const 2) (i32.const 0) (i32.const 4)))
     (call $log_out)
     (i32.const 0))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (drop (call $effective (global.get $waiting)))
+    (drop (call $continue (i32.const 0))))
+  (func (export "queue_register") (result i32)
+    (call $qreg (i32.const 1100) (i32.const 1) (i32.const 32)))
+  (func (export "queue_push") (result i32)
+    (call $qpush (i32.load (i32.const 32)) (i32.const 1110) (i32.const 4)))
+  (func (export "proxy_on_queue_ready") (param i32 i32)
+    (drop (call $qpop (local.get 1) (i32.const 0) (i32.const 4)))
+    (call $log_out))
   (func (export "cas_read") (result i32)
     (call $sget (i32.const 300) (i32.const 1) (i32.const 0) (i32.const 4) (i32.const 8)))
   (func (export "cas_write") (result i32)
@@ -92,6 +122,8 @@ fn test_module() -> String {
 )"#,
         call_headers = wat_bytes(&call_headers),
         call_len = call_headers.len(),
+        good_call = wat_bytes(&good_call),
+        good_len = good_call.len(),
         reply_headers = wat_bytes(&reply_headers),
         reply_len = reply_headers.len(),
     )
@@ -281,4 +313,55 @@ fn a_module_importing_what_envoy_lacks_does_not_load() {
         problems.iter().any(|p| p.contains("ABI version")),
         "{problems:?}"
     );
+}
+
+#[test]
+fn a_stream_paused_on_an_http_call_resumes_through_the_effective_context() {
+    let mut vm = vm(&Host::new());
+    vm.call_export("set_mode", &[3]);
+    let id = {
+        let mut req = vm.http();
+        assert_eq!(
+            req.request_headers(&[(":path", "/x")], false),
+            Action::Pause
+        );
+        assert!(!req.request_forwarded());
+        req.id()
+    };
+    let calls = vm.pending_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (calls[0].cluster.as_str(), calls[0].path().as_str()),
+        ("cluster", "/auth")
+    );
+    assert_eq!(calls[0].context_id, id, "dispatched from the stream");
+    assert_eq!(calls[0].timeout_ms, 500);
+    vm.answer(calls[0].token, CallOutcome::status(200));
+    let req = vm.stream(id);
+    assert_eq!(req.request_resumed(), 1);
+    assert!(req.request_forwarded());
+}
+
+#[test]
+fn shared_queues_deliver_on_queue_ready_to_the_registering_vm() {
+    let host = Host::new();
+    let mut owner = vm(&host);
+    let mut producer = vm(&host);
+    assert_eq!(owner.call_export("queue_register", &[]), Some(0));
+    // Same name in the same vm_id: the same queue.
+    assert_eq!(producer.call_export("queue_register", &[]), Some(0));
+    assert_eq!(producer.call_export("queue_push", &[]), Some(0));
+    assert_eq!(host.queue_items("modelgate", "q"), vec![b"item".to_vec()]);
+    producer.deliver_queues();
+    owner.deliver_queues();
+    let delivered: Vec<_> = [&producer, &owner]
+        .iter()
+        .map(|v| v.logs().iter().any(|l| l.message == "item"))
+        .collect();
+    assert_eq!(
+        delivered.iter().filter(|d| **d).count(),
+        1,
+        "one VM gets the item"
+    );
+    assert!(host.queue_items("modelgate", "q").is_empty());
 }
