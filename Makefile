@@ -37,7 +37,7 @@ test-core-wasm:
 
 # Runs the modules in dist/ (from `make wasm`); every shipped filter must be there.
 test-abi:
-	MODELGATE_REQUIRE_ALL_FILTERS=1 MODELGATE_DIST=$(CURDIR)/dist cargo test -p modelgate-abi-tests
+	MODELGATE_REQUIRE_ALL_FILTERS=1 MODELGATE_DIST=$(CURDIR)/dist cargo test -p modelgate-abi-tests --no-fail-fast
 
 test-e2e:
 	cargo test -p modelgate-e2e -- --test-threads=2
