@@ -302,7 +302,20 @@ impl Host {
 
     /// A VM from WebAssembly text or bytes (the host's own tests).
     pub fn vm_from_wat(&self, wat: &str) -> VmBuilder {
-        let module = Module::new(engine(), wat).map_err(|e| anyhow!("{e:#}"));
+        static CACHE: OnceLock<Mutex<HashMap<String, Module>>> = OnceLock::new();
+        let mut cache = CACHE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let module = match cache.get(wat) {
+            Some(m) => Ok(m.clone()),
+            None => Module::new(engine(), wat)
+                .map(|m| {
+                    cache.insert(wat.to_string(), m.clone());
+                    m
+                })
+                .map_err(|e| anyhow!("{e:#}")),
+        };
         VmBuilder::new(self.clone(), module, "wat")
     }
 
