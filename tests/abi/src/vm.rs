@@ -310,9 +310,8 @@ impl Host {
         let module = match cache.get(wat) {
             Some(m) => Ok(m.clone()),
             None => Module::new(engine(), wat)
-                .map(|m| {
+                .inspect(|m| {
                     cache.insert(wat.to_string(), m.clone());
-                    m
                 })
                 .map_err(|e| anyhow!("{e:#}")),
         };
