@@ -10,4 +10,7 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup ta
 cargo build --quiet -p modelgate-abi-tests --bin wasi-run
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 export CARGO_TARGET_WASM32_WASIP1_RUNNER="$target_dir/debug/wasi-run"
+# wasm32 aborts on the first failing test (no unwinding), which would lose libtest's captured
+# output; print it as it comes so the failing test's panic message is shown.
+export RUST_TEST_NOCAPTURE=1
 exec cargo test -p modelgate-core --target wasm32-wasip1 "$@"

@@ -1,7 +1,7 @@
 //! Runs a wasm32-wasip1 command (a `cargo test` binary of modelgate-core) on wasmtime, as
 //! `CARGO_TARGET_WASM32_WASIP1_RUNNER`. The sandbox has no preopened directories and no
-//! environment, so a core test that needs the filesystem or env fails here as it would in
-//! a proxy VM; threads do not exist on wasm32-wasip1 at all.
+//! environment (except libtest's `RUST_TEST_*`), so a core test that needs the filesystem or
+//! env fails here as it would in a proxy VM; threads do not exist on wasm32-wasip1 at all.
 
 use std::process::ExitCode;
 
@@ -21,7 +21,14 @@ fn run() -> Result<i32> {
         .with_context(|| format!("loading {wasm}"))?;
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
     p1::add_to_linker_sync(&mut linker, |ctx| ctx)?;
-    let wasi = WasiCtxBuilder::new().inherit_stdio().args(&args).build_p1();
+    let mut builder = WasiCtxBuilder::new();
+    builder.inherit_stdio().args(&args);
+    // Only libtest's own settings pass through (e.g. RUST_TEST_NOCAPTURE, so the panic
+    // message of a failing test is printed before the abort ends the binary).
+    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("RUST_TEST_")) {
+        builder.env(&k, &v);
+    }
+    let wasi = builder.build_p1();
     let mut store = Store::new(&engine, wasi);
     let instance = linker.instantiate(&mut store, &module)?;
     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -29,7 +36,16 @@ fn run() -> Result<i32> {
         Ok(()) => Ok(0),
         Err(e) => match e.downcast_ref::<I32Exit>() {
             Some(exit) => Ok(exit.0),
-            None => Err(e.into()),
+            None => {
+                // A failing test aborts (wasm32 has no unwinding): libtest already printed
+                // the test's name and its panic message; add the trap and wasm frames only.
+                let frames = e
+                    .downcast_ref::<wasmtime::WasmBacktrace>()
+                    .map(|bt| format!("\n{bt}"))
+                    .unwrap_or_default();
+                eprintln!("wasi-run: {wasm} trapped: {}{frames}", e.root_cause());
+                Ok(101)
+            }
         },
     }
 }
