@@ -917,6 +917,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             {
                 return Ok(BAD_ARGUMENT);
             }
+            let now_ms = c.data().host.lock().now_ns / 1_000_000;
             let st = c.data_mut();
             let token = st.next_token;
             st.next_token = st.next_token.wrapping_add(1).max(1);
@@ -927,6 +928,7 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
                 body,
                 trailers: wire::decode_pairs(&t),
                 timeout_ms: timeout as u32,
+                dispatched_at_ms: now_ms,
                 context_id: st.ctx(),
             };
             st.pending_calls.insert(token, call.clone());

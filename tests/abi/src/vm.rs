@@ -55,6 +55,8 @@ pub struct HttpCall {
     pub body: Vec<u8>,
     pub trailers: Pairs,
     pub timeout_ms: u32,
+    /// Host clock (ms) when the call was dispatched.
+    pub dispatched_at_ms: u64,
     /// Context that made the call (the root context id for calls made on a tick).
     pub context_id: u32,
 }
@@ -664,10 +666,9 @@ impl Vm {
 
     /// Answers one pending call through `proxy_on_http_call_response`.
     pub fn answer(&mut self, token: u32, outcome: CallOutcome) {
-        let Some(call) = self.store.data_mut().pending_calls.remove(&token) else {
+        if self.store.data_mut().pending_calls.remove(&token).is_none() {
             panic!("no pending HTTP call with token {token}");
-        };
-        let _ = call;
+        }
         let root = self.root_ctx();
         let (n_headers, body_len, n_trailers) = match outcome {
             CallOutcome::Response {
@@ -711,6 +712,21 @@ impl Vm {
         st.call_response = None;
         st.status = (0, Vec::new());
         self.run_deferred_local_replies();
+    }
+
+    /// Answers, as Envoy does when a call's timeout fires, every pending call whose timeout
+    /// (a timeout of 0 means none) has elapsed on the host clock. Returns the calls expired.
+    pub fn expire_calls(&mut self) -> Vec<HttpCall> {
+        let now = self.host().now_ms();
+        let due: Vec<HttpCall> = self
+            .pending_calls()
+            .into_iter()
+            .filter(|c| c.timeout_ms > 0 && now >= c.dispatched_at_ms + u64::from(c.timeout_ms))
+            .collect();
+        for c in &due {
+            self.answer(c.token, CallOutcome::timeout());
+        }
+        due
     }
 
     /// Answers every pending call (including calls made while answering) with `respond`,

@@ -2,7 +2,7 @@
 //! behaviour the filter tests rely on.
 
 use modelgate_abi_tests::wire::{encode_pairs, pairs_from};
-use modelgate_abi_tests::{Action, CallOutcome, Host, LogLevel, Vm};
+use modelgate_abi_tests::{Action, Host, LogLevel, Vm};
 
 fn wat_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\{b:02x}")).collect()
@@ -336,7 +336,12 @@ fn a_stream_paused_on_an_http_call_resumes_through_the_effective_context() {
     );
     assert_eq!(calls[0].context_id, id, "dispatched from the stream");
     assert_eq!(calls[0].timeout_ms, 500);
-    vm.answer(calls[0].token, CallOutcome::status(200));
+    vm.host().advance_ms(499);
+    assert!(vm.expire_calls().is_empty());
+    vm.host().advance_ms(1);
+    // Envoy's answer to an expired call is a 504 response; the module resumes either way.
+    assert_eq!(vm.expire_calls().len(), 1);
+    assert!(vm.pending_calls().is_empty());
     let req = vm.stream(id);
     assert_eq!(req.request_resumed(), 1);
     assert!(req.request_forwarded());
