@@ -13,7 +13,9 @@ use modelgate_core::metrics::{
     CURSOR_KEY, GATED_HEADER, SHED_HEADER,
 };
 use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot, QUEUE_KEY, READINESS_KEY};
+use modelgate_core::scrape::ScrapeConfig;
 use modelgate_glue::poll::SnapshotReader;
+use modelgate_glue::scraper::Scraper;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -78,6 +80,9 @@ struct Active {
     shared: Rc<Shared>,
     readiness: SnapshotReader<ReadinessSnapshot>,
     queue: SnapshotReader<QueueSnapshot>,
+    /// The shared scraper, when this filter's config has a `scrape` block (otherwise the
+    /// load shedder's scraper, if any, publishes the queue snapshot read here).
+    scraper: Option<Scraper>,
 }
 
 #[derive(Default)]
@@ -85,7 +90,13 @@ struct MetricsRoot {
     active: Option<Active>,
 }
 
-impl Context for MetricsRoot {}
+impl Context for MetricsRoot {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _trailers: usize) {
+        if let Some(s) = self.active.as_mut().and_then(|a| a.scraper.as_mut()) {
+            s.on_http_call_response(token, headers, body_size);
+        }
+    }
+}
 
 impl RootContext for MetricsRoot {
     fn on_configure(&mut self, size: usize) -> bool {
@@ -100,12 +111,24 @@ impl RootContext for MetricsRoot {
                 return false;
             }
         };
-        let tick = Duration::from_millis(config.tick_period_ms);
+        let scraper = match config.scrape.as_ref().map(|v| ScrapeConfig::from_value(v, "scrape")) {
+            None => None,
+            Some(Ok(c)) => Some(Scraper::new(c)),
+            Some(Err(e)) => {
+                log(LogLevel::Error, &format!("ml_metrics: {e}"));
+                return false;
+            }
+        };
+        let tick_ms = scraper
+            .as_ref()
+            .map_or(config.tick_period_ms, |s| s.period_ms().min(config.tick_period_ms));
+        let tick = Duration::from_millis(tick_ms);
         let registry = RefCell::new(Registry::new(&config));
         self.active = Some(Active {
             shared: Rc::new(Shared { config, registry }),
             readiness: SnapshotReader::new(READINESS_KEY),
             queue: SnapshotReader::new(QUEUE_KEY),
+            scraper,
         });
         let _ = hostcalls::set_tick_period(tick);
         true
@@ -113,6 +136,9 @@ impl RootContext for MetricsRoot {
 
     fn on_tick(&mut self) {
         if let Some(a) = self.active.as_mut() {
+            if let Some(s) = a.scraper.as_mut() {
+                s.on_tick(modelgate_glue::now_ms());
+            }
             a.observe_pod();
         }
     }

@@ -1,0 +1,372 @@
+//! The metrics filter in a real Envoy in front of modelgate-sim, scraped by a real
+//! Prometheus server (Debian's `prometheus`, 1 s interval) while traffic flows. Each metric
+//! is then checked with a PromQL query over Prometheus' HTTP API: request counts equal the
+//! requests sent (by model, code class, criticality), token counts equal what the sim
+//! reported in its `usage` blocks (JSON and the final SSE chunk), shed/gated local replies
+//! are counted by reason, the pod-level gauges follow the sim, and the recording rules of
+//! `istio/alerts.yaml` give the seed's `*_seconds` / ratio names.
+//!
+//! The Envoy bootstrap carries `envoy/stats-tags.yaml` unchanged, so the shipped tag
+//! extraction is what is tested. The readiness gate joins the chain when its wasm is in
+//! dist/ (it feeds `ml_model_healthy` and the health-check latency).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use modelgate_e2e::*;
+use serde_json::{json, Value};
+
+const MODEL: &str = "sim-model";
+const BROKEN_MODEL: &str = "broken-model";
+
+/// One Envoy, two listeners: `main` (ml_metrics scraping the sim, the gate when built,
+/// routes with direct 429/503 local replies marked like the shedder's and the gate's) and
+/// `broken` (its own VM, scraping a dead port, for `ml_exporter_errors_total`).
+fn bootstrap(admin: u16, main: u16, broken: u16, sim: u16, dead: u16, gate: Option<&Path>) -> String {
+    let metrics_cfg = json!({
+        "models": [MODEL],
+        "tick_period": "200ms",
+        "scrape": {"cluster": "model_server", "period": "200ms", "timeout": "500ms"}
+    });
+    let broken_cfg = json!({
+        "models": [MODEL],
+        "model_name": BROKEN_MODEL,
+        "tick_period": "200ms",
+        "scrape": {"cluster": "dead", "period": "200ms", "timeout": "100ms"}
+    });
+    let wasm_filter = |name: &str, vm: &str, file: &Path, cfg: &Value| {
+        format!(
+            r#"
+          - name: modelgate.{name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                allow_on_headers_stop_iteration: true
+                vm_config:
+                  vm_id: {vm}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{file}" }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{cfg}'"#,
+            file = file.display(),
+            cfg = cfg
+        )
+    };
+    let metrics = wasm("ml_metrics");
+    let mut main_filters = wasm_filter("ml_metrics", "modelgate", &metrics, &metrics_cfg);
+    if let Some(gate) = gate {
+        let gate_cfg = json!({
+            "model": MODEL,
+            "health": {"cluster": "model_server", "path": "/health"},
+            "models_path": "/v1/models",
+            "period": "200ms",
+            "timeout": "150ms",
+            "retry_after": "1s",
+            "probe_path": "/modelgate/ready",
+            "gated_prefixes": ["/v1/"]
+        });
+        main_filters.push_str(&wasm_filter("readiness_gate", "modelgate", gate, &gate_cfg));
+    }
+    let broken_filters = wasm_filter("ml_metrics", "modelgate-broken", &metrics, &broken_cfg);
+    let listener = |name: &str, port: u16, filters: &str| {
+        format!(
+            r#"
+  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/", headers: [{{ name: x-test-reply, string_match: {{ exact: shed }} }}] }}
+                direct_response: {{ status: 429, body: {{ inline_string: "shed" }} }}
+                response_headers_to_add: [{{ header: {{ key: x-modelgate-shed, value: queue }} }}]
+              - match: {{ prefix: "/", headers: [{{ name: x-test-reply, string_match: {{ exact: gated }} }}] }}
+                direct_response: {{ status: 503, body: {{ inline_string: "gated" }} }}
+                response_headers_to_add: [{{ header: {{ key: x-modelgate-gated, value: not_ready }} }}]
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: model_server, timeout: 0s }}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+        )
+    };
+    let cluster = |name: &str, port: u16| {
+        format!(
+            r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
+        )
+    };
+    let stats_tags = fs::read_to_string(repo_root().join("envoy/stats-tags.yaml")).expect("envoy/stats-tags.yaml");
+    format!(
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}\n\
+         # Histograms reach /stats/prometheus at each flush; flush often for the test.\n\
+         stats_flush_interval: 1s\n\
+         static_resources:\n  listeners:{}{}\n  clusters:{}{}\n{stats_tags}",
+        listener("main", main, &main_filters),
+        listener("broken", broken, &broken_filters),
+        cluster("model_server", sim),
+        cluster("dead", dead),
+    )
+}
+
+/// The rule groups of `istio/alerts.yaml` (a PrometheusRule) as a plain rules file.
+fn rules_file(dir: &Path) -> std::path::PathBuf {
+    let text = fs::read_to_string(repo_root().join("istio/alerts.yaml")).expect("istio/alerts.yaml");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts.yaml is YAML");
+    let groups = doc["spec"]["groups"].clone();
+    let mut out = serde_yaml::Mapping::new();
+    out.insert("groups".into(), groups);
+    let path = dir.join("rules.yaml");
+    fs::write(&path, serde_yaml::to_string(&out).expect("rules yaml")).expect("write rules");
+    path
+}
+
+struct Prometheus {
+    port: u16,
+    _proc: Proc,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, admin_port: u16) -> Prometheus {
+        let port = free_port();
+        let rules = rules_file(dir);
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files: [\"{}\"]\n\
+             scrape_configs:\n- job_name: envoy\n  metrics_path: /stats/prometheus\n  \
+             static_configs:\n  - targets: [\"127.0.0.1:{admin_port}\"]\n",
+            rules.display()
+        );
+        let cfg = dir.join("prometheus.yml");
+        fs::write(&cfg, config).expect("write prometheus.yml");
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn");
+        let mut proc = Proc::spawn("prometheus", cmd, dir);
+        let ready = wait_until(Duration::from_secs(30), || {
+            get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200 || proc.try_exit().is_some()
+        });
+        assert!(ready && proc.try_exit().is_none(), "prometheus did not start:\n{}", proc.log_text());
+        Prometheus { port, _proc: proc }
+    }
+
+    /// The value of an instant query that returns one sample (`None`: no sample yet).
+    fn scalar(&self, promql: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/api/v1/query?query={}", self.port, urlencode(promql));
+        let v = get(&url).json();
+        assert_eq!(v["status"], "success", "{promql}: {v}");
+        let result = v["data"]["result"].as_array()?.clone();
+        assert!(result.len() <= 1, "{promql} returned {} series: {v}", result.len());
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits (up to 30 s: scrape, flush and rule intervals) until `promql` has a value
+    /// that satisfies `ok`, then returns it; panics with the last value otherwise.
+    fn wait_for(&self, promql: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let mut last = None;
+        let done = wait_until(Duration::from_secs(30), || {
+            last = self.scalar(promql);
+            last.is_some_and(&ok)
+        });
+        assert!(done, "{promql}: last value {last:?}");
+        last.unwrap_or_default()
+    }
+
+    fn expect(&self, promql: &str, expected: f64) {
+        let v = self.wait_for(promql, |v| (v - expected).abs() < 1e-9);
+        println!("{promql} = {v}");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `usage` of a JSON response or of the final chunk of an SSE stream.
+fn usage_of(resp: &Response) -> (u64, u64) {
+    let usage = if resp.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")) {
+        resp.text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v.get("usage").cloned())
+            .last()
+            .expect("stream has a usage chunk")
+    } else {
+        resp.json()["usage"].clone()
+    };
+    let n = |k: &str| usage[k].as_u64().expect("token count");
+    (n("prompt_tokens"), n("completion_tokens"))
+}
+
+#[test]
+fn prometheus_sees_every_metric_with_the_right_values() {
+    let dir = scratch_dir("metrics");
+    let sim = Sim::start(
+        &dir,
+        "sim",
+        &["--served-model-name", MODEL, "--ttft-ms", "50", "--itl-ms", "10", "--max-tokens", "8"],
+    );
+    let gate = {
+        let p = repo_root().join("dist/readiness_gate.wasm");
+        p.exists().then_some(p)
+    };
+    let (admin, main, broken, dead) = (free_port(), free_port(), free_port(), free_port());
+    let yaml = bootstrap(admin, main, broken, sim.port, dead, gate.as_deref());
+    let envoy = Envoy::start(&dir, "envoy", &yaml, admin);
+    let url = |path: &str| format!("http://127.0.0.1:{main}{path}");
+    if gate.is_some() {
+        assert!(
+            wait_until(Duration::from_secs(15), || get(&url("/modelgate/ready")).status == 200),
+            "gate never ready:\n{}",
+            envoy.proc.log_text()
+        );
+    }
+    let prom = Prometheus::start(&dir, admin);
+
+    // Traffic, spread over a few seconds so Prometheus scrapes while it flows.
+    let chat = |model: &str, stream: bool| {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]});
+        if stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        body
+    };
+    let mut sent: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut prompt, mut completion) = (0u64, 0u64);
+    let (mut s_prompt, mut s_completion) = (0u64, 0u64);
+    for i in 0..6 {
+        let crit: &[(&str, &str)] = if i % 2 == 0 { &[("x-modelgate-criticality", "standard")] } else { &[] };
+        let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, false), crit);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let (p, c) = usage_of(&r);
+        prompt += p;
+        completion += c;
+        *sent.entry("json").or_default() += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for _ in 0..4 {
+        let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, true), &[("x-modelgate-criticality", "critical")]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let (p, c) = usage_of(&r);
+        s_prompt += p;
+        s_completion += c;
+        *sent.entry("stream").or_default() += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for _ in 0..2 {
+        let r = post_json(&url("/v1/chat/completions"), &chat("no-such-model", false), &[]);
+        assert_eq!(r.status, 404, "{}", r.text());
+        *sent.entry("unknown").or_default() += 1;
+    }
+    for _ in 0..3 {
+        let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, false), &[("x-test-reply", "shed"), ("x-modelgate-criticality", "sheddable")]);
+        assert_eq!(r.status, 429);
+        *sent.entry("shed").or_default() += 1;
+    }
+    for _ in 0..2 {
+        let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, false), &[("x-test-reply", "gated")]);
+        assert_eq!(r.status, 503);
+        *sent.entry("gated").or_default() += 1;
+    }
+    // Not inference requests: not counted.
+    assert_eq!(get(&url("/v1/models")).status, 200);
+    assert_eq!(get(&url("/health")).status, 200);
+    let total: u64 = sent.values().sum();
+    println!("sent {sent:?}; sim usage: json {prompt}/{completion}, stream {s_prompt}/{s_completion}");
+
+    let m = format!(r#"model_name="{MODEL}",requested_model="{MODEL}""#);
+    prom.expect("sum(ml_requests_total)", total as f64);
+    prom.expect(&format!(r#"sum(ml_requests_total{{{m},code_class="2xx"}})"#), 10.0);
+    prom.expect(&format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="standard"}})"#), 3.0);
+    prom.expect(&format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="none"}})"#), 3.0);
+    prom.expect(&format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="critical"}})"#), 4.0);
+    prom.expect(r#"sum(ml_requests_total{model_name="other",requested_model="other",code_class="4xx"})"#, 2.0);
+    prom.expect("sum(ml_request_duration_milliseconds_count)", total as f64);
+    prom.expect(&format!(r#"sum(ml_tokens_total{{{m},type="prompt"}})"#), (prompt + s_prompt) as f64);
+    prom.expect(&format!(r#"sum(ml_tokens_total{{{m},type="completion"}})"#), (completion + s_completion) as f64);
+    prom.expect(&format!(r#"sum(ml_tokens_total{{{m},type="completion",criticality="critical"}})"#), s_completion as f64);
+    prom.expect(&format!(r#"sum(ml_time_to_first_token_milliseconds_count{{{m},criticality="critical"}})"#), 4.0);
+    prom.expect(&format!(r#"sum(ml_time_per_output_token_milliseconds_count{{{m}}})"#), 4.0);
+    prom.expect(r#"sum(ml_requests_shed_total{reason="queue",criticality="sheddable"})"#, 3.0);
+    prom.expect(r#"sum(ml_requests_gated_total{reason="not_ready"})"#, 2.0);
+    prom.expect(r#"sum(ml_requests_total{code_class="4xx",criticality="sheddable"})"#, 3.0);
+
+    // Latencies match the sim's settings (ttft 50 ms, 10 ms per token), within reason.
+    let ttft = prom.wait_for(
+        &format!(r#"sum(ml_time_to_first_token_milliseconds_sum{{{m}}}) / sum(ml_time_to_first_token_milliseconds_count{{{m}}})"#),
+        |v| v > 0.0,
+    );
+    let tpot = prom.wait_for(
+        &format!(r#"sum(ml_time_per_output_token_milliseconds_sum{{{m}}}) / sum(ml_time_per_output_token_milliseconds_count{{{m}}})"#),
+        |v| v > 0.0,
+    );
+    let p50 = prom.wait_for(
+        &format!(r#"histogram_quantile(0.5, sum by (le) (ml_time_to_first_token_milliseconds_bucket{{{m}}}))"#),
+        |v| v > 0.0,
+    );
+    println!("mean ttft {ttft:.1} ms (p50 {p50:.1}), mean time per output token {tpot:.1} ms");
+    assert!((45.0..400.0).contains(&ttft), "ttft {ttft}");
+    assert!((5.0..60.0).contains(&tpot), "tpot {tpot}");
+
+    // Pod level: the scraper's snapshot (idle sim), the gate's checks, scrape errors.
+    let pod = format!(r#"model_name="{MODEL}""#);
+    prom.expect(&format!("ml_requests_running{{{pod}}}"), 0.0);
+    prom.expect(&format!("ml_requests_waiting{{{pod}}}"), 0.0);
+    prom.expect(&format!("ml_gpu_kv_cache_usage_ppm{{{pod}}}"), 0.0);
+    prom.expect(&format!(r#"ml_model_info{{{pod},server="vllm"}}"#), 1.0);
+    prom.wait_for(&format!(r#"ml_exporter_errors_total{{model_name="{BROKEN_MODEL}",type="connect"}} or ml_exporter_errors_total{{model_name="{BROKEN_MODEL}"}}"#), |v| v >= 1.0);
+    if gate.is_some() {
+        prom.expect(&format!("ml_model_healthy{{{pod}}}"), 1.0);
+        let checks = prom.wait_for(&format!("ml_health_check_latency_milliseconds_count{{{pod}}}"), |v| v >= 3.0);
+        println!("health checks observed: {checks}");
+    }
+
+    // The seed's names, from the recording rules of istio/alerts.yaml.
+    prom.expect("sum(ml_request_duration_seconds_count)", total as f64);
+    let secs = prom.wait_for(
+        &format!(r#"sum(ml_time_to_first_token_seconds_sum{{{m}}}) / sum(ml_time_to_first_token_seconds_count{{{m}}})"#),
+        |v| v > 0.0,
+    );
+    assert!((ttft / 1000.0 - secs).abs() < 0.05, "seconds {secs} vs ms {ttft}");
+    prom.expect(&format!("ml_gpu_kv_cache_usage{{{pod}}}"), 0.0);
+    if gate.is_some() {
+        prom.wait_for(&format!(r#"ml_health_check_latency_seconds_bucket{{{pod},le="+Inf"}}"#), |v| v >= 3.0);
+    }
+
+    // Labels are bounded: no series carries the unknown model's name.
+    let text = envoy.prometheus_stats();
+    assert!(!text.contains("no-such-model"), "unknown model leaked into labels");
+    assert!(text.contains("# TYPE ml_request_duration_milliseconds histogram"));
+    assert!(text.contains("# TYPE ml_requests_total counter"));
+    assert!(text.contains("# TYPE ml_requests_running gauge"));
+}
