@@ -156,19 +156,38 @@ impl HttpContext for RouterHttp {
         if !self.reading {
             return Action::Continue;
         }
+        self.read_body(Some(body_size), end_of_stream)
+    }
+
+    /// A body that ends with trailers never has `end_of_stream` in the body callback: the
+    /// trailers mark its end.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if !self.reading {
+            return Action::Continue;
+        }
+        self.read_body(None, true)
+    }
+}
+
+impl RouterHttp {
+    /// Feeds the body bytes not scanned yet (`body_size` buffered in total, unknown in the
+    /// trailers callback) and acts on the decision.
+    fn read_body(&mut self, body_size: Option<usize>, end_of_stream: bool) -> Action {
         let router = Rc::clone(&self.router);
         let from = self.body.consumed();
+        let limit = router.max_body_bytes();
         // Only the bytes not scanned yet; nothing at all once over the limit.
-        let chunk = if body_size > from && body_size <= router.max_body_bytes() {
-            self.get_http_request_body(from, body_size - from)
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let step = with_rng(|rng| {
-            self.body
-                .feed(&router, &chunk, body_size, end_of_stream, rng)
-        });
+        let chunk = match body_size {
+            Some(size) if size > from && size <= limit => {
+                self.get_http_request_body(from, size - from)
+            }
+            Some(_) => None,
+            // What is buffered, up to one byte past the limit so an overflow shows.
+            None => self.get_http_request_body(from, (limit + 1).saturating_sub(from)),
+        }
+        .unwrap_or_default();
+        let total = body_size.unwrap_or(from + chunk.len());
+        let step = with_rng(|rng| self.body.feed(&router, &chunk, total, end_of_stream, rng));
         match step {
             BodyStep::NeedMore => Action::Pause,
             BodyStep::Error(err) => {
@@ -178,14 +197,12 @@ impl HttpContext for RouterHttp {
             }
             BodyStep::Route(route) => {
                 self.reading = false;
-                self.apply(&router, &route, body_size);
+                self.apply(&router, &route, total);
                 Action::Continue
             }
         }
     }
-}
 
-impl RouterHttp {
     /// Writes the decision into the request: body front, `content-length`, headers.
     fn apply(&self, router: &Router, route: &Route<'_>, body_size: usize) {
         let Some(model) = router.model(route.model) else {
