@@ -19,9 +19,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::Deserialize;
 
 use crate::config::{parse_duration_ms, parse_json, ConfigError};
+use crate::json_scan::ModelScanner;
 use crate::sse::SseParser;
 use crate::state::{QueueSnapshot, ReadinessSnapshot, ReadinessStatus};
-use crate::json_scan::ModelScanner;
 use crate::usage::{Usage, UsageScanner};
 
 /// Longest label value written (longer model names are cut).
@@ -59,8 +59,8 @@ pub const LABELS: &[&str] = &[
 /// Histogram buckets (milliseconds) for every modelgate histogram: 1 ms to 10 min, so one
 /// list fits per-token latency, time to first token and long generations alike.
 pub const BUCKETS_MS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
-    20000.0, 30000.0, 60000.0, 120000.0, 300000.0, 600000.0,
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0,
+    30000.0, 60000.0, 120000.0, 300000.0, 600000.0,
 ];
 
 /// Label value for a model outside the configured list.
@@ -165,7 +165,10 @@ impl MetricsConfig {
             let field = format!("models[{i}]");
             validate_label_value(&field, m)?;
             if m == OTHER || m == NONE {
-                return Err(ConfigError::new(field, format!("`{m}` is reserved for unlisted models")));
+                return Err(ConfigError::new(
+                    field,
+                    format!("`{m}` is reserved for unlisted models"),
+                ));
             }
             if models.contains(m) {
                 return Err(ConfigError::new(field, format!("`{m}` is listed twice")));
@@ -181,7 +184,10 @@ impl MetricsConfig {
         let paths = raw.paths.unwrap_or_else(|| vec!["/v1/".to_string()]);
         for (i, p) in paths.iter().enumerate() {
             if !p.starts_with('/') {
-                return Err(ConfigError::new(format!("paths[{i}]"), format!("`{p}` must start with `/`")));
+                return Err(ConfigError::new(
+                    format!("paths[{i}]"),
+                    format!("`{p}` must start with `/`"),
+                ));
             }
         }
         let tick_period_ms = match &raw.tick_period {
@@ -189,7 +195,10 @@ impl MetricsConfig {
             None => 1000,
         };
         if !(100..=60_000).contains(&tick_period_ms) {
-            return Err(ConfigError::new("tick_period", "must be between 100ms and 60s"));
+            return Err(ConfigError::new(
+                "tick_period",
+                "must be between 100ms and 60s",
+            ));
         }
         let max_reasons = raw.max_reasons.unwrap_or(16);
         if !(1..=64).contains(&max_reasons) {
@@ -207,13 +216,17 @@ impl MetricsConfig {
 
     /// True when a request with this method and path is an inference request to count.
     pub fn counts(&self, method: &str, path: &str) -> bool {
-        method.eq_ignore_ascii_case("POST") && self.paths.iter().any(|p| path.starts_with(p.as_str()))
+        method.eq_ignore_ascii_case("POST")
+            && self.paths.iter().any(|p| path.starts_with(p.as_str()))
     }
 }
 
 fn validate_label_value(field: &str, v: &str) -> Result<(), ConfigError> {
     if v.is_empty() || v.len() > MAX_MODEL_LEN {
-        return Err(ConfigError::new(field, format!("must be 1 to {MAX_MODEL_LEN} bytes long")));
+        return Err(ConfigError::new(
+            field,
+            format!("must be 1 to {MAX_MODEL_LEN} bytes long"),
+        ));
     }
     if !v.bytes().all(label_byte_ok) {
         return Err(ConfigError::new(
@@ -258,7 +271,10 @@ impl ModelSet {
     }
 
     fn name(&self, idx: ModelIdx) -> &str {
-        self.names.get(usize::from(idx)).map(String::as_str).unwrap_or(OTHER)
+        self.names
+            .get(usize::from(idx))
+            .map(String::as_str)
+            .unwrap_or(OTHER)
     }
 }
 
@@ -285,7 +301,9 @@ impl Interner {
         if let Some(i) = self.values.iter().position(|x| x == v) {
             return u8::try_from(i).unwrap_or(1);
         }
-        let ok = v.len() <= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = v.len() <= 32
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !ok || self.values.len() >= self.limit {
             return 1;
         }
@@ -294,7 +312,10 @@ impl Interner {
     }
 
     fn name(&self, i: u8) -> &str {
-        self.values.get(usize::from(i)).map(String::as_str).unwrap_or(OTHER)
+        self.values
+            .get(usize::from(i))
+            .map(String::as_str)
+            .unwrap_or(OTHER)
     }
 }
 
@@ -488,7 +509,9 @@ impl RequestTracker {
             return (duration, None, None);
         };
         let ttft = ms(first.saturating_sub(self.start_ns));
-        let tokens = self.usage().map_or(self.token_events, |u| u.completion_tokens);
+        let tokens = self
+            .usage()
+            .map_or(self.token_events, |u| u.completion_tokens);
         let tpot = (tokens > 1).then(|| {
             let span = self.last_token_ns.saturating_sub(first);
             ms(span / (tokens - 1))
@@ -595,7 +618,13 @@ impl Registry {
         };
         let crit = Criticality::parse(o.criticality);
         let class = code_class(o.status);
-        let key = Key { requested, target, crit, class, extra: 0 };
+        let key = Key {
+            requested,
+            target,
+            crit,
+            class,
+            extra: 0,
+        };
 
         if let Some(id) = self.req_id(host, ReqMetric::Requests, key) {
             host.increment(id, 1);
@@ -646,14 +675,36 @@ impl Registry {
         let crit = k.crit.label();
         let (kind, name, labels): (MetricKind, &str, [(&str, &str); 4]) = match m {
             ReqMetric::Requests | ReqMetric::Duration => (
-                if m == ReqMetric::Requests { MetricKind::Counter } else { MetricKind::Histogram },
-                if m == ReqMetric::Requests { REQUESTS_TOTAL } else { REQUEST_DURATION },
-                [("requested_model", requested), ("model_name", target), ("code_class", k.class), ("criticality", crit)],
+                if m == ReqMetric::Requests {
+                    MetricKind::Counter
+                } else {
+                    MetricKind::Histogram
+                },
+                if m == ReqMetric::Requests {
+                    REQUESTS_TOTAL
+                } else {
+                    REQUEST_DURATION
+                },
+                [
+                    ("requested_model", requested),
+                    ("model_name", target),
+                    ("code_class", k.class),
+                    ("criticality", crit),
+                ],
             ),
             ReqMetric::Ttft | ReqMetric::Tpot => (
                 MetricKind::Histogram,
-                if m == ReqMetric::Ttft { TIME_TO_FIRST_TOKEN } else { TIME_PER_OUTPUT_TOKEN },
-                [("requested_model", requested), ("model_name", target), ("criticality", crit), ("", "")],
+                if m == ReqMetric::Ttft {
+                    TIME_TO_FIRST_TOKEN
+                } else {
+                    TIME_PER_OUTPUT_TOKEN
+                },
+                [
+                    ("requested_model", requested),
+                    ("model_name", target),
+                    ("criticality", crit),
+                    ("", ""),
+                ],
             ),
             ReqMetric::PromptTokens | ReqMetric::CompletionTokens => (
                 MetricKind::Counter,
@@ -662,12 +713,23 @@ impl Registry {
                     ("requested_model", requested),
                     ("model_name", target),
                     ("criticality", crit),
-                    ("type", if m == ReqMetric::PromptTokens { "prompt" } else { "completion" }),
+                    (
+                        "type",
+                        if m == ReqMetric::PromptTokens {
+                            "prompt"
+                        } else {
+                            "completion"
+                        },
+                    ),
                 ],
             ),
             ReqMetric::Shed | ReqMetric::Gated => (
                 MetricKind::Counter,
-                if m == ReqMetric::Shed { REQUESTS_SHED_TOTAL } else { REQUESTS_GATED_TOTAL },
+                if m == ReqMetric::Shed {
+                    REQUESTS_SHED_TOTAL
+                } else {
+                    REQUESTS_GATED_TOTAL
+                },
                 [
                     ("requested_model", requested),
                     ("model_name", target),
@@ -706,34 +768,57 @@ impl Registry {
         let model_src = self
             .model_override
             .as_deref()
-            .or(readiness.map(|r| r.model.as_str()).filter(|m| !m.is_empty()))
+            .or(readiness
+                .map(|r| r.model.as_str())
+                .filter(|m| !m.is_empty()))
             .or(queue.map(|q| q.model.as_str()).filter(|m| !m.is_empty()))
             .unwrap_or("")
             .to_owned();
-        let server_src = queue.map(|q| q.server.as_str()).filter(|s| !s.is_empty()).unwrap_or("");
+        let server_src = queue
+            .map(|q| q.server.as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("");
         self.switch_pod_model(host, &model_src, server_src);
 
         if let Some(r) = readiness {
             let healthy = u64::from(r.status == ReadinessStatus::Ready);
-            if let Some(id) = self.pod_id(host, MetricKind::Gauge, MODEL_HEALTHY, |p| &mut p.healthy) {
+            if let Some(id) =
+                self.pod_id(host, MetricKind::Gauge, MODEL_HEALTHY, |p| &mut p.healthy)
+            {
                 host.set_gauge(id, healthy);
             }
             if let (true, Some(ms)) = (fresh.readiness, r.health_latency_ms) {
-                if let Some(id) = self.pod_id(host, MetricKind::Histogram, HEALTH_CHECK_LATENCY, |p| &mut p.latency) {
+                if let Some(id) =
+                    self.pod_id(host, MetricKind::Histogram, HEALTH_CHECK_LATENCY, |p| {
+                        &mut p.latency
+                    })
+                {
                     host.record(id, u64::from(ms));
                 }
             }
         }
         if let Some(q) = queue {
             if q.scraped_at_ms > 0 {
-                let round = |v: f64| if v.is_finite() && v > 0.0 { v.round() as u64 } else { 0 };
-                if let Some(id) = self.pod_id(host, MetricKind::Gauge, REQUESTS_RUNNING, |p| &mut p.running) {
+                let round = |v: f64| {
+                    if v.is_finite() && v > 0.0 {
+                        v.round() as u64
+                    } else {
+                        0
+                    }
+                };
+                if let Some(id) = self.pod_id(host, MetricKind::Gauge, REQUESTS_RUNNING, |p| {
+                    &mut p.running
+                }) {
                     host.set_gauge(id, round(q.running));
                 }
-                if let Some(id) = self.pod_id(host, MetricKind::Gauge, REQUESTS_WAITING, |p| &mut p.waiting) {
+                if let Some(id) = self.pod_id(host, MetricKind::Gauge, REQUESTS_WAITING, |p| {
+                    &mut p.waiting
+                }) {
                     host.set_gauge(id, round(q.waiting));
                 }
-                if let Some(id) = self.pod_id(host, MetricKind::Gauge, KV_CACHE_USAGE_PPM, |p| &mut p.kv) {
+                if let Some(id) =
+                    self.pod_id(host, MetricKind::Gauge, KV_CACHE_USAGE_PPM, |p| &mut p.kv)
+                {
                     host.set_gauge(id, round(q.kv_cache_usage.clamp(0.0, 1.0) * 1e6));
                 }
             }
@@ -764,8 +849,10 @@ impl Registry {
     /// Starts a new set of pod-level ids when `model_name` or `server` changes; the old
     /// info series drops to 0 so joins on it follow the current model.
     fn switch_pod_model<H: MetricHost>(&mut self, host: &mut H, model: &str, server: &str) {
-        let same_model = self.pod.model.as_bytes() == sanitize_label_value(model.as_bytes()).as_bytes();
-        let same_server = self.pod.server.as_bytes() == sanitize_label_value(server.as_bytes()).as_bytes();
+        let same_model =
+            self.pod.model.as_bytes() == sanitize_label_value(model.as_bytes()).as_bytes();
+        let same_server =
+            self.pod.server.as_bytes() == sanitize_label_value(server.as_bytes()).as_bytes();
         if same_model && same_server && !self.pod.model.is_empty() {
             return;
         }
@@ -780,7 +867,10 @@ impl Registry {
         encode_stat_name(
             &mut self.name,
             MODEL_INFO,
-            &[("model_name", self.pod.model.as_str()), ("server", self.pod.server.as_str())],
+            &[
+                ("model_name", self.pod.model.as_str()),
+                ("server", self.pod.server.as_str()),
+            ],
         );
         let id = host.define(MetricKind::Gauge, &self.name);
         if let Some(id) = id {
@@ -799,7 +889,11 @@ impl Registry {
         if let Some(id) = *slot(&mut self.pod) {
             return Some(id);
         }
-        encode_stat_name(&mut self.name, name, &[("model_name", self.pod.model.as_str())]);
+        encode_stat_name(
+            &mut self.name,
+            name,
+            &[("model_name", self.pod.model.as_str())],
+        );
         let id = host.define(kind, &self.name);
         *slot(&mut self.pod) = id;
         id
@@ -869,7 +963,11 @@ impl Cursor {
 
     /// The cursor after observing these sequence numbers, and what is new; `None` when
     /// nothing is. A sequence number that went backwards is a restarted writer: new too.
-    pub fn advance(&self, readiness_seq: Option<u64>, queue_seq: Option<u64>) -> Option<(Cursor, Fresh)> {
+    pub fn advance(
+        &self,
+        readiness_seq: Option<u64>,
+        queue_seq: Option<u64>,
+    ) -> Option<(Cursor, Fresh)> {
         let fresh = Fresh {
             readiness: readiness_seq.is_some_and(|s| s != self.readiness_seq),
             queue: queue_seq.is_some_and(|s| s != self.queue_seq),
@@ -923,7 +1021,8 @@ mod tests {
             self.names
                 .iter()
                 .position(|(_, n)| n == name)
-                .unwrap_or_else(|| panic!("{name} not defined; have {:#?}", self.names)) as u32
+                .unwrap_or_else(|| panic!("{name} not defined; have {:#?}", self.names))
+                as u32
         }
         fn counter(&self, name: &str) -> u64 {
             self.counters.get(&self.id(name)).copied().unwrap_or(0)
@@ -932,7 +1031,10 @@ mod tests {
             self.gauges.get(&self.id(name)).copied().unwrap_or(0)
         }
         fn samples(&self, name: &str) -> Vec<u64> {
-            self.samples.get(&self.id(name)).cloned().unwrap_or_default()
+            self.samples
+                .get(&self.id(name))
+                .cloned()
+                .unwrap_or_default()
         }
     }
 
@@ -957,8 +1059,15 @@ mod tests {
     #[test]
     fn stat_names_round_trip_through_tag_extraction() {
         let mut s = String::new();
-        encode_stat_name(&mut s, "ml_requests_total", &[("model_name", "org/qwen2.5:7b"), ("code_class", "2xx")]);
-        assert_eq!(s, "model_name=.=org/qwen2.5:7b;.;code_class=.=2xx;.;ml_requests_total");
+        encode_stat_name(
+            &mut s,
+            "ml_requests_total",
+            &[("model_name", "org/qwen2.5:7b"), ("code_class", "2xx")],
+        );
+        assert_eq!(
+            s,
+            "model_name=.=org/qwen2.5:7b;.;code_class=.=2xx;.;ml_requests_total"
+        );
         let (name, tags) = extract(&s);
         assert_eq!(name, "ml_requests_total");
         assert_eq!(tags[0], ("model_name".into(), "org/qwen2.5:7b".into()));
@@ -1006,7 +1115,10 @@ mod tests {
         }
         let mut o = outcome("fast", 200);
         o.target_model = Some(b"llama");
-        o.usage = Some(Usage { prompt_tokens: 10, completion_tokens: 4 });
+        o.usage = Some(Usage {
+            prompt_tokens: 10,
+            completion_tokens: 4,
+        });
         o.ttft_ms = Some(50);
         o.tpot_ms = Some(10);
         o.criticality = Some("bogus");
@@ -1096,22 +1208,53 @@ mod tests {
             server: "vllm".into(),
             model: "sim-model".into(),
         };
-        let all = Fresh { readiness: true, queue: true };
+        let all = Fresh {
+            readiness: true,
+            queue: true,
+        };
         reg.observe_pod(&mut host, Some(&r), Some(&q), all);
         reg.observe_pod(&mut host, Some(&r), Some(&q), Fresh::default());
         assert_eq!(host.gauge("model_name=.=sim-model;.;ml_model_healthy"), 1);
-        assert_eq!(host.gauge("model_name=.=sim-model;.;ml_requests_waiting"), 3);
-        assert_eq!(host.gauge("model_name=.=sim-model;.;ml_requests_running"), 4);
-        assert_eq!(host.gauge("model_name=.=sim-model;.;ml_gpu_kv_cache_usage_ppm"), 432_100);
-        assert_eq!(host.gauge("model_name=.=sim-model;.;server=.=vllm;.;ml_model_info"), 1);
-        assert_eq!(host.samples("model_name=.=sim-model;.;ml_health_check_latency_milliseconds"), vec![7]);
-        assert_eq!(host.counter("model_name=.=sim-model;.;type=.=timeout;.;ml_exporter_errors_total"), 1);
+        assert_eq!(
+            host.gauge("model_name=.=sim-model;.;ml_requests_waiting"),
+            3
+        );
+        assert_eq!(
+            host.gauge("model_name=.=sim-model;.;ml_requests_running"),
+            4
+        );
+        assert_eq!(
+            host.gauge("model_name=.=sim-model;.;ml_gpu_kv_cache_usage_ppm"),
+            432_100
+        );
+        assert_eq!(
+            host.gauge("model_name=.=sim-model;.;server=.=vllm;.;ml_model_info"),
+            1
+        );
+        assert_eq!(
+            host.samples("model_name=.=sim-model;.;ml_health_check_latency_milliseconds"),
+            vec![7]
+        );
+        assert_eq!(
+            host.counter("model_name=.=sim-model;.;type=.=timeout;.;ml_exporter_errors_total"),
+            1
+        );
 
-        let not_ready = ReadinessSnapshot { status: ReadinessStatus::Draining, model: "v2".into(), ..r };
+        let not_ready = ReadinessSnapshot {
+            status: ReadinessStatus::Draining,
+            model: "v2".into(),
+            ..r
+        };
         reg.observe_pod(&mut host, Some(&not_ready), None, Fresh::default());
         assert_eq!(host.gauge("model_name=.=v2;.;ml_model_healthy"), 0);
-        assert_eq!(host.gauge("model_name=.=sim-model;.;server=.=vllm;.;ml_model_info"), 0);
-        assert_eq!(host.gauge("model_name=.=v2;.;server=.=none;.;ml_model_info"), 1);
+        assert_eq!(
+            host.gauge("model_name=.=sim-model;.;server=.=vllm;.;ml_model_info"),
+            0
+        );
+        assert_eq!(
+            host.gauge("model_name=.=v2;.;server=.=none;.;ml_model_info"),
+            1
+        );
     }
 
     #[test]
@@ -1119,11 +1262,23 @@ mod tests {
         let c = Cursor::decode(None);
         assert_eq!(c.advance(None, None), None);
         let (c, fresh) = c.advance(Some(1), None).unwrap();
-        assert_eq!(fresh, Fresh { readiness: true, queue: false });
+        assert_eq!(
+            fresh,
+            Fresh {
+                readiness: true,
+                queue: false
+            }
+        );
         let c = Cursor::decode(Some(&c.encode()));
         assert_eq!(c.advance(Some(1), None), None);
         let (c, fresh) = c.advance(Some(1), Some(5)).unwrap();
-        assert_eq!(fresh, Fresh { readiness: false, queue: true });
+        assert_eq!(
+            fresh,
+            Fresh {
+                readiness: false,
+                queue: true
+            }
+        );
         // A restarted writer counts from 0 again: still news.
         assert!(c.advance(Some(0), Some(5)).is_some());
         assert_eq!(Cursor::decode(Some(b"short")), Cursor::default());
@@ -1150,10 +1305,17 @@ mod tests {
         for i in 1..5u64 {
             t.response_body((50 + 10 * i) * ms, token.as_bytes(), false);
         }
-        let usage = sse_event(r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":5}}"#);
+        let usage =
+            sse_event(r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":5}}"#);
         t.response_body(91 * ms, usage.as_bytes(), false);
         t.response_body(91 * ms, b"data: [DONE]\n\n", true);
-        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 9, completion_tokens: 5 }));
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 5
+            })
+        );
         assert_eq!(t.timings(92 * ms), (92, Some(50), Some(10)));
     }
 
@@ -1163,7 +1325,13 @@ mod tests {
         t.response_headers(200, Some("application/json"));
         t.response_body(1, br#"{"choices":[{}],"usage":{"prompt_tokens":3,"#, false);
         t.response_body(2, br#""completion_tokens":2}}"#, true);
-        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 3, completion_tokens: 2 }));
+        assert_eq!(
+            t.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2
+            })
+        );
         assert_eq!(t.timings(3_000_000), (3, None, None));
 
         let mut t = RequestTracker::new(0);

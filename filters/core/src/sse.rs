@@ -3,7 +3,7 @@
 //! [`UsageScanner`], so the metrics filter sees token events and the final `usage` chunk
 //! without buffering the stream. State is fixed-size; nothing is allocated per chunk.
 
-use crate::usage::{UsageScanner, Usage};
+use crate::usage::{Usage, UsageScanner};
 
 /// What one call to [`SseParser::feed`] completed.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +90,10 @@ impl SseParser {
                 }
                 _ if self.line == Line::Data => {
                     // Pass the run of value bytes up to the next line end in one call.
-                    let n = rest.iter().position(|&c| c == b'\n' || c == b'\r').unwrap_or(rest.len());
+                    let n = rest
+                        .iter()
+                        .position(|&c| c == b'\n' || c == b'\r')
+                        .unwrap_or(rest.len());
                     let (value, after) = rest.split_at(n);
                     self.data_bytes(value);
                     rest = after;
@@ -250,7 +253,10 @@ mod tests {
     fn expected() -> SseProgress {
         SseProgress {
             token_events: 4,
-            usage: Some(Usage { prompt_tokens: 11, completion_tokens: 3 }),
+            usage: Some(Usage {
+                prompt_tokens: 11,
+                completion_tokens: 3,
+            }),
             done: true,
         }
     }
@@ -288,8 +294,17 @@ mod tests {
 
     #[test]
     fn multi_line_data_is_one_json_document() {
-        let r = run(b"data: {\"usage\":\ndata: {\"prompt_tokens\":2,\ndata:\"completion_tokens\":5}}\n\n", &[]);
-        assert_eq!(r.usage, Some(Usage { prompt_tokens: 2, completion_tokens: 5 }));
+        let r = run(
+            b"data: {\"usage\":\ndata: {\"prompt_tokens\":2,\ndata:\"completion_tokens\":5}}\n\n",
+            &[],
+        );
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                prompt_tokens: 2,
+                completion_tokens: 5
+            })
+        );
     }
 
     #[test]
@@ -316,6 +331,12 @@ mod tests {
                  data: {\"choices\":[{}],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\n";
         let r = run(s.as_bytes(), &[]);
         assert_eq!(r.token_events, 2);
-        assert_eq!(r.usage, Some(Usage { prompt_tokens: 4, completion_tokens: 2 }));
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                prompt_tokens: 4,
+                completion_tokens: 2
+            })
+        );
     }
 }

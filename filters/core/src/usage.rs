@@ -184,10 +184,13 @@ impl UsageScanner {
         if self.depth == 2 && !self.obj2 && self.top_key == TopKey::Choices {
             self.choices_nonempty = true;
         }
-        if self.depth == 2 && self.obj2 && self.top_key == TopKey::Usage && b.is_ascii_digit() {
-            if matches!(self.usage_key, UsageKey::Prompt | UsageKey::Completion) {
-                self.number = Some(u64::from(b - b'0'));
-            }
+        if self.depth == 2
+            && self.obj2
+            && self.top_key == TopKey::Usage
+            && b.is_ascii_digit()
+            && matches!(self.usage_key, UsageKey::Prompt | UsageKey::Completion)
+        {
+            self.number = Some(u64::from(b - b'0'));
         }
     }
 
@@ -315,7 +318,13 @@ mod tests {
             "choices":[{"index":0,"message":{"role":"assistant","content":"hi \"usage\": {\"prompt_tokens\": 99}"}}],
             "usage":{"prompt_tokens":12,"total_tokens":19,"completion_tokens":7}}"#;
         all_boundaries(doc, |s| {
-            assert_eq!(s.usage(), Some(Usage { prompt_tokens: 12, completion_tokens: 7 }));
+            assert_eq!(
+                s.usage(),
+                Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 7
+                })
+            );
             assert!(s.choices_nonempty());
             assert!(!s.broken());
         });
@@ -325,14 +334,23 @@ mod tests {
     fn usage_only_at_top_level_and_nested_keys_ignored() {
         let doc = br#"{"choices":[],"x":{"usage":{"prompt_tokens":5}},"usage":{"prompt_tokens_details":{"cached_tokens":3},"prompt_tokens":8,"completion_tokens":0}}"#;
         all_boundaries(doc, |s| {
-            assert_eq!(s.usage(), Some(Usage { prompt_tokens: 8, completion_tokens: 0 }));
+            assert_eq!(
+                s.usage(),
+                Some(Usage {
+                    prompt_tokens: 8,
+                    completion_tokens: 0
+                })
+            );
             assert!(!s.choices_nonempty());
         });
     }
 
     #[test]
     fn null_usage_and_missing_usage() {
-        assert_eq!(scan_split(br#"{"usage":null,"choices":[{}]}"#, &[]).usage(), None);
+        assert_eq!(
+            scan_split(br#"{"usage":null,"choices":[{}]}"#, &[]).usage(),
+            None
+        );
         assert_eq!(scan_split(br#"{"a":1}"#, &[]).usage(), None);
     }
 
@@ -347,12 +365,21 @@ mod tests {
         assert!(s.broken());
         s.reset();
         s.feed(br#"{"usage":{"completion_tokens":1}}"#);
-        assert_eq!(s.usage(), Some(Usage { prompt_tokens: 0, completion_tokens: 1 }));
+        assert_eq!(
+            s.usage(),
+            Some(Usage {
+                prompt_tokens: 0,
+                completion_tokens: 1
+            })
+        );
     }
 
     #[test]
     fn huge_numbers_saturate() {
-        let s = scan_split(br#"{"usage":{"prompt_tokens":99999999999999999999999999}}"#, &[]);
+        let s = scan_split(
+            br#"{"usage":{"prompt_tokens":99999999999999999999999999}}"#,
+            &[],
+        );
         assert_eq!(s.usage().map(|u| u.prompt_tokens), Some(u64::MAX));
     }
 }

@@ -12,8 +12,8 @@ use modelgate_core::metrics::{
     Cursor, MetricHost, MetricKind, MetricsConfig, Registry, RequestOutcome, RequestTracker,
     CURSOR_KEY, GATED_HEADER, SHED_HEADER,
 };
-use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot, QUEUE_KEY, READINESS_KEY};
 use modelgate_core::scrape::ScrapeConfig;
+use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot, QUEUE_KEY, READINESS_KEY};
 use modelgate_glue::poll::SnapshotReader;
 use modelgate_glue::scraper::Scraper;
 use proxy_wasm::hostcalls;
@@ -51,7 +51,10 @@ impl MetricHost for Host {
         match hostcalls::define_metric(t, name) {
             Ok(id) => Some(id),
             Err(e) => {
-                log(LogLevel::Warn, &format!("ml_metrics: cannot define {name}: {e:?}"));
+                log(
+                    LogLevel::Warn,
+                    &format!("ml_metrics: cannot define {name}: {e:?}"),
+                );
                 None
             }
         }
@@ -91,7 +94,13 @@ struct MetricsRoot {
 }
 
 impl Context for MetricsRoot {
-    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         if let Some(s) = self.active.as_mut().and_then(|a| a.scraper.as_mut()) {
             s.on_http_call_response(token, headers, body_size);
         }
@@ -111,7 +120,11 @@ impl RootContext for MetricsRoot {
                 return false;
             }
         };
-        let scraper = match config.scrape.as_ref().map(|v| ScrapeConfig::from_value(v, "scrape")) {
+        let scraper = match config
+            .scrape
+            .as_ref()
+            .map(|v| ScrapeConfig::from_value(v, "scrape"))
+        {
             None => None,
             Some(Ok(c)) => Some(Scraper::new(c)),
             Some(Err(e)) => {
@@ -119,9 +132,9 @@ impl RootContext for MetricsRoot {
                 return false;
             }
         };
-        let tick_ms = scraper
-            .as_ref()
-            .map_or(config.tick_period_ms, |s| s.period_ms().min(config.tick_period_ms));
+        let tick_ms = scraper.as_ref().map_or(config.tick_period_ms, |s| {
+            s.period_ms().min(config.tick_period_ms)
+        });
         let tick = Duration::from_millis(tick_ms);
         let registry = RefCell::new(Registry::new(&config));
         self.active = Some(Active {
@@ -217,7 +230,9 @@ impl HttpContext for MetricsHttp {
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
             if t.wants_request_body() && body_size > 0 {
-                if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+                if let Ok(Some(chunk)) =
+                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                {
                     t.request_body(&chunk);
                 }
             }
@@ -239,7 +254,9 @@ impl HttpContext for MetricsHttp {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
             if t.wants_response_body() && body_size > 0 {
-                if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+                if let Ok(Some(chunk)) =
+                    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                {
                     t.response_body(now_ns(), &chunk, end_of_stream);
                 }
             }
@@ -258,8 +275,12 @@ impl HttpContext for MetricsHttp {
         let status = t.status();
         let target = header(MapType::HttpRequestHeaders, "x-modelgate-model");
         let criticality = header(MapType::HttpRequestHeaders, "x-modelgate-criticality");
-        let shed = (status == 429).then(|| header(MapType::HttpResponseHeaders, SHED_HEADER)).flatten();
-        let gated = (status == 503).then(|| header(MapType::HttpResponseHeaders, GATED_HEADER)).flatten();
+        let shed = (status == 429)
+            .then(|| header(MapType::HttpResponseHeaders, SHED_HEADER))
+            .flatten();
+        let gated = (status == 503)
+            .then(|| header(MapType::HttpResponseHeaders, GATED_HEADER))
+            .flatten();
         let outcome = RequestOutcome {
             requested_model: t.requested_model(),
             target_model: target.as_deref().map(str::as_bytes),
@@ -272,6 +293,9 @@ impl HttpContext for MetricsHttp {
             shed_reason: shed.as_deref(),
             gated_reason: gated.as_deref(),
         };
-        self.shared.registry.borrow_mut().record_request(&mut Host, &outcome);
+        self.shared
+            .registry
+            .borrow_mut()
+            .record_request(&mut Host, &outcome);
     }
 }

@@ -25,7 +25,14 @@ const BROKEN_MODEL: &str = "broken-model";
 /// One Envoy, two listeners: `main` (ml_metrics scraping the sim, the gate when built,
 /// routes with direct 429/503 local replies marked like the shedder's and the gate's) and
 /// `broken` (its own VM, scraping a dead port, for `ml_exporter_errors_total`).
-fn bootstrap(admin: u16, main: u16, broken: u16, sim: u16, dead: u16, gate: Option<&Path>) -> String {
+fn bootstrap(
+    admin: u16,
+    main: u16,
+    broken: u16,
+    sim: u16,
+    dead: u16,
+    gate: Option<&Path>,
+) -> String {
     let metrics_cfg = json!({
         "models": [MODEL],
         "tick_period": "200ms",
@@ -117,7 +124,8 @@ fn bootstrap(admin: u16, main: u16, broken: u16, sim: u16, dead: u16, gate: Opti
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
         )
     };
-    let stats_tags = fs::read_to_string(repo_root().join("envoy/stats-tags.yaml")).expect("envoy/stats-tags.yaml");
+    let stats_tags = fs::read_to_string(repo_root().join("envoy/stats-tags.yaml"))
+        .expect("envoy/stats-tags.yaml");
     format!(
         "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}\n\
          # Histograms reach /stats/prometheus at each flush; flush often for the test.\n\
@@ -132,7 +140,8 @@ fn bootstrap(admin: u16, main: u16, broken: u16, sim: u16, dead: u16, gate: Opti
 
 /// The rule groups of `istio/alerts.yaml` (a PrometheusRule) as a plain rules file.
 fn rules_file(dir: &Path) -> std::path::PathBuf {
-    let text = fs::read_to_string(repo_root().join("istio/alerts.yaml")).expect("istio/alerts.yaml");
+    let text =
+        fs::read_to_string(repo_root().join("istio/alerts.yaml")).expect("istio/alerts.yaml");
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts.yaml is YAML");
     let groups = doc["spec"]["groups"].clone();
     let mut out = serde_yaml::Mapping::new();
@@ -162,24 +171,40 @@ impl Prometheus {
         fs::write(&cfg, config).expect("write prometheus.yml");
         let mut cmd = Command::new("prometheus");
         cmd.arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn");
         let mut proc = Proc::spawn("prometheus", cmd, dir);
         let ready = wait_until(Duration::from_secs(30), || {
-            get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200 || proc.try_exit().is_some()
+            get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200
+                || proc.try_exit().is_some()
         });
-        assert!(ready && proc.try_exit().is_none(), "prometheus did not start:\n{}", proc.log_text());
+        assert!(
+            ready && proc.try_exit().is_none(),
+            "prometheus did not start:\n{}",
+            proc.log_text()
+        );
         Prometheus { port, _proc: proc }
     }
 
     /// The value of an instant query that returns one sample (`None`: no sample yet).
     fn scalar(&self, promql: &str) -> Option<f64> {
-        let url = format!("http://127.0.0.1:{}/api/v1/query?query={}", self.port, urlencode(promql));
+        let url = format!(
+            "http://127.0.0.1:{}/api/v1/query?query={}",
+            self.port,
+            urlencode(promql)
+        );
         let v = get(&url).json();
         assert_eq!(v["status"], "success", "{promql}: {v}");
         let result = v["data"]["result"].as_array()?.clone();
-        assert!(result.len() <= 1, "{promql} returned {} series: {v}", result.len());
+        assert!(
+            result.len() <= 1,
+            "{promql} returned {} series: {v}",
+            result.len()
+        );
         result.first()?["value"][1].as_str()?.parse().ok()
     }
 
@@ -204,7 +229,9 @@ impl Prometheus {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -212,13 +239,16 @@ fn urlencode(s: &str) -> String {
 
 /// `usage` of a JSON response or of the final chunk of an SSE stream.
 fn usage_of(resp: &Response) -> (u64, u64) {
-    let usage = if resp.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")) {
+    let usage = if resp
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream"))
+    {
         resp.text()
             .lines()
+            .rev()
             .filter_map(|l| l.strip_prefix("data: "))
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter_map(|v| v.get("usage").cloned())
-            .last()
+            .find_map(|v| v.get("usage").cloned())
             .expect("stream has a usage chunk")
     } else {
         resp.json()["usage"].clone()
@@ -233,7 +263,16 @@ fn prometheus_sees_every_metric_with_the_right_values() {
     let sim = Sim::start(
         &dir,
         "sim",
-        &["--served-model-name", MODEL, "--ttft-ms", "50", "--itl-ms", "10", "--max-tokens", "8"],
+        &[
+            "--served-model-name",
+            MODEL,
+            "--ttft-ms",
+            "50",
+            "--itl-ms",
+            "10",
+            "--max-tokens",
+            "8",
+        ],
     );
     let gate = {
         let p = repo_root().join("dist/readiness_gate.wasm");
@@ -245,7 +284,9 @@ fn prometheus_sees_every_metric_with_the_right_values() {
     let url = |path: &str| format!("http://127.0.0.1:{main}{path}");
     if gate.is_some() {
         assert!(
-            wait_until(Duration::from_secs(15), || get(&url("/modelgate/ready")).status == 200),
+            wait_until(Duration::from_secs(15), || get(&url("/modelgate/ready"))
+                .status
+                == 200),
             "gate never ready:\n{}",
             envoy.proc.log_text()
         );
@@ -254,7 +295,8 @@ fn prometheus_sees_every_metric_with_the_right_values() {
 
     // Traffic, spread over a few seconds so Prometheus scrapes while it flows.
     let chat = |model: &str, stream: bool| {
-        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]});
+        let mut body =
+            json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]});
         if stream {
             body["stream"] = json!(true);
             body["stream_options"] = json!({"include_usage": true});
@@ -265,7 +307,11 @@ fn prometheus_sees_every_metric_with_the_right_values() {
     let (mut prompt, mut completion) = (0u64, 0u64);
     let (mut s_prompt, mut s_completion) = (0u64, 0u64);
     for i in 0..6 {
-        let crit: &[(&str, &str)] = if i % 2 == 0 { &[("x-modelgate-criticality", "standard")] } else { &[] };
+        let crit: &[(&str, &str)] = if i % 2 == 0 {
+            &[("x-modelgate-criticality", "standard")]
+        } else {
+            &[]
+        };
         let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, false), crit);
         assert_eq!(r.status, 200, "{}", r.text());
         let (p, c) = usage_of(&r);
@@ -275,7 +321,11 @@ fn prometheus_sees_every_metric_with_the_right_values() {
         std::thread::sleep(Duration::from_millis(300));
     }
     for _ in 0..4 {
-        let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, true), &[("x-modelgate-criticality", "critical")]);
+        let r = post_json(
+            &url("/v1/chat/completions"),
+            &chat(MODEL, true),
+            &[("x-modelgate-criticality", "critical")],
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         let (p, c) = usage_of(&r);
         s_prompt += p;
@@ -284,17 +334,32 @@ fn prometheus_sees_every_metric_with_the_right_values() {
         std::thread::sleep(Duration::from_millis(300));
     }
     for _ in 0..2 {
-        let r = post_json(&url("/v1/chat/completions"), &chat("no-such-model", false), &[]);
+        let r = post_json(
+            &url("/v1/chat/completions"),
+            &chat("no-such-model", false),
+            &[],
+        );
         assert_eq!(r.status, 404, "{}", r.text());
         *sent.entry("unknown").or_default() += 1;
     }
     for _ in 0..3 {
-        let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, false), &[("x-test-reply", "shed"), ("x-modelgate-criticality", "sheddable")]);
+        let r = post_json(
+            &url("/v1/chat/completions"),
+            &chat(MODEL, false),
+            &[
+                ("x-test-reply", "shed"),
+                ("x-modelgate-criticality", "sheddable"),
+            ],
+        );
         assert_eq!(r.status, 429);
         *sent.entry("shed").or_default() += 1;
     }
     for _ in 0..2 {
-        let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, false), &[("x-test-reply", "gated")]);
+        let r = post_json(
+            &url("/v1/chat/completions"),
+            &chat(MODEL, false),
+            &[("x-test-reply", "gated")],
+        );
         assert_eq!(r.status, 503);
         *sent.entry("gated").or_default() += 1;
     }
@@ -302,24 +367,62 @@ fn prometheus_sees_every_metric_with_the_right_values() {
     assert_eq!(get(&url("/v1/models")).status, 200);
     assert_eq!(get(&url("/health")).status, 200);
     let total: u64 = sent.values().sum();
-    println!("sent {sent:?}; sim usage: json {prompt}/{completion}, stream {s_prompt}/{s_completion}");
+    println!(
+        "sent {sent:?}; sim usage: json {prompt}/{completion}, stream {s_prompt}/{s_completion}"
+    );
 
     let m = format!(r#"model_name="{MODEL}",requested_model="{MODEL}""#);
     prom.expect("sum(ml_requests_total)", total as f64);
-    prom.expect(&format!(r#"sum(ml_requests_total{{{m},code_class="2xx"}})"#), 10.0);
-    prom.expect(&format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="standard"}})"#), 3.0);
-    prom.expect(&format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="none"}})"#), 3.0);
-    prom.expect(&format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="critical"}})"#), 4.0);
-    prom.expect(r#"sum(ml_requests_total{model_name="other",requested_model="other",code_class="4xx"})"#, 2.0);
+    prom.expect(
+        &format!(r#"sum(ml_requests_total{{{m},code_class="2xx"}})"#),
+        10.0,
+    );
+    prom.expect(
+        &format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="standard"}})"#),
+        3.0,
+    );
+    prom.expect(
+        &format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="none"}})"#),
+        3.0,
+    );
+    prom.expect(
+        &format!(r#"sum(ml_requests_total{{{m},code_class="2xx",criticality="critical"}})"#),
+        4.0,
+    );
+    prom.expect(
+        r#"sum(ml_requests_total{model_name="other",requested_model="other",code_class="4xx"})"#,
+        2.0,
+    );
     prom.expect("sum(ml_request_duration_milliseconds_count)", total as f64);
-    prom.expect(&format!(r#"sum(ml_tokens_total{{{m},type="prompt"}})"#), (prompt + s_prompt) as f64);
-    prom.expect(&format!(r#"sum(ml_tokens_total{{{m},type="completion"}})"#), (completion + s_completion) as f64);
-    prom.expect(&format!(r#"sum(ml_tokens_total{{{m},type="completion",criticality="critical"}})"#), s_completion as f64);
-    prom.expect(&format!(r#"sum(ml_time_to_first_token_milliseconds_count{{{m},criticality="critical"}})"#), 4.0);
-    prom.expect(&format!(r#"sum(ml_time_per_output_token_milliseconds_count{{{m}}})"#), 4.0);
-    prom.expect(r#"sum(ml_requests_shed_total{reason="queue",criticality="sheddable"})"#, 3.0);
+    prom.expect(
+        &format!(r#"sum(ml_tokens_total{{{m},type="prompt"}})"#),
+        (prompt + s_prompt) as f64,
+    );
+    prom.expect(
+        &format!(r#"sum(ml_tokens_total{{{m},type="completion"}})"#),
+        (completion + s_completion) as f64,
+    );
+    prom.expect(
+        &format!(r#"sum(ml_tokens_total{{{m},type="completion",criticality="critical"}})"#),
+        s_completion as f64,
+    );
+    prom.expect(
+        &format!(r#"sum(ml_time_to_first_token_milliseconds_count{{{m},criticality="critical"}})"#),
+        4.0,
+    );
+    prom.expect(
+        &format!(r#"sum(ml_time_per_output_token_milliseconds_count{{{m}}})"#),
+        4.0,
+    );
+    prom.expect(
+        r#"sum(ml_requests_shed_total{reason="queue",criticality="sheddable"})"#,
+        3.0,
+    );
     prom.expect(r#"sum(ml_requests_gated_total{reason="not_ready"})"#, 2.0);
-    prom.expect(r#"sum(ml_requests_total{code_class="4xx",criticality="sheddable"})"#, 3.0);
+    prom.expect(
+        r#"sum(ml_requests_total{code_class="4xx",criticality="sheddable"})"#,
+        3.0,
+    );
 
     // Latencies match the sim's settings (ttft 50 ms, 10 ms per token), within reason.
     let ttft = prom.wait_for(
@@ -347,7 +450,10 @@ fn prometheus_sees_every_metric_with_the_right_values() {
     prom.wait_for(&format!(r#"ml_exporter_errors_total{{model_name="{BROKEN_MODEL}",type="connect"}} or ml_exporter_errors_total{{model_name="{BROKEN_MODEL}"}}"#), |v| v >= 1.0);
     if gate.is_some() {
         prom.expect(&format!("ml_model_healthy{{{pod}}}"), 1.0);
-        let checks = prom.wait_for(&format!("ml_health_check_latency_milliseconds_count{{{pod}}}"), |v| v >= 3.0);
+        let checks = prom.wait_for(
+            &format!("ml_health_check_latency_milliseconds_count{{{pod}}}"),
+            |v| v >= 3.0,
+        );
         println!("health checks observed: {checks}");
     }
 
@@ -357,15 +463,24 @@ fn prometheus_sees_every_metric_with_the_right_values() {
         &format!(r#"sum(ml_time_to_first_token_seconds_sum{{{m}}}) / sum(ml_time_to_first_token_seconds_count{{{m}}})"#),
         |v| v > 0.0,
     );
-    assert!((ttft / 1000.0 - secs).abs() < 0.05, "seconds {secs} vs ms {ttft}");
+    assert!(
+        (ttft / 1000.0 - secs).abs() < 0.05,
+        "seconds {secs} vs ms {ttft}"
+    );
     prom.expect(&format!("ml_gpu_kv_cache_usage{{{pod}}}"), 0.0);
     if gate.is_some() {
-        prom.wait_for(&format!(r#"ml_health_check_latency_seconds_bucket{{{pod},le="+Inf"}}"#), |v| v >= 3.0);
+        prom.wait_for(
+            &format!(r#"ml_health_check_latency_seconds_bucket{{{pod},le="+Inf"}}"#),
+            |v| v >= 3.0,
+        );
     }
 
     // Labels are bounded: no series carries the unknown model's name.
     let text = envoy.prometheus_stats();
-    assert!(!text.contains("no-such-model"), "unknown model leaked into labels");
+    assert!(
+        !text.contains("no-such-model"),
+        "unknown model leaked into labels"
+    );
     assert!(text.contains("# TYPE ml_request_duration_milliseconds histogram"));
     assert!(text.contains("# TYPE ml_requests_total counter"));
     assert!(text.contains("# TYPE ml_requests_running gauge"));
