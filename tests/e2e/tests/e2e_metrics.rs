@@ -475,6 +475,46 @@ fn prometheus_sees_every_metric_with_the_right_values() {
         );
     }
 
+    // Under load (4 running slots, 12 long streams) the queue gauges move.
+    let load: Vec<_> = (0..12)
+        .map(|_| {
+            let u = url("/v1/chat/completions");
+            std::thread::spawn(move || {
+                let body = json!({"model": MODEL, "max_tokens": 150, "stream": true,
+                                  "messages": [{"role": "user", "content": "long"}]});
+                post_json(&u, &body, &[]).status
+            })
+        })
+        .collect();
+    for h in load {
+        assert_eq!(h.join().expect("load thread"), 200);
+    }
+    for g in [
+        "ml_requests_running",
+        "ml_requests_waiting",
+        "ml_gpu_kv_cache_usage_ppm",
+    ] {
+        let v = prom.wait_for(&format!("max_over_time({g}{{{pod}}}[1m])"), |v| v >= 1.0);
+        println!("max {g} under load: {v}");
+    }
+
+    // The real gate: the sim turns unhealthy, the gate answers 503 marked `not_ready`.
+    if gate.is_some() {
+        let r = post_json(&sim.url("/sim/health"), &json!({"healthy": false}), &[]);
+        assert_eq!(r.status, 200);
+        assert!(wait_until(Duration::from_secs(10), || get(&url(
+            "/modelgate/ready"
+        ))
+        .status
+            == 503));
+        for _ in 0..2 {
+            let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, false), &[]);
+            assert_eq!(r.status, 503, "{}", r.text());
+        }
+        prom.expect(r#"sum(ml_requests_gated_total{reason="not_ready"})"#, 4.0);
+        prom.expect(&format!("ml_model_healthy{{{pod}}}"), 0.0);
+    }
+
     // Labels are bounded: no series carries the unknown model's name.
     let text = envoy.prometheus_stats();
     assert!(
