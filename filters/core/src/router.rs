@@ -14,11 +14,11 @@ use crate::config::ConfigError;
 use crate::error::ApiError;
 use crate::json_scan::{ModelScanner, ScanError, MAX_MODEL_LEN};
 use crate::prng::Prng;
+// One criticality type and one lowering rule for the router and the load shedder.
+pub use crate::shed::{effective_criticality, Criticality, CRITICALITY_HEADER};
 
 /// Request header carrying the chosen target model; routes match on it.
 pub const MODEL_HEADER: &str = "x-modelgate-model";
-/// Request header carrying the request's criticality to the load shedder.
-pub const CRITICALITY_HEADER: &str = "x-modelgate-criticality";
 /// Request header carrying the prefix-affinity hash (for RING_HASH / MAGLEV).
 pub const PREFIX_HASH_HEADER: &str = "x-modelgate-prefix-hash";
 
@@ -26,54 +26,6 @@ pub const PREFIX_HASH_HEADER: &str = "x-modelgate-prefix-hash";
 pub const MAX_WEIGHT: u32 = 1_000_000;
 /// Largest accepted `prefix_affinity.chars`.
 pub const MAX_PREFIX_CHARS: usize = 65_536;
-
-// ---------------------------------------------------------------------------------------
-// Criticality
-
-/// How important a request is to keep under load; ordered from least to most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Criticality {
-    Sheddable,
-    Standard,
-    Critical,
-}
-
-impl Criticality {
-    pub const ALL: [Criticality; 3] = [
-        Criticality::Sheddable,
-        Criticality::Standard,
-        Criticality::Critical,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Criticality::Sheddable => "sheddable",
-            Criticality::Standard => "standard",
-            Criticality::Critical => "critical",
-        }
-    }
-
-    /// Parses a header or config value (case-insensitive, surrounding space ignored).
-    pub fn parse(text: &str) -> Option<Self> {
-        let t = text.trim();
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str().eq_ignore_ascii_case(t))
-    }
-
-    /// The criticality a request gets: the model's, unless the client asked for a lower
-    /// one. A higher or unreadable client value is ignored.
-    pub fn effective(configured: Self, client: Option<Self>) -> Self {
-        client.map_or(configured, |c| c.min(configured))
-    }
-}
-
-impl fmt::Display for Criticality {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Configuration

@@ -388,31 +388,24 @@ fn default_model_is_inserted() {
 #[test]
 fn criticality_can_only_be_lowered() {
     use Criticality::*;
-    assert_eq!(
-        Criticality::effective(Standard, Criticality::parse("sheddable")),
-        Sheddable
-    );
-    assert_eq!(
-        Criticality::effective(Standard, Criticality::parse("CRITICAL")),
-        Standard
-    );
-    assert_eq!(
-        Criticality::effective(Critical, Criticality::parse(" standard ")),
-        Standard
-    );
-    assert_eq!(
-        Criticality::effective(Sheddable, Criticality::parse("critical")),
-        Sheddable
-    );
-    assert_eq!(
-        Criticality::effective(Critical, Criticality::parse("bogus")),
-        Critical
-    );
-    assert_eq!(Criticality::effective(Critical, None), Critical);
+    // The router never trusts the client's header: it may only lower the model's value.
+    let eff = |configured, client| effective_criticality(client, configured, false);
+    assert_eq!(eff(Standard, Some("sheddable")), Sheddable);
+    assert_eq!(eff(Standard, Some("CRITICAL")), Standard);
+    assert_eq!(eff(Critical, Some(" standard ")), Standard);
+    assert_eq!(eff(Sheddable, Some("critical")), Sheddable);
+    assert_eq!(eff(Critical, Some("bogus")), Critical);
+    assert_eq!(eff(Critical, None), Critical);
     let r = router(CONFIG);
     assert_eq!(
         r.model(r.resolve("qwen").unwrap()).unwrap().criticality,
         Sheddable
+    );
+    assert_eq!(
+        r.model(r.resolve("llama-3-8b").unwrap())
+            .unwrap()
+            .criticality,
+        Critical
     );
 }
 

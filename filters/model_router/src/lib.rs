@@ -13,8 +13,8 @@ use std::rc::Rc;
 
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{
-    decimal, hash_hex, BodyRouting, BodyStep, Criticality, HeadersAction, RequestHead, Route,
-    Router, CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
+    decimal, effective_criticality, hash_hex, BodyRouting, BodyStep, HeadersAction, RequestHead,
+    Route, Router, CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
 };
 use modelgate_glue::{now_ms, send_error};
 use proxy_wasm::hostcalls;
@@ -97,7 +97,8 @@ struct RouterHttp {
     reading: bool,
     body: BodyRouting,
     has_content_length: bool,
-    client_criticality: Option<Criticality>,
+    /// The client's `x-modelgate-criticality`, which may only lower the model's.
+    client_criticality: Option<String>,
 }
 
 impl Context for RouterHttp {}
@@ -144,9 +145,7 @@ impl HttpContext for RouterHttp {
             HeadersAction::ReadBody => {
                 self.reading = true;
                 self.has_content_length = content_length.is_some();
-                self.client_criticality = self
-                    .get_http_request_header(CRITICALITY_HEADER)
-                    .and_then(|v| Criticality::parse(&v));
+                self.client_criticality = self.get_http_request_header(CRITICALITY_HEADER);
                 Action::Pause
             }
         }
@@ -235,7 +234,8 @@ impl RouterHttp {
             }
         }
         self.set_http_request_header(MODEL_HEADER, Some(&target.name));
-        let criticality = Criticality::effective(model.criticality, self.client_criticality);
+        let criticality =
+            effective_criticality(self.client_criticality.as_deref(), model.criticality, false);
         self.set_http_request_header(CRITICALITY_HEADER, Some(criticality.as_str()));
         match hash {
             Some(h) => {
