@@ -409,7 +409,8 @@ async fn fetch_ranged(
                     .await
                     .map_err(|_| Failure::Fatal("hasher stopped".into()))?;
                 let range = chunk_range(idx, chunk_size, size);
-                let data = match fetch_chunk(&ctx, &remote, &file, &part, range, size, &name).await {
+                let data = match fetch_chunk(&ctx, &remote, &file, &part, range, size, &name).await
+                {
                     Ok(d) => d,
                     Err(e) => {
                         // Drop this chunk's sender so the hasher stops waiting for it.

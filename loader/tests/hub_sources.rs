@@ -436,10 +436,23 @@ fn gives_up_cleanly_when_retries_run_out() {
     let repos = t.path().join("repos");
     publish(&repos, REPO, "c1", &[("model.bin", data(4 << 20, 14))]);
     // Every file response stalls: each range exhausts its retries and the run must end.
-    let hub = Hub::start(&repos, &["--stall-after", "1000", "--stall-count", "1000000"]);
+    let hub = Hub::start(
+        &repos,
+        &["--stall-after", "1000", "--stall-count", "1000000"],
+    );
     let dest = t.path().join("model");
     let mut c = loader(Some(&hub), REPO, &dest);
-    c.args(["--once", "--chunk-size", "1MiB", "--parallel-ranges", "3", "--read-timeout", "300ms", "--retries", "1"]);
+    c.args([
+        "--once",
+        "--chunk-size",
+        "1MiB",
+        "--parallel-ranges",
+        "3",
+        "--read-timeout",
+        "300ms",
+        "--retries",
+        "1",
+    ]);
     let start = Instant::now();
     let (out, err) = run(c);
     assert!(!out.status.success(), "{err}");
