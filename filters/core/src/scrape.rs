@@ -525,9 +525,19 @@ mod tests {
         cfg(r#"{"cluster":"local"}"#)
     }
 
+    /// Real metric text per server kind, embedded (the wasm32 test run has no files).
     fn data(name: &str) -> Vec<u8> {
-        let path = format!("{}/testdata/metrics/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        let bytes: &[u8] = match name {
+            "vllm-v1.prom" => include_bytes!("../testdata/metrics/vllm-v1.prom"),
+            "vllm-v0.prom" => include_bytes!("../testdata/metrics/vllm-v0.prom"),
+            "sglang.prom" => include_bytes!("../testdata/metrics/sglang.prom"),
+            "tgi.prom" => include_bytes!("../testdata/metrics/tgi.prom"),
+            "triton-trtllm.prom" => include_bytes!("../testdata/metrics/triton-trtllm.prom"),
+            "triton-trtllm-old.prom" => include_bytes!("../testdata/metrics/triton-trtllm-old.prom"),
+            "multi-model-vllm.prom" => include_bytes!("../testdata/metrics/multi-model-vllm.prom"),
+            other => panic!("no test data {other}"),
+        };
+        bytes.to_vec()
     }
 
     fn load(cfg: &ScrapeConfig, name: &str) -> ServerLoad {

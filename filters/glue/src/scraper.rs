@@ -168,10 +168,10 @@ impl Scraper {
         let status = if num_headers == 0 {
             None
         } else {
-            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
                 .ok()
                 .flatten()
-                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
         };
         let outcome = match status {
             None => Err(scrape::failed_call(

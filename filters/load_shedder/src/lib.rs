@@ -495,19 +495,21 @@ impl Context for ShedHttp {}
 
 impl HttpContext for ShedHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let header = hostcalls::get_map_value(MapType::HttpRequestHeaders, CRITICALITY_HEADER)
+        // Bytes, not `get_map_value`: the SDK panics on a non-UTF-8 value, and clients
+        // control this one. Not UTF-8 means not a class name: the default applies.
+        let raw = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER)
             .ok()
             .flatten();
+        let header = raw.as_deref().and_then(|b| std::str::from_utf8(b).ok());
         let cfg = &self.config;
         let class = effective_criticality(
-            header.as_deref(),
+            header,
             cfg.default_criticality,
             cfg.trust_criticality_header,
         );
         // A client claimed more than it may: pass the effective class on (rare, so the
         // extra host call is only paid then).
         if header
-            .as_deref()
             .and_then(Criticality::parse)
             .is_some_and(|c| c != class)
         {
@@ -560,7 +562,11 @@ impl HttpContext for ShedHttp {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, ORCA_HEADER, h);
         }
         if self.config.gateway.is_some() {
-            let now = vm.now_ms;
+            // Before the first tick there is no cached time yet.
+            let now = match vm.now_ms {
+                0 => modelgate_glue::now_ms(),
+                t => t,
+            };
             drop(vm);
             self.record_report(now);
         }
@@ -572,12 +578,13 @@ impl ShedHttp {
     /// Gateway: remembers the upstream's ORCA report (keyed by cluster and host) and
     /// strips it, since the load of the servers is no business of the client.
     fn record_report(&mut self, now: u64) {
-        let Ok(Some(value)) = hostcalls::get_map_value(MapType::HttpResponseHeaders, ORCA_HEADER)
+        let Ok(Some(value)) =
+            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ORCA_HEADER)
         else {
             return;
         };
         let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, ORCA_HEADER);
-        let Some(report) = shed::parse_orca(&value) else {
+        let Some(report) = std::str::from_utf8(&value).ok().and_then(shed::parse_orca) else {
             return;
         };
         let host = property_string(&["upstream", "address"]).unwrap_or_default();
