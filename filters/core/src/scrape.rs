@@ -533,7 +533,9 @@ mod tests {
             "sglang.prom" => include_bytes!("../testdata/metrics/sglang.prom"),
             "tgi.prom" => include_bytes!("../testdata/metrics/tgi.prom"),
             "triton-trtllm.prom" => include_bytes!("../testdata/metrics/triton-trtllm.prom"),
-            "triton-trtllm-old.prom" => include_bytes!("../testdata/metrics/triton-trtllm-old.prom"),
+            "triton-trtllm-old.prom" => {
+                include_bytes!("../testdata/metrics/triton-trtllm-old.prom")
+            }
             "multi-model-vllm.prom" => include_bytes!("../testdata/metrics/multi-model-vllm.prom"),
             other => panic!("no test data {other}"),
         };
