@@ -204,9 +204,14 @@ impl Active {
 }
 
 /// A header value, `None` when absent or when the host does not offer the map in this
-/// phase (the SDK's own getters would panic there).
+/// phase (the SDK's own getters would panic there). Invalid UTF-8 is replaced, not fatal
+/// (the SDK's `get_map_value` would trap on it).
 fn header(map: MapType, name: &str) -> Option<String> {
-    hostcalls::get_map_value(map, name).ok().flatten()
+    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    Some(match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 struct MetricsHttp {
