@@ -2,6 +2,7 @@
 //! shared-data snapshots, the once-per-proxy poll lease, and the wall clock. Each
 //! function maps host failures to `None`/`false` instead of panicking.
 
+pub mod headers;
 pub mod poll;
 pub mod scraper;
 

@@ -14,6 +14,7 @@ use modelgate_core::metrics::{
 };
 use modelgate_core::scrape::ScrapeConfig;
 use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot, QUEUE_KEY, READINESS_KEY};
+use modelgate_glue::headers::header;
 use modelgate_glue::poll::SnapshotReader;
 use modelgate_glue::scraper::Scraper;
 use proxy_wasm::hostcalls;
@@ -201,17 +202,6 @@ impl Active {
             fresh,
         );
     }
-}
-
-/// A header value, `None` when absent or when the host does not offer the map in this
-/// phase (the SDK's own getters would panic there). Invalid UTF-8 is replaced, not fatal
-/// (the SDK's `get_map_value` would trap on it).
-fn header(map: MapType, name: &str) -> Option<String> {
-    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
-    Some(match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    })
 }
 
 struct MetricsHttp {
