@@ -502,11 +502,10 @@ fn prometheus_sees_every_metric_with_the_right_values() {
     if gate.is_some() {
         let r = post_json(&sim.url("/sim/health"), &json!({"healthy": false}), &[]);
         assert_eq!(r.status, 200);
-        assert!(wait_until(Duration::from_secs(10), || get(&url(
-            "/modelgate/ready"
-        ))
-        .status
-            == 503));
+        let probe = url("/modelgate/ready");
+        assert!(wait_until(Duration::from_secs(10), || get(&probe).status == 503));
+        // Each worker's VM reads the gate's snapshot on its own tick (200 ms): let all see it.
+        std::thread::sleep(Duration::from_secs(1));
         for _ in 0..2 {
             let r = post_json(&url("/v1/chat/completions"), &chat(MODEL, false), &[]);
             assert_eq!(r.status, 503, "{}", r.text());
