@@ -33,7 +33,12 @@ struct Inner<'a> {
 }
 
 impl ApiError {
-    pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: u16,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             kind,
@@ -104,7 +109,8 @@ impl ApiError {
                 code: self.code,
             },
         };
-        serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"message\":\"error\"}}".to_vec())
+        serde_json::to_vec(&body)
+            .unwrap_or_else(|_| b"{\"error\":{\"message\":\"error\"}}".to_vec())
     }
 }
 
@@ -119,7 +125,10 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["param"], "model");
-        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-\"x\"\n"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gpt-\"x\"\n"));
         assert_eq!(e.status, 404);
     }
 

@@ -10,7 +10,11 @@ pub fn claim(current: Option<&[u8]>, now_ms: u64, period_ms: u64) -> Option<[u8;
         Some(exp) if exp > now_ms => None,
         _ => {
             let slack = (period_ms / 10).max(1);
-            Some(now_ms.saturating_add(period_ms.saturating_sub(slack)).to_le_bytes())
+            Some(
+                now_ms
+                    .saturating_add(period_ms.saturating_sub(slack))
+                    .to_le_bytes(),
+            )
         }
     }
 }

@@ -41,14 +41,22 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 /// Path of a built wasm module in `dist/` (from `make build`).
 pub fn wasm(name: &str) -> PathBuf {
     let p = repo_root().join("dist").join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build` first",
+        p.display()
+    );
     p
 }
 
 /// Path of a native release binary (from `make build`).
 pub fn release_bin(name: &str) -> PathBuf {
     let p = repo_root().join("target/release").join(name);
-    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build` first",
+        p.display()
+    );
     p
 }
 
@@ -57,7 +65,11 @@ pub fn envoy_bin() -> PathBuf {
     let p = std::env::var_os("MODELGATE_ENVOY")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("tools/envoy"));
-    assert!(p.exists(), "{} is missing: run `make setup` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make setup` first",
+        p.display()
+    );
     p
 }
 
@@ -177,12 +189,19 @@ impl Sim {
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Sim {
         let port = free_port();
         let mut cmd = Command::new(release_bin("modelgate-sim"));
-        cmd.arg("--host").arg("127.0.0.1").arg("--port").arg(port.to_string()).args(args);
+        cmd.arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(port.to_string())
+            .args(args);
         let mut proc = Proc::spawn(name, cmd, dir);
         let up = wait_for_port(port, Duration::from_secs(10));
         if !up {
             let exit = proc.try_exit();
-            panic!("{name} did not listen on {port} ({exit:?}):\n{}", proc.log_text());
+            panic!(
+                "{name} did not listen on {port} ({exit:?}):\n{}",
+                proc.log_text()
+            );
         }
         Sim { port, proc }
     }
@@ -209,7 +228,10 @@ impl Envoy {
                 || envoy.proc.try_exit().is_some()
         });
         if !ready || envoy.proc.try_exit().is_some() {
-            panic!("envoy {name} did not become ready:\n{}", envoy.proc.log_text());
+            panic!(
+                "envoy {name} did not become ready:\n{}",
+                envoy.proc.log_text()
+            );
         }
         envoy.admin_port = admin_port;
         envoy
@@ -239,7 +261,11 @@ impl Envoy {
 
     /// Envoy's Prometheus stats text.
     pub fn prometheus_stats(&self) -> String {
-        get(&format!("http://127.0.0.1:{}/stats/prometheus", self.admin_port)).text()
+        get(&format!(
+            "http://127.0.0.1:{}/stats/prometheus",
+            self.admin_port
+        ))
+        .text()
     }
 }
 
@@ -263,7 +289,9 @@ impl Response {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
