@@ -94,7 +94,12 @@ pub struct CallResponse {
 
 impl CallResponse {
     /// Reads the response of the call being answered, at most `max_body` bytes of body.
-    pub fn read(body_size: usize, max_body: usize) -> Self {
+    /// `num_headers` is the host's count: 0 means the call failed with no response (a reset),
+    /// and then the header map does not exist — reading it would trap the VM.
+    pub fn read(num_headers: usize, body_size: usize, max_body: usize) -> Self {
+        if num_headers == 0 {
+            return Self::default();
+        }
         // Bytes: `get_map_value` traps the VM on a non-UTF-8 value.
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()

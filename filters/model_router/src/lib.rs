@@ -19,7 +19,7 @@ use modelgate_core::router::{
 use modelgate_glue::{now_ms, send_error};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -105,13 +105,13 @@ impl Context for RouterHttp {}
 
 impl HttpContext for RouterHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let method = request_header(":method").unwrap_or_default();
+        let path = request_header(":path").unwrap_or_default();
         let is_post = method == "POST";
         let (content_type, content_length) = if is_post {
             (
-                self.get_http_request_header("content-type"),
-                self.get_http_request_header("content-length"),
+                request_header("content-type"),
+                request_header("content-length"),
             )
         } else {
             (None, None)
@@ -145,7 +145,7 @@ impl HttpContext for RouterHttp {
             HeadersAction::ReadBody => {
                 self.reading = true;
                 self.has_content_length = content_length.is_some();
-                self.client_criticality = self.get_http_request_header(CRITICALITY_HEADER);
+                self.client_criticality = request_header(CRITICALITY_HEADER);
                 Action::Pause
             }
         }
@@ -245,4 +245,9 @@ impl RouterHttp {
             None => self.set_http_request_header(PREFIX_HASH_HEADER, None),
         }
     }
+}
+
+/// A request header as text; never traps (non-UTF-8 bytes become U+FFFD).
+fn request_header(name: &str) -> Option<String> {
+    modelgate_glue::headers::header(MapType::HttpRequestHeaders, name)
 }

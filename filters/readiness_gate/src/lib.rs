@@ -47,7 +47,7 @@ impl Context for GateRoot {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        num_headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
@@ -57,7 +57,7 @@ impl Context for GateRoot {
         let Some(check) = a.calls.take(token) else {
             return;
         };
-        let resp = CallResponse::read(body_size, MAX_BODY_BYTES);
+        let resp = CallResponse::read(num_headers, body_size, MAX_BODY_BYTES);
         let now = modelgate_glue::now_ms();
         let outcome = match check {
             Check::Health => {
