@@ -15,7 +15,7 @@ RUN=$ROOT/tools/run
 WASM_DIR=$ROOT/dist
 BIN=$ROOT/target/release
 ENVOY=${MODELGATE_ENVOY:-$ROOT/tools/envoy}
-STARTUP_DELAY_MS=${STARTUP_DELAY_MS:-6000}
+STARTUP_DELAY_MS=${STARTUP_DELAY_MS:-10000}
 
 PODS=(a b c)
 declare -A MODEL=([a]=llama-3-8b [b]=llama-3-8b [c]=qwen-2-7b)
@@ -83,7 +83,7 @@ start gateway "$ENVOY" -c "$RUN/config/gateway.yaml" --disable-hot-restart \
 for i in "${!pids[@]}"; do printf '  started %-10s pid %s  log tools/run/logs/%s.log\n' "${names[$i]}" "${pids[$i]}" "${names[$i]}"; done
 
 # Wait for the gateway to listen, then show the gate: 503 while the models load, then 200.
-for _ in $(seq 100); do port_free 9901 || break; sleep 0.1; done
+for _ in $(seq 300); do port_free 10000 || break; sleep 0.1; done
 chat='{"model":"llama-3-8b","messages":[{"role":"user","content":"Hello from make run"}]}'
 echo
 echo "waiting for the pods: the readiness gates answer 503 until loader and model server are ready"
