@@ -23,6 +23,7 @@ use crate::json_scan::ModelScanner;
 use crate::sse::SseParser;
 use crate::state::{QueueSnapshot, ReadinessSnapshot, ReadinessStatus};
 use crate::usage::{Usage, UsageScanner};
+use crate::vocab::Criticality;
 
 /// Longest label value written (longer model names are cut).
 const MAX_MODEL_LEN: usize = 128;
@@ -67,11 +68,6 @@ pub const BUCKETS_MS: &[f64] = &[
 pub const OTHER: &str = "other";
 /// Label value when there is no value (no model in the request, no status, no header).
 pub const NONE: &str = "none";
-
-/// Response header with which the load shedder marks its 429s: `x-modelgate-shed: <reason>`.
-pub const SHED_HEADER: &str = "x-modelgate-shed";
-/// Response header with which the readiness gate marks its 503s: `x-modelgate-gated: <reason>`.
-pub const GATED_HEADER: &str = "x-modelgate-gated";
 
 /// Writes `name` with `labels` encoded for Envoy's tag extraction into `out`.
 pub fn encode_stat_name(out: &mut String, name: &str, labels: &[(&str, &str)]) {
@@ -319,33 +315,9 @@ impl Interner {
     }
 }
 
-/// The `x-modelgate-criticality` classes; anything else is "none".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Criticality {
-    None,
-    Critical,
-    Standard,
-    Sheddable,
-}
-
-impl Criticality {
-    pub fn parse(v: Option<&str>) -> Self {
-        match v.map(str::trim) {
-            Some(s) if s.eq_ignore_ascii_case("critical") => Self::Critical,
-            Some(s) if s.eq_ignore_ascii_case("standard") => Self::Standard,
-            Some(s) if s.eq_ignore_ascii_case("sheddable") => Self::Sheddable,
-            _ => Self::None,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::None => NONE,
-            Self::Critical => "critical",
-            Self::Standard => "standard",
-            Self::Sheddable => "sheddable",
-        }
-    }
+/// The `criticality` label: the class, or "none" without a valid `x-modelgate-criticality`.
+fn criticality_label(c: Option<Criticality>) -> &'static str {
+    c.map_or(NONE, Criticality::as_str)
 }
 
 /// `2xx`-style class of an HTTP status; "none" when the stream ended without one.
@@ -376,9 +348,9 @@ pub struct RequestOutcome<'a> {
     pub ttft_ms: Option<u64>,
     pub tpot_ms: Option<u64>,
     pub usage: Option<Usage>,
-    /// Reason from [`SHED_HEADER`] on a 429.
+    /// Reason from [`crate::vocab::SHED_HEADER`] on a 429.
     pub shed_reason: Option<&'a str>,
-    /// Reason from [`GATED_HEADER`] on a 503.
+    /// Reason from [`crate::vocab::GATED_HEADER`] on a 503.
     pub gated_reason: Option<&'a str>,
 }
 
@@ -616,7 +588,7 @@ impl Registry {
             Some(t) => self.models.lookup(Some(t)),
             None => requested,
         };
-        let crit = Criticality::parse(o.criticality);
+        let crit = o.criticality.and_then(Criticality::parse);
         let class = code_class(o.status);
         let key = Key {
             requested,
@@ -672,7 +644,7 @@ impl Registry {
         }
         let requested = self.models.name(k.requested);
         let target = self.models.name(k.target);
-        let crit = k.crit.label();
+        let crit = criticality_label(k.crit);
         let (kind, name, labels): (MetricKind, &str, [(&str, &str); 4]) = match m {
             ReqMetric::Requests | ReqMetric::Duration => (
                 if m == ReqMetric::Requests {
@@ -904,7 +876,7 @@ impl Registry {
 struct Key {
     requested: ModelIdx,
     target: ModelIdx,
-    crit: Criticality,
+    crit: Option<Criticality>,
     class: &'static str,
     extra: u8,
 }
@@ -920,15 +892,12 @@ impl Key {
             | u64::from(self.requested) << 32
             | u64::from(self.target) << 16
             | class << 8
-            | self.crit as u64
+            | self.crit.map_or(0, |c| c.index() as u64 + 1)
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Exactly-once pod observations across VMs
-
-/// Shared-data key of the [`Cursor`].
-pub const CURSOR_KEY: &str = "modelgate.metrics.cursor.v1";
 
 /// The snapshot sequence numbers already observed. Every VM ticks; the one that advances
 /// the cursor (a CAS write in shared data) records the new check and scrape, so Envoy's

@@ -6,7 +6,6 @@ use serde::Deserialize;
 
 use crate::config::{parse_duration_ms, validate_path, ConfigError, Upstream, UpstreamJson};
 use crate::error::ApiError;
-pub use crate::metrics::GATED_HEADER;
 use crate::state::{ReadinessSnapshot, ReadinessStatus};
 
 /// Lease purpose (`modelgate.lease.readiness`): one poll round per period per proxy.
@@ -460,7 +459,7 @@ pub struct GateState {
     pub verdict: Verdict,
     /// The reply to a gated request while not ready; `None` when ready.
     pub rejection: Option<ApiError>,
-    /// Value of [`GATED_HEADER`] on that reply, for the metrics filter: one of `unknown`,
+    /// Value of [`crate::vocab::GATED_HEADER`] on that reply, for the metrics filter: one of `unknown`,
     /// `not_ready`, `draining`, `stale` (a bounded set: it becomes a metric label).
     pub gated_reason: &'static str,
     pub probe_status: u32,

@@ -14,13 +14,9 @@ use crate::config::ConfigError;
 use crate::error::ApiError;
 use crate::json_scan::{ModelScanner, ScanError, MAX_MODEL_LEN};
 use crate::prng::Prng;
-// One criticality type and one lowering rule for the router and the load shedder.
-pub use crate::shed::{effective_criticality, Criticality, CRITICALITY_HEADER};
-
-/// Request header carrying the chosen target model; routes match on it.
-pub const MODEL_HEADER: &str = "x-modelgate-model";
-/// Request header carrying the prefix-affinity hash (for RING_HASH / MAGLEV).
-pub const PREFIX_HASH_HEADER: &str = "x-modelgate-prefix-hash";
+// One lowering rule for the router and the load shedder.
+pub use crate::shed::effective_criticality;
+use crate::vocab::Criticality;
 
 /// Largest weight of one target; keeps sums far from overflow and the draw unbiased.
 pub const MAX_WEIGHT: u32 = 1_000_000;

@@ -11,46 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{parse_duration_ms, ConfigError};
 use crate::scrape::{ScrapeConfig, ScrapeConfigJson};
 use crate::state::QueueSnapshot;
-
-/// Request header that carries the criticality (set by the router).
-pub const CRITICALITY_HEADER: &str = "x-modelgate-criticality";
-/// ORCA response header read by Envoy's `client_side_weighted_round_robin`.
-pub const ORCA_HEADER: &str = "endpoint-load-metrics";
-/// Shared-data key of the per-worker in-flight table ([`WorkerTable`]).
-pub const WORKERS_KEY: &str = "modelgate.shedder.workers.v1";
-/// Shared-data key of the gateway's pool table ([`PoolTable`]).
-pub const POOL_KEY: &str = "modelgate.shedder.pool.v1";
-
-/// How important a request is. Ordered: `Sheddable < Standard < Critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Criticality {
-    Sheddable,
-    Standard,
-    Critical,
-}
-
-impl Criticality {
-    pub const ALL: [Criticality; 3] = [Self::Critical, Self::Standard, Self::Sheddable];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        let s = s.trim();
-        [Self::Critical, Self::Standard, Self::Sheddable]
-            .into_iter()
-            .find(|c| s.eq_ignore_ascii_case(c.as_str()))
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Critical => "critical",
-            Self::Standard => "standard",
-            Self::Sheddable => "sheddable",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
+use crate::vocab::Criticality;
 
 /// The criticality a request is admitted as. With `trust_header` (a router in front
 /// sets the header and strips the client's) the header is taken as is; otherwise a
@@ -701,7 +662,7 @@ pub struct WorkerLoad {
     pub at_ms: u64,
 }
 
-/// All workers' loads under [`WORKERS_KEY`], keyed by a worker id handed out on the
+/// All workers' loads under [`crate::vocab::WORKERS_KEY`], keyed by a worker id handed out on the
 /// worker's first write.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct WorkerTable {
@@ -748,7 +709,7 @@ pub struct HostReport {
     pub at_ms: u64,
 }
 
-/// The gateway's view of its pools under [`POOL_KEY`]: cluster → host → latest report.
+/// The gateway's view of its pools under [`crate::vocab::POOL_KEY`]: cluster → host → latest report.
 /// Every worker merges the reports it saw into it on its tick.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct PoolTable {

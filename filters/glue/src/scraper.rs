@@ -22,7 +22,8 @@
 use std::time::Duration;
 
 use modelgate_core::scrape::{self, MetricsReader, ScrapeConfig, ScrapeError};
-use modelgate_core::state::{QueueSnapshot, QUEUE_KEY};
+use modelgate_core::state::QueueSnapshot;
+use modelgate_core::vocab::QUEUE_KEY;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 

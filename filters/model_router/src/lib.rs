@@ -14,8 +14,9 @@ use std::rc::Rc;
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{
     decimal, effective_criticality, hash_hex, BodyRouting, BodyStep, HeadersAction, RequestHead,
-    Route, Router, CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
+    Route, Router,
 };
+use modelgate_core::vocab::{CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER};
 use modelgate_glue::{now_ms, send_error};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};

@@ -8,10 +8,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use modelgate_core::readiness::{
-    self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, GATED_HEADER,
-    LEASE_PURPOSE, MAX_BODY_BYTES,
+    self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, LEASE_PURPOSE,
+    MAX_BODY_BYTES,
 };
-use modelgate_core::state::{ReadinessSnapshot, READINESS_KEY};
+use modelgate_core::state::ReadinessSnapshot;
+use modelgate_core::vocab::{GATED_HEADER, READINESS_KEY};
 use modelgate_glue::poll::{CallResponse, InFlight, SnapshotReader};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
