@@ -18,8 +18,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration_ms, parse_json, ConfigError};
+use crate::config::{ms_or, validate_path, ConfigError, DurationMs, FilterConfig, FilterKind};
 use crate::json_scan::ModelScanner;
+use crate::scrape::{ScrapeConfig, ScrapeConfigJson};
 use crate::sse::SseParser;
 use crate::state::{QueueSnapshot, ReadinessSnapshot, ReadinessStatus};
 use crate::usage::{Usage, UsageScanner};
@@ -118,27 +119,28 @@ pub trait MetricHost {
 // ---------------------------------------------------------------------------------------
 // Configuration
 
+/// The plugin configuration as written (JSON); see docs/ml-metrics.md.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
+pub struct MetricsConfigJson {
     /// Model names kept as label values (served names and aliases); others become "other".
     #[serde(default)]
-    models: Vec<String>,
+    pub models: Vec<String>,
     /// `model_name` of the pod-level metrics; default: the readiness gate's model.
     #[serde(default)]
-    model_name: Option<String>,
+    pub model_name: Option<String>,
     /// Path prefixes of the inference requests to count (POST only); default `["/v1/"]`.
     #[serde(default)]
-    paths: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
     /// How often the pod-level metrics are refreshed from shared data; default "1s".
     #[serde(default)]
-    tick_period: Option<String>,
+    pub tick_period: Option<DurationMs>,
     /// Distinct `reason` / `type` values kept per metric before "other"; default 16.
     #[serde(default)]
-    max_reasons: Option<usize>,
+    pub max_reasons: Option<usize>,
     /// Scraper configuration (the shared scraper of `modelgate_glue::scraper`).
     #[serde(default)]
-    scrape: Option<serde_json::Value>,
+    pub scrape: Option<ScrapeConfigJson>,
 }
 
 /// The validated metrics filter configuration.
@@ -149,13 +151,15 @@ pub struct MetricsConfig {
     pub paths: Vec<String>,
     pub tick_period_ms: u64,
     pub max_reasons: usize,
-    /// Passed unchanged to the scraper when present.
-    pub scrape: Option<serde_json::Value>,
+    /// The shared scraper's configuration, when this filter runs one.
+    pub scrape: Option<ScrapeConfig>,
 }
 
-impl MetricsConfig {
-    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let raw: RawConfig = parse_json(bytes)?;
+impl FilterConfig for MetricsConfig {
+    const KIND: FilterKind = FilterKind::MlMetrics;
+    type Json = MetricsConfigJson;
+
+    fn validate(raw: MetricsConfigJson) -> Result<Self, ConfigError> {
         let mut models: Vec<String> = Vec::with_capacity(raw.models.len());
         for (i, m) in raw.models.iter().enumerate() {
             let field = format!("models[{i}]");
@@ -179,17 +183,9 @@ impl MetricsConfig {
         }
         let paths = raw.paths.unwrap_or_else(|| vec!["/v1/".to_string()]);
         for (i, p) in paths.iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(ConfigError::new(
-                    format!("paths[{i}]"),
-                    format!("`{p}` must start with `/`"),
-                ));
-            }
+            validate_path(&format!("paths[{i}]"), p)?;
         }
-        let tick_period_ms = match &raw.tick_period {
-            Some(t) => parse_duration_ms("tick_period", t)?,
-            None => 1000,
-        };
+        let tick_period_ms = ms_or(raw.tick_period, 1000);
         if !(100..=60_000).contains(&tick_period_ms) {
             return Err(ConfigError::new(
                 "tick_period",
@@ -200,16 +196,23 @@ impl MetricsConfig {
         if !(1..=64).contains(&max_reasons) {
             return Err(ConfigError::new("max_reasons", "must be between 1 and 64"));
         }
+        let scrape = raw
+            .scrape
+            .as_ref()
+            .map(|s| ScrapeConfig::validate(s, "scrape"))
+            .transpose()?;
         Ok(Self {
             models,
             model_name: raw.model_name,
             paths,
             tick_period_ms,
             max_reasons,
-            scrape: raw.scrape,
+            scrape,
         })
     }
+}
 
+impl MetricsConfig {
     /// True when a request with this method and path is an inference request to count.
     pub fn counts(&self, method: &str, path: &str) -> bool {
         method.eq_ignore_ascii_case("POST")
@@ -1060,6 +1063,28 @@ mod tests {
         assert_eq!(err(r#"{"tick_period":"1h"}"#), "tick_period");
         assert_eq!(err(r#"{"bogus":1}"#), "bogus");
         assert_eq!(err(r#"{"model_name":""}"#), "model_name");
+        assert_eq!(err(r#"{"models":"llama"}"#), "models");
+        assert_eq!(err(r#"{"tick_period":5}"#), "tick_period");
+    }
+
+    #[test]
+    fn scrape_block_is_validated_with_the_filter_config() {
+        let c = config(r#"{"scrape":{"cluster":"model_server","period":"100ms"}}"#);
+        let s = c.scrape.unwrap();
+        assert_eq!(
+            (s.upstream.cluster.as_str(), s.period_ms),
+            ("model_server", 100)
+        );
+        let err = |j: &str| MetricsConfig::parse(j.as_bytes()).unwrap_err().field;
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"m","perod":"1s"}}"#),
+            "scrape.perod"
+        );
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"m","period":"1h"}}"#),
+            "scrape.period"
+        );
+        assert_eq!(err(r#"{"scrape":{}}"#), "scrape.cluster");
     }
 
     fn outcome<'a>(model: &'a str, status: u16) -> RequestOutcome<'a> {

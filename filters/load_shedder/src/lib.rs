@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use modelgate_core::config::FilterConfig;
 use modelgate_core::metrics::encode_stat_name;
 use modelgate_core::shed::{
     self, effective_criticality, Decision, HostReport, LoadView, OrcaReporter, PoolTable,

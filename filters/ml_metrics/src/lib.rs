@@ -8,10 +8,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use modelgate_core::config::FilterConfig;
 use modelgate_core::metrics::{
     Cursor, MetricHost, MetricKind, MetricsConfig, Registry, RequestOutcome, RequestTracker,
 };
-use modelgate_core::scrape::ScrapeConfig;
 use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot};
 use modelgate_core::vocab::{
     CRITICALITY_HEADER, GATED_HEADER, METRICS_CURSOR_KEY, MODEL_HEADER, QUEUE_KEY, READINESS_KEY,
@@ -124,18 +124,7 @@ impl RootContext for MetricsRoot {
                 return false;
             }
         };
-        let scraper = match config
-            .scrape
-            .as_ref()
-            .map(|v| ScrapeConfig::from_value(v, "scrape"))
-        {
-            None => None,
-            Some(Ok(c)) => Some(Scraper::new(c)),
-            Some(Err(e)) => {
-                log(LogLevel::Error, &format!("ml_metrics: {e}"));
-                return false;
-            }
-        };
+        let scraper = config.scrape.clone().map(Scraper::new);
         let tick_ms = scraper.as_ref().map_or(config.tick_period_ms, |s| {
             s.period_ms().min(config.tick_period_ms)
         });

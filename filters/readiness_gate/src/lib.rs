@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use modelgate_core::config::FilterConfig;
 use modelgate_core::readiness::{
     self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, LEASE_PURPOSE,
     MAX_BODY_BYTES,
@@ -82,7 +83,7 @@ impl RootContext for GateRoot {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match ReadinessConfig::from_json(&bytes) {
+        let config = match ReadinessConfig::parse(&bytes) {
             Ok(c) => Rc::new(c),
             Err(e) => {
                 log(LogLevel::Error, &e.to_string());
