@@ -1,6 +1,8 @@
 //! Every ```json and ```yaml block in README.md and docs/*.md parses (issue 14.1: a README
 //! JSON block once held a YAML comment cut mid-word). Reads files, so not on wasm32.
 #![cfg(not(target_arch = "wasm32"))]
+// A test: a missing file or a broken block is a failure with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
@@ -72,5 +74,9 @@ fn every_json_and_yaml_block_in_the_docs_parses() {
             bad.push(format!("{file}:{line} ({lang}): {e}"));
         }
     }
-    assert!(bad.is_empty(), "blocks that do not parse:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "blocks that do not parse:\n{}",
+        bad.join("\n")
+    );
 }
