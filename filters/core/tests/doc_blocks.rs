@@ -66,7 +66,7 @@ fn every_json_and_yaml_block_in_the_docs_parses() {
                 .map(|e| e.to_string())
         } else {
             serde_yaml::Deserializer::from_str(body)
-                .map(|doc| <serde_yaml::Value as serde::Deserialize>::deserialize(doc))
+                .map(<serde_yaml::Value as serde::Deserialize>::deserialize)
                 .find_map(Result::err)
                 .map(|e| e.to_string())
         };
