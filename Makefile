@@ -4,7 +4,7 @@ FILTERS := readiness_gate model_router load_shedder ml_metrics
 WASM_DIR := target/wasm32-wasip1/wasm-release
 export MODELGATE_ENVOY ?= $(CURDIR)/tools/envoy
 
-.PHONY: all setup build wasm native test test-alerts test-core test-core-wasm test-abi test-e2e lint fmt run bench clean
+.PHONY: all setup build wasm native test test-alerts test-core test-core-wasm test-abi test-e2e test-manifests test-oci oci lint fmt run bench clean
 
 all: build
 
@@ -20,21 +20,26 @@ wasm: setup
 	@ls -l dist/*.wasm
 
 native:
-	cargo build --release -p modelgate-sim -p modelgate-loader
+	cargo build --release -p modelgate-sim -p modelgate-loader -p modelgate-check
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -- -D warnings
 
-test: build lint test-core test-core-wasm test-alerts test-abi test-e2e
+test: build lint test-core test-core-wasm test-alerts test-manifests test-abi test-e2e
 
 # promtool check + unit tests of istio/alerts.yaml (the PrometheusRule's groups).
 test-alerts:
 	scripts/check-alerts.sh
 
 test-core:
-	cargo test -p modelgate-core -p modelgate-sim -p modelgate-loader
+	cargo test -p modelgate-core -p modelgate-sim -p modelgate-loader -p modelgate-check
+
+# istio/ and envoy/ against the published schemas and each other, `modelgate check`,
+# `envoy --mode validate`, the loader's flags (docs/istio.md). Needs `make build`.
+test-manifests:
+	tools/venv/bin/python -m unittest discover -s tests/manifests -p 'test_*.py'
 
 test-core-wasm:
 	scripts/test-core-wasm.sh
