@@ -336,6 +336,28 @@ class CrossFile(unittest.TestCase):
         for f in ("model-router.yaml", "kustomization.yaml"):
             self.assertRegex(texts[os.path.join(ISTIO, f)], r"Istio (>=|≥) ?1\.28")
 
+    def test_every_image_is_pinned_by_digest(self):
+        # scripts/oci-pin.py (make oci) writes them; an EnvoyFilter repeats the digest in
+        # remote.sha256, which istio-agent checks against the pulled manifest.
+        refs = 0
+        for f, i, o in objects():
+            for n in walk(o):
+                if isinstance(n, dict):
+                    for key in ("url", "uri", "image"):
+                        v = n.get(key)
+                        # Ours; vLLM's image is the user's choice (pin the one you tested).
+                        if isinstance(v, str) and "ghcr.io/modelgate/" in v:
+                            refs += 1
+                            with self.subTest(file=f, doc=i, ref=v):
+                                m = re.search(r"@sha256:([0-9a-f]{64})$", v)
+                                self.assertTrue(m, "pinned by digest")
+                                self.assertNotEqual(set(m.group(1)), {"0"}, "a real digest")
+                    remote = n.get("remote")
+                    if isinstance(remote, dict) and "http_uri" in remote:
+                        digest = remote["http_uri"]["uri"].rsplit("@sha256:", 1)[-1]
+                        self.assertEqual(remote.get("sha256"), digest)
+        self.assertGreaterEqual(refs, 10)  # 8 Wasm references, 2 loader images
+
     def test_envoyfilter_wasm_has_no_pull_secret(self):
         # Finding 9: EnvoyFilter Wasm cannot reference an imagePullSecret.
         for ef in of_kind("EnvoyFilter"):

@@ -71,6 +71,7 @@ fn start_loader(dir: &Path) -> (u16, Proc) {
     fs::create_dir_all(&src).expect("model dir");
     fs::write(src.join("config.json"), r#"{"model_type": "demo"}"#).expect("config.json");
     fs::write(src.join("model.safetensors"), vec![7u8; 4096]).expect("weights");
+    fs::create_dir_all(dir.join("models")).expect("models volume");
     let port = free_port();
     let mut cmd = Command::new(release_bin("modelgate-loader"));
     cmd.arg("--source")
