@@ -34,7 +34,6 @@ HUB_PID=; NGX_PID=
 cleanup() {
   [ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null
   [ -n "$NGX_PID" ] && kill "$NGX_PID" 2>/dev/null
-  wait 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -43,7 +42,8 @@ R=$W/repos/bench/model
 mkdir -p "$R/revisions/r1" "$R/refs"
 say "writing $FILES x $MIB MiB"
 for i in $(seq 1 $FILES); do
-  openssl enc -aes-128-ctr -pass pass:"$i" -nosalt -pbkdf2 < /dev/zero 2>/dev/null \
+  # Pseudo-random bytes at AES speed; openssl dies of SIGPIPE when head has enough.
+  { openssl enc -aes-128-ctr -pass pass:"$i" -nosalt -pbkdf2 < /dev/zero 2>/dev/null || true; } \
     | head -c $((MIB * 1048576)) > "$R/revisions/r1/model-0000$i.safetensors"
 done
 echo '{"model_type":"bench"}' > "$R/revisions/r1/config.json"
@@ -96,12 +96,15 @@ record() { T[$1]="${T[$1]:-} $2"; }
 
 run_curl() {
   local t0; t0=$(now)
-  for u in "${URLS[@]}"; do curl -s -o /dev/null "$u" & done; wait
+  local pids=()
+  for u in "${URLS[@]}"; do curl -s -o /dev/null "$u" & pids+=($!); done; wait "${pids[@]}"
   record curl "$(since "$t0")"
 }
 run_curl_sha() {
   local t0; t0=$(now)
-  for u in "${URLS[@]}"; do (curl -s "$u" | openssl dgst -sha256 > /dev/null) & done; wait
+  local pids=()
+  for u in "${URLS[@]}"; do (curl -s "$u" | openssl dgst -sha256 > /dev/null) & pids+=($!); done
+  wait "${pids[@]}"
   record curlsha "$(since "$t0")"
 }
 run_loader() {
