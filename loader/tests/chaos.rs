@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const REPO: &str = "org/model";
+/// (name, bytes) of one revision.
+type Files = Vec<(&'static str, Vec<u8>)>;
 /// Files of the loader's own bookkeeping inside a served revision.
 const OWN: [&str; 3] = [".ready", "metadata.json", ".modelgate-manifest.json"];
 
@@ -80,7 +82,7 @@ fn sigkill_at_random_points_never_serves_a_mixed_or_corrupt_model() {
     let t = tmp();
     let repos = t.path().join("repos");
     let shared = data(6 << 20, 1);
-    let revs: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let revs: Vec<(&str, Files)> = vec![
         (
             "c1",
             vec![
