@@ -2,7 +2,7 @@
 //! server cuts connections, then restart. After every kill the served path is absent or one
 //! complete revision, byte-identical to the source, with the ready file naming it; a kill
 //! costs at most about one write batch (1 MiB) per connection.
-//! `MODELGATE_CHAOS_KILLS` (kills per revision, default 4) makes the long run of
+//! `MODELGATE_CHAOS_KILLS` (kills wanted in all, default 6) makes the long run of
 //! `scripts/soak-loader.sh`; `MODELGATE_CHAOS_SUMMARY` names a file for its summary line.
 // Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
 #![allow(
