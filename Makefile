@@ -4,7 +4,7 @@ FILTERS := readiness_gate model_router load_shedder ml_metrics
 WASM_DIR := target/wasm32-wasip1/wasm-release
 export MODELGATE_ENVOY ?= $(CURDIR)/tools/envoy
 
-.PHONY: all setup build wasm native test test-alerts test-core test-core-wasm test-abi test-e2e test-manifests oci oci-wasm oci-loader lint fmt run bench clean
+.PHONY: all setup build wasm native test test-alerts test-core test-core-wasm test-sim test-loader test-check test-abi test-e2e test-manifests oci oci-wasm oci-loader lint fmt run bench clean
 
 all: build
 
@@ -27,14 +27,24 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -- -D warnings
 
-test: build lint test-core test-core-wasm test-alerts test-manifests test-abi test-e2e
+test: build lint test-core test-core-wasm test-sim test-loader test-check test-alerts test-manifests test-abi test-e2e
 
 # promtool check + unit tests of istio/alerts.yaml (the PrometheusRule's groups).
 test-alerts:
 	scripts/check-alerts.sh
 
+# The filters' policy (and every doc block parses: tests/doc_blocks.rs).
 test-core:
-	cargo test -p modelgate-core -p modelgate-sim -p modelgate-loader -p modelgate-check
+	cargo test -p modelgate-core
+
+test-sim:
+	cargo test -p modelgate-sim
+
+test-loader:
+	cargo test -p modelgate-loader
+
+test-check:
+	cargo test -p modelgate-check
 
 # istio/ and envoy/ against the published schemas and each other, `modelgate check`,
 # `envoy --mode validate`, the loader's flags (docs/istio.md). Needs `make build`.

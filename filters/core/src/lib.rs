@@ -16,3 +16,4 @@ pub mod shed;
 pub mod sse;
 pub mod state;
 pub mod usage;
+pub mod vocab;
