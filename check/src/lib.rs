@@ -7,7 +7,9 @@ use std::fmt;
 
 use modelgate_core::config::{ConfigError, FilterConfig};
 use modelgate_core::metrics::MetricsConfig;
+use modelgate_core::readiness::ReadinessConfig;
 use modelgate_core::router::Router;
+use modelgate_core::shed::ShedConfig;
 use serde_json::Value;
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
@@ -15,8 +17,36 @@ const MODEL_HEADER: &str = "x-modelgate-model";
 /// Istio's root namespace: its WasmPlugins and EnvoyFilters apply in every namespace.
 const ROOT_NAMESPACE: &str = "istio-system";
 
-/// The modelgate filters, as core names them (`root_id` / `pluginName`).
-pub use modelgate_core::config::FilterKind as Filter;
+/// The modelgate filters, by the name they have in `root_id` / `pluginName`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    ReadinessGate,
+    ModelRouter,
+    LoadShedder,
+    MlMetrics,
+}
+
+impl Filter {
+    pub const ALL: [Filter; 4] = [
+        Filter::ReadinessGate,
+        Filter::ModelRouter,
+        Filter::LoadShedder,
+        Filter::MlMetrics,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::ReadinessGate => "readiness_gate",
+            Filter::ModelRouter => "model_router",
+            Filter::LoadShedder => "load_shedder",
+            Filter::MlMetrics => "ml_metrics",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Filter> {
+        Filter::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
 
 /// Where a configuration (or a problem) was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,12 +427,10 @@ fn cross_check_proxy(members: &[&Found], problems: &mut Vec<Problem>) {
     }
 }
 
-/// Runs the filter's own configuration code (`config::validate`, what its `on_configure`
-/// runs), then reads what the cross-checks need from the accepted configuration.
+/// Runs the filter's own configuration code (the same calls as its `on_configure`).
 fn validate(filter: Filter, bytes: &[u8]) -> Result<Facts, ConfigError> {
-    modelgate_core::config::validate(filter, bytes)?;
-    Ok(match filter {
-        Filter::ReadinessGate => Facts::Gate,
+    match filter {
+        Filter::ReadinessGate => ReadinessConfig::parse(bytes).map(|_| Facts::Gate),
         Filter::ModelRouter => {
             let router = Router::parse(bytes)?;
             let mut names = BTreeSet::new();
@@ -418,16 +446,22 @@ fn validate(filter: Filter, bytes: &[u8]) -> Result<Facts, ConfigError> {
                     targets.insert(t.name.clone());
                 }
             }
-            Facts::Router { names, targets }
+            Ok(Facts::Router { names, targets })
         }
-        Filter::LoadShedder => Facts::Shedder {
-            scrape: raw_field(bytes, "scrape"),
-        },
-        Filter::MlMetrics => Facts::Metrics {
-            models: MetricsConfig::parse(bytes)?.models.into_iter().collect(),
-            scrape: raw_field(bytes, "scrape"),
-        },
-    })
+        Filter::LoadShedder => {
+            ShedConfig::parse(bytes)?;
+            Ok(Facts::Shedder {
+                scrape: raw_field(bytes, "scrape"),
+            })
+        }
+        Filter::MlMetrics => {
+            let cfg = MetricsConfig::parse(bytes)?;
+            Ok(Facts::Metrics {
+                models: cfg.models.into_iter().collect(),
+                scrape: raw_field(bytes, "scrape"),
+            })
+        }
+    }
 }
 
 fn raw_field(bytes: &[u8], key: &str) -> Option<Value> {

@@ -71,6 +71,9 @@ fn served(dest: &Path, repos: &Path) -> Result<Option<String>, String> {
     Ok(Some(rev))
 }
 
+/// A revision's files: (path, contents).
+type Files = Vec<(&'static str, Vec<u8>)>;
+
 #[test]
 fn sigkill_at_random_points_never_serves_a_mixed_or_corrupt_model() {
     let kills_per_rev: usize = std::env::var("MODELGATE_CHAOS_KILLS")
@@ -80,7 +83,7 @@ fn sigkill_at_random_points_never_serves_a_mixed_or_corrupt_model() {
     let t = tmp();
     let repos = t.path().join("repos");
     let shared = data(6 << 20, 1);
-    let revs: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let revs: Vec<(&str, Files)> = vec![
         (
             "c1",
             vec![
