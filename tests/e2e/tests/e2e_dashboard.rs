@@ -58,7 +58,7 @@ fn start_pod(
             ("WASM_DIR", wasm_dir()),
             ("MODEL", model.to_string()),
             ("READINESS_LOADER", readiness_loader),
-            ("READINESS_PERIOD", "200ms".to_string()),
+            ("READINESS_PERIOD", "500ms".to_string()),
         ],
     );
     let envoy = Envoy::start(dir, &format!("sidecar-{name}"), &yaml, admin);
@@ -257,7 +257,7 @@ fn every_dashboard_query_returns_data_after_traffic() {
     ));
     let (prom, _prometheus) = start_prometheus(&dir, &targets);
 
-    // Every pod ready (the gates poll every 200 ms).
+    // Every pod ready (the gates poll every 500 ms).
     let ready = wait_until(Duration::from_secs(60), || {
         pods.iter()
             .all(|p| get(&format!("http://127.0.0.1:{}/modelgate/ready", p.port)).status == 200)
@@ -275,27 +275,38 @@ fn every_dashboard_query_returns_data_after_traffic() {
     }
     assert_eq!(chat(&gw, "no-such-model", false, &[]).status, 404);
 
-    // Shed: sheddable requests straight at pod c's sidecar (which trusts the header) until
-    // its queue is deep enough.
+    // Shed: a flood of sheddable requests straight at pod c's sidecar (which trusts the
+    // header) keeps its queue deep; probes in the meantime are shed once a scrape sees it.
     let pod_c = format!("http://127.0.0.1:{}", pods[2].port);
-    let shed = wait_until(Duration::from_secs(60), || {
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let url = pod_c.clone();
-                std::thread::spawn(move || {
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let url = pod_c.clone();
+            std::thread::spawn(move || {
+                for _ in 0..4 {
                     chat(
                         &url,
                         "qwen-2-7b",
                         false,
-                        &[("x-modelgate-criticality", "sheddable")],
-                    )
-                    .status
-                })
+                        &[("x-modelgate-criticality", "critical")],
+                    );
+                }
             })
-            .collect();
-        let codes: Vec<u16> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
-        codes.contains(&429)
+        })
+        .collect();
+    let shed = wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        chat(
+            &pod_c,
+            "qwen-2-7b",
+            false,
+            &[("x-modelgate-criticality", "sheddable")],
+        )
+        .status
+            == 429
     });
+    for f in flood {
+        let _ = f.join();
+    }
     assert!(shed, "pod c never shed");
 
     // Gated: pod b's server turns unhealthy; its gate answers 503 until it recovers.
