@@ -14,7 +14,7 @@ DIST=${MODELGATE_DIST:-$ROOT/dist}
 PY=${PYTHON:-$ROOT/tools/venv/bin/python}
 SECONDS_PER_RUN=${BENCH_SECONDS:-3}
 ROUNDS=${BENCH_ROUNDS:-3}
-VARIANTS=(${BENCH_VARIANTS:-none lua router metrics shedder gate gateway sidecar})
+VARIANTS=(${BENCH_VARIANTS:-none noop noop3 lua router metrics shedder gate gateway sidecar})
 SIZES=(1k 100k)
 TOOLS=(wrk h2load)
 CONNS=32
@@ -35,6 +35,12 @@ done
 for f in model_router ml_metrics load_shedder readiness_gate; do
   [ -f "$DIST/$f.wasm" ] || { echo "bench/proxy.sh: $DIST/$f.wasm missing (make wasm)" >&2; exit 1; }
 done
+
+# The no-op filter (bench/noop): what the Wasm callbacks cost by themselves.
+echo "[proxy] building bench/noop" >&2
+cargo build -q --release --target wasm32-wasip1 --manifest-path "$ROOT/bench/noop/Cargo.toml" \
+  --target-dir "$ROOT/target/bench-noop" >&2
+cp "$ROOT/target/bench-noop/wasm32-wasip1/release/bench_noop.wasm" "$W/"
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -58,6 +64,10 @@ EOF
 body_for() { # variant size
   case $1 in sidecar* | gate* | shedder*) echo "$W/body-served-$2.json" ;; *) echo "$W/body-alias-$2.json" ;; esac
 }
+
+# The core hot paths natively (std harness), for the table next to the Envoy numbers.
+echo "[proxy] cargo bench -p modelgate-core --bench hot_paths" >&2
+cargo bench -q -p modelgate-core --bench hot_paths > "$W/hot_paths.md"
 
 # Wasm runtimes compiled into this Envoy: the router alone on each; only those that start run.
 RUNTIME_NOTE=()
@@ -162,7 +172,7 @@ for v in "${VARIANTS[@]}"; do
 done
 
 RUNTIME_LIST="v8 ${RUNTIMES[*]}"
-"$PY" - "$W" "$DIST" "$SECONDS_PER_RUN" "$ROUNDS" "$CONNS" "$RUNTIME_LIST" "${RUNTIME_NOTE[@]}" <<'EOF'
+BENCH_ROOT=$ROOT "$PY" - "$W" "$DIST" "$SECONDS_PER_RUN" "$ROUNDS" "$CONNS" "$RUNTIME_LIST" "${RUNTIME_NOTE[@]}" <<'EOF'
 import os, statistics, sys
 from collections import defaultdict
 w, dist, secs, rounds, conns, runtimes, *notes = sys.argv[1:]
@@ -174,6 +184,8 @@ med = {k: [statistics.median(x[i] for x in vals) for i in range(4)] for k, vals 
 variants = list(dict.fromkeys(k[2] for k in runs))
 label = {
     "none": "no filter (the limit)",
+    "noop": "a Wasm filter that does nothing (`bench/noop`)",
+    "noop3": "three such no-op filters (one VM)",
     "lua": "Envoy Lua: pattern on the body for `model`, set header, clear route cache",
     "router": "`model_router` alone (gateway.yaml config)",
     "metrics": "`ml_metrics` alone (gateway.yaml config)",
@@ -210,6 +222,43 @@ for tool in ("wrk", "h2load"):
                   f"**{rps / base[0]:.2f}** | {p50:.0f} | {p50 / base[1]:.2f} | {p99:.0f} | "
                   f"{p99 / base[2]:.2f} | {cpu:.1f} | {cpu / base[3]:.2f} |")
     print()
+print("### Targets of issue 10 (req/s ratios above; met = in this run)\n")
+print("| target | HTTP/1.1 (wrk) | HTTP/2 (h2load) |\n|---|---|---|")
+def ratio(tool, size, v):
+    m, b = med.get((tool, size, v)), med.get((tool, size, "none"))
+    return m[0] / b[0] if m and b else None
+def check(desc, pred):
+    cells = []
+    for tool in ("wrk", "h2load"):
+        ok, shown = pred(tool)
+        cells.append("n/a" if ok is None else f"{'met' if ok else '**not met**'} ({shown})")
+    print(f"| {desc} | {cells[0]} | {cells[1]} |")
+def at_least(v, size, bound):
+    def pred(tool):
+        r = ratio(tool, size, v)
+        return (None, "") if r is None else (r >= bound, f"{r:.2f}")
+    return pred
+def beats_lua(v, size):
+    def pred(tool):
+        r, l = ratio(tool, size, v), ratio(tool, size, "lua")
+        return (None, "") if r is None or l is None else (r > l, f"{r:.2f} vs Lua {l:.2f}")
+    return pred
+for v in ("router", "metrics", "shedder", "gate"):
+    if v in variants:
+        check(f"{name(v)} ≥ 0.92 at 1 KiB", at_least(v, "1k", 0.92))
+        for size in ("1k", "100k"):
+            check(f"{name(v)} faster than Lua at {'1 KiB' if size == '1k' else '100 KiB'}", beats_lua(v, size))
+if "gateway" in variants:
+    check("gateway chain ≥ 0.85 at 1 KiB", at_least("gateway", "1k", 0.85))
+    check("gateway chain ≥ 0.80 at 100 KiB", at_least("gateway", "100k", 0.80))
+if "sidecar" in variants:
+    check("sidecar chain ≥ 0.85 at 1 KiB", at_least("sidecar", "1k", 0.85))
+    check("sidecar chain ≥ 0.85 at 100 KiB", at_least("sidecar", "100k", 0.85))
+print()
+print("### Core hot paths, natively\n")
+print("`cargo bench -p modelgate-core --bench hot_paths` (`filters/core/benches/hot_paths.rs`): "
+      "the filters' per-request logic without Envoy or Wasm, release build.\n")
+print(open(f"{w}/hot_paths.md").read())
 print("### Modules and memory\n")
 print("| module | size (bytes) |\n|---|---|")
 for f in sorted(os.listdir(dist)):
@@ -226,4 +275,7 @@ print(f"Wasm runtimes measured: {', '.join('`' + r + '`' for r in runtimes.split
 for n in notes:
     print(f"- {n}")
 print()
+analysis = os.path.join(os.environ["BENCH_ROOT"], "bench", "proxy-analysis.md")
+if os.path.exists(analysis):
+    print(open(analysis).read())
 EOF

@@ -167,7 +167,11 @@ pub struct Router {
 
 impl Model {
     /// Validates `models[i]` and records its names in `lookup`.
-    fn build(i: usize, m: ModelJson, lookup: &mut HashMap<String, usize>) -> Result<Self, ConfigError> {
+    fn build(
+        i: usize,
+        m: ModelJson,
+        lookup: &mut HashMap<String, usize>,
+    ) -> Result<Self, ConfigError> {
         let field = |f: &str| format!("models[{i}].{f}");
         for (j, name) in std::iter::once(&m.name).chain(m.aliases.iter()).enumerate() {
             let f = if j == 0 {
@@ -212,7 +216,7 @@ impl Model {
             total_weight += u64::from(target.weight);
             targets.push(target);
         }
-                    if total_weight == 0 {
+        if total_weight == 0 {
             return Err(ConfigError::new(
                 field("targets"),
                 "the weights must not all be 0",
@@ -440,7 +444,6 @@ impl Router {
         })
         .unwrap_or_default()
     }
-
 }
 
 #[derive(Serialize)]

@@ -307,7 +307,13 @@ fn alias_is_rewritten_at_the_model_without_reading_on() {
 fn chunked_body_is_measured_after_the_route() {
     let r = router(CONFIG); // max_body_bytes 4096
     let mut br = BodyRouting::new(&r);
-    let step = br.feed(&r, br#"{"model":"llama-3-8b","#, 100, false, &mut Prng::new(1));
+    let step = br.feed(
+        &r,
+        br#"{"model":"llama-3-8b","#,
+        100,
+        false,
+        &mut Prng::new(1),
+    );
     assert!(matches!(step, BodyStep::Route(_)), "{step:?}");
     assert_eq!(br.streamed(&r, 3996), None);
     let err = br.streamed(&r, 1).unwrap();

@@ -26,6 +26,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot::default()) });
 }}
 
+/// Most request-body bytes copied into the VM per host call while looking for the model.
+const BODY_WINDOW: usize = 8192;
+
 fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
@@ -224,12 +227,16 @@ impl HttpContext for MetricsHttp {
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
-            if t.wants_request_body() && body_size > 0 {
-                if let Ok(Some(chunk)) =
-                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-                {
-                    t.request_body(&chunk);
+            // A window at a time: the model usually comes first, so a large chunk is not
+            // copied whole into the VM just to find it.
+            let mut offset = 0;
+            while t.wants_request_body() && offset < body_size {
+                let len = (body_size - offset).min(BODY_WINDOW);
+                match hostcalls::get_buffer(BufferType::HttpRequestBody, offset, len) {
+                    Ok(Some(chunk)) => t.request_body(&chunk),
+                    _ => break,
                 }
+                offset += len;
             }
         }
         Action::Continue
