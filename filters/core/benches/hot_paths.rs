@@ -7,6 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use modelgate_core::config::FilterConfig;
 use modelgate_core::json_scan::ModelScanner;
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{BodyRouting, BodyStep, Router};
@@ -19,7 +20,9 @@ const CONFIG: &str = r#"{"models":[
 /// A chat body of `size` bytes naming `model`, first or last.
 fn body(model: &str, size: usize, model_first: bool) -> Vec<u8> {
     let head = if model_first {
-        format!(r#"{{"model":"{model}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":""#)
+        format!(
+            r#"{{"model":"{model}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":""#
+        )
     } else {
         r#"{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":""#.to_string()
     };
@@ -72,7 +75,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
-    let r = Router::from_json(CONFIG.as_bytes()).unwrap();
+    let r = Router::parse(CONFIG.as_bytes()).unwrap();
     let mut rng = Prng::new(7);
     let mut out = Vec::new();
     println!("| per request (native, release) | ns |\n|---|---|");

@@ -273,19 +273,34 @@ impl ModelScanner {
         while let Some(&b) = chunk.get(i) {
             // Fast path: plain bytes inside a string we do not keep (prompts are most of
             // the body) need no state change, only the check for control characters.
+            // Prompt text takes the same run to the hasher, up to and including the first
+            // byte it refuses (as the byte-wise path would), then the string is skipped.
             if let Token::Str {
-                sink: Sink::Skip,
+                sink: sink @ (Sink::Skip | Sink::Text),
                 esc: Esc::None,
             } = self.token
             {
-                let rest = chunk.get(i..).unwrap_or_default();
-                let run = rest
+                let mut rest = chunk.get(i..).unwrap_or_default();
+                if sink == Sink::Text {
+                    // Never look further than the hasher can still take.
+                    rest = rest.get(..self.hasher.bytes_wanted()).unwrap_or(rest);
+                }
+                let mut run = rest
                     .iter()
                     .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
                     .unwrap_or(rest.len());
-                if run > 0 {
+                if sink == Sink::Text && self.high_surrogate.is_none() {
+                    let taken = self.push_text(rest.get(..run).unwrap_or_default());
+                    if taken < run {
+                        run = taken + 1;
+                    }
+                }
+                if run > 0 && (sink == Sink::Skip || self.high_surrogate.is_none()) {
                     i += run;
                     self.pos += run;
+                    if hashing && !self.hasher.wants_more() {
+                        break;
+                    }
                     continue;
                 }
             }
@@ -597,8 +612,9 @@ impl ModelScanner {
     }
 
     /// Prompt text to the hasher; once it is final the rest of the string is skipped.
-    fn push_text(&mut self, bytes: &[u8]) {
-        for &b in bytes {
+    /// Returns how many bytes the hasher took.
+    fn push_text(&mut self, bytes: &[u8]) -> usize {
+        for (n, &b) in bytes.iter().enumerate() {
             if !self.hasher.byte(b) {
                 if let Token::Str { esc, .. } = self.token {
                     self.token = Token::Str {
@@ -607,9 +623,10 @@ impl ModelScanner {
                     };
                 }
                 self.high_surrogate = None;
-                return;
+                return n;
             }
         }
+        bytes.len()
     }
 
     fn push_code_point(&mut self, sink: Sink, cp: u32) -> Result<(), ScanError> {

@@ -14,11 +14,13 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use modelgate_core::affinity::hash_hex;
+use modelgate_core::config::FilterConfig;
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{
     decimal, effective_criticality, BodyRouting, BodyStep, HeadersAction, RequestHead, Route,
-    Router, CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
+    Router,
 };
+use modelgate_core::vocab::{CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER};
 use modelgate_glue::{now_ms, send_error};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -71,7 +73,7 @@ impl Context for RouterRoot {}
 impl RootContext for RouterRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Router::from_json(&bytes) {
+        match Router::parse(&bytes) {
             Ok(router) => {
                 self.router = Some(Rc::new(router));
                 true
