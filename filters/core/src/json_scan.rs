@@ -5,15 +5,26 @@
 //! `\u` escapes in keys) into a fixed buffer and remembers the byte span of the string
 //! token so the router can rewrite it in place. Nested `"model"` keys do not count. It
 //! allocates nothing: nesting is a bitset, the model name a fixed array.
+//!
+//! With [`ModelScanner::with_prefix_hash`] it also feeds the prompt text (the strings that
+//! [`crate::affinity`] defines) to a [`PrefixHasher`], so the prefix-affinity hash comes
+//! from the same single pass and needs no copy of the body.
 
 use std::fmt;
+
+use crate::affinity::PrefixHasher;
 
 /// Deepest nesting accepted (objects and arrays); deeper bodies are rejected.
 pub const MAX_DEPTH: usize = 256;
 /// Longest decoded `model` value accepted, in bytes.
 pub const MAX_MODEL_LEN: usize = 256;
 
-const KEY: &[u8] = b"model";
+/// Longest key compared with the keys below; longer keys match none.
+const KEY_CAP: usize = 12;
+/// Top-level keys whose values hold prompt text.
+const PROMPT_KEYS: [&[u8]; 4] = [b"messages", b"input", b"prompt", b"instructions"];
+/// Keys (inside a prompt value) whose string values are prompt text.
+const TEXT_KEYS: [&[u8]; 2] = [b"content", b"text"];
 
 /// Why a body is not an acceptable OpenAI-style JSON request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +90,12 @@ enum Expect {
 enum Sink {
     /// Validated and dropped.
     Skip,
-    /// A key of the top-level object, compared with `model`.
-    TopKey,
+    /// A key of the top-level object or inside a prompt value, decoded into `key_buf`.
+    Key,
     /// The top-level `model` value, decoded into `model_buf`.
     Model,
+    /// Prompt text, decoded into the prefix hasher.
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,12 +146,18 @@ pub struct ModelScanner {
     depth: usize,
     /// Bit `d` set: the container at depth `d + 1` is an object.
     objects: [u64; MAX_DEPTH / 64],
-    /// Top-level key being read still spells a prefix of `model`; `key_len` bytes so far.
-    key_match: bool,
+    /// The key being read (its first [`KEY_CAP`] bytes) and its full length.
+    key_buf: [u8; KEY_CAP],
     key_len: usize,
     /// The key just read is the top-level `model`, so the next value is the model.
     value_is_model: bool,
-    /// High surrogate waiting for its low half inside the model string.
+    /// The key just read is a top-level prompt key / a text key inside a prompt value.
+    value_is_prompt: bool,
+    value_is_text: bool,
+    /// Depth of the contents of the top-level prompt value being read (0: not in one).
+    prompt_depth: usize,
+    hasher: PrefixHasher,
+    /// High surrogate waiting for its low half inside the model or a text string.
     high_surrogate: Option<u32>,
     model_buf: [u8; MAX_MODEL_LEN],
     model_len: usize,
@@ -170,15 +189,24 @@ impl fmt::Debug for ModelScanner {
 
 impl ModelScanner {
     pub const fn new() -> Self {
+        Self::with_prefix_hash(0)
+    }
+
+    /// A scanner that also hashes the first `chars` characters of the prompt (0: off).
+    pub const fn with_prefix_hash(chars: usize) -> Self {
         Self {
             pos: 0,
             expect: Expect::Value,
             token: Token::None,
             depth: 0,
             objects: [0; MAX_DEPTH / 64],
-            key_match: false,
+            key_buf: [0; KEY_CAP],
             key_len: 0,
             value_is_model: false,
+            value_is_prompt: false,
+            value_is_text: false,
+            prompt_depth: 0,
+            hasher: PrefixHasher::new(chars),
             high_surrogate: None,
             model_buf: [0; MAX_MODEL_LEN],
             model_len: 0,
@@ -216,36 +244,63 @@ impl ModelScanner {
         self.top_keys
     }
 
+    /// True while the prefix hash is configured and more prompt text could change it.
+    pub fn prefix_pending(&self) -> bool {
+        self.hasher.wants_more()
+    }
+
+    /// The prefix-affinity hash of the prompt text read so far (`None`: no text).
+    pub fn prefix_hash(&self) -> Option<u64> {
+        self.hasher.finish()
+    }
+
     /// True once the whole document has been read and is valid.
     pub fn is_complete(&self) -> bool {
         self.error.is_none() && self.expect == Expect::Done && self.token == Token::None
     }
 
     /// Scans `chunk`, the next bytes of the body. Returns how many bytes were consumed:
-    /// all of them, or fewer when the model string ended inside `chunk` — scanning stops
-    /// right after it so the caller can decide whether to read on (feed the rest then).
+    /// all of them, or fewer when the model string ended or the prefix hash became final
+    /// inside `chunk` — scanning stops right there so the caller can decide whether to read
+    /// on (feed the rest then).
     pub fn feed(&mut self, chunk: &[u8]) -> Result<usize, ScanError> {
         if let Some(e) = self.error {
             return Err(e);
         }
         let had_model = self.model_span.is_some();
+        let hashing = self.hasher.wants_more();
         let mut i = 0;
         while let Some(&b) = chunk.get(i) {
             // Fast path: plain bytes inside a string we do not keep (prompts are most of
             // the body) need no state change, only the check for control characters.
+            // Prompt text takes the same run to the hasher, up to and including the first
+            // byte it refuses (as the byte-wise path would), then the string is skipped.
             if let Token::Str {
-                sink: Sink::Skip,
+                sink: sink @ (Sink::Skip | Sink::Text),
                 esc: Esc::None,
             } = self.token
             {
-                let rest = chunk.get(i..).unwrap_or_default();
-                let run = rest
+                let mut rest = chunk.get(i..).unwrap_or_default();
+                if sink == Sink::Text {
+                    // Never look further than the hasher can still take.
+                    rest = rest.get(..self.hasher.bytes_wanted()).unwrap_or(rest);
+                }
+                let mut run = rest
                     .iter()
                     .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
                     .unwrap_or(rest.len());
-                if run > 0 {
+                if sink == Sink::Text && self.high_surrogate.is_none() {
+                    let taken = self.push_text(rest.get(..run).unwrap_or_default());
+                    if taken < run {
+                        run = taken + 1;
+                    }
+                }
+                if run > 0 && (sink == Sink::Skip || self.high_surrogate.is_none()) {
                     i += run;
                     self.pos += run;
+                    if hashing && !self.hasher.wants_more() {
+                        break;
+                    }
                     continue;
                 }
             }
@@ -261,7 +316,7 @@ impl ModelScanner {
                     return Err(e);
                 }
             }
-            if !had_model && self.model_span.is_some() {
+            if (!had_model && self.model_span.is_some()) || (hashing && !self.hasher.wants_more()) {
                 break;
             }
         }
@@ -315,10 +370,10 @@ impl ModelScanner {
             Expect::ValueOrClose => self.begin_value(b),
             Expect::KeyOrClose if b == b'}' => self.close(),
             Expect::KeyOrClose | Expect::Key if b == b'"' => {
-                let sink = if self.depth == 1 {
-                    self.key_match = true;
+                let sink = if self.depth == 1 || (self.prompt_depth > 0 && self.hasher.wants_more())
+                {
                     self.key_len = 0;
-                    Sink::TopKey
+                    Sink::Key
                 } else {
                     Sink::Skip
                 };
@@ -355,6 +410,11 @@ impl ModelScanner {
             });
         }
         let is_model = std::mem::replace(&mut self.value_is_model, false);
+        let is_prompt = std::mem::replace(&mut self.value_is_prompt, false);
+        // Text: a prompt key's string, a text key's string, or a string item of a prompt list.
+        let is_text = std::mem::replace(&mut self.value_is_text, false)
+            || is_prompt
+            || (self.prompt_depth > 0 && self.depth == self.prompt_depth && !self.in_object());
         if is_model && b != b'"' {
             return Err(if is_value_start(b) {
                 ScanError::ModelNotString
@@ -363,12 +423,21 @@ impl ModelScanner {
             });
         }
         match b {
-            b'{' | b'[' => self.open(b == b'{'),
+            b'{' | b'[' => {
+                self.open(b == b'{')?;
+                if is_prompt {
+                    self.prompt_depth = self.depth;
+                }
+                Ok(())
+            }
             b'"' => {
                 let sink = if is_model {
                     self.model_start = self.pos;
                     self.model_len = 0;
                     Sink::Model
+                } else if is_text && self.hasher.wants_more() {
+                    self.hasher.separator();
+                    Sink::Text
                 } else {
                     Sink::Skip
                 };
@@ -434,6 +503,9 @@ impl ModelScanner {
 
     fn close(&mut self) -> Result<(), ScanError> {
         self.depth = self.depth.saturating_sub(1);
+        if self.depth < self.prompt_depth {
+            self.prompt_depth = 0;
+        }
         self.value_done();
         Ok(())
     }
@@ -516,9 +588,11 @@ impl ModelScanner {
     fn push_raw(&mut self, sink: Sink, b: u8) -> Result<(), ScanError> {
         match sink {
             Sink::Skip => Ok(()),
-            Sink::TopKey => {
-                self.key_match = self.key_match && KEY.get(self.key_len) == Some(&b);
-                self.key_len += 1;
+            Sink::Key => {
+                if let Some(slot) = self.key_buf.get_mut(self.key_len) {
+                    *slot = b;
+                }
+                self.key_len = self.key_len.saturating_add(1);
                 Ok(())
             }
             Sink::Model => {
@@ -527,19 +601,71 @@ impl ModelScanner {
                 }
                 self.push_model_bytes(&[b])
             }
+            Sink::Text => {
+                if self.high_surrogate.take().is_some() {
+                    self.push_text(REPLACEMENT);
+                }
+                self.push_text(&[b]);
+                Ok(())
+            }
         }
+    }
+
+    /// Prompt text to the hasher; once it is final the rest of the string is skipped.
+    /// Returns how many bytes the hasher took.
+    fn push_text(&mut self, bytes: &[u8]) -> usize {
+        for (n, &b) in bytes.iter().enumerate() {
+            if !self.hasher.byte(b) {
+                if let Token::Str { esc, .. } = self.token {
+                    self.token = Token::Str {
+                        sink: Sink::Skip,
+                        esc,
+                    };
+                }
+                self.high_surrogate = None;
+                return n;
+            }
+        }
+        bytes.len()
     }
 
     fn push_code_point(&mut self, sink: Sink, cp: u32) -> Result<(), ScanError> {
         match sink {
             Sink::Skip => Ok(()),
-            Sink::TopKey => match u8::try_from(cp) {
+            Sink::Key => match u8::try_from(cp) {
                 Ok(b) if b.is_ascii() => self.push_raw(sink, b),
                 _ => {
-                    self.key_match = false;
+                    self.key_len = KEY_CAP + 1;
                     Ok(())
                 }
             },
+            Sink::Text => {
+                // Lone surrogates become U+FFFD (servers accept them; they are only hashed).
+                let cp = match (self.high_surrogate.take(), cp) {
+                    (Some(high), 0xDC00..=0xDFFF) => {
+                        0x10000 + ((high - 0xD800) << 10) + (cp - 0xDC00)
+                    }
+                    (Some(_), 0xD800..=0xDBFF) => {
+                        self.push_text(REPLACEMENT);
+                        self.high_surrogate = Some(cp);
+                        return Ok(());
+                    }
+                    (Some(_), _) => {
+                        self.push_text(REPLACEMENT);
+                        cp
+                    }
+                    (None, 0xD800..=0xDBFF) => {
+                        self.high_surrogate = Some(cp);
+                        return Ok(());
+                    }
+                    (None, _) => cp,
+                };
+                let c = char::from_u32(cp).unwrap_or(char::REPLACEMENT_CHARACTER);
+                let mut utf8 = [0u8; 4];
+                let bytes = c.encode_utf8(&mut utf8).as_bytes();
+                self.push_text(bytes);
+                Ok(())
+            }
             Sink::Model => {
                 let cp = match (self.high_surrogate.take(), cp) {
                     (Some(high), 0xDC00..=0xDFFF) => {
@@ -579,14 +705,26 @@ impl ModelScanner {
                 // A key (inside nested objects) or a value.
                 self.after_string();
             }
-            Sink::TopKey => {
-                self.top_keys += 1;
-                let is_model = self.key_match && self.key_len == KEY.len();
-                if is_model && self.model_span.is_some() {
-                    return Err(ScanError::DuplicateModel);
+            Sink::Key => {
+                let key = self.key_buf.get(..self.key_len).unwrap_or_default();
+                if self.depth == 1 {
+                    self.top_keys += 1;
+                    let is_model = key == b"model";
+                    if is_model && self.model_span.is_some() {
+                        return Err(ScanError::DuplicateModel);
+                    }
+                    self.value_is_model = is_model;
+                    self.value_is_prompt = PROMPT_KEYS.contains(&key);
+                } else {
+                    self.value_is_text = TEXT_KEYS.contains(&key);
                 }
-                self.value_is_model = is_model;
                 self.expect = Expect::Colon;
+            }
+            Sink::Text => {
+                if self.high_surrogate.take().is_some() {
+                    self.push_text(REPLACEMENT);
+                }
+                self.value_done();
             }
             Sink::Model => {
                 if self.high_surrogate.is_some() {
@@ -641,6 +779,9 @@ impl ModelScanner {
         Ok(false)
     }
 }
+
+/// U+FFFD in UTF-8.
+const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
 
 fn is_value_start(b: u8) -> bool {
     matches!(

@@ -2,6 +2,7 @@
 //! unit-tested natively (and on wasm32). The cdylibs under `filters/` only translate
 //! between proxy-wasm calls and these types.
 
+pub mod affinity;
 pub mod config;
 pub mod error;
 pub mod json_scan;

@@ -5,9 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{validate_path, ConfigError, FilterConfig, FilterKind};
@@ -163,6 +161,98 @@ pub struct Router {
     owned_by: String,
 }
 
+impl Model {
+    /// Validates `models[i]` and records its names in `lookup`.
+    fn build(
+        i: usize,
+        m: ModelJson,
+        lookup: &mut HashMap<String, usize>,
+    ) -> Result<Self, ConfigError> {
+        let field = |f: &str| format!("models[{i}].{f}");
+        for (j, name) in std::iter::once(&m.name).chain(m.aliases.iter()).enumerate() {
+            let f = if j == 0 {
+                field("name")
+            } else {
+                field(&format!("aliases[{}]", j - 1))
+            };
+            if name.is_empty() || name.len() > MAX_MODEL_LEN {
+                return Err(ConfigError::new(
+                    f,
+                    format!("must be 1 to {MAX_MODEL_LEN} bytes"),
+                ));
+            }
+            if lookup.insert(name.clone(), i).is_some() {
+                return Err(ConfigError::new(
+                    f,
+                    format!("`{name}` is already a model name or alias"),
+                ));
+            }
+        }
+        let criticality = match m.criticality.as_deref() {
+            None => Criticality::Standard,
+            Some(c) => Criticality::parse(c).ok_or_else(|| {
+                ConfigError::new(
+                    field("criticality"),
+                    format!("`{c}` is not one of {}", Criticality::NAMES),
+                )
+            })?,
+        };
+        let targets_json = if m.targets.is_empty() {
+            vec![TargetJson {
+                name: m.name.clone(),
+                weight: 1,
+            }]
+        } else {
+            m.targets
+        };
+        let mut targets = Vec::with_capacity(targets_json.len());
+        let mut total_weight = 0u64;
+        for (j, t) in targets_json.into_iter().enumerate() {
+            let target = Target::build(&field(&format!("targets[{j}]")), t)?;
+            total_weight += u64::from(target.weight);
+            targets.push(target);
+        }
+        if total_weight == 0 {
+            return Err(ConfigError::new(
+                field("targets"),
+                "the weights must not all be 0",
+            ));
+        }
+        Ok(Model {
+            name: m.name,
+            aliases: m.aliases,
+            criticality,
+            targets,
+            total_weight,
+        })
+    }
+}
+
+impl Target {
+    /// Validates one target; `field` is its config path (`models[i].targets[j]`).
+    fn build(field: &str, t: TargetJson) -> Result<Self, ConfigError> {
+        if !is_header_token(&t.name) || t.name.len() > MAX_MODEL_LEN {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("`{}` must be 1 to {MAX_MODEL_LEN} visible ASCII characters (it is sent as a header)", t.name),
+            ));
+        }
+        if t.weight > MAX_WEIGHT {
+            return Err(ConfigError::new(
+                format!("{field}.weight"),
+                format!("{} is above the maximum {MAX_WEIGHT}", t.weight),
+            ));
+        }
+        let json = serde_json::to_string(&t.name)
+            .map_err(|e| ConfigError::new(format!("{field}.name"), e.to_string()))?;
+        Ok(Target {
+            name: t.name,
+            weight: t.weight,
+            member_json: format!("{MEMBER_PREFIX}{json}"),
+        })
+    }
+}
+
 /// Header values must be visible ASCII: target names become `x-modelgate-model`.
 fn is_header_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
@@ -185,81 +275,7 @@ impl FilterConfig for Router {
         let mut models = Vec::with_capacity(cfg.models.len());
         let mut lookup = HashMap::new();
         for (i, m) in cfg.models.into_iter().enumerate() {
-            let field = |f: &str| format!("models[{i}].{f}");
-            for (j, name) in std::iter::once(&m.name).chain(m.aliases.iter()).enumerate() {
-                let f = if j == 0 {
-                    field("name")
-                } else {
-                    field(&format!("aliases[{}]", j - 1))
-                };
-                if name.is_empty() || name.len() > MAX_MODEL_LEN {
-                    return Err(ConfigError::new(
-                        f,
-                        format!("must be 1 to {MAX_MODEL_LEN} bytes"),
-                    ));
-                }
-                if lookup.insert(name.clone(), i).is_some() {
-                    return Err(ConfigError::new(
-                        f,
-                        format!("`{name}` is already a model name or alias"),
-                    ));
-                }
-            }
-            let criticality = match m.criticality.as_deref() {
-                None => Criticality::Standard,
-                Some(c) => Criticality::parse(c).ok_or_else(|| {
-                    ConfigError::new(
-                        field("criticality"),
-                        format!("`{c}` is not one of {}", Criticality::NAMES),
-                    )
-                })?,
-            };
-            let targets_json = if m.targets.is_empty() {
-                vec![TargetJson {
-                    name: m.name.clone(),
-                    weight: 1,
-                }]
-            } else {
-                m.targets
-            };
-            let mut targets = Vec::with_capacity(targets_json.len());
-            let mut total_weight = 0u64;
-            for (j, t) in targets_json.into_iter().enumerate() {
-                if !is_header_token(&t.name) || t.name.len() > MAX_MODEL_LEN {
-                    return Err(ConfigError::new(
-                        field(&format!("targets[{j}].name")),
-                        format!("`{}` must be 1 to {MAX_MODEL_LEN} visible ASCII characters (it is sent as a header)", t.name),
-                    ));
-                }
-                if t.weight > MAX_WEIGHT {
-                    return Err(ConfigError::new(
-                        field(&format!("targets[{j}].weight")),
-                        format!("{} is above the maximum {MAX_WEIGHT}", t.weight),
-                    ));
-                }
-                total_weight += u64::from(t.weight);
-                let json = serde_json::to_string(&t.name).map_err(|e| {
-                    ConfigError::new(field(&format!("targets[{j}].name")), e.to_string())
-                })?;
-                targets.push(Target {
-                    name: t.name,
-                    weight: t.weight,
-                    member_json: format!("{MEMBER_PREFIX}{json}"),
-                });
-            }
-            if total_weight == 0 {
-                return Err(ConfigError::new(
-                    field("targets"),
-                    "the weights must not all be 0",
-                ));
-            }
-            models.push(Model {
-                name: m.name,
-                aliases: m.aliases,
-                criticality,
-                targets,
-                total_weight,
-            });
+            models.push(Model::build(i, m, &mut lookup)?);
         }
         let default_model = match &cfg.default_model {
             None => None,
@@ -416,11 +432,6 @@ impl Router {
         })
         .unwrap_or_default()
     }
-
-    /// The prefix-affinity hash of a whole body, when configured and the body has a prompt.
-    pub fn prefix_hash(&self, body: &[u8]) -> Option<u64> {
-        prefix_hash(body, self.prefix_chars?)
-    }
 }
 
 #[derive(Serialize)]
@@ -517,11 +528,13 @@ fn scan_error(e: ScanError) -> ApiError {
 // Per-request body routing
 
 /// Per-request state while the body is read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BodyRouting {
     scanner: ModelScanner,
     /// Model and target, once the model was read.
     choice: Option<(usize, usize)>,
+    /// Body bytes seen so far: buffered before the route, streamed after it.
+    seen: usize,
 }
 
 /// What the body tells the glue to do.
@@ -540,11 +553,11 @@ pub enum BodyStep<'r> {
 pub struct Route<'r> {
     pub model: usize,
     pub target: usize,
-    /// A body change, when the body must carry the target's name.
+    /// A body change, when the body must carry the target's name. It touches only the
+    /// bytes before [`BodyRouting::consumed`], which are buffered when the route is given.
     pub edit: Option<BodyEdit<'r>>,
-    /// The whole body is buffered (end of stream was reached), so a prefix hash can be
-    /// computed from it.
-    pub whole_body: bool,
+    /// The prefix-affinity hash, when configured and the prompt has text.
+    pub prefix_hash: Option<u64>,
 }
 
 /// Replace the body's first `drop` bytes by its first `keep` bytes followed by `insert`
@@ -559,15 +572,15 @@ pub struct BodyEdit<'r> {
 }
 
 impl BodyEdit<'_> {
-    /// The new front of the body from the old body's first `keep` bytes.
-    pub fn new_prefix(&self, kept: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(kept.len() + self.insert.len() + 1);
+    /// The new front of the body from the old body's first `keep` bytes, into `out`
+    /// (cleared first; the glue reuses one buffer).
+    pub fn write_prefix(&self, kept: &[u8], out: &mut Vec<u8>) {
+        out.clear();
         out.extend_from_slice(kept);
         out.extend_from_slice(self.insert.as_bytes());
         if self.comma {
             out.push(b',');
         }
-        out
     }
 
     /// Length of the new prefix (for `content-length` without building it).
@@ -582,15 +595,29 @@ impl BodyEdit<'_> {
 
     /// Applies the edit to a whole body (tests and hosts that replace whole bodies).
     pub fn apply(&self, body: &[u8]) -> Vec<u8> {
-        let mut out = self.new_prefix(body.get(..self.keep).unwrap_or(body));
+        let mut out = Vec::new();
+        self.write_prefix(body.get(..self.keep).unwrap_or(body), &mut out);
         out.extend_from_slice(body.get(self.drop..).unwrap_or_default());
         out
     }
 }
 
 impl BodyRouting {
-    pub fn new() -> Self {
-        Self::default()
+    /// Body state for one request to `router`.
+    pub fn new(router: &Router) -> Self {
+        Self {
+            scanner: ModelScanner::with_prefix_hash(router.prefix_chars.unwrap_or(0)),
+            choice: None,
+            seen: 0,
+        }
+    }
+
+    /// After the route: `n` more body bytes streamed through. A body without
+    /// `content-length` (chunked) can only be measured this way; over the limit it is an
+    /// error, answered like one refused up front.
+    pub fn streamed(&mut self, router: &Router, n: usize) -> Option<ApiError> {
+        self.seen = self.seen.saturating_add(n);
+        (self.seen > router.max_body_bytes).then(|| ApiError::too_large(router.max_body_bytes))
     }
 
     /// Bytes of the body consumed so far; the next call's `chunk` starts here.
@@ -608,6 +635,7 @@ impl BodyRouting {
         end_of_stream: bool,
         rng: &mut Prng,
     ) -> BodyStep<'r> {
+        self.seen = total;
         if total > router.max_body_bytes {
             return BodyStep::Error(ApiError::too_large(router.max_body_bytes));
         }
@@ -623,21 +651,19 @@ impl BodyRouting {
                     let Some(model) = router.resolve(requested) else {
                         return BodyStep::Error(ApiError::model_not_found(requested));
                     };
-                    let target = router.choose(model, rng);
-                    self.choice = Some((model, target));
-                    let same_name = router
-                        .model(model)
-                        .and_then(|m| m.targets.get(target))
-                        .is_some_and(|t| t.name == requested);
-                    // Stop reading here unless the body must change or be hashed.
-                    if same_name && router.prefix_chars.is_none() {
-                        return BodyStep::Route(Route {
-                            model,
-                            target,
-                            edit: None,
-                            whole_body: false,
-                        });
-                    }
+                    self.choice = Some((model, router.choose(model, rng)));
+                }
+            }
+            // Decided once the model is known and the prefix hash is final: the rest of
+            // the body streams through unread.
+            if let Some((model, target)) = self.choice {
+                if !self.scanner.prefix_pending() {
+                    return BodyStep::Route(Route {
+                        model,
+                        target,
+                        edit: self.replace_edit(router, model, target),
+                        prefix_hash: self.scanner.prefix_hash(),
+                    });
                 }
             }
         }
@@ -648,10 +674,7 @@ impl BodyRouting {
             return BodyStep::Error(scan_error(e));
         }
         let (model, target, edit) = match self.choice {
-            Some((model, target)) => {
-                let edit = self.replace_edit(router, model, target);
-                (model, target, edit)
-            }
+            Some((model, target)) => (model, target, self.replace_edit(router, model, target)),
             None => {
                 let Some(model) = router.default_model else {
                     return BodyStep::Error(ApiError::bad_request(
@@ -668,7 +691,7 @@ impl BodyRouting {
             model,
             target,
             edit,
-            whole_body: true,
+            prefix_hash: self.scanner.prefix_hash(),
         })
     }
 
@@ -712,37 +735,6 @@ impl BodyRouting {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Prefix affinity
-
-/// FNV-1a over the first `chars` characters of the prompt's stable prefix: the system
-/// message (or Responses `instructions`) and the first user turn (or `prompt` / `input`).
-/// `None` when the body has no such text or is not JSON.
-pub fn prefix_hash(body: &[u8], chars: usize) -> Option<u64> {
-    let view: PromptView<'_> = serde_json::from_slice(body).ok()?;
-    let mut h = PrefixHasher::new(chars);
-    if let Some(s) = &view.instructions {
-        h.feed(s);
-    }
-    let turns = view.messages.or(view.input).unwrap_or_default();
-    if let Some(s) = &turns.system {
-        turns_feed(&mut h, s);
-    }
-    h.separator();
-    if let Some(u) = &turns.user {
-        turns_feed(&mut h, u);
-    } else if let Some(p) = &view.prompt {
-        h.feed(p);
-    }
-    h.finish()
-}
-
-fn turns_feed(h: &mut PrefixHasher, parts: &[Cow<'_, str>]) {
-    for p in parts {
-        h.feed(p);
-    }
-}
-
 /// `n` in decimal into `buf`, for header values without allocating.
 pub fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
@@ -757,385 +749,6 @@ pub fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
         }
     }
     buf.get(i..).unwrap_or_default()
-}
-
-/// 16 lowercase hex digits, the header form of a prefix hash.
-pub fn hash_hex(h: u64) -> [u8; 16] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'0'; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        let nibble = (h >> (60 - 4 * i)) & 0xf;
-        *o = DIGITS.get(nibble as usize).copied().unwrap_or(b'0');
-    }
-    out
-}
-
-struct PrefixHasher {
-    budget: usize,
-    hash: u64,
-    fed: bool,
-}
-
-impl PrefixHasher {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-
-    fn new(chars: usize) -> Self {
-        Self {
-            budget: chars,
-            hash: Self::OFFSET,
-            fed: false,
-        }
-    }
-
-    fn byte(&mut self, b: u8) {
-        self.hash ^= u64::from(b);
-        self.hash = self.hash.wrapping_mul(Self::PRIME);
-    }
-
-    fn feed(&mut self, s: &str) {
-        for c in s.chars() {
-            if self.budget == 0 {
-                return;
-            }
-            self.budget -= 1;
-            self.fed = true;
-            let mut buf = [0u8; 4];
-            for &b in c.encode_utf8(&mut buf).as_bytes() {
-                self.byte(b);
-            }
-        }
-    }
-
-    /// Between system and user text, so "ab"+"c" and "a"+"bc" differ.
-    fn separator(&mut self) {
-        self.byte(0x1e);
-    }
-
-    fn finish(&self) -> Option<u64> {
-        self.fed.then_some(self.hash)
-    }
-}
-
-/// The fields of an OpenAI request body that make up its stable prefix. Other fields are
-/// skipped without being built; strings are borrowed unless they contain escapes.
-#[derive(Deserialize, Default)]
-struct PromptView<'a> {
-    /// Chat Completions.
-    #[serde(default, borrow)]
-    messages: Option<Turns<'a>>,
-    /// Responses (`input` string or items) and Embeddings (`input` string or list).
-    #[serde(default, borrow)]
-    input: Option<Turns<'a>>,
-    /// Responses system text.
-    #[serde(default, borrow)]
-    instructions: Option<Cow<'a, str>>,
-    /// Completions (`prompt` string or list of strings).
-    #[serde(default, borrow)]
-    prompt: Option<FirstText<'a>>,
-}
-
-/// System text and first user text of a message list (or a bare string as user text).
-#[derive(Default)]
-struct Turns<'a> {
-    system: Option<Vec<Cow<'a, str>>>,
-    user: Option<Vec<Cow<'a, str>>>,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Turns<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Turns<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a message list or a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Turns {
-                    system: None,
-                    user: Some(vec![Cow::Borrowed(v)]),
-                })
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Turns {
-                    system: None,
-                    user: Some(vec![Cow::Owned(v.to_string())]),
-                })
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut turns = Turns::default();
-                while turns.system.is_none() || turns.user.is_none() {
-                    let Some(item) = seq.next_element::<Item<'a>>()? else {
-                        return Ok(turns);
-                    };
-                    match item {
-                        Item::Message { role, content } => {
-                            let slot = match role.as_ref() {
-                                "system" | "developer" => &mut turns.system,
-                                "user" => &mut turns.user,
-                                _ => continue,
-                            };
-                            if slot.is_none() {
-                                *slot = Some(content);
-                            }
-                        }
-                        // Embeddings / completions-style list of strings: the first is the text.
-                        Item::Text(t) if turns.user.is_none() => turns.user = Some(vec![t]),
-                        Item::Text(_) | Item::Other => {}
-                    }
-                }
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(turns)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Turns::default())
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Turns::default())
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Turns::default())
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Turns::default())
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Turns::default())
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Turns::default())
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// One element of `messages` / `input`.
-enum Item<'a> {
-    Message {
-        role: Cow<'a, str>,
-        content: Vec<Cow<'a, str>>,
-    },
-    Text(Cow<'a, str>),
-    Other,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Item<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a message")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut role: Option<Cow<'a, str>> = None;
-                let mut content = Vec::new();
-                while let Some(key) = map.next_key::<MessageKey>()? {
-                    match key {
-                        MessageKey::Role => role = Some(map.next_value::<CowStr<'a>>()?.0),
-                        MessageKey::Content => content = map.next_value::<Content<'a>>()?.0,
-                        MessageKey::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(match role {
-                    Some(role) => Item::Message { role, content },
-                    None => Item::Other,
-                })
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Item::Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Item::Text(Cow::Owned(v.to_string())))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Item::Other)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Item::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Item::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Item::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Item::Other)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Item::Other)
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// The message keys we read, matched without allocating the key.
-enum MessageKey {
-    Role,
-    Content,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for MessageKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = MessageKey;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(match v {
-                    "role" => MessageKey::Role,
-                    "content" => MessageKey::Content,
-                    _ => MessageKey::Other,
-                })
-            }
-        }
-        d.deserialize_identifier(V)
-    }
-}
-
-/// A string, borrowed when it has no escapes; anything else reads as "".
-struct CowStr<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(CowStr(match FirstText::deserialize(d)? {
-            FirstText(Some(s)) => s,
-            FirstText(None) => Cow::Borrowed(""),
-        }))
-    }
-}
-
-/// Message content: a string, or the `text` of each part of a part list.
-struct Content<'a>(Vec<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Content<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("message content")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Content(vec![Cow::Borrowed(v)]))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Content(vec![Cow::Owned(v.to_string())]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut parts = Vec::new();
-                while let Some(part) = seq.next_element::<Part<'a>>()? {
-                    if let Some(t) = part.text {
-                        parts.push(t.0);
-                    }
-                }
-                Ok(Content(parts))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Content(Vec::new()))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Content(Vec::new()))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Content(Vec::new()))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Content(Vec::new()))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Content(Vec::new()))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Content(Vec::new()))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// A content part; only its `text` matters (`text` and `input_text` parts have one).
-#[derive(Deserialize)]
-struct Part<'a> {
-    #[serde(default, borrow)]
-    text: Option<CowStr<'a>>,
-}
-
-impl<'a> std::ops::Deref for CowStr<'a> {
-    type Target = Cow<'a, str>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl<'a> From<CowStr<'a>> for Cow<'a, str> {
-    fn from(c: CowStr<'a>) -> Self {
-        c.0
-    }
-}
-
-/// A string, or the first string of a list; other values read as none.
-struct FirstText<'a>(Option<Cow<'a, str>>);
-
-impl std::ops::Deref for FirstText<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.0.as_deref().unwrap_or("")
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for FirstText<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = FirstText<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or a list of strings")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(FirstText(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(FirstText(Some(Cow::Owned(v.to_string()))))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let first = seq.next_element::<FirstText<'a>>()?.and_then(|f| f.0);
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(FirstText(first))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(FirstText(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(FirstText(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(FirstText(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(FirstText(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(FirstText(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(FirstText(None))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ fn route_pieces<'r>(
     seed: u64,
 ) -> (BodyStep<'r>, Vec<u8>) {
     let mut rng = Prng::new(seed);
-    let mut br = BodyRouting::new();
+    let mut br = BodyRouting::new(r);
     let mut start = 0;
     for (i, &end) in cuts.iter().enumerate() {
         let eos = i + 1 == cuts.len();
@@ -261,7 +261,7 @@ fn models_list_and_retrieve() {
 fn same_name_stops_at_the_model_without_reading_on() {
     let r = router(CONFIG);
     let body = br#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}]}"#;
-    let mut br = BodyRouting::new();
+    let mut br = BodyRouting::new(&r);
     let mut rng = Prng::new(1);
     let step = br.feed(&r, &body[..30], 30, false, &mut rng);
     let BodyStep::Route(route) = step else {
@@ -269,7 +269,7 @@ fn same_name_stops_at_the_model_without_reading_on() {
     };
     assert_eq!(r.model(route.model).unwrap().name, "llama-3-8b");
     assert_eq!(route.edit, None);
-    assert!(!route.whole_body);
+    assert_eq!(route.prefix_hash, None);
     // Only up to the end of the model string was scanned.
     assert_eq!(br.consumed(), r#"{"model":"llama-3-8b""#.len());
 }
@@ -291,6 +291,44 @@ fn alias_is_rewritten_and_content_length_follows() {
     // Everything but the model is byte-identical.
     let expected = body.replace(r#""gpt-4o""#, r#""llama-3-8b""#);
     assert_eq!(String::from_utf8(out).unwrap(), expected);
+}
+
+#[test]
+fn alias_is_rewritten_at_the_model_without_reading_on() {
+    let r = router(CONFIG);
+    let body = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(3000)
+    );
+    let mut br = BodyRouting::new(&r);
+    // The first chunk only; the body has not ended.
+    let step = br.feed(&r, &body.as_bytes()[..100], 100, false, &mut Prng::new(1));
+    let BodyStep::Route(route) = step else {
+        panic!("{step:?}")
+    };
+    let edit = route.edit.unwrap();
+    assert_eq!(br.consumed(), r#"{"model":"gpt-4o""#.len());
+    assert_eq!((edit.keep, edit.drop), (9, br.consumed()));
+    let out = edit.apply(body.as_bytes());
+    assert_eq!(rewritten_model(&out), "llama-3-8b");
+    assert_eq!(out.len(), edit.new_body_len(body.len()));
+}
+
+#[test]
+fn chunked_body_is_measured_after_the_route() {
+    let r = router(CONFIG); // max_body_bytes 4096
+    let mut br = BodyRouting::new(&r);
+    let step = br.feed(
+        &r,
+        br#"{"model":"llama-3-8b","#,
+        100,
+        false,
+        &mut Prng::new(1),
+    );
+    assert!(matches!(step, BodyStep::Route(_)), "{step:?}");
+    assert_eq!(br.streamed(&r, 3996), None);
+    let err = br.streamed(&r, 1).unwrap();
+    assert_eq!((err.status, err.code), (413, "request_too_large"));
 }
 
 #[test]
@@ -364,17 +402,18 @@ fn errors_map_to_openai_statuses() {
     assert_eq!(error_status(&route_whole(&r, r#"{"model":["a"]}"#).0), 400);
     assert_eq!(error_status(&route_whole(&r, r#"{"prompt":"x"}"#).0), 400);
     assert_eq!(error_status(&route_whole(&r, r#"["model"]"#).0), 400);
-    // A rewrite reads the whole body, so a broken tail is caught.
+    // The route is given at the model: what follows it is the server's to validate.
+    assert!(matches!(
+        route_whole(&r, r#"{"model":"chat","x":}"#).0,
+        BodyStep::Route(_)
+    ));
+    // ... but everything before it is checked.
     assert_eq!(
-        error_status(&route_whole(&r, r#"{"model":"chat","x":}"#).0),
-        400
-    );
-    assert_eq!(
-        error_status(&route_whole(&r, r#"{"model":"chat","model":"qwen"}"#).0),
+        error_status(&route_whole(&r, r#"{"x":,"model":"chat"}"#).0),
         400
     );
     // Over the limit while buffering.
-    let mut br = BodyRouting::new();
+    let mut br = BodyRouting::new(&r);
     let big = format!(r#"{{"prompt":"{}","model":"chat"}}"#, "x".repeat(5000));
     let step = br.feed(&r, big.as_bytes(), big.len(), true, &mut Prng::new(1));
     assert_eq!(error_status(&step), 413);
@@ -420,8 +459,19 @@ fn criticality_can_only_be_lowered() {
     );
 }
 
+/// The prefix hash of `body` under a router hashing `chars` characters (model optional).
+fn hash_of(body: &str, chars: usize) -> Option<u64> {
+    let r = router(&format!(
+        r#"{{"models":[{{"name":"m"}}],"default_model":"m","prefix_affinity":{{"chars":{chars}}}}}"#
+    ));
+    match route_whole(&r, body).0 {
+        BodyStep::Route(route) => route.prefix_hash,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
-fn prefix_hash_uses_system_and_first_user_turn() {
+fn prefix_hash_covers_the_first_characters_of_the_prompt_text() {
     let chat = |system: &str, user: &str, later: &str| {
         serde_json::json!({"model":"m","messages":[
             {"role":"system","content":system},
@@ -430,7 +480,7 @@ fn prefix_hash_uses_system_and_first_user_turn() {
             {"role":"user","content":later}]})
         .to_string()
     };
-    let h = |body: &str| prefix_hash(body.as_bytes(), 32);
+    let h = |body: &str| hash_of(body, 32);
     let a = h(&chat(
         "You are helpful.",
         "Summarise the following document",
@@ -456,12 +506,14 @@ fn prefix_hash_uses_system_and_first_user_turn() {
         ))
         .unwrap()
     );
-    // Escapes decode to the same text as raw characters; parts concatenate.
+    // Escapes decode to the same text as raw characters; parts concatenate; other fields
+    // (roles, part types, URLs) are not text.
     let escaped = r#"{"messages":[{"role":"system","content":"caf\u00e9"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
     let raw = r#"{"messages":[{"role":"system","content":"café"},{"role":"user","content":"hi"}]}"#;
     assert_eq!(h(escaped), h(raw));
     // Completions, embeddings and responses shapes.
-    assert_eq!(
+    assert_eq!(h(r#"{"prompt":"hello"}"#), h(r#"{"prompt":["hello"]}"#));
+    assert_ne!(
         h(r#"{"prompt":"hello"}"#),
         h(r#"{"prompt":["hello","other"]}"#)
     );
@@ -469,24 +521,35 @@ fn prefix_hash_uses_system_and_first_user_turn() {
     assert!(h(r#"{"instructions":"sys","input":[{"role":"user","content":[{"type":"input_text","text":"u"}]}]}"#).is_some());
     assert_eq!(h(r#"{"model":"m"}"#), None);
     assert_eq!(h(r#"{"prompt":[1,2,3]}"#), None);
-    assert_eq!(h("not json"), None);
-    assert_eq!(
-        std::str::from_utf8(&hash_hex(0x0123_4567_89ab_cdef)).unwrap(),
-        "0123456789abcdef"
-    );
+    assert_eq!(h(r#"{"model":"m","n":"not prompt text"}"#), None);
+    // Lone surrogates hash as U+FFFD instead of failing the request.
+    assert_eq!(h(r#"{"prompt":"a\ud800"}"#), h(r#"{"prompt":"a\ufffd"}"#));
 }
 
 #[test]
-fn prefix_affinity_reads_the_whole_body() {
-    let r = router(r#"{"models":[{"name":"m"}],"prefix_affinity":{"chars":64}}"#);
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-    let (step, out) = route_whole(&r, body);
+fn prefix_affinity_reads_only_the_prompt_prefix() {
+    let r = router(r#"{"models":[{"name":"m"}],"prefix_affinity":{"chars":8}}"#);
+    let body = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"0123456789{}"}}]}}"#,
+        "x".repeat(5000)
+    );
+    let mut br = BodyRouting::new(&r);
+    let step = br.feed(&r, body.as_bytes(), body.len(), false, &mut Prng::new(1));
     let BodyStep::Route(route) = step else {
         panic!("{step:?}")
     };
-    assert!(route.whole_body);
     assert_eq!(route.edit, None);
-    assert!(r.prefix_hash(&out).is_some());
+    assert_eq!(route.prefix_hash, hash_of(r#"{"prompt":"01234567"}"#, 8));
+    // Read up to the ninth character of the content, not beyond.
+    assert_eq!(body[..br.consumed()].rsplit('"').next(), Some("012345678"));
+    // Every chunking gives the same decision.
+    for cut in 1..200 {
+        let whole = route_pieces(&r, body.as_bytes(), &[body.len()], 3);
+        assert_eq!(
+            route_pieces(&r, body.as_bytes(), &[cut, body.len()], 3),
+            whole
+        );
+    }
 }
 
 /// Throughput of the body path (scan + prefix hash); run with
@@ -506,13 +569,13 @@ fn throughput() {
     let rounds = 50;
     let start = std::time::Instant::now();
     for i in 0..rounds {
-        let mut br = BodyRouting::new();
+        let mut br = BodyRouting::new(&r);
         let step = br.feed(&r, body.as_bytes(), body.len(), true, &mut Prng::new(i));
         let BodyStep::Route(route) = step else {
             panic!()
         };
         assert!(route.edit.is_some());
-        assert!(r.prefix_hash(body.as_bytes()).is_some());
+        assert!(route.prefix_hash.is_some());
     }
     let secs = start.elapsed().as_secs_f64();
     let mb = (body.len() * rounds as usize) as f64 / 1e6;
@@ -536,7 +599,7 @@ fn throughput() {
     let n = 1_000_000;
     let start = std::time::Instant::now();
     for i in 0..n {
-        let mut br = BodyRouting::new();
+        let mut br = BodyRouting::new(&r);
         let _ = br.feed(&r, small.as_bytes(), small.len(), true, &mut Prng::new(i));
     }
     eprintln!(

@@ -28,6 +28,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot::default()) });
 }}
 
+/// Most request-body bytes copied into the VM per host call while looking for the model.
+const BODY_WINDOW: usize = 8192;
+
 /// Wall clock in nanoseconds (0 if the host cannot tell; durations then read 0).
 fn now_ns() -> u64 {
     host::now_ns()
@@ -172,10 +175,16 @@ impl HttpContext for MetricsHttp {
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
-            if t.wants_request_body() && body_size > 0 {
-                if let Some(chunk) = host::buffer(BufferType::HttpRequestBody, 0, body_size) {
-                    t.request_body(&chunk);
+            // A window at a time: the model usually comes first, so a large chunk is not
+            // copied whole into the VM just to find it.
+            let mut offset = 0;
+            while t.wants_request_body() && offset < body_size {
+                let len = (body_size - offset).min(BODY_WINDOW);
+                match host::buffer(BufferType::HttpRequestBody, offset, len) {
+                    Some(chunk) => t.request_body(&chunk),
+                    None => break,
                 }
+                offset += len;
             }
         }
         Action::Continue

@@ -3,24 +3,30 @@
 //!
 //! Request headers: decide from method/path/content type (`Router::on_headers`); for an
 //! inference request pause (needs `allow_on_headers_stop_iteration: true`). Request body:
-//! feed only the bytes not yet scanned to `BodyRouting` until it decides, then edit the
-//! body front once, fix `content-length`, set the routing headers and continue. Envoy
-//! clears the route cache whenever a filter changes a request header, so the route is
-//! chosen again on `x-modelgate-model` (checked in tests/e2e/tests/e2e_router.rs).
+//! feed only the bytes not yet scanned to `BodyRouting` until it decides — once the model
+//! is read (and the prefix hash is final), usually in the first chunk — then edit the body
+//! front once, fix `content-length`, set the routing headers and continue: the rest of the
+//! body streams through unread. Envoy clears the route cache whenever a filter changes a
+//! request header, so the route is chosen again on `x-modelgate-model` (checked in
+//! tests/e2e/tests/e2e_router.rs).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use modelgate_core::affinity::hash_hex;
 use modelgate_core::config::FilterKind;
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{
-    decimal, effective_criticality, hash_hex, BodyRouting, BodyStep, HeadersAction, RequestHead,
-    Route, Router,
+    decimal, effective_criticality, BodyRouting, BodyStep, HeadersAction, RequestHead, Route,
+    Router,
 };
 use modelgate_core::vocab::{CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER};
 use modelgate_glue::{host, now_ms, send_error};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+/// Most body bytes copied into the VM per host call while looking for the model.
+const WINDOW: usize = 8192;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -30,6 +36,8 @@ proxy_wasm::main! {{
 thread_local! {
     /// One PRNG per VM (a VM is single-threaded), seeded from the host on first use.
     static RNG: Cell<Option<Prng>> = const { Cell::new(None) };
+    /// The new body front, built in one buffer reused by every request of the VM.
+    static PREFIX: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn with_rng<T>(f: impl FnOnce(&mut Prng) -> T) -> T {
@@ -71,10 +79,10 @@ impl RootContext for RouterRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let router = self.router.clone()?;
         Some(Box::new(RouterHttp {
+            body: BodyRouting::new(&router),
             router,
-            reading: false,
-            body: BodyRouting::new(),
-            has_content_length: false,
+            phase: Phase::Headers,
+            content_length: None,
             client_criticality: None,
         }))
     }
@@ -84,12 +92,23 @@ impl RootContext for RouterRoot {
     }
 }
 
+/// Where a request is in the router.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the body, or not an inference request, or answered: body callbacks pass.
+    Headers,
+    /// An inference request whose body is being read (headers paused).
+    Reading,
+    /// Routed; a body without `content-length` is counted against `max_body_bytes`.
+    Counting,
+}
+
 struct RouterHttp {
     router: Rc<Router>,
-    /// An inference request whose body is being read.
-    reading: bool,
+    phase: Phase,
     body: BodyRouting,
-    has_content_length: bool,
+    /// The declared body length, when the request has one.
+    content_length: Option<usize>,
     /// The client's `x-modelgate-criticality`, which may only lower the model's.
     client_criticality: Option<String>,
 }
@@ -119,8 +138,10 @@ impl HttpContext for RouterHttp {
         let router = Rc::clone(&self.router);
         match router.on_headers(&head) {
             HeadersAction::PassThrough => {
-                // Routes trust this header: a client must not pick a cluster with it.
-                set_request_header(MODEL_HEADER, None);
+                // Routes and the shedder trust these: a client must not set them itself.
+                for name in [MODEL_HEADER, CRITICALITY_HEADER, PREFIX_HASH_HEADER] {
+                    set_request_header(name, None);
+                }
                 Action::Continue
             }
             HeadersAction::Reply(status, body) => {
@@ -138,8 +159,8 @@ impl HttpContext for RouterHttp {
                 Action::Pause
             }
             HeadersAction::ReadBody => {
-                self.reading = true;
-                self.has_content_length = content_length.is_some();
+                self.phase = Phase::Reading;
+                self.content_length = content_length.and_then(|v| v.trim().parse().ok());
                 self.client_criticality = request_header(CRITICALITY_HEADER);
                 Action::Pause
             }
@@ -147,16 +168,25 @@ impl HttpContext for RouterHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.reading {
-            return Action::Continue;
+        match self.phase {
+            Phase::Headers => Action::Continue,
+            Phase::Reading => self.read_body(Some(body_size), end_of_stream),
+            // Streaming now: `body_size` is this chunk alone.
+            Phase::Counting => match self.body.streamed(&self.router, body_size) {
+                None => Action::Continue,
+                Some(err) => {
+                    self.phase = Phase::Headers;
+                    send_error(&err, &[]);
+                    Action::Pause
+                }
+            },
         }
-        self.read_body(Some(body_size), end_of_stream)
     }
 
     /// A body that ends with trailers never has `end_of_stream` in the body callback: the
     /// trailers mark its end.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if !self.reading {
+        if self.phase != Phase::Reading {
             return Action::Continue;
         }
         self.read_body(None, true)
@@ -165,69 +195,81 @@ impl HttpContext for RouterHttp {
 
 impl RouterHttp {
     /// Feeds the body bytes not scanned yet (`body_size` buffered in total, unknown in the
-    /// trailers callback) and acts on the decision.
+    /// trailers callback), a window at a time so a body whose model comes early is never
+    /// copied whole, and acts on the decision.
     fn read_body(&mut self, body_size: Option<usize>, end_of_stream: bool) -> Action {
         let router = Rc::clone(&self.router);
-        let from = self.body.consumed();
         let limit = router.max_body_bytes();
-        // Only the bytes not scanned yet; nothing at all once over the limit.
-        let chunk = match body_size {
-            Some(size) if size > from && size <= limit => request_body(from, size - from),
-            Some(_) => None,
-            // What is buffered, up to one byte past the limit so an overflow shows.
-            None => request_body(from, (limit + 1).saturating_sub(from)),
+        let (mut from, mut chunk, mut step);
+        loop {
+            from = self.body.consumed();
+            // Only the bytes not scanned yet; nothing at all once over the limit.
+            let (got, last) = match body_size {
+                Some(size) if size > from && size <= limit => {
+                    let want = (size - from).min(WINDOW);
+                    (request_body(from, want), from + want == size)
+                }
+                Some(_) => (None, true),
+                // What is buffered, up to one byte past the limit so an overflow shows.
+                None => (request_body(from, (limit + 1).saturating_sub(from)), true),
+            };
+            chunk = got.unwrap_or_default();
+            let total = body_size.unwrap_or(from + chunk.len());
+            let eos = end_of_stream && last;
+            step = with_rng(|rng| self.body.feed(&router, &chunk, total, eos, rng));
+            if last || chunk.is_empty() || step != BodyStep::NeedMore {
+                break;
+            }
         }
-        .unwrap_or_default();
-        let total = body_size.unwrap_or(from + chunk.len());
-        let step = with_rng(|rng| self.body.feed(&router, &chunk, total, end_of_stream, rng));
         match step {
             BodyStep::NeedMore => Action::Pause,
             BodyStep::Error(err) => {
-                self.reading = false;
+                self.phase = Phase::Headers;
                 send_error(&err, &[]);
                 Action::Pause
             }
             BodyStep::Route(route) => {
-                self.reading = false;
-                self.apply(&router, &route, total);
+                // A chunked body is measured as it streams; a declared length was checked.
+                self.phase = if self.content_length.is_none() && !end_of_stream {
+                    Phase::Counting
+                } else {
+                    Phase::Headers
+                };
+                // `chunk` holds the body from `from`: the edit reuses it when it starts at 0.
+                let buffered = (from == 0).then_some(chunk.as_slice());
+                self.apply(&router, &route, buffered);
                 Action::Continue
             }
         }
     }
 
     /// Writes the decision into the request: body front, `content-length`, headers.
-    fn apply(&self, router: &Router, route: &Route<'_>, body_size: usize) {
+    /// `buffered` is the body from its first byte when the glue already holds it.
+    fn apply(&self, router: &Router, route: &Route<'_>, buffered: Option<&[u8]>) {
         let Some(model) = router.model(route.model) else {
             return;
         };
         let Some(target) = model.targets.get(route.target) else {
             return;
         };
-        // The whole body is fetched only for the prefix hash.
-        let whole = match router.prefix_affinity_chars() {
-            Some(_) if route.whole_body => request_body(0, body_size),
-            _ => None,
-        };
-        let hash = whole.as_deref().and_then(|b| router.prefix_hash(b));
         if let Some(edit) = &route.edit {
             let fetched;
-            let kept: &[u8] = match whole.as_deref().and_then(|b| b.get(..edit.keep)) {
+            let kept: &[u8] = match buffered.and_then(|b| b.get(..edit.keep)) {
                 Some(k) => k,
                 None => {
                     fetched = request_body(0, edit.keep).unwrap_or_default();
                     &fetched
                 }
             };
-            // Envoy edits buffered bodies only at the front: drain `drop` bytes, prepend.
-            let _ = host::set_buffer(
-                BufferType::HttpRequestBody,
-                0,
-                edit.drop,
-                &edit.new_prefix(kept),
-            );
-            if self.has_content_length {
+            // Envoy edits a buffered body only at the front: drain `drop` bytes, prepend.
+            PREFIX.with(|p| {
+                let mut prefix = p.borrow_mut();
+                edit.write_prefix(kept, &mut prefix);
+                let _ = host::set_buffer(BufferType::HttpRequestBody, 0, edit.drop, &prefix);
+            });
+            if let Some(len) = self.content_length {
                 let mut digits = [0u8; 20];
-                let len = decimal(edit.new_body_len(body_size), &mut digits);
+                let len = decimal(edit.new_body_len(len), &mut digits);
                 set_request_header("content-length", Some(len));
             }
         }
@@ -235,7 +277,7 @@ impl RouterHttp {
         let criticality =
             effective_criticality(self.client_criticality.as_deref(), model.criticality, false);
         set_request_header(CRITICALITY_HEADER, Some(criticality.as_str().as_bytes()));
-        match hash {
+        match route.prefix_hash {
             Some(h) => {
                 let hex = hash_hex(h);
                 set_request_header(PREFIX_HASH_HEADER, Some(&hex));

@@ -157,7 +157,6 @@ fn errors_are_local_openai_replies() {
         (b"{bad", 400, "invalid_json"),
         (br#"{"messages":[]}"#, 400, "missing_required_parameter"),
         (br#"{"model":7}"#, 400, "invalid_type"),
-        (br#"{"model":"qwen","model":"qwen"}"#, 400, "invalid_value"),
         (br#"{"model":"gpt-5"}"#, 404, "model_not_found"),
     ];
     for (body, status, code) in cases {
@@ -169,6 +168,15 @@ fn errors_are_local_openai_replies() {
             "{v}"
         );
     }
+    // A second `model` is caught while the router still reads (here for the prefix hash);
+    // once it has decided, the rest of the body is the model server's to check.
+    let mut hashing = vm(r#"{"models":[{"name":"qwen"}],"prefix_affinity":{"chars":64}}"#);
+    let body = br#"{"model":"qwen","model":"qwen"}"#;
+    let (s, v) = error_of(&mut hashing, &as_refs(&json(body.len())), Some(body));
+    assert_eq!(
+        (s, v["error"]["code"].as_str().unwrap()),
+        (400, "invalid_value")
+    );
     let mut h = post_headers(10);
     h[3].1 = "text/plain".into();
     assert_eq!(error_of(&mut vm, &as_refs(&h), Some(b"x")).0, 415);
@@ -218,14 +226,98 @@ fn models_are_listed_and_other_paths_pass() {
         (":method", "GET"),
         (":path", "/health"),
         ("x-modelgate-model", "qwen-2-7b"),
+        ("x-modelgate-criticality", "critical"),
+        ("x-modelgate-prefix-hash", "0123456789abcdef"),
     ];
     assert_eq!(req.request_headers(&h, true), Action::Continue);
-    assert_eq!(
-        req.request_header("x-modelgate-model"),
-        None,
-        "spoofed routing header kept"
-    );
+    for name in [
+        "x-modelgate-model",
+        "x-modelgate-criticality",
+        "x-modelgate-prefix-hash",
+    ] {
+        assert_eq!(req.request_header(name), None, "spoofed {name} kept");
+    }
     assert!(req.local_reply().is_none());
+}
+
+#[test]
+fn alias_is_rewritten_at_the_model_and_the_rest_streams() {
+    let mut vm = vm(CONFIG);
+    let head = br#"{"model":"qwen","messages":["#;
+    let tail = b"1,2,3]}";
+    let total = head.len() + tail.len();
+    let mut req = vm.http();
+    let h = post_headers(total);
+    assert_eq!(req.request_headers(&as_refs(&h), false), Action::Pause);
+    // The first chunk holds the model: rewritten, routed, continued before the body ends.
+    assert_eq!(req.request_body(head, false), Action::Continue);
+    assert_eq!(
+        req.request_header("x-modelgate-model").as_deref(),
+        Some("qwen-2-7b")
+    );
+    assert_eq!(req.request_body(tail, true), Action::Continue);
+    let expected = r#"{"model":"qwen-2-7b","messages":[1,2,3]}"#;
+    assert_eq!(
+        String::from_utf8(req.forwarded_request_body()).unwrap(),
+        expected
+    );
+    assert_eq!(
+        req.request_header("content-length"),
+        Some(expected.len().to_string())
+    );
+    req.finish();
+}
+
+#[test]
+fn chunked_body_over_the_limit_after_the_route_is_an_openai_413() {
+    let mut vm = vm(CONFIG); // max_body_bytes 2048
+    let mut req = vm.http();
+    let h: Vec<(&str, &str)> = vec![
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("transfer-encoding", "chunked"),
+    ];
+    req.request_headers(&h, false);
+    assert_eq!(
+        req.request_body(br#"{"model":"qwen","prompt":""#, false),
+        Action::Continue
+    );
+    let filler = [b'x'; 1100];
+    assert_eq!(req.request_body(&filler, false), Action::Continue);
+    assert_ne!(req.request_body(&filler, false), Action::Continue);
+    let reply = req.local_reply().expect("413 reply");
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["error"]["code"], "request_too_large");
+}
+
+#[test]
+fn prefix_hash_is_set_from_the_first_chunk() {
+    let mut vm = vm(r#"{"models":[{"name":"m"}],"prefix_affinity":{"chars":16}}"#);
+    let hash_of = |vm: &mut Vm, first: &[u8]| {
+        let mut req = vm.http();
+        req.request_headers(&as_refs(&post_headers(100_000)), false);
+        // Decided on the first chunk although the body is far from its end.
+        assert_eq!(req.request_body(first, false), Action::Continue);
+        let h = req.request_header("x-modelgate-prefix-hash").unwrap();
+        req.finish();
+        h
+    };
+    let a = hash_of(
+        &mut vm,
+        br#"{"model":"m","messages":[{"role":"user","content":"The same first sixteen, then more"#,
+    );
+    let b = hash_of(
+        &mut vm,
+        br#"{"model":"m","messages":[{"role":"user","content":"The same first sixteen, other text"#,
+    );
+    let c = hash_of(
+        &mut vm,
+        br#"{"model":"m","messages":[{"role":"user","content":"A different start of the prompt"#,
+    );
+    assert_eq!(a.len(), 16);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
 }
 
 #[test]
@@ -239,7 +331,8 @@ fn trailers_end_the_body() {
     ];
     req.request_headers(&h, false);
     assert_eq!(req.request_body(br#"{"model":"qw"#, false), Action::Pause);
-    assert_eq!(req.request_body(br#"en","n":1}"#, false), Action::Pause);
+    // Routed as soon as the model is read; the trailers then pass.
+    assert_eq!(req.request_body(br#"en","n":1}"#, false), Action::Continue);
     assert_eq!(req.request_trailers(&[("x-t", "1")]), Action::Continue);
     assert_eq!(
         req.request_header("x-modelgate-model").as_deref(),

@@ -219,6 +219,25 @@ fn routes_by_model_alias_and_weight() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["model"], "qwen-2-7b");
 
+    // Model first (300 KB prompt): rewritten and routed at the first chunk, the rest streams
+    // through unbuffered; with content-length and chunked in 16 KiB pieces.
+    let body = format!(
+        r#"{{"model":"qwen","max_tokens":1,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "y ".repeat(150_000)
+    );
+    let r = gw.raw(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "qwen-2-7b");
+    let pieces: Vec<&[u8]> = body.as_bytes().chunks(16 * 1024).collect();
+    let (status, text) = raw_http(gw.port, head, &pieces, true);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""model":"qwen-2-7b""#), "{text}");
+
     // Weighted split: "chat" is llama-3-8b:3 / qwen-2-7b:1.
     let n = 1000;
     let counts = Mutex::new(HashMap::<String, usize>::new());
