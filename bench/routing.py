@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -28,14 +29,14 @@ MODEL = "llama-3-8b"
 
 SEED = int(os.environ.get("BENCH_SEED", "7"))
 PODS = 4
-DURATION_S = float(os.environ.get("BENCH_ROUTING_SECONDS", "24"))
-CONV_RATE = float(os.environ.get("BENCH_ROUTING_RATE", "2.2"))  # conversations started / s
+DURATION_S = float(os.environ.get("BENCH_ROUTING_SECONDS", "20"))
+CONV_RATE = float(os.environ.get("BENCH_ROUTING_RATE", "2.5"))  # conversations started / s
 BURST = (10.0, 14.0, 3.0)  # from, to (s), rate multiplier
-SYSTEM_PROMPTS = 6
+SYSTEM_PROMPTS = int(os.environ.get("BENCH_ROUTING_PROMPTS", "24"))
 MAX_TOKENS = 24
 SIM_ARGS = [
-    "--max-num-seqs", "4", "--ttft-ms", "5", "--prefill-ms-per-token", "0.25",
-    "--itl-ms", "5", "--kv-cache-tokens", "40000", "--max-model-len", "40000",
+    "--max-num-seqs", "2", "--ttft-ms", "5", "--prefill-ms-per-token", "0.5",
+    "--itl-ms", "5", "--kv-cache-tokens", os.environ.get("BENCH_ROUTING_KV", "24000"), "--max-model-len", "24000",
 ]
 ORCA_CAPACITY = 8  # running + waiting at utilisation 1 (sidecar and picker agree)
 
@@ -51,22 +52,22 @@ def free_port():
 
 
 def wasm_filter(name, config, stop_iteration=False):
-    knob = "\n        allow_on_headers_stop_iteration: true" if stop_iteration else ""
+    knob = "\n                allow_on_headers_stop_iteration: true" if stop_iteration else ""
     cfg = json.dumps(config)
     return f"""
-  - name: modelgate.{name}
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-      config:
-        name: {name}
-        root_id: {name}{knob}
-        vm_config:
-          vm_id: modelgate
-          runtime: envoy.wasm.runtime.v8
-          code: {{ local: {{ filename: "{WASM}/{name}.wasm" }} }}
-        configuration:
-          "@type": type.googleapis.com/google.protobuf.StringValue
-          value: '{cfg}'"""
+          - name: modelgate.{name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}{knob}
+                vm_config:
+                  vm_id: modelgate
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{WASM}/{name}.wasm" }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{cfg}'"""
 
 
 def envoy_config(admin, listen, filters, cluster_name, cluster_body, endpoints, hash_policy=""):
@@ -77,6 +78,11 @@ def envoy_config(admin, listen, filters, cluster_name, cluster_body, endpoints, 
     return f"""
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+stats_config:
+  stats_tags:
+  - {{ tag_name: model_name, regex: '(model_name=\\.=(.*?);\\.;)' }}
+  - {{ tag_name: pod, regex: '(pod=\\.=(.*?);\\.;)' }}
+  - {{ tag_name: reason, regex: '(reason=\\.=(.*?);\\.;)' }}
 static_resources:
   listeners:
   - name: l
@@ -168,7 +174,7 @@ POLICIES = {
 
 def gateway_config(admin, listen, policy, sidecar_ports):
     body, ring, picker = POLICIES[policy]
-    router = {"models": [{"name": MODEL, "criticality": "standard"}], "prefix_affinity": {"chars": 65536}}
+    router = {"models": [{"name": MODEL, "criticality": "standard"}], "prefix_affinity": {"chars": 256}}
     filters = wasm_filter("model_router", router, stop_iteration=True)
     filters += wasm_filter("load_shedder", {"gateway": {"utilization_threshold": 0.8, "report_ttl": "2s"},
                                             "trust_criticality_header": True})
@@ -177,7 +183,7 @@ def gateway_config(admin, listen, policy, sidecar_ports):
             "pools": {MODEL: [f"127.0.0.1:{p}" for p in sidecar_ports]},
             "capacity": ORCA_CAPACITY,
             "saturation": {"utilization": 0.9, "in_flight": 8},
-            "spill_slack": 2,
+            "spill_slack": float(os.environ.get("BENCH_PICKER_SLACK", "4")),
             "report_ttl": "2s",
         })
     hp = "\n                  hash_policy: [{ header: { header_name: x-modelgate-prefix-hash } }]" if ring else ""
@@ -239,19 +245,33 @@ def prefix_counters(sim_ports):
     return q, h
 
 
+def pick_reasons(admins):
+    """The picker's decisions summed over gateways and pods: reason -> count."""
+    out = {}
+    for a in admins:
+        text = httpx.get(f"http://127.0.0.1:{a}/stats/prometheus", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("ml_picker_picks_total{"):
+                reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                out[reason] = out.get(reason, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
 def workload(seed):
     """Conversations: (start time, system prompt, turns [(user words, assistant words, think s)])."""
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(5000)]
     words = lambda n: " ".join(rng.choice(vocab) for _ in range(n))
-    systems = [words(rng.randint(800, 1600)) for _ in range(SYSTEM_PROMPTS)]
+    systems = [words(rng.randint(1000, 2000)) for _ in range(SYSTEM_PROMPTS)]
+    # Some applications are busier than others (popularity ~ 1/rank).
+    weights = [1 / (i + 1) for i in range(SYSTEM_PROMPTS)]
     convs, t = [], 0.0
     while t < DURATION_S:
         rate = CONV_RATE * (BURST[2] if BURST[0] <= t < BURST[1] else 1.0)
         t += rng.expovariate(rate)
         turns = [(words(rng.randint(60, 250)), words(rng.randint(80, 250)), rng.uniform(0.2, 1.0))
                  for _ in range(rng.randint(3, 6))]
-        convs.append((t, systems[rng.randrange(SYSTEM_PROMPTS)], turns))
+        convs.append((t, rng.choices(systems, weights)[0], turns))
     return convs
 
 
@@ -310,16 +330,18 @@ def run_policy(policy, replicas=1):
             procs.envoy(f"sidecar{i}", sidecar_config(free_port(), lp, sp))
             sims.append(sp)
             sidecars.append(lp)
-        gateways = []
+        gateways, admins = [], []
         for r in range(replicas):
-            gp = free_port()
-            procs.envoy(f"gateway{r}", gateway_config(free_port(), gp, policy, sidecars))
+            gp, ap = free_port(), free_port()
+            procs.envoy(f"gateway{r}", gateway_config(ap, gp, policy, sidecars))
             gateways.append(gp)
+            admins.append(ap)
         for p in sidecars + gateways:
             wait_for(lambda p=p: chat_ok(p), f"port {p}")
         q0, h0 = prefix_counters(sims)
         results, wall = asyncio.run(run_load(gateways, SEED))
         q1, h1 = prefix_counters(sims)
+        reasons = pick_reasons(admins)
     finally:
         procs.stop()
     ok = [r for r in results if r[0]]
@@ -332,10 +354,13 @@ def run_policy(policy, replicas=1):
         "e2e50": pct(e2e, 50), "e2e99": pct(e2e, 99),
         "rps": len(ok) / wall,
         "hit": (h1 - h0) / (q1 - q0) * 100 if q1 > q0 else float("nan"),
+        "reasons": reasons,
     }
 
 
 def main():
+    # SIGTERM (a stopped `make bench`) runs the `finally` that stops the processes started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for path in (ENVOY, SIM):
         if not os.path.exists(path):
             raise SystemExit(f"routing bench: {path} is missing (make build)")
@@ -347,26 +372,34 @@ def main():
     rows.append(("endpoint picker, 2 gateway replicas", run_policy("endpoint picker", replicas=2)))
     n = rows[0][1]["requests"]
     print("## Routing quality: which pod gets each request\n")
-    print(f"`bench/routing.sh` (seed {SEED}): {PODS} `modelgate-sim` pods (4 slots, prefix cache "
-          f"of 40k tokens, 5 ms + 0.25 ms per uncached prompt token of prefill, 5 ms per output "
-          f"token), each behind a sidecar Envoy sending ORCA load reports; one gateway Envoy. "
-          f"{SYSTEM_PROMPTS} shared system prompts (800–1600 words), multi-turn conversations "
-          f"(3–6 turns, {MAX_TOKENS} output tokens, streaming) starting at {CONV_RATE}/s for "
-          f"{DURATION_S:.0f} s with a 3x burst from {BURST[0]:.0f} to {BURST[1]:.0f} s: {n} "
-          f"requests per policy, the same for each. Fresh pods (cold caches) for every row. "
-          f"TTFT and latency in ms as the client sees them; hit rate = prompt tokens found in "
-          f"the pods' prefix caches.\n")
-    print("| policy | TTFT p50 | TTFT p99 | latency p50 | latency p99 | throughput (req/s) | prefix-cache hit rate | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"`bench/routing.sh` (seed {SEED}, all rows in one run): {PODS} `modelgate-sim` pods "
+          f"(2 slots; prefix cache of {SIM_ARGS[SIM_ARGS.index('--kv-cache-tokens') + 1]} tokens; "
+          f"prefill 5 ms + 0.5 ms per uncached prompt token; 5 ms per output token), each behind "
+          f"a sidecar Envoy whose load shedder sends ORCA load reports; a gateway Envoy with "
+          f"model_router (prefix hash over the first 256 characters of the system prompt and "
+          f"first user turn) and the cluster policy of the row. Workload: {SYSTEM_PROMPTS} "
+          f"applications' system prompts (1000–2000 words, popularity ~ 1/rank) and multi-turn "
+          f"conversations (3–6 turns, 60–250-word user turns, 80–250-word assistant turns "
+          f"kept in the history, {MAX_TOKENS} streamed output tokens) starting at {CONV_RATE}/s "
+          f"for {DURATION_S:.0f} s, 3x from {BURST[0]:.0f} to {BURST[1]:.0f} s: {n} requests "
+          f"per row, the same for each. Fresh pods (cold caches) for every row. TTFT and "
+          f"latency in ms at the client; hit rate = prompt tokens found in the pods' prefix "
+          f"caches (`vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total`); "
+          f"picks = the picker's `ml_picker_picks_total` by reason.\n")
+    print("| policy | TTFT p50 | TTFT p99 | latency p50 | latency p99 | throughput (req/s) | prefix-cache hit rate | errors | picks (affinity / spill / queued) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
+        rs = r["reasons"]
+        picks = f"{rs.get('affinity', 0)} / {rs.get('spill', 0)} / {rs.get('queued', 0)}" if rs else "–"
         print(f"| {name} | {r['ttft50']:.0f} | {r['ttft99']:.0f} | {r['e2e50']:.0f} | {r['e2e99']:.0f} "
-              f"| {r['rps']:.1f} | {r['hit']:.1f}% | {r['errors']} |")
-    base = dict(rows)["round robin"]
-    pk = dict(rows)["endpoint picker"]
-    two = rows[-1][1]
-    print(f"\nPicker vs round robin: p99 TTFT {base['ttft99'] / pk['ttft99']:.1f}x lower, "
-          f"throughput {pk['rps'] / base['rps']:.2f}x. Second gateway replica: hit rate "
-          f"{two['hit'] - pk['hit']:+.1f} points.\n")
+              f"| {r['rps']:.1f} | {r['hit']:.1f}% | {r['errors']} | {picks} |")
+    by = dict(rows)
+    base, pk, two = by["round robin"], by["endpoint picker"], rows[-1][1]
+    print(f"\nEndpoint picker vs round robin: p99 TTFT {base['ttft99'] / pk['ttft99']:.1f}x lower, "
+          f"throughput {pk['rps'] / base['rps']:.2f}x. A second gateway replica (requests split "
+          f"at random between the two): hit rate {two['hit'] - pk['hit']:+.1f} points. "
+          f"Single runs on a shared 2-core machine: differences of ~10% between rows are "
+          f"within run-to-run noise.\n")
 
 
 if __name__ == "__main__":

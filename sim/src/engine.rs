@@ -131,6 +131,10 @@ impl Engine {
             .unwrap_or(Semaphore::MAX_PERMITS)
             .min(Semaphore::MAX_PERMITS);
         let ms_to_us = |ms: f64| (ms.max(0.0) * 1000.0).round() as u64;
+        // The prefix cache has the KV cache's size (vLLM keeps it in the free KV blocks).
+        let cache_blocks =
+            usize::try_from(config.kv_cache_tokens / BLOCK_TOKENS).unwrap_or(usize::MAX);
+        let prefill_us_per_token = ms_to_us(config.prefill_ms_per_token);
         Arc::new(Self {
             ttft_us: AtomicU64::new(config.ttft_ms.saturating_mul(1000)),
             itl_us: AtomicU64::new(config.itl_ms.saturating_mul(1000)),
@@ -148,10 +152,8 @@ impl Engine {
             prompt_tokens_total: AtomicU64::new(0),
             prefix_queries_total: AtomicU64::new(0),
             prefix_hits_total: AtomicU64::new(0),
-            prefix_cache: Mutex::new(PrefixCache::new(
-                usize::try_from(config.kv_cache_tokens / BLOCK_TOKENS).unwrap_or(usize::MAX),
-            )),
-            prefill_us_per_token: ms_to_us(config.prefill_ms_per_token),
+            prefix_cache: Mutex::new(PrefixCache::new(cache_blocks)),
+            prefill_us_per_token,
             generation_tokens_total: AtomicU64::new(0),
             success_stop: AtomicU64::new(0),
             success_length: AtomicU64::new(0),

@@ -28,8 +28,13 @@ pub const MAX_PODS: usize = 256;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PickerConfigJson {
-    /// Pool name (the router's `x-modelgate-model`, also the cluster name) → pod addresses.
+    /// Pool name (the router's `x-modelgate-model`, also the cluster name) → pod addresses
+    /// (may be empty: then the pods are discovered from their ORCA reports).
     pub pools: BTreeMap<String, Vec<String>>,
+    /// Pool name → the Envoy cluster whose ORCA reports describe it (default: the pool
+    /// name; Istio: `outbound|8000||llama-3-8b.models.svc.cluster.local`).
+    #[serde(default)]
+    pub clusters: BTreeMap<String, String>,
     #[serde(default)]
     pub saturation: Option<SaturationJson>,
     #[serde(default)]
@@ -40,6 +45,10 @@ pub struct PickerConfigJson {
     pub report_ttl: Option<String>,
     #[serde(default)]
     pub tick: Option<String>,
+    #[serde(default)]
+    pub forget_after: Option<String>,
+    #[serde(default)]
+    pub explore_every: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,11 +74,18 @@ impl Pod {
             key: fnv1a(address.as_bytes()),
         }
     }
+
+    /// Identifies the pod across membership changes (indices shift when pods go).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
     pub name: String,
+    /// The cluster name the gateway load shedder files this pool's reports under.
+    pub cluster: String,
     pub pods: Vec<Pod>,
 }
 
@@ -87,6 +103,11 @@ pub struct PickerConfig {
     pub capacity: f64,
     pub report_ttl_ms: u64,
     pub tick_ms: u64,
+    /// A discovered pod without a report for this long is forgotten.
+    pub forget_after_ms: u64,
+    /// Every n-th request of a pool goes to the cluster's fallback policy (0 = never), so
+    /// pods the picker does not know yet get traffic, report, and are discovered.
+    pub explore_every: u32,
 }
 
 impl PickerConfig {
@@ -107,10 +128,10 @@ impl PickerConfig {
             if name.is_empty() {
                 return Err(ConfigError::new("pools", "pool names must not be empty"));
             }
-            if addrs.is_empty() || addrs.len() > MAX_PODS {
+            if addrs.len() > MAX_PODS {
                 return Err(ConfigError::new(
                     field,
-                    format!("must list 1 to {MAX_PODS} pod addresses"),
+                    format!("must list at most {MAX_PODS} pod addresses"),
                 ));
             }
             let mut pods: Vec<Pod> = Vec::with_capacity(addrs.len());
@@ -128,8 +149,15 @@ impl PickerConfig {
             }
             pools.push(Pool {
                 name: name.clone(),
+                cluster: raw.clusters.get(name).unwrap_or(name).clone(),
                 pods,
             });
+        }
+        if let Some(unknown) = raw.clusters.keys().find(|k| !raw.pools.contains_key(*k)) {
+            return Err(ConfigError::new(
+                format!("clusters.{unknown}"),
+                "names no pool in `pools`",
+            ));
         }
         let sat = raw.saturation.unwrap_or_default();
         let utilization_threshold = sat.utilization.unwrap_or(0.9);
@@ -143,7 +171,7 @@ impl PickerConfig {
         if max_in_flight == 0 {
             return Err(ConfigError::new("saturation.in_flight", "must be positive"));
         }
-        let spill_slack = raw.spill_slack.unwrap_or(2.0);
+        let spill_slack = raw.spill_slack.unwrap_or(4.0);
         if !spill_slack.is_finite() || spill_slack < 0.0 {
             return Err(ConfigError::new(
                 "spill_slack",
@@ -165,6 +193,10 @@ impl PickerConfig {
         if tick_ms == 0 {
             return Err(ConfigError::new("tick", "must be positive"));
         }
+        let forget_after_ms = match &raw.forget_after {
+            Some(t) => parse_duration_ms("forget_after", t)?,
+            None => 30_000,
+        };
         Ok(Self {
             pools,
             utilization_threshold,
@@ -173,6 +205,8 @@ impl PickerConfig {
             capacity,
             report_ttl_ms,
             tick_ms,
+            forget_after_ms,
+            explore_every: raw.explore_every.unwrap_or(0),
         })
     }
 
@@ -205,12 +239,7 @@ pub enum PickReason {
 }
 
 impl PickReason {
-    pub const ALL: [PickReason; 4] = [
-        Self::Affinity,
-        Self::Spill,
-        Self::LeastLoaded,
-        Self::Queued,
-    ];
+    pub const ALL: [PickReason; 4] = [Self::Affinity, Self::Spill, Self::LeastLoaded, Self::Queued];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -228,7 +257,10 @@ impl PickReason {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
-    Pod { index: usize, reason: PickReason },
+    Pod {
+        index: usize,
+        reason: PickReason,
+    },
     /// Every pod saturated and the request is sheddable.
     Shed,
     /// The pool has no pods (let the cluster's fallback policy choose).
@@ -316,6 +348,80 @@ impl PickerConfig {
                 reason: PickReason::Spill,
             },
         }
+    }
+}
+
+/// The pods of one pool the picker chooses among, with their load: the configured pods,
+/// then pods discovered from the ORCA reports of the pool's cluster (hosts that answered
+/// through this gateway, e.g. via the fallback policy). A discovered pod is forgotten when
+/// it has not reported for `forget_after` and nothing is in flight to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Members {
+    pub pods: Vec<Pod>,
+    pub loads: Vec<PodLoad>,
+    /// Time of the pod's latest report (0: none yet).
+    report_ms: Vec<u64>,
+    configured: usize,
+}
+
+impl Members {
+    pub fn new(pool: &Pool) -> Self {
+        let n = pool.pods.len();
+        Self {
+            pods: pool.pods.clone(),
+            loads: vec![PodLoad::default(); n],
+            report_ms: vec![0; n],
+            configured: n,
+        }
+    }
+
+    /// Takes one host's latest report; an unknown `IP:port` host joins (up to MAX_PODS).
+    pub fn report(&mut self, host: &str, utilization: f64, at_ms: u64) {
+        let i = match self.pods.iter().position(|p| p.address == host) {
+            Some(i) => i,
+            None if self.pods.len() < MAX_PODS && host.parse::<SocketAddr>().is_ok() => {
+                self.pods.push(Pod::new(host));
+                self.loads.push(PodLoad::default());
+                self.report_ms.push(0);
+                self.pods.len() - 1
+            }
+            None => return,
+        };
+        if let (Some(l), Some(t)) = (self.loads.get_mut(i), self.report_ms.get_mut(i)) {
+            if at_ms >= *t {
+                *t = at_ms;
+                l.utilization = Some(utilization);
+            }
+        }
+    }
+
+    /// Drops utilisations older than `report_ttl` and forgets silent discovered pods.
+    pub fn age(&mut self, now_ms: u64, cfg: &PickerConfig) {
+        for (l, t) in self.loads.iter_mut().zip(&self.report_ms) {
+            if now_ms.saturating_sub(*t) > cfg.report_ttl_ms {
+                l.utilization = None;
+            }
+        }
+        let mut i = self.configured;
+        while i < self.pods.len() {
+            let silent = self
+                .report_ms
+                .get(i)
+                .is_some_and(|t| now_ms.saturating_sub(*t) > cfg.forget_after_ms);
+            let idle = self.loads.get(i).is_some_and(|l| l.in_flight == 0);
+            if silent && idle {
+                self.pods.remove(i);
+                self.loads.remove(i);
+                self.report_ms.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The index of the pod with `key`.
+    pub fn index_of(&self, key: u64) -> Option<usize> {
+        self.pods.iter().position(|p| p.key == key)
     }
 }
 

@@ -40,7 +40,10 @@ fn same_prefix_same_pod_and_prefixes_spread_over_pods() {
         counts[pod_of(a)] += 1;
     }
     // Rendezvous spreads evenly: each of 4 pods gets 1000 ± 15%.
-    assert!(counts.iter().all(|c| (850..=1150).contains(c)), "{counts:?}");
+    assert!(
+        counts.iter().all(|c| (850..=1150).contains(c)),
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -100,7 +103,10 @@ fn a_busy_prefix_pod_spills_to_the_next_ranked_pod_in_a_fixed_order() {
         panic!("{spill:?}")
     };
     assert_ne!(second, first);
-    assert_eq!(spill, cfg.pick(Some(h), pods, &loads, Criticality::Standard));
+    assert_eq!(
+        spill,
+        cfg.pick(Some(h), pods, &loads, Criticality::Standard)
+    );
     // The spill target is the prefix's second choice: without the first pod it is the top.
     let without: Vec<Pod> = pods
         .iter()
@@ -181,21 +187,23 @@ fn without_a_prefix_the_least_busy_pod_wins() {
             reason: PickReason::LeastLoaded
         }
     );
-    assert_eq!(
-        cfg.pick(None, &[], &[], Criticality::Standard),
-        Pick::None
-    );
+    assert_eq!(cfg.pick(None, &[], &[], Criticality::Standard), Pick::None);
 }
 
 #[test]
 fn config_errors_name_the_field() {
     let err = |json: &str| PickerConfig::parse(json.as_bytes()).unwrap_err().field;
     assert_eq!(err(r#"{"pools": {}}"#), "pools");
-    assert_eq!(err(r#"{"pools": {"m": []}}"#), "pools.m");
     assert_eq!(err(r#"{"pools": {"m": ["pod-a:80"]}}"#), "pools.m");
-    assert_eq!(err(r#"{"pools": {"m": ["1.2.3.4:80", "1.2.3.4:80"]}}"#), "pools.m");
+    assert_eq!(
+        err(r#"{"pools": {"m": ["1.2.3.4:80", "1.2.3.4:80"]}}"#),
+        "pools.m"
+    );
     let one = r#"{"pools": {"m": ["1.2.3.4:80"]}"#;
-    assert_eq!(err(&format!(r#"{one}, "spill_slack": -1}}"#)), "spill_slack");
+    assert_eq!(
+        err(&format!(r#"{one}, "spill_slack": -1}}"#)),
+        "spill_slack"
+    );
     assert_eq!(err(&format!(r#"{one}, "capacity": 0}}"#)), "capacity");
     assert_eq!(
         err(&format!(r#"{one}, "saturation": {{"in_flight": 0}}}}"#)),
@@ -205,8 +213,24 @@ fn config_errors_name_the_field() {
         err(&format!(r#"{one}, "saturation": {{"utilization": 0}}}}"#)),
         "saturation.utilization"
     );
-    assert_eq!(err(&format!(r#"{one}, "report_ttl": "soon"}}"#)), "report_ttl");
+    assert_eq!(
+        err(&format!(r#"{one}, "report_ttl": "soon"}}"#)),
+        "report_ttl"
+    );
     assert_eq!(err(&format!(r#"{one}, "tick": "0ms"}}"#)), "tick");
+    assert_eq!(
+        err(&format!(r#"{one}, "clusters": {{"x": "c"}}}}"#)),
+        "clusters.x"
+    );
+    let named =
+        PickerConfig::parse(br#"{"pools": {"m": []}, "clusters": {"m": "outbound|8000||m"}}"#)
+            .unwrap();
+    assert_eq!(named.pools[0].cluster, "outbound|8000||m");
+    assert_eq!(config("").pools[0].cluster, "m");
+    assert_eq!(
+        err(&format!(r#"{one}, "forget_after": "x"}}"#)),
+        "forget_after"
+    );
     assert_eq!(err(&format!(r#"{one}, "colour": 1}}"#)), "colour");
 }
 
@@ -217,4 +241,52 @@ fn prefix_hash_header_parses_hex_only() {
     assert_eq!(parse_prefix_hash(b""), None);
     assert_eq!(parse_prefix_hash(b"xyz"), None);
     assert_eq!(parse_prefix_hash(b"00000000000000000"), None);
+}
+
+#[test]
+fn reports_add_pods_and_silent_discovered_pods_are_forgotten() {
+    let cfg = PickerConfig::parse(
+        br#"{"pools": {"m": ["10.0.0.1:80"]}, "report_ttl": "2s", "forget_after": "10s"}"#,
+    )
+    .unwrap();
+    let mut m = Members::new(&cfg.pools[0]);
+    m.report("10.0.0.2:80", 0.5, 1_000);
+    m.report("not-an-address", 0.5, 1_000);
+    m.report("10.0.0.1:80", 0.25, 1_000);
+    assert_eq!(m.pods.len(), 2);
+    assert_eq!(m.loads[1].utilization, Some(0.5));
+    // An older report does not overwrite a newer one.
+    m.report("10.0.0.2:80", 0.9, 500);
+    assert_eq!(m.loads[1].utilization, Some(0.5));
+    // Stale after the TTL: the load is unknown, the pod stays.
+    m.age(3_500, &cfg);
+    assert_eq!(m.loads[0].utilization, None);
+    assert_eq!(m.loads[1].utilization, None);
+    assert_eq!(m.pods.len(), 2);
+    // Silent past forget_after: the discovered pod goes unless requests are in flight to it;
+    // the configured pod stays.
+    m.loads[1].in_flight = 1;
+    m.age(20_000, &cfg);
+    assert_eq!(m.pods.len(), 2);
+    let key = m.pods[1].key();
+    assert_eq!(m.index_of(key), Some(1));
+    m.loads[1].in_flight = 0;
+    m.age(20_000, &cfg);
+    assert_eq!(m.pods.len(), 1);
+    assert_eq!(m.index_of(key), None);
+    // A pool may start empty and learn all its pods.
+    let empty = PickerConfig::parse(br#"{"pools": {"m": []}}"#).unwrap();
+    let mut m = Members::new(&empty.pools[0]);
+    assert_eq!(
+        empty.pick(Some(1), &m.pods, &m.loads, Criticality::Standard),
+        Pick::None
+    );
+    m.report("10.0.0.9:80", 0.1, 1);
+    assert_eq!(
+        empty.pick(Some(1), &m.pods, &m.loads, Criticality::Standard),
+        Pick::Pod {
+            index: 0,
+            reason: PickReason::Affinity
+        }
+    );
 }

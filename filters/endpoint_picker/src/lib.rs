@@ -1,8 +1,8 @@
 //! endpoint_picker filter: proxy-wasm glue only; the policy lives in `modelgate_core::picker`.
 //!
-//! Root context (every tick): reads the pool table the gateway load shedder keeps from the
-//! pods' ORCA reports (shared data), refreshes each pod's utilisation (fresh reports only),
-//! and flushes the decision counters to Envoy stats.
+//! Root context (every tick): flushes the decision counters to Envoy stats, then reads the
+//! pool table the gateway load shedder keeps from the pods' ORCA reports (shared data):
+//! each pod's utilisation (fresh reports only), pods discovered, silent ones forgotten.
 //!
 //! HTTP context (per request): removes any client-sent destination header, then, for a
 //! request the router routed to a configured pool, picks a pod from cached state and sets
@@ -11,16 +11,17 @@
 //! is held until the stream ends.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use modelgate_core::error::ApiError;
 use modelgate_core::metrics::{encode_stat_name, SHED_HEADER};
 use modelgate_core::picker::{
-    parse_prefix_hash, Pick, PickReason, PickerConfig, PodLoad, DESTINATION_HEADER,
+    parse_prefix_hash, Members, Pick, PickReason, PickerConfig, DESTINATION_HEADER,
 };
 use modelgate_core::router::{MODEL_HEADER, PREFIX_HASH_HEADER};
 use modelgate_core::shed::{Criticality, PoolTable, CRITICALITY_HEADER, POOL_KEY};
-use modelgate_core::error::ApiError;
 use modelgate_glue::headers::header_bytes;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -47,84 +48,124 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Most distinct `pod` label values one pool defines over the VM's life (pods come and go
+/// in a cluster); later pods are counted under `pod="other"`.
+const MAX_POD_LABELS: usize = 512;
+
 /// Counts since the last flush (flushed on the tick: no metric host call per request).
+#[derive(Default)]
 struct Counts {
-    /// [pool][pod][reason]
-    picks: Vec<Vec<[u64; REASONS]>>,
-    shed: Vec<u64>,
-    latency_ns: u64,
+    /// (pod key, picks by reason); a handful of entries per tick.
+    picks: Vec<(u64, [u64; REASONS])>,
+    shed: u64,
+    fallback: u64,
 }
 
 /// This VM's state shared between the root context and its HTTP contexts.
 struct VmState {
-    /// [pool][pod], same order as the config.
-    loads: Vec<Vec<PodLoad>>,
-    counts: Counts,
+    /// [pool], same order as the config.
+    members: Vec<Members>,
+    counts: Vec<Counts>,
+    /// Requests per pool since the last one left to the fallback policy (`explore_every`).
+    since_explore: Vec<u32>,
+    latency_ns: u64,
 }
 
-/// Metric ids, defined once in `on_configure`.
+/// Metric ids of one pool; pick counters are defined when a pod is first counted.
+struct PoolMetrics {
+    name: String,
+    cluster: String,
+    picks: BTreeMap<String, [Option<u32>; REASONS]>,
+    shed: Option<u32>,
+    fallback: Option<u32>,
+    saturated: Option<u32>,
+}
+
+/// Metric ids, defined in `on_configure` (per-pod ones on first use).
 struct Metrics {
-    picks: Vec<Vec<[Option<u32>; REASONS]>>,
-    shed: Vec<Option<u32>>,
-    saturated: Vec<Option<u32>>,
+    pools: Vec<PoolMetrics>,
     latency: Option<u32>,
+}
+
+fn define(kind: MetricType, metric: &str, labels: &[(&str, &str)]) -> Option<u32> {
+    let mut name = String::with_capacity(128);
+    encode_stat_name(&mut name, metric, labels);
+    hostcalls::define_metric(kind, &name).ok()
 }
 
 impl Metrics {
     fn define(cfg: &PickerConfig) -> Self {
-        let mut name = String::with_capacity(128);
-        let mut def = |kind: MetricType, metric: &str, labels: &[(&str, &str)]| {
-            encode_stat_name(&mut name, metric, labels);
-            hostcalls::define_metric(kind, &name).ok()
-        };
-        let mut picks = Vec::with_capacity(cfg.pools.len());
-        let mut shed = Vec::with_capacity(cfg.pools.len());
-        let mut saturated = Vec::with_capacity(cfg.pools.len());
-        for pool in &cfg.pools {
-            let model = ("model_name", pool.name.as_str());
-            picks.push(
-                pool.pods
-                    .iter()
-                    .map(|pod| {
-                        PickReason::ALL.map(|r| {
-                            def(
-                                MetricType::Counter,
-                                "ml_picker_picks_total",
-                                &[model, ("pod", &pod.address), ("reason", r.as_str())],
-                            )
-                        })
-                    })
-                    .collect(),
-            );
-            shed.push(def(MetricType::Counter, "ml_picker_shed_total", &[model]));
-            saturated.push(def(MetricType::Gauge, "ml_picker_saturated_pods", &[model]));
-        }
+        let pools = cfg
+            .pools
+            .iter()
+            .map(|pool| {
+                let model = [("model_name", pool.name.as_str())];
+                PoolMetrics {
+                    name: pool.name.clone(),
+                    cluster: pool.cluster.clone(),
+                    picks: BTreeMap::new(),
+                    shed: define(MetricType::Counter, "ml_picker_shed_total", &model),
+                    fallback: define(MetricType::Counter, "ml_picker_fallback_total", &model),
+                    saturated: define(MetricType::Gauge, "ml_picker_saturated_pods", &model),
+                }
+            })
+            .collect();
         Self {
-            picks,
-            shed,
-            saturated,
-            latency: def(MetricType::Counter, "ml_picker_latency_nanoseconds_total", &[]),
+            pools,
+            latency: define(
+                MetricType::Counter,
+                "ml_picker_latency_nanoseconds_total",
+                &[],
+            ),
         }
     }
+}
 
-    fn flush(&self, c: &mut Counts) {
-        let add = |id: Option<u32>, n: &mut u64| {
-            if let (Some(id), true) = (id, *n > 0) {
-                let _ = hostcalls::increment_metric(id, i64::try_from(*n).unwrap_or(i64::MAX));
-            }
-            *n = 0;
+impl PoolMetrics {
+    /// The pick counters of `pod`, defined on first use (bounded by MAX_POD_LABELS).
+    fn picks(&mut self, pod: &str) -> [Option<u32>; REASONS] {
+        if let Some(ids) = self.picks.get(pod) {
+            return *ids;
+        }
+        let label = if self.picks.len() < MAX_POD_LABELS {
+            pod
+        } else {
+            "other"
         };
-        for (ids, counts) in self.picks.iter().zip(c.picks.iter_mut()) {
-            for (pod_ids, pod_counts) in ids.iter().zip(counts.iter_mut()) {
-                for (id, n) in pod_ids.iter().zip(pod_counts.iter_mut()) {
-                    add(*id, n);
-                }
+        let ids = PickReason::ALL.map(|r| {
+            define(
+                MetricType::Counter,
+                "ml_picker_picks_total",
+                &[
+                    ("model_name", self.name.as_str()),
+                    ("pod", label),
+                    ("reason", r.as_str()),
+                ],
+            )
+        });
+        self.picks.insert(label.to_string(), ids);
+        ids
+    }
+
+    /// Flushes one pool's counts; pods are named through `members` (before any leave).
+    fn flush(&mut self, c: &mut Counts, members: &Members) {
+        for (key, counts) in c.picks.drain(..) {
+            let Some(pod) = members.index_of(key).and_then(|i| members.pods.get(i)) else {
+                continue;
+            };
+            let ids = self.picks(&pod.address.clone());
+            for (id, n) in ids.iter().zip(counts) {
+                add(*id, n);
             }
         }
-        for (id, n) in self.shed.iter().zip(c.shed.iter_mut()) {
-            add(*id, n);
-        }
-        add(self.latency, &mut c.latency_ns);
+        add(self.shed, std::mem::take(&mut c.shed));
+        add(self.fallback, std::mem::take(&mut c.fallback));
+    }
+}
+
+fn add(id: Option<u32>, n: u64) {
+    if let (Some(id), true) = (id, n > 0) {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
@@ -155,7 +196,10 @@ impl RootContext for PickerRoot {
             }
         };
         if hostcalls::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
-            log(LogLevel::Error, "endpoint_picker: cannot set the tick period");
+            log(
+                LogLevel::Error,
+                "endpoint_picker: cannot set the tick period",
+            );
             return false;
         }
         let pods: usize = config.pools.iter().map(|p| p.pods.len()).sum();
@@ -168,20 +212,10 @@ impl RootContext for PickerRoot {
             ),
         );
         let vm = VmState {
-            loads: config
-                .pools
-                .iter()
-                .map(|p| vec![PodLoad::default(); p.pods.len()])
-                .collect(),
-            counts: Counts {
-                picks: config
-                    .pools
-                    .iter()
-                    .map(|p| vec![[0; REASONS]; p.pods.len()])
-                    .collect(),
-                shed: vec![0; config.pools.len()],
-                latency_ns: 0,
-            },
+            members: config.pools.iter().map(Members::new).collect(),
+            counts: config.pools.iter().map(|_| Counts::default()).collect(),
+            since_explore: vec![0; config.pools.len()],
+            latency_ns: 0,
         };
         self.active = Some(Active {
             metrics: Metrics::define(&config),
@@ -212,42 +246,45 @@ impl RootContext for PickerRoot {
 }
 
 impl Active {
-    /// Refreshes each pod's utilisation from the shedder's pool table; a pod without a
-    /// fresh report is judged on this proxy's in-flight count alone.
+    /// Flushes the counters, then folds the shedder's pool table into each pool's members:
+    /// utilisations, discovered pods, stale reports, forgotten pods.
     fn tick(&mut self, now: u64) {
         let table: PoolTable = modelgate_glue::read(POOL_KEY).unwrap_or_default();
-        let Ok(mut vm) = self.vm.try_borrow_mut() else {
+        let Ok(mut guard) = self.vm.try_borrow_mut() else {
             return;
         };
-        for ((pool, loads), sat_id) in self
-            .config
-            .pools
-            .iter()
-            .zip(vm.loads.iter_mut())
-            .zip(&self.metrics.saturated)
+        let vm = &mut *guard;
+        add(self.metrics.latency, std::mem::take(&mut vm.latency_ns));
+        for ((members, counts), pm) in vm
+            .members
+            .iter_mut()
+            .zip(vm.counts.iter_mut())
+            .zip(self.metrics.pools.iter_mut())
         {
-            let hosts = table.clusters.get(&pool.name);
-            let mut saturated = 0u64;
-            for (pod, load) in pool.pods.iter().zip(loads.iter_mut()) {
-                load.utilization = hosts
-                    .and_then(|h| h.get(&pod.address))
-                    .filter(|r| now.saturating_sub(r.at_ms) <= self.config.report_ttl_ms)
-                    .map(|r| r.utilization);
-                saturated += u64::from(self.config.saturated(load));
+            pm.flush(counts, members);
+            if let Some(hosts) = table.clusters.get(&pm.cluster) {
+                for (host, r) in hosts {
+                    members.report(host, r.utilization, r.at_ms);
+                }
             }
-            if let Some(id) = sat_id {
-                let _ = hostcalls::record_metric(*id, saturated);
+            members.age(now, &self.config);
+            let saturated = members
+                .loads
+                .iter()
+                .filter(|l| self.config.saturated(l))
+                .count();
+            if let Some(id) = pm.saturated {
+                let _ = hostcalls::record_metric(id, saturated as u64);
             }
         }
-        self.metrics.flush(&mut vm.counts);
     }
 }
 
 struct PickerHttp {
     config: Rc<PickerConfig>,
     vm: Rc<RefCell<VmState>>,
-    /// (pool, pod) counted in flight until the stream ends.
-    picked: Option<(usize, usize)>,
+    /// (pool, pod key) counted in flight until the stream ends.
+    picked: Option<(usize, u64)>,
 }
 
 impl Context for PickerHttp {}
@@ -271,36 +308,53 @@ impl HttpContext for PickerHttp {
         let class = header_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER)
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(Criticality::parse))
             .unwrap_or(Criticality::Standard);
-        let Some(pool) = self.config.pools.get(pool_i) else {
+        let Ok(mut guard) = self.vm.try_borrow_mut() else {
             return Action::Continue;
         };
-        let Ok(mut vm) = self.vm.try_borrow_mut() else {
+        let vm = &mut *guard;
+        let (Some(members), Some(counts), Some(since)) = (
+            vm.members.get_mut(pool_i),
+            vm.counts.get_mut(pool_i),
+            vm.since_explore.get_mut(pool_i),
+        ) else {
             return Action::Continue;
         };
-        let Some(loads) = vm.loads.get(pool_i) else {
-            return Action::Continue;
+        *since = since.saturating_add(1);
+        let explore = self.config.explore_every > 0 && *since >= self.config.explore_every;
+        let pick = if explore {
+            *since = 0;
+            Pick::None
+        } else {
+            self.config
+                .pick(prefix, &members.pods, &members.loads, class)
         };
-        let pick = self.config.pick(prefix, &pool.pods, loads, class);
-        let elapsed = now_ns().saturating_sub(started);
-        vm.counts.latency_ns = vm.counts.latency_ns.saturating_add(elapsed);
+        vm.latency_ns = vm
+            .latency_ns
+            .saturating_add(now_ns().saturating_sub(started));
         match pick {
             Pick::Pod { index, reason } => {
-                let Some(pod) = pool.pods.get(index) else {
+                let (Some(pod), Some(load)) =
+                    (members.pods.get(index), members.loads.get_mut(index))
+                else {
                     return Action::Continue;
                 };
-                if let Some(l) = vm.loads.get_mut(pool_i).and_then(|l| l.get_mut(index)) {
-                    l.in_flight = l.in_flight.saturating_add(1);
+                load.in_flight = load.in_flight.saturating_add(1);
+                let key = pod.key();
+                match counts.picks.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, c)) => {
+                        if let Some(n) = c.get_mut(reason.index()) {
+                            *n += 1;
+                        }
+                    }
+                    None => {
+                        let mut c = [0; REASONS];
+                        if let Some(n) = c.get_mut(reason.index()) {
+                            *n = 1;
+                        }
+                        counts.picks.push((key, c));
+                    }
                 }
-                if let Some(n) = vm
-                    .counts
-                    .picks
-                    .get_mut(pool_i)
-                    .and_then(|p| p.get_mut(index))
-                    .and_then(|r| r.get_mut(reason.index()))
-                {
-                    *n += 1;
-                }
-                self.picked = Some((pool_i, index));
+                self.picked = Some((pool_i, key));
                 let _ = hostcalls::set_map_value(
                     MapType::HttpRequestHeaders,
                     DESTINATION_HEADER,
@@ -309,34 +363,42 @@ impl HttpContext for PickerHttp {
                 Action::Continue
             }
             Pick::Shed => {
-                if let Some(n) = vm.counts.shed.get_mut(pool_i) {
-                    *n += 1;
-                }
-                drop(vm);
+                counts.shed += 1;
+                drop(guard);
+                let name = self
+                    .config
+                    .pools
+                    .get(pool_i)
+                    .map_or("", |p| p.name.as_str());
                 let err = ApiError::rate_limited(
                     format!(
-                        "Overloaded: every model server of `{}` is saturated; sheddable \
-                         requests are shed first. Retry after {RETRY_AFTER_S} s.",
-                        pool.name
+                        "Overloaded: every model server of `{name}` is saturated; sheddable \
+                         requests are shed first. Retry after {RETRY_AFTER_S} s."
                     ),
                     RETRY_AFTER_S,
                 );
                 modelgate_glue::send_error(&err, &[(SHED_HEADER, "pool_saturated")]);
                 Action::Pause
             }
-            Pick::None => Action::Continue,
+            // No known pod, or this request explores: the cluster's fallback policy picks.
+            Pick::None => {
+                counts.fallback += 1;
+                Action::Continue
+            }
         }
     }
 }
 
 impl Drop for PickerHttp {
     fn drop(&mut self) {
-        let Some((pool, pod)) = self.picked else {
+        let Some((pool, key)) = self.picked else {
             return;
         };
         if let Ok(mut vm) = self.vm.try_borrow_mut() {
-            if let Some(l) = vm.loads.get_mut(pool).and_then(|l| l.get_mut(pod)) {
-                l.in_flight = l.in_flight.saturating_sub(1);
+            if let Some(m) = vm.members.get_mut(pool) {
+                if let Some(l) = m.index_of(key).and_then(|i| m.loads.get_mut(i)) {
+                    l.in_flight = l.in_flight.saturating_sub(1);
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! prefix sticks to one pod, load (in-flight streams, ORCA reports in shared data) makes it
 //! spill, an all-saturated pool sheds sheddable requests, and the decision counters.
 
-use modelgate_abi_tests::{Action, HttpStream, Host, Vm};
+use modelgate_abi_tests::{Action, Host, HttpStream, Vm};
 
 const DEST: &str = "x-gateway-destination-endpoint";
 const PODS: [&str; 3] = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"];
@@ -66,7 +66,13 @@ fn a_client_cannot_choose_the_pod() {
     req.finish();
     // Routed: the picker's choice replaces the client's.
     let chosen = pick(&mut vm, "00000000000000aa").unwrap();
-    let (req, _) = start(&mut vm, Some("m"), Some("00000000000000aa"), "standard", Some("6.6.6.6:1"));
+    let (req, _) = start(
+        &mut vm,
+        Some("m"),
+        Some("00000000000000aa"),
+        "standard",
+        Some("6.6.6.6:1"),
+    );
     assert_eq!(req.request_header(DEST).as_deref(), Some(chosen.as_str()));
     req.finish();
 }
@@ -93,7 +99,10 @@ fn a_prefix_sticks_to_one_pod_and_prefixes_spread() {
 #[test]
 fn open_streams_make_a_prefix_spill_then_all_saturated_sheds_sheddable() {
     let host = Host::new();
-    let mut vm = picker(&host, r#", "spill_slack": 0, "saturation": {"in_flight": 1}"#);
+    let mut vm = picker(
+        &host,
+        r#", "spill_slack": 0, "saturation": {"in_flight": 1}"#,
+    );
     let prefix = "0123456789abcdef";
     let home = pick(&mut vm, prefix).unwrap();
     // Hold one stream open on every pod, the prefix's own pod first.
@@ -141,7 +150,10 @@ fn open_streams_make_a_prefix_spill_then_all_saturated_sheds_sheddable() {
         .sum();
     assert_eq!(all, 6, "home, 3 held, the queued critical, home again");
     assert_eq!(picks(&home, "affinity"), 3);
-    assert_eq!(host.metric_value("model_name=.=m;.;ml_picker_shed_total"), 1);
+    assert_eq!(
+        host.metric_value("model_name=.=m;.;ml_picker_shed_total"),
+        1
+    );
 }
 
 #[test]
@@ -159,12 +171,18 @@ fn orca_reports_in_shared_data_mark_pods_saturated() {
     host.set_shared_data(&vm.vm_id(), "modelgate.shedder.pool.v1", table.as_bytes());
     vm.tick();
     assert_ne!(pick(&mut vm, prefix).unwrap(), home);
-    assert_eq!(host.metric_value("model_name=.=m;.;ml_picker_saturated_pods"), 1);
+    assert_eq!(
+        host.metric_value("model_name=.=m;.;ml_picker_saturated_pods"),
+        1
+    );
     // The report goes stale (default TTL 2 s): the pod is judged on in-flight alone again.
     host.advance_ms(3000);
     vm.tick();
     assert_eq!(pick(&mut vm, prefix).unwrap(), home);
-    assert_eq!(host.metric_value("model_name=.=m;.;ml_picker_saturated_pods"), 0);
+    assert_eq!(
+        host.metric_value("model_name=.=m;.;ml_picker_saturated_pods"),
+        0
+    );
 }
 
 #[test]
