@@ -17,3 +17,4 @@ pub mod shed;
 pub mod sse;
 pub mod state;
 pub mod usage;
+pub mod vocab;

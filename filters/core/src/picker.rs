@@ -12,13 +12,8 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration_ms, parse_json, ConfigError};
-use crate::shed::Criticality;
-
-/// Request header `override_host` steers on; the picker removes any client-sent value.
-pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
-/// Response header naming why the picker chose the pod (`x-modelgate-pick: affinity`).
-pub const PICK_HEADER: &str = "x-modelgate-pick";
+use crate::config::{ms_or, ConfigError, DurationMs, FilterConfig, FilterKind};
+use crate::vocab::Criticality;
 
 /// Bounds on the configuration (label cardinality, per-request work).
 pub const MAX_POOLS: usize = 64;
@@ -42,11 +37,11 @@ pub struct PickerConfigJson {
     #[serde(default)]
     pub capacity: Option<f64>,
     #[serde(default)]
-    pub report_ttl: Option<String>,
+    pub report_ttl: Option<DurationMs>,
     #[serde(default)]
-    pub tick: Option<String>,
+    pub tick: Option<DurationMs>,
     #[serde(default)]
-    pub forget_after: Option<String>,
+    pub forget_after: Option<DurationMs>,
     #[serde(default)]
     pub explore_every: Option<u32>,
 }
@@ -110,12 +105,11 @@ pub struct PickerConfig {
     pub explore_every: u32,
 }
 
-impl PickerConfig {
-    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        Self::from_json(parse_json(bytes)?)
-    }
+impl FilterConfig for PickerConfig {
+    const KIND: FilterKind = FilterKind::EndpointPicker;
+    type Json = PickerConfigJson;
 
-    pub fn from_json(raw: PickerConfigJson) -> Result<Self, ConfigError> {
+    fn validate(raw: PickerConfigJson) -> Result<Self, ConfigError> {
         if raw.pools.is_empty() || raw.pools.len() > MAX_POOLS {
             return Err(ConfigError::new(
                 "pools",
@@ -182,21 +176,12 @@ impl PickerConfig {
         if !capacity.is_finite() || capacity <= 0.0 {
             return Err(ConfigError::new("capacity", "must be a positive number"));
         }
-        let report_ttl_ms = match &raw.report_ttl {
-            Some(t) => parse_duration_ms("report_ttl", t)?,
-            None => 2_000,
-        };
-        let tick_ms = match &raw.tick {
-            Some(t) => parse_duration_ms("tick", t)?,
-            None => 100,
-        };
+        let report_ttl_ms = ms_or(raw.report_ttl, 2_000);
+        let tick_ms = ms_or(raw.tick, 100);
         if tick_ms == 0 {
             return Err(ConfigError::new("tick", "must be positive"));
         }
-        let forget_after_ms = match &raw.forget_after {
-            Some(t) => parse_duration_ms("forget_after", t)?,
-            None => 30_000,
-        };
+        let forget_after_ms = ms_or(raw.forget_after, 30_000);
         Ok(Self {
             pools,
             utilization_threshold,
@@ -209,7 +194,9 @@ impl PickerConfig {
             explore_every: raw.explore_every.unwrap_or(0),
         })
     }
+}
 
+impl PickerConfig {
     /// The index of the pool named `name`.
     pub fn pool_index(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| p.name == name)

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::*;
+use crate::config::FilterConfig;
 
 fn config(extra: &str) -> PickerConfig {
     let json = format!(

@@ -15,13 +15,15 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use modelgate_core::config::FilterConfig;
 use modelgate_core::error::ApiError;
-use modelgate_core::metrics::{encode_stat_name, SHED_HEADER};
-use modelgate_core::picker::{
-    parse_prefix_hash, Members, Pick, PickReason, PickerConfig, DESTINATION_HEADER,
+use modelgate_core::metrics::encode_stat_name;
+use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig};
+use modelgate_core::shed::PoolTable;
+use modelgate_core::vocab::{
+    Criticality, CRITICALITY_HEADER, DESTINATION_HEADER, MODEL_HEADER, POOL_KEY,
+    PREFIX_HASH_HEADER, SHED_HEADER,
 };
-use modelgate_core::router::{MODEL_HEADER, PREFIX_HASH_HEADER};
-use modelgate_core::shed::{Criticality, PoolTable, CRITICALITY_HEADER, POOL_KEY};
 use modelgate_glue::headers::header_bytes;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};

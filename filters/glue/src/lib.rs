@@ -9,7 +9,7 @@ pub mod scraper;
 use std::time::UNIX_EPOCH;
 
 use modelgate_core::error::ApiError;
-use modelgate_core::{lease, state};
+use modelgate_core::{lease, state, vocab};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
@@ -38,7 +38,7 @@ pub fn send_error(err: &ApiError, extra_headers: &[(&str, &str)]) {
 
 /// True when this VM claimed the poll lease `purpose` for the period starting now.
 pub fn claim_lease(purpose: &str, now_ms: u64, period_ms: u64) -> bool {
-    let key = format!("{}{}", state::LEASE_PREFIX, purpose);
+    let key = format!("{}{}", vocab::LEASE_PREFIX, purpose);
     let Ok((current, cas)) = hostcalls::get_shared_data(&key) else {
         return false;
     };

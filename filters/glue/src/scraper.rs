@@ -8,7 +8,7 @@
 //! Use from a root context (all calls are cheap when nothing is due):
 //! ```ignore
 //! // on_configure:
-//! let scraper = Scraper::new(ScrapeConfig::from_value(&json, "scrape")?);
+//! let scraper = config.scrape.clone().map(Scraper::new); // a validated `ScrapeConfig`
 //! hostcalls::set_tick_period(Duration::from_millis(tick_ms)); // <= scraper.period_ms()
 //! // on_tick:
 //! scraper.on_tick(modelgate_glue::now_ms());
@@ -22,7 +22,8 @@
 use std::time::Duration;
 
 use modelgate_core::scrape::{self, MetricsReader, ScrapeConfig, ScrapeError};
-use modelgate_core::state::{QueueSnapshot, QUEUE_KEY};
+use modelgate_core::state::QueueSnapshot;
+use modelgate_core::vocab::QUEUE_KEY;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 

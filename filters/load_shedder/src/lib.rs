@@ -14,13 +14,16 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use modelgate_core::metrics::{encode_stat_name, SHED_HEADER};
+use modelgate_core::config::FilterConfig;
+use modelgate_core::metrics::encode_stat_name;
 use modelgate_core::shed::{
-    self, effective_criticality, Criticality, Decision, HostReport, LoadView, OrcaReporter,
-    PoolTable, ServerView, ShedConfig, ShedReason, WorkerLoad, WorkerTable, CRITICALITY_HEADER,
-    ORCA_HEADER, POOL_KEY, WORKERS_KEY,
+    self, effective_criticality, Decision, HostReport, LoadView, OrcaReporter, PoolTable,
+    ServerView, ShedConfig, ShedReason, WorkerLoad, WorkerTable,
 };
 use modelgate_core::state;
+use modelgate_core::vocab::{
+    Criticality, CRITICALITY_HEADER, ORCA_HEADER, POOL_KEY, SHED_HEADER, WORKERS_KEY,
+};
 use modelgate_glue::scraper::Scraper;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};

@@ -8,12 +8,15 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use modelgate_core::config::FilterConfig;
 use modelgate_core::metrics::{
     Cursor, MetricHost, MetricKind, MetricsConfig, Registry, RequestOutcome, RequestTracker,
-    CURSOR_KEY, GATED_HEADER, SHED_HEADER,
 };
-use modelgate_core::scrape::ScrapeConfig;
-use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot, QUEUE_KEY, READINESS_KEY};
+use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot};
+use modelgate_core::vocab::{
+    CRITICALITY_HEADER, GATED_HEADER, METRICS_CURSOR_KEY, MODEL_HEADER, QUEUE_KEY, READINESS_KEY,
+    SHED_HEADER,
+};
 use modelgate_glue::headers::header;
 use modelgate_glue::poll::SnapshotReader;
 use modelgate_glue::scraper::Scraper;
@@ -121,18 +124,7 @@ impl RootContext for MetricsRoot {
                 return false;
             }
         };
-        let scraper = match config
-            .scrape
-            .as_ref()
-            .map(|v| ScrapeConfig::from_value(v, "scrape"))
-        {
-            None => None,
-            Some(Ok(c)) => Some(Scraper::new(c)),
-            Some(Err(e)) => {
-                log(LogLevel::Error, &format!("ml_metrics: {e}"));
-                return false;
-            }
-        };
+        let scraper = config.scrape.clone().map(Scraper::new);
         let tick_ms = scraper.as_ref().map_or(config.tick_period_ms, |s| {
             s.period_ms().min(config.tick_period_ms)
         });
@@ -180,19 +172,23 @@ impl Active {
         if r_seq.is_none() && q_seq.is_none() {
             return;
         }
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(CURSOR_KEY) else {
+        let Ok((bytes, cas)) = hostcalls::get_shared_data(METRICS_CURSOR_KEY) else {
             return;
         };
         if cas.is_none() {
             // No cursor yet: create it (a race here is harmless); observe from the next tick,
             // when every VM must win a CAS to record.
-            let _ = hostcalls::set_shared_data(CURSOR_KEY, Some(&Cursor::default().encode()), None);
+            let _ = hostcalls::set_shared_data(
+                METRICS_CURSOR_KEY,
+                Some(&Cursor::default().encode()),
+                None,
+            );
             return;
         }
         let Some((next, fresh)) = Cursor::decode(bytes.as_deref()).advance(r_seq, q_seq) else {
             return;
         };
-        if hostcalls::set_shared_data(CURSOR_KEY, Some(&next.encode()), cas).is_err() {
+        if hostcalls::set_shared_data(METRICS_CURSOR_KEY, Some(&next.encode()), cas).is_err() {
             return; // another VM recorded this round
         }
         self.shared.registry.borrow_mut().observe_pod(
@@ -268,8 +264,8 @@ impl HttpContext for MetricsHttp {
         };
         let (duration_ms, ttft_ms, tpot_ms) = t.timings(now_ns());
         let status = t.status();
-        let target = header(MapType::HttpRequestHeaders, "x-modelgate-model");
-        let criticality = header(MapType::HttpRequestHeaders, "x-modelgate-criticality");
+        let target = header(MapType::HttpRequestHeaders, MODEL_HEADER);
+        let criticality = header(MapType::HttpRequestHeaders, CRITICALITY_HEADER);
         let shed = (status == 429)
             .then(|| header(MapType::HttpResponseHeaders, SHED_HEADER))
             .flatten();

@@ -11,11 +11,13 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use modelgate_core::config::FilterConfig;
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{
     decimal, effective_criticality, hash_hex, BodyRouting, BodyStep, HeadersAction, RequestHead,
-    Route, Router, CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
+    Route, Router,
 };
+use modelgate_core::vocab::{CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER};
 use modelgate_glue::{now_ms, send_error};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -63,7 +65,7 @@ impl Context for RouterRoot {}
 impl RootContext for RouterRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Router::from_json(&bytes) {
+        match Router::parse(&bytes) {
             Ok(router) => {
                 self.router = Some(Rc::new(router));
                 true

@@ -7,11 +7,13 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use modelgate_core::config::FilterConfig;
 use modelgate_core::readiness::{
-    self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, GATED_HEADER,
-    LEASE_PURPOSE, MAX_BODY_BYTES,
+    self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, LEASE_PURPOSE,
+    MAX_BODY_BYTES,
 };
-use modelgate_core::state::{ReadinessSnapshot, READINESS_KEY};
+use modelgate_core::state::ReadinessSnapshot;
+use modelgate_core::vocab::{GATED_HEADER, READINESS_KEY};
 use modelgate_glue::poll::{CallResponse, InFlight, SnapshotReader};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -81,7 +83,7 @@ impl RootContext for GateRoot {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match ReadinessConfig::from_json(&bytes) {
+        let config = match ReadinessConfig::parse(&bytes) {
             Ok(c) => Rc::new(c),
             Err(e) => {
                 log(LogLevel::Error, &e.to_string());
