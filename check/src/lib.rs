@@ -5,11 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use modelgate_core::config::ConfigError;
+use modelgate_core::config::{ConfigError, FilterConfig};
 use modelgate_core::metrics::MetricsConfig;
 use modelgate_core::readiness::ReadinessConfig;
 use modelgate_core::router::Router;
-use modelgate_core::scrape::ScrapeConfig;
 use modelgate_core::shed::ShedConfig;
 use serde_json::Value;
 
@@ -431,9 +430,9 @@ fn cross_check_proxy(members: &[&Found], problems: &mut Vec<Problem>) {
 /// Runs the filter's own configuration code (the same calls as its `on_configure`).
 fn validate(filter: Filter, bytes: &[u8]) -> Result<Facts, ConfigError> {
     match filter {
-        Filter::ReadinessGate => ReadinessConfig::from_json(bytes).map(|_| Facts::Gate),
+        Filter::ReadinessGate => ReadinessConfig::parse(bytes).map(|_| Facts::Gate),
         Filter::ModelRouter => {
-            let router = Router::from_json(bytes)?;
+            let router = Router::parse(bytes)?;
             let mut names = BTreeSet::new();
             let mut targets = BTreeSet::new();
             for m in router.models() {
@@ -457,12 +456,9 @@ fn validate(filter: Filter, bytes: &[u8]) -> Result<Facts, ConfigError> {
         }
         Filter::MlMetrics => {
             let cfg = MetricsConfig::parse(bytes)?;
-            if let Some(s) = &cfg.scrape {
-                ScrapeConfig::from_value(s, "scrape")?;
-            }
             Ok(Facts::Metrics {
                 models: cfg.models.into_iter().collect(),
-                scrape: cfg.scrape,
+                scrape: raw_field(bytes, "scrape"),
             })
         }
     }

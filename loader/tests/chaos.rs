@@ -2,7 +2,7 @@
 //! server cuts connections, then restart. After every kill the served path is absent or one
 //! complete revision, byte-identical to the source, with the ready file naming it; a kill
 //! costs at most about one write batch (1 MiB) per connection.
-//! `MODELGATE_CHAOS_KILLS` (kills per revision, default 4) makes the long run of
+//! `MODELGATE_CHAOS_KILLS` (kills wanted in all, default 6) makes the long run of
 //! `scripts/soak-loader.sh`; `MODELGATE_CHAOS_SUMMARY` names a file for its summary line.
 // Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
 #![allow(
@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const REPO: &str = "org/model";
+/// (name, bytes) of one revision.
+type Files = Vec<(&'static str, Vec<u8>)>;
 /// Files of the loader's own bookkeeping inside a served revision.
 const OWN: [&str; 3] = [".ready", "metadata.json", ".modelgate-manifest.json"];
 
@@ -73,38 +75,39 @@ fn served(dest: &Path, repos: &Path) -> Result<Option<String>, String> {
 
 #[test]
 fn sigkill_at_random_points_never_serves_a_mixed_or_corrupt_model() {
-    let kills_per_rev: usize = std::env::var("MODELGATE_CHAOS_KILLS")
+    // Total kills wanted (the soak sets many); revisions follow one another until then.
+    let target: u64 = std::env::var("MODELGATE_CHAOS_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(6);
+    let kills_per_rev = 4;
     let t = tmp();
     let repos = t.path().join("repos");
     let shared = data(6 << 20, 1);
-    let revs: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
-        (
-            "c1",
-            vec![
-                ("config.json", b"{\"v\":1}".to_vec()),
-                ("a.bin", data(8 << 20, 2)),
-                ("shared.bin", shared.clone()),
-            ],
-        ),
-        (
-            "c2",
-            vec![
-                ("config.json", b"{\"v\":2}".to_vec()),
-                ("b/c.bin", data(7 << 20, 3)),
-                ("shared.bin", shared.clone()),
-            ],
-        ),
-    ];
+    // Revision k: a new config and weights every time, a file that comes and goes (a mix of
+    // two revisions would show), and a large file shared by all (reused, never re-fetched).
+    let revision = |k: u64| -> (String, Files) {
+        let mut files: Files = vec![
+            ("config.json", format!("{{\"v\":{k}}}").into_bytes()),
+            ("a.bin", data(8 << 20, 100 + k)),
+            ("shared.bin", shared.clone()),
+        ];
+        if k & 1 == 0 {
+            files.push(("b/c.bin", data(3 << 20, 200 + k)));
+        }
+        (format!("c{k}"), files)
+    };
     let hub = Hub::start(&repos, &["--rate-bps", "3145728", "--cut-count", "3"]);
     let dest = t.path().join("model");
     let connections = 3u64;
     let (mut kills, mut bad, mut needed) = (0u64, Vec::new(), 0u64);
     let mut served_before: Option<String> = None;
-    for (rev, files) in &revs {
-        publish(&repos, REPO, rev, files);
+    let mut k = 0;
+    while k < 2 || (kills < target && k < target + 2) {
+        k += 1;
+        let (rev, files) = revision(k);
+        let rev = rev.as_str();
+        publish(&repos, REPO, rev, &files);
         // Bytes this revision must download: what the served one does not already have.
         let old = served_before
             .as_ref()
@@ -154,7 +157,7 @@ fn sigkill_at_random_points_never_serves_a_mixed_or_corrupt_model() {
                 done
             };
             match served(&dest, &repos) {
-                Ok(Some(s)) if s == *rev || Some(&s) == served_before.as_ref() => {}
+                Ok(Some(s)) if s == rev || Some(&s) == served_before.as_ref() => {}
                 Ok(None) if served_before.is_none() => {}
                 Ok(other) => bad.push(format!("after a kill in {rev}: serving {other:?}")),
                 Err(e) => bad.push(e),

@@ -7,6 +7,7 @@ pub mod error;
 pub mod json_scan;
 pub mod lease;
 pub mod metrics;
+pub mod path;
 pub mod picker;
 pub mod prng;
 pub mod prom;

@@ -86,13 +86,11 @@ impl ReadinessConfig {
 
     /// What the filter does with a request for `path` (query string included or not).
     /// Bytes, not `&str`: a header value need not be UTF-8 and must not trap the VM.
+    /// Matches the normalised path (`//v1/x` and `/%76%31/x` are `/v1/x` to a server).
     pub fn classify(&self, path: &[u8]) -> PathAction {
+        let path = crate::path::normalize(path);
         if let Some(probe) = &self.probe_path {
-            let end = path
-                .iter()
-                .position(|b| *b == b'?' || *b == b'#')
-                .unwrap_or(path.len());
-            if path.get(..end) == Some(probe.as_bytes()) {
+            if *path == *probe.as_bytes() {
                 return PathAction::Probe;
             }
         }
@@ -454,7 +452,7 @@ pub struct GateState {
     /// Value of [`crate::vocab::GATED_HEADER`] on that reply, for the metrics filter: one of `unknown`,
     /// `not_ready`, `draining`, `stale` (a bounded set: it becomes a metric label).
     pub gated_reason: &'static str,
-    pub probe_status: u32,
+    pub probe_status: u16,
     pub probe_body: Vec<u8>,
 }
 
@@ -630,6 +628,27 @@ mod tests {
         assert_eq!(c.classify(b"/health"), PathAction::Pass);
         assert_eq!(c.classify(b"/v1/\xff"), PathAction::Gate);
         assert_eq!(c.classify(b""), PathAction::Pass);
+    }
+
+    #[test]
+    fn path_tricks_are_gated_like_the_plain_path() {
+        let c = cfg(r#"{"model":"m"}"#);
+        for p in [
+            &b"//v1/chat/completions"[..],
+            b"/%76%31/chat/completions",
+            b"/v1//chat/completions",
+            b"/health/../v1/chat/completions",
+            b"/%2e%2e/v1/models",
+        ] {
+            assert_eq!(
+                c.classify(p),
+                PathAction::Gate,
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        assert_eq!(c.classify(b"//modelgate/ready"), PathAction::Probe);
+        assert_eq!(c.classify(b"/v1/../health"), PathAction::Pass);
     }
 
     #[test]

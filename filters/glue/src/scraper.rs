@@ -9,7 +9,7 @@
 //! ```ignore
 //! // on_configure:
 //! let scraper = config.scrape.clone().map(Scraper::new); // a validated `ScrapeConfig`
-//! hostcalls::set_tick_period(Duration::from_millis(tick_ms)); // <= scraper.period_ms()
+//! host::set_tick_period(Duration::from_millis(tick_ms)); // <= scraper.period_ms()
 //! // on_tick:
 //! scraper.on_tick(modelgate_glue::now_ms());
 //! let snapshot = scraper.snapshot(); // Option<&QueueSnapshot>
@@ -24,9 +24,10 @@ use std::time::Duration;
 use modelgate_core::scrape::{self, MetricsReader, ScrapeConfig, ScrapeError};
 use modelgate_core::state::QueueSnapshot;
 use modelgate_core::vocab::QUEUE_KEY;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
+use crate::host;
+use crate::log;
 use crate::poll::SnapshotReader;
 
 /// Lease purpose shared by every embedding filter.
@@ -44,7 +45,7 @@ struct ScrapeMetrics {
 
 impl ScrapeMetrics {
     fn define() -> Self {
-        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let counter = |name: &str| host::define_metric(MetricType::Counter, name).ok();
         Self {
             attempts: counter("modelgate_scrape_attempts_total"),
             failures: ScrapeError::KINDS
@@ -56,12 +57,12 @@ impl ScrapeMetrics {
 
     fn count(&self, outcome: &Result<(), ScrapeError>) {
         if let Some(id) = self.attempts {
-            let _ = hostcalls::increment_metric(id, 1);
+            let _ = host::increment_metric(id, 1);
         }
         if let Err(e) = outcome {
             let i = ScrapeError::KINDS.iter().position(|k| *k == e.kind());
             if let Some(Some(id)) = i.and_then(|i| self.failures.get(i)) {
-                let _ = hostcalls::increment_metric(*id, 1);
+                let _ = host::increment_metric(*id, 1);
             }
         }
     }
@@ -124,7 +125,7 @@ impl Scraper {
 
     fn dispatch(&mut self, now_ms: u64) {
         let u = &self.cfg.upstream;
-        let headers = vec![
+        let headers = [
             (":method", "GET"),
             (":path", u.path.as_str()),
             (":authority", u.authority.as_str()),
@@ -132,11 +133,9 @@ impl Scraper {
             // Plain 0.0.4 text: what every server speaks (OpenMetrics parses too).
             ("accept", "text/plain;version=0.0.4;q=1,*/*;q=0.1"),
         ];
-        match hostcalls::dispatch_http_call(
+        match host::dispatch_http_call(
             &u.cluster,
-            headers,
-            None,
-            vec![],
+            &headers,
             Duration::from_millis(self.cfg.timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some((token, now_ms)),
@@ -169,9 +168,7 @@ impl Scraper {
         let status = if num_headers == 0 {
             None
         } else {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
+            host::header(MapType::HttpCallResponseHeaders, ":status")
                 .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
         };
         let outcome = match status {
@@ -181,11 +178,8 @@ impl Scraper {
             )),
             Some(200) => self.read_body(body_size),
             Some(other) => {
-                let start =
-                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(64))
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
+                let start = host::buffer(BufferType::HttpCallResponseBody, 0, body_size.min(64))
+                    .unwrap_or_default();
                 Err(scrape::failed_status(other, &start))
             }
         };
@@ -216,9 +210,7 @@ impl Scraper {
         let mut start = 0;
         while start < end {
             let len = CHUNK_BYTES.min(end - start);
-            let Ok(Some(chunk)) =
-                hostcalls::get_buffer(BufferType::HttpCallResponseBody, start, len)
-            else {
+            let Some(chunk) = host::buffer(BufferType::HttpCallResponseBody, start, len) else {
                 break;
             };
             if chunk.is_empty() || !reader.feed(&chunk) {
@@ -254,8 +246,4 @@ impl Scraper {
             );
         }
     }
-}
-
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
 }

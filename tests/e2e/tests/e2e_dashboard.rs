@@ -33,7 +33,13 @@ fn wasm_dir() -> String {
         .unwrap_or_default()
 }
 
-fn start_pod(dir: &Path, name: &'static str, model: &str, sim_args: &[&str], loader: Option<u16>) -> Pod {
+fn start_pod(
+    dir: &Path,
+    name: &'static str,
+    model: &str,
+    sim_args: &[&str],
+    loader: Option<u16>,
+) -> Pod {
     let mut args = vec!["--served-model-name", model, "--pod-name", name];
     args.extend_from_slice(sim_args);
     let sim = Sim::start(dir, &format!("sim-{name}"), &args);
@@ -52,7 +58,7 @@ fn start_pod(dir: &Path, name: &'static str, model: &str, sim_args: &[&str], loa
             ("WASM_DIR", wasm_dir()),
             ("MODEL", model.to_string()),
             ("READINESS_LOADER", readiness_loader),
-            ("READINESS_PERIOD", "200ms".to_string()),
+            ("READINESS_PERIOD", "500ms".to_string()),
         ],
     );
     let envoy = Envoy::start(dir, &format!("sidecar-{name}"), &yaml, admin);
@@ -86,7 +92,11 @@ fn start_loader(dir: &Path) -> (u16, Proc) {
     let ready = wait_until(Duration::from_secs(60), || {
         get(&format!("http://127.0.0.1:{port}/ready")).status == 200 || proc.try_exit().is_some()
     });
-    assert!(ready && proc.try_exit().is_none(), "loader not ready:\n{}", proc.log_text());
+    assert!(
+        ready && proc.try_exit().is_none(),
+        "loader not ready:\n{}",
+        proc.log_text()
+    );
     (port, proc)
 }
 
@@ -116,14 +126,21 @@ fn start_prometheus(dir: &Path, targets: &[(String, &str, &str, &str)]) -> (u16,
     fs::write(&cfg, config).expect("prometheus.yml");
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--log.level=warn");
     let mut proc = Proc::spawn("prometheus", cmd, dir);
     let ready = wait_until(Duration::from_secs(60), || {
         get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200 || proc.try_exit().is_some()
     });
-    assert!(ready && proc.try_exit().is_none(), "prometheus:\n{}", proc.log_text());
+    assert!(
+        ready && proc.try_exit().is_none(),
+        "prometheus:\n{}",
+        proc.log_text()
+    );
     (port, proc)
 }
 
@@ -141,7 +158,8 @@ fn urlencode(s: &str) -> String {
 /// Every query of the dashboard, with Grafana's variables as an "All" selection would set
 /// them: (panel title, PromQL).
 fn dashboard_queries() -> Vec<(String, String)> {
-    let text = fs::read_to_string(repo_root().join("dashboards/modelgate.json")).expect("dashboard");
+    let text =
+        fs::read_to_string(repo_root().join("dashboards/modelgate.json")).expect("dashboard");
     let dash: Value = serde_json::from_str(&text).expect("dashboard JSON");
     let vars: Vec<&str> = dash["templating"]["list"]
         .as_array()
@@ -153,8 +171,13 @@ fn dashboard_queries() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for panel in dash["panels"].as_array().expect("panels") {
         for t in panel["targets"].as_array().into_iter().flatten() {
-            assert_eq!(t["datasource"]["uid"], "${datasource}", "datasource variable");
-            let expr = t["expr"].as_str().expect("expr")
+            assert_eq!(
+                t["datasource"]["uid"], "${datasource}",
+                "datasource variable"
+            );
+            let expr = t["expr"]
+                .as_str()
+                .expect("expr")
                 .replace("$__rate_interval", "1m")
                 .replace("$scope", "istio-system")
                 .replace("$model", ".*")
@@ -182,7 +205,16 @@ fn every_dashboard_query_returns_data_after_traffic() {
     let fast = ["--ttft-ms", "5", "--itl-ms", "2", "--max-num-seqs", "64"];
     // Pod c is slow and serves one request at a time, so its queue fills and sheddable
     // requests are shed.
-    let slow = ["--ttft-ms", "5", "--itl-ms", "100", "--max-num-seqs", "1", "--max-tokens", "20"];
+    let slow = [
+        "--ttft-ms",
+        "5",
+        "--itl-ms",
+        "100",
+        "--max-num-seqs",
+        "1",
+        "--max-tokens",
+        "20",
+    ];
     let pods = [
         start_pod(&dir, "pod-a", "llama-3-8b", &fast, Some(loader_port)),
         start_pod(&dir, "pod-b", "llama-3-8b", &fast, None),
@@ -203,16 +235,32 @@ fn every_dashboard_query_returns_data_after_traffic() {
     let _gateway = Envoy::start(&dir, "gateway", &yaml, admin);
     let gw = format!("http://127.0.0.1:{listen}");
 
-    let mut targets = vec![(format!("127.0.0.1:{admin}"), "/stats/prometheus", "istio-system", "gateway")];
+    let mut targets = vec![(
+        format!("127.0.0.1:{admin}"),
+        "/stats/prometheus",
+        "istio-system",
+        "gateway",
+    )];
     for p in &pods {
-        targets.push((format!("127.0.0.1:{}", p.admin), "/stats/prometheus", "models", p.name));
+        targets.push((
+            format!("127.0.0.1:{}", p.admin),
+            "/stats/prometheus",
+            "models",
+            p.name,
+        ));
     }
-    targets.push((format!("127.0.0.1:{loader_port}"), "/metrics", "models", "pod-a"));
+    targets.push((
+        format!("127.0.0.1:{loader_port}"),
+        "/metrics",
+        "models",
+        "pod-a",
+    ));
     let (prom, _prometheus) = start_prometheus(&dir, &targets);
 
-    // Every pod ready (the gates poll every 200 ms).
+    // Every pod ready (the gates poll every 500 ms).
     let ready = wait_until(Duration::from_secs(60), || {
-        pods.iter().all(|p| get(&format!("http://127.0.0.1:{}/modelgate/ready", p.port)).status == 200)
+        pods.iter()
+            .all(|p| get(&format!("http://127.0.0.1:{}/modelgate/ready", p.port)).status == 200)
     });
     assert!(ready, "pods not ready");
 
@@ -227,47 +275,83 @@ fn every_dashboard_query_returns_data_after_traffic() {
     }
     assert_eq!(chat(&gw, "no-such-model", false, &[]).status, 404);
 
-    // Shed: sheddable requests straight at pod c's sidecar (which trusts the header) until
-    // its queue is deep enough.
+    // Shed: a flood of sheddable requests straight at pod c's sidecar (which trusts the
+    // header) keeps its queue deep; probes in the meantime are shed once a scrape sees it.
     let pod_c = format!("http://127.0.0.1:{}", pods[2].port);
-    let shed = wait_until(Duration::from_secs(60), || {
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let url = pod_c.clone();
-                std::thread::spawn(move || {
-                    chat(&url, "qwen-2-7b", false, &[("x-modelgate-criticality", "sheddable")]).status
-                })
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let url = pod_c.clone();
+            std::thread::spawn(move || {
+                for _ in 0..4 {
+                    chat(
+                        &url,
+                        "qwen-2-7b",
+                        false,
+                        &[("x-modelgate-criticality", "critical")],
+                    );
+                }
             })
-            .collect();
-        let codes: Vec<u16> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
-        codes.contains(&429)
+        })
+        .collect();
+    let shed = wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        chat(
+            &pod_c,
+            "qwen-2-7b",
+            false,
+            &[("x-modelgate-criticality", "sheddable")],
+        )
+        .status
+            == 429
     });
+    for f in flood {
+        let _ = f.join();
+    }
     assert!(shed, "pod c never shed");
 
     // Gated: pod b's server turns unhealthy; its gate answers 503 until it recovers.
     let health = |healthy: bool| {
-        post_json(&pods[1].sim.url("/sim/health"), &json!({"healthy": healthy}), &[]).status
+        post_json(
+            &pods[1].sim.url("/sim/health"),
+            &json!({"healthy": healthy}),
+            &[],
+        )
+        .status
     };
     assert_eq!(health(false), 200);
     let pod_b = format!("http://127.0.0.1:{}", pods[1].port);
-    let gated = wait_until(Duration::from_secs(30), || chat(&pod_b, "llama-3-8b", false, &[]).status == 503);
+    let gated = wait_until(Duration::from_secs(30), || {
+        chat(&pod_b, "llama-3-8b", false, &[]).status == 503
+    });
     assert!(gated, "pod b's gate never refused");
     assert_eq!(health(true), 200);
 
     // Every query parses and returns data (scrape 1 s, Envoy stats flush 5 s, rules 1 s).
     let mut missing = Vec::new();
     for (title, expr) in dashboard_queries() {
-        let url = format!("http://127.0.0.1:{prom}/api/v1/query?query={}", urlencode(&expr));
+        let url = format!(
+            "http://127.0.0.1:{prom}/api/v1/query?query={}",
+            urlencode(&expr)
+        );
         let mut last = Value::Null;
         let ok = wait_until(Duration::from_secs(60), || {
             last = get(&url).json();
-            assert_eq!(last["status"], "success", "{title}: {expr} does not parse: {last}");
-            last["data"]["result"].as_array().is_some_and(|r| !r.is_empty())
+            assert_eq!(
+                last["status"], "success",
+                "{title}: {expr} does not parse: {last}"
+            );
+            last["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
         });
         println!("{title}: {expr} -> {}", if ok { "data" } else { "EMPTY" });
         if !ok {
             missing.push(format!("{title}: {expr}"));
         }
     }
-    assert!(missing.is_empty(), "queries without data:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "queries without data:\n{}",
+        missing.join("\n")
+    );
 }

@@ -32,7 +32,7 @@ fn every_spelling_of_an_inference_path_is_gated_while_not_ready() {
             ("WASM_DIR", wasm_dir),
             ("MODEL", "m".to_string()),
             ("READINESS_LOADER", "null".to_string()),
-            ("READINESS_PERIOD", "200ms".to_string()),
+            ("READINESS_PERIOD", "500ms".to_string()),
         ],
     );
     let _envoy = Envoy::start(&dir, "sidecar", &yaml, admin);

@@ -28,6 +28,11 @@ pub struct MetricsConfigJson {
     /// Scraper configuration (the shared scraper of `modelgate_glue::scraper`).
     #[serde(default)]
     pub scrape: Option<ScrapeConfigJson>,
+    /// Take `model_name` from `x-modelgate-model`. Only where the router in this proxy sets
+    /// it (the gateway); a sidecar's clients could send any value. Default false: the
+    /// requested model.
+    #[serde(default)]
+    pub trust_model_header: bool,
 }
 
 /// The validated metrics filter configuration.
@@ -40,6 +45,7 @@ pub struct MetricsConfig {
     pub max_reasons: usize,
     /// The shared scraper's configuration, when this filter runs one.
     pub scrape: Option<ScrapeConfig>,
+    pub trust_model_header: bool,
 }
 
 impl FilterConfig for MetricsConfig {
@@ -95,15 +101,20 @@ impl FilterConfig for MetricsConfig {
             tick_period_ms,
             max_reasons,
             scrape,
+            trust_model_header: raw.trust_model_header,
         })
     }
 }
 
 impl MetricsConfig {
     /// True when a request with this method and path is an inference request to count.
-    pub fn counts(&self, method: &str, path: &str) -> bool {
-        method.eq_ignore_ascii_case("POST")
-            && self.paths.iter().any(|p| path.starts_with(p.as_str()))
+    /// Matches the normalised path, as the readiness gate does.
+    pub fn counts(&self, method: &str, path: impl AsRef<[u8]>) -> bool {
+        if !method.eq_ignore_ascii_case("POST") {
+            return false;
+        }
+        let path = crate::path::normalize(path.as_ref());
+        self.paths.iter().any(|p| path.starts_with(p.as_bytes()))
     }
 }
 
@@ -149,6 +160,15 @@ mod tests {
         assert_eq!(err(r#"{"model_name":""}"#), "model_name");
         assert_eq!(err(r#"{"models":"llama"}"#), "models");
         assert_eq!(err(r#"{"tick_period":5}"#), "tick_period");
+    }
+
+    #[test]
+    fn path_tricks_are_counted_like_the_plain_path() {
+        let c = config("{}");
+        assert!(c.counts("POST", "//v1/chat/completions"));
+        assert!(c.counts("POST", "/%76%31/chat/completions"));
+        assert!(c.counts("POST", b"/x/../v1/completions"));
+        assert!(!c.counts("POST", "/v1/../health"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::cursor::Fresh;
 use super::labels::{code_class, criticality_label, Interner, ModelIdx, ModelSet};
 use super::names::*;
 use super::{MetricHost, MetricKind};
+use crate::scrape::ServerKind;
 use crate::state::{QueueSnapshot, ReadinessSnapshot, ReadinessStatus};
 use crate::usage::Usage;
 use crate::vocab::Criticality;
@@ -85,6 +86,7 @@ struct PodIds {
 pub struct Registry {
     models: ModelSet,
     model_override: Option<String>,
+    trust_model_header: bool,
     shed_reasons: Interner,
     gated_reasons: Interner,
     error_types: Interner,
@@ -98,6 +100,7 @@ impl Registry {
         Self {
             models: ModelSet::new(&config.models),
             model_override: config.model_name.clone(),
+            trust_model_header: config.trust_model_header,
             shed_reasons: Interner::new(config.max_reasons),
             gated_reasons: Interner::new(config.max_reasons),
             error_types: Interner::new(config.max_reasons),
@@ -110,7 +113,7 @@ impl Registry {
     /// Records one finished request.
     pub fn record_request<H: MetricHost>(&mut self, host: &mut H, o: &RequestOutcome<'_>) {
         let requested = self.models.lookup(o.requested_model);
-        let target = match o.target_model {
+        let target = match o.target_model.filter(|_| self.trust_model_header) {
             Some(t) => self.models.lookup(Some(t)),
             None => requested,
         };
@@ -263,19 +266,24 @@ impl Registry {
         queue: Option<&QueueSnapshot>,
         fresh: Fresh,
     ) {
+        // Configured values as they are; what the model server reports only when listed in
+        // `models` (else "other"), so a server cannot mint a stat per value it makes up.
+        let scraped = queue
+            .map(|q| q.model.as_bytes())
+            .filter(|m| !m.is_empty())
+            .map(|m| self.models.name(self.models.lookup(Some(m))));
         let model_src = self
             .model_override
             .as_deref()
             .or(readiness
                 .map(|r| r.model.as_str())
                 .filter(|m| !m.is_empty()))
-            .or(queue.map(|q| q.model.as_str()).filter(|m| !m.is_empty()))
+            .or(scraped)
             .unwrap_or("")
             .to_owned();
         let server_src = queue
-            .map(|q| q.server.as_str())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("");
+            .and_then(|q| ServerKind::parse(&q.server).ok().flatten())
+            .map_or("", ServerKind::as_str);
         self.switch_pod_model(host, &model_src, server_src);
 
         if let Some(r) = readiness {
@@ -495,7 +503,9 @@ mod tests {
     #[test]
     fn request_metrics_with_bounded_models_and_cached_ids() {
         let mut host = MockHost::default();
-        let mut reg = Registry::new(&config(r#"{"models":["llama","fast"]}"#));
+        let mut reg = Registry::new(&config(
+            r#"{"models":["llama","fast"],"trust_model_header":true}"#,
+        ));
         for _ in 0..3 {
             reg.record_request(&mut host, &outcome("llama", 200));
         }
@@ -540,6 +550,64 @@ mod tests {
         reg.record_request(&mut host, &outcome("llama", 200));
         assert_eq!(host.defines, defines);
         assert!(host.names.iter().all(|(_, n)| !n.contains("x1")));
+    }
+
+    #[test]
+    fn model_header_is_ignored_unless_trusted() {
+        let mut host = MockHost::default();
+        let mut reg = Registry::new(&config(r#"{"models":["llama","fast"]}"#));
+        let mut o = outcome("fast", 200);
+        o.target_model = Some(b"llama");
+        reg.record_request(&mut host, &o);
+        assert_eq!(
+            host.counter("requested_model=.=fast;.;model_name=.=fast;.;code_class=.=2xx;.;criticality=.=standard;.;ml_requests_total"),
+            1
+        );
+        assert!(host
+            .names
+            .iter()
+            .all(|(_, n)| !n.contains("model_name=.=llama")));
+    }
+
+    #[test]
+    fn scraped_model_and_server_labels_are_bounded_to_configured_values() {
+        let mut host = MockHost::default();
+        let mut reg = Registry::new(&config(r#"{"models":["llama"]}"#));
+        let fresh = Fresh {
+            readiness: false,
+            queue: true,
+        };
+        for (i, (model, server)) in [("evil-1", "evil"), ("evil-2", "vllm"), ("llama", "sglang")]
+            .into_iter()
+            .enumerate()
+        {
+            let q = QueueSnapshot {
+                scraped_at_ms: 1,
+                seq: i as u64,
+                server: server.into(),
+                model: model.into(),
+                ..Default::default()
+            };
+            reg.observe_pod(&mut host, None, Some(&q), fresh);
+        }
+        assert!(
+            host.names.iter().all(|(_, n)| !n.contains("evil")),
+            "{:#?}",
+            host.names
+        );
+        assert_eq!(
+            host.gauge("model_name=.=other;.;server=.=vllm;.;ml_model_info"),
+            0
+        );
+        assert_eq!(
+            host.gauge("model_name=.=llama;.;server=.=sglang;.;ml_model_info"),
+            1
+        );
+        assert_eq!(host.gauge("model_name=.=llama;.;ml_requests_waiting"), 0);
+        assert!(host
+            .names
+            .iter()
+            .any(|(_, n)| n == "model_name=.=other;.;server=.=none;.;ml_model_info"));
     }
 
     #[test]
