@@ -1,6 +1,6 @@
 # modelgate — `make run` (the demo) and `make test` are all a new user needs.
 SHELL := /bin/bash
-FILTERS := readiness_gate model_router load_shedder ml_metrics
+FILTERS := readiness_gate model_router load_shedder ml_metrics endpoint_picker
 WASM_DIR := target/wasm32-wasip1/wasm-release
 export MODELGATE_ENVOY ?= $(CURDIR)/tools/envoy
 

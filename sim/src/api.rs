@@ -257,7 +257,12 @@ fn usage(req: &GenRequest) -> Value {
 
 async fn json_response(engine: Arc<Engine>, req: GenRequest, arrived: Instant) -> Response {
     let Some(mut seq) = engine
-        .schedule(req.prompt_tokens, req.completion_tokens, arrived)
+        .schedule(
+            req.prompt_tokens,
+            req.completion_tokens,
+            &req.blocks,
+            arrived,
+        )
         .await
     else {
         return SimError::from_status(StatusCode::SERVICE_UNAVAILABLE, "engine stopped")
@@ -353,6 +358,7 @@ impl StreamState {
                         .schedule(
                             self.req.prompt_tokens,
                             self.req.completion_tokens,
+                            &self.req.blocks,
                             self.arrived,
                         )
                         .await;
@@ -458,7 +464,7 @@ async fn embeddings(
     };
     let prompt_tokens: u64 = inputs.iter().map(|s| count_tokens(s).max(1)).sum();
     // An embedding is a prefill only: it queues like any request and takes --ttft-ms.
-    let Some(mut seq) = engine.schedule(prompt_tokens, 0, arrived).await else {
+    let Some(mut seq) = engine.schedule(prompt_tokens, 0, &[], arrived).await else {
         return SimError::from_status(StatusCode::SERVICE_UNAVAILABLE, "engine stopped")
             .into_response();
     };

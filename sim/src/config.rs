@@ -62,6 +62,11 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=MAX_DELAY_MS))]
     pub ttft_ms: u64,
 
+    /// Extra prefill milliseconds per prompt token not found in the prefix cache (added to
+    /// --ttft-ms; fractions allowed).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_delay_ms)]
+    pub prefill_ms_per_token: f64,
+
     /// Milliseconds per further output token.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=MAX_DELAY_MS))]
     pub itl_ms: u64,

@@ -1,14 +1,16 @@
 //! The simulated engine: a FIFO admission queue in front of `--max-num-seqs` slots and a
-//! KV cache of `--kv-cache-tokens`, token timing, and the counters `/metrics` renders.
+//! KV cache of `--kv-cache-tokens`, a prefix cache that shortens prefills, token timing,
+//! and the counters `/metrics` renders.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::sleep_until;
 
 use crate::config::SimConfig;
+use crate::prefix::{PrefixCache, BLOCK_TOKENS};
 
 /// Bucket bounds (seconds) of vLLM's `time_to_first_token_seconds`.
 pub const TTFT_BUCKETS: &[f64] = &[
@@ -107,6 +109,11 @@ pub struct Engine {
     /// Running requests that have not produced their first token yet.
     pub prefilling: AtomicU64,
     pub prompt_tokens_total: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache, and those found (vLLM's counters).
+    pub prefix_queries_total: AtomicU64,
+    pub prefix_hits_total: AtomicU64,
+    prefix_cache: Mutex<PrefixCache>,
+    prefill_us_per_token: u64,
     pub generation_tokens_total: AtomicU64,
     pub success_stop: AtomicU64,
     pub success_length: AtomicU64,
@@ -124,6 +131,10 @@ impl Engine {
             .unwrap_or(Semaphore::MAX_PERMITS)
             .min(Semaphore::MAX_PERMITS);
         let ms_to_us = |ms: f64| (ms.max(0.0) * 1000.0).round() as u64;
+        // The prefix cache has the KV cache's size (vLLM keeps it in the free KV blocks).
+        let cache_blocks =
+            usize::try_from(config.kv_cache_tokens / BLOCK_TOKENS).unwrap_or(usize::MAX);
+        let prefill_us_per_token = ms_to_us(config.prefill_ms_per_token);
         Arc::new(Self {
             ttft_us: AtomicU64::new(config.ttft_ms.saturating_mul(1000)),
             itl_us: AtomicU64::new(config.itl_ms.saturating_mul(1000)),
@@ -139,6 +150,10 @@ impl Engine {
             reserved_tokens: AtomicU64::new(0),
             prefilling: AtomicU64::new(0),
             prompt_tokens_total: AtomicU64::new(0),
+            prefix_queries_total: AtomicU64::new(0),
+            prefix_hits_total: AtomicU64::new(0),
+            prefix_cache: Mutex::new(PrefixCache::new(cache_blocks)),
+            prefill_us_per_token,
             generation_tokens_total: AtomicU64::new(0),
             success_stop: AtomicU64::new(0),
             success_length: AtomicU64::new(0),
@@ -202,13 +217,34 @@ impl Engine {
         (used / self.config.kv_cache_tokens.max(1) as f64).clamp(0.0, 1.0)
     }
 
+    /// Looks the prompt's blocks up in the prefix cache (and caches them) and returns the
+    /// prefill time: --ttft-ms plus --prefill-ms-per-token for each uncached token. At least
+    /// one token is always computed, as in vLLM.
+    fn prefill(&self, prompt_tokens: u64, blocks: &[u64]) -> Duration {
+        let hit_blocks = match self.prefix_cache.lock() {
+            Ok(mut cache) => cache.lookup_and_insert(blocks),
+            Err(_) => 0,
+        };
+        let cached = (hit_blocks as u64)
+            .saturating_mul(BLOCK_TOKENS)
+            .min(prompt_tokens.saturating_sub(1));
+        self.prefix_queries_total
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
+        self.prefix_hits_total.fetch_add(cached, Ordering::Relaxed);
+        let uncached = prompt_tokens - cached;
+        let extra = Duration::from_micros(self.prefill_us_per_token.saturating_mul(uncached));
+        self.timing().0.saturating_add(extra)
+    }
+
     /// Waits in the FIFO queue for a sequence slot and KV room for the whole request
     /// (prompt + completion, reserved up front so a running request is never pre-empted),
     /// then returns the running sequence. Dropping the future leaves the queue.
+    /// `blocks` are the prompt's block hashes (see [`crate::prefix`]).
     pub async fn schedule(
         self: &Arc<Self>,
         prompt_tokens: u64,
         completion_tokens: u64,
+        blocks: &[u64],
         arrived: Instant,
     ) -> Option<RunningSeq> {
         self.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +270,7 @@ impl Engine {
         self.kv_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
         self.prompt_tokens_total
             .fetch_add(prompt_tokens, Ordering::Relaxed);
+        let prefill = self.prefill(prompt_tokens, blocks);
         Some(RunningSeq {
             engine: Arc::clone(self),
             _seq: seq,
@@ -246,7 +283,7 @@ impl Engine {
             in_prefill: true,
             reserved: reserve,
             prompt_tokens,
-            next_due: scheduled.checked_add(self.timing().0).unwrap_or(scheduled),
+            next_due: scheduled.checked_add(prefill).unwrap_or(scheduled),
             generated: 0,
             target: completion_tokens,
         })

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod prefix;
 pub mod request;
 pub mod text;
 

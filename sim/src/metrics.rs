@@ -124,6 +124,18 @@ pub fn render(engine: &Engine) -> String {
                 prompt,
             );
             o.metric(
+                "vllm:prefix_cache_queries_total",
+                "counter",
+                "Prefix-cache queries, in terms of number of queried tokens.",
+                engine.prefix_queries_total.load(Ordering::Relaxed) as f64,
+            );
+            o.metric(
+                "vllm:prefix_cache_hits_total",
+                "counter",
+                "Prefix-cache hits, in terms of number of cached tokens.",
+                engine.prefix_hits_total.load(Ordering::Relaxed) as f64,
+            );
+            o.metric(
                 "vllm:generation_tokens_total",
                 "counter",
                 "Number of generation tokens processed.",

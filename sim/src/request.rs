@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::config::SimConfig;
 use crate::engine::FinishReason;
+use crate::prefix::BlockHasher;
 use crate::text::{count_tokens, stable_hash};
 
 /// An error in vLLM's shape: `{"object":"error","message","type","param","code"}`.
@@ -108,6 +109,8 @@ pub struct GenRequest {
     pub include_usage: bool,
     /// Hash of the prompt text, which picks the output words.
     pub seed: u64,
+    /// Hashes of the prompt's full 16-token blocks, for the prefix cache.
+    pub blocks: Vec<u64>,
 }
 
 /// Parses a JSON body into an object.
@@ -140,7 +143,7 @@ pub fn parse_generation(
 ) -> Result<GenRequest, SimError> {
     let obj = parse_object(body)?;
     let model = resolve_model(&obj, cfg)?;
-    let (prompt_tokens, seed) = match endpoint {
+    let (prompt_tokens, seed, blocks) = match endpoint {
         Endpoint::Chat => chat_prompt(&obj)?,
         Endpoint::Completion => completion_prompt(&obj)?,
     };
@@ -207,6 +210,7 @@ pub fn parse_generation(
         stream,
         include_usage,
         seed,
+        blocks,
     })
 }
 
@@ -228,8 +232,8 @@ fn fnv_update(h: u64, bytes: &[u8]) -> u64 {
         .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// Words of every message's text, and a hash of that text.
-fn chat_prompt(obj: &Map<String, Value>) -> Result<(u64, u64), SimError> {
+/// Words of every message's text, a hash of that text, and its block hashes.
+fn chat_prompt(obj: &Map<String, Value>) -> Result<(u64, u64, Vec<u64>), SimError> {
     let messages = match obj.get("messages") {
         None | Some(Value::Null) => {
             return Err(SimError::bad_request("`messages` is required."));
@@ -242,6 +246,7 @@ fn chat_prompt(obj: &Map<String, Value>) -> Result<(u64, u64), SimError> {
     };
     let mut tokens = 0u64;
     let mut hash = stable_hash(b"");
+    let mut blocks = BlockHasher::default();
     for (i, msg) in messages.iter().enumerate() {
         let Some(msg) = msg.as_object() else {
             return Err(SimError::bad_request(format!(
@@ -249,7 +254,7 @@ fn chat_prompt(obj: &Map<String, Value>) -> Result<(u64, u64), SimError> {
             )));
         };
         match msg.get("role") {
-            Some(Value::String(_)) => {}
+            Some(Value::String(role)) => blocks.boundary(role),
             _ => {
                 return Err(SimError::bad_request(format!(
                     "`messages[{i}].role` is required and must be a string."
@@ -261,6 +266,7 @@ fn chat_prompt(obj: &Map<String, Value>) -> Result<(u64, u64), SimError> {
             Some(Value::String(s)) => {
                 tokens += count_tokens(s);
                 hash = fnv_update(hash, s.as_bytes());
+                blocks.words(s);
             }
             Some(Value::Array(parts)) => {
                 for (j, part) in parts.iter().enumerate() {
@@ -283,6 +289,7 @@ fn chat_prompt(obj: &Map<String, Value>) -> Result<(u64, u64), SimError> {
                     };
                     tokens += count_tokens(text);
                     hash = fnv_update(hash, text.as_bytes());
+                    blocks.words(text);
                 }
             }
             Some(_) => {
@@ -292,11 +299,11 @@ fn chat_prompt(obj: &Map<String, Value>) -> Result<(u64, u64), SimError> {
             }
         }
     }
-    Ok((tokens, hash))
+    Ok((tokens, hash, blocks.finish()))
 }
 
-/// Tokens of `prompt` (a string, or token ids), and a hash of it.
-fn completion_prompt(obj: &Map<String, Value>) -> Result<(u64, u64), SimError> {
+/// Tokens of `prompt` (a string, or token ids), a hash of it, and its block hashes.
+fn completion_prompt(obj: &Map<String, Value>) -> Result<(u64, u64, Vec<u64>), SimError> {
     const SHAPE: &str = "`prompt` must be a string, an array of token ids, or an array \
                          holding one of those (batched prompts are not supported).";
     let prompt = match obj.get("prompt") {
@@ -310,12 +317,19 @@ fn completion_prompt(obj: &Map<String, Value>) -> Result<(u64, u64), SimError> {
         other => other,
     };
     match single {
-        Value::String(s) => Ok((count_tokens(s), stable_hash(s.as_bytes()))),
+        Value::String(s) => {
+            let mut blocks = BlockHasher::default();
+            blocks.words(s);
+            Ok((count_tokens(s), stable_hash(s.as_bytes()), blocks.finish()))
+        }
         Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64) => {
+            let mut blocks = BlockHasher::default();
             let hash = ids.iter().fold(stable_hash(b""), |h, id| {
-                fnv_update(h, &id.as_u64().unwrap_or(0).to_le_bytes())
+                let bytes = id.as_u64().unwrap_or(0).to_le_bytes();
+                blocks.token(&bytes);
+                fnv_update(h, &bytes)
             });
-            Ok((ids.len() as u64, hash))
+            Ok((ids.len() as u64, hash, blocks.finish()))
         }
         _ => Err(SimError::bad_request(SHAPE)),
     }

@@ -924,3 +924,76 @@ async fn mangled_bodies_never_break_the_server() {
     .await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn prefix_cache_shortens_the_prefill_of_a_repeated_prompt() {
+    // 5 ms per uncached token: the 321-token prompt costs 1.6 s of prefill cold, and one
+    // token (5 ms) once its system prompt's 20 full blocks are cached.
+    let addr = start(&["--ttft-ms", "0", "--prefill-ms-per-token", "5"]).await;
+    let system = (0..320)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = |user: &str| {
+        json!({"model": "sim-model", "max_tokens": 1, "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": user}]})
+    };
+    let cold = Instant::now();
+    assert_eq!(
+        post(addr, "/v1/chat/completions", &body("first"))
+            .await
+            .status,
+        200
+    );
+    let cold = cold.elapsed();
+    assert!(
+        cold >= Duration::from_millis(1600),
+        "cold prefill took {cold:?}"
+    );
+
+    let warm = Instant::now();
+    assert_eq!(
+        post(addr, "/v1/chat/completions", &body("second"))
+            .await
+            .status,
+        200
+    );
+    let warm = warm.elapsed();
+    assert!(warm < cold / 2, "warm {warm:?} vs cold {cold:?}");
+
+    let m = get(addr, "/metrics").await.body;
+    // 321 tokens queried each time; the second found the 320 system tokens.
+    assert_eq!(sample(&m, "vllm:prefix_cache_queries_total{"), 642.0);
+    assert_eq!(sample(&m, "vllm:prefix_cache_hits_total{"), 320.0);
+}
+
+#[tokio::test]
+async fn prefix_cache_is_per_prefix_and_bounded_by_the_kv_cache() {
+    // Room for 2 blocks (32 tokens): a third prompt evicts the oldest.
+    let addr = start(&["--ttft-ms", "0", "--kv-cache-tokens", "64"]).await;
+    let prompt = |tag: &str| {
+        let text = (0..16)
+            .map(|i| format!("{tag}{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        json!({"model": "sim-model", "max_tokens": 1, "prompt": format!("{text} tail")})
+    };
+    for tag in ["a", "b", "c", "d", "e", "a"] {
+        assert_eq!(
+            post(addr, "/v1/completions", &prompt(tag)).await.status,
+            200
+        );
+    }
+    let m = get(addr, "/metrics").await.body;
+    // 4 blocks of room (64 / 16): "a" was evicted by b, c, d, e before it came back.
+    assert_eq!(sample(&m, "vllm:prefix_cache_hits_total{"), 0.0);
+    for tag in ["e", "d"] {
+        assert_eq!(
+            post(addr, "/v1/completions", &prompt(tag)).await.status,
+            200
+        );
+    }
+    let m = get(addr, "/metrics").await.body;
+    assert_eq!(sample(&m, "vllm:prefix_cache_hits_total{"), 32.0);
+    assert_eq!(sample(&m, "vllm:prefix_cache_queries_total{"), 8.0 * 17.0);
+}

@@ -64,23 +64,27 @@ pub enum FilterKind {
     ModelRouter,
     LoadShedder,
     MlMetrics,
+    EndpointPicker,
 }
 
 impl FilterKind {
-    pub const ALL: [FilterKind; 4] = [
+    pub const ALL: [FilterKind; 5] = [
         Self::ReadinessGate,
         Self::ModelRouter,
         Self::LoadShedder,
         Self::MlMetrics,
+        Self::EndpointPicker,
     ];
 
-    /// The module name: `readiness_gate`, `model_router`, `load_shedder`, `ml_metrics`.
+    /// The module name: `readiness_gate`, `model_router`, `load_shedder`, `ml_metrics`,
+    /// `endpoint_picker`.
     pub fn name(self) -> &'static str {
         match self {
             Self::ReadinessGate => "readiness_gate",
             Self::ModelRouter => "model_router",
             Self::LoadShedder => "load_shedder",
             Self::MlMetrics => "ml_metrics",
+            Self::EndpointPicker => "endpoint_picker",
         }
     }
 
@@ -97,6 +101,7 @@ pub fn validate(kind: FilterKind, bytes: &[u8]) -> Result<(), ConfigError> {
         FilterKind::ModelRouter => crate::router::Router::parse(bytes).map(drop),
         FilterKind::LoadShedder => crate::shed::ShedConfig::parse(bytes).map(drop),
         FilterKind::MlMetrics => crate::metrics::MetricsConfig::parse(bytes).map(drop),
+        FilterKind::EndpointPicker => crate::picker::PickerConfig::parse(bytes).map(drop),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod json_scan;
 pub mod lease;
 pub mod metrics;
 pub mod path;
+pub mod picker;
 pub mod prng;
 pub mod prom;
 pub mod readiness;

@@ -18,6 +18,9 @@ pub const SHED_HEADER: &str = "x-modelgate-shed";
 pub const GATED_HEADER: &str = "x-modelgate-gated";
 /// ORCA response header read by Envoy's `client_side_weighted_round_robin`.
 pub const ORCA_HEADER: &str = "endpoint-load-metrics";
+/// Request header naming the pod (`IP:port`) the endpoint picker chose, read by the
+/// cluster's `override_host` policy; the picker removes any client-sent value.
+pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 
 // ---------------------------------------------------------------------------------------
 // Shared-data keys (every modelgate filter of a proxy runs in vm_id "modelgate")

@@ -10,6 +10,7 @@ const FILTERS: &[&str] = &[
     "model_router",
     "load_shedder",
     "ml_metrics",
+    "endpoint_picker",
 ];
 
 fn shipped() -> Vec<std::path::PathBuf> {

@@ -27,6 +27,7 @@ pub const LABELS: &[&str] = &[
     "type",
     "reason",
     "server",
+    "pod",
 ];
 
 /// Histogram buckets (milliseconds) for every modelgate histogram: 1 ms to 10 min, so one

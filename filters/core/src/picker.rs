@@ -1,0 +1,445 @@
+//! The endpoint picker's policy: per request, the pod of the request's pool to send it to,
+//! from the router's prefix hash and each pod's load. Pods are ranked for a prefix by
+//! rendezvous hashing (the same ranking on every gateway replica, no shared index); the
+//! request goes to the highest-ranked pod that is not saturated and not busier than the
+//! least busy pod by more than `spill_slack`, so a prefix sticks to one pod until that pod
+//! is loaded and then spills in a fixed order. When every pod is saturated, sheddable
+//! requests are shed and the rest queue on the least busy pod. The proxy-wasm side is
+//! `filters/endpoint_picker`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::config::{ms_or, ConfigError, DurationMs, FilterConfig, FilterKind};
+use crate::vocab::Criticality;
+
+/// Bounds on the configuration (label cardinality, per-request work).
+pub const MAX_POOLS: usize = 64;
+pub const MAX_PODS: usize = 256;
+
+/// The plugin configuration as written (JSON); see docs/endpoint-picker.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PickerConfigJson {
+    /// Pool name (the router's `x-modelgate-model`, also the cluster name) → pod addresses
+    /// (may be empty: then the pods are discovered from their ORCA reports).
+    pub pools: BTreeMap<String, Vec<String>>,
+    /// Pool name → the Envoy cluster whose ORCA reports describe it (default: the pool
+    /// name; Istio: `outbound|8000||llama-3-8b.models.svc.cluster.local`).
+    #[serde(default)]
+    pub clusters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub saturation: Option<SaturationJson>,
+    #[serde(default)]
+    pub spill_slack: Option<f64>,
+    #[serde(default)]
+    pub capacity: Option<f64>,
+    #[serde(default)]
+    pub report_ttl: Option<DurationMs>,
+    #[serde(default)]
+    pub tick: Option<DurationMs>,
+    #[serde(default)]
+    pub forget_after: Option<DurationMs>,
+    #[serde(default)]
+    pub explore_every: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaturationJson {
+    #[serde(default)]
+    pub utilization: Option<f64>,
+    #[serde(default)]
+    pub in_flight: Option<u32>,
+}
+
+/// One pod: its address (the `override_host` header value) and its rendezvous key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub address: String,
+    key: u64,
+}
+
+impl Pod {
+    pub fn new(address: &str) -> Self {
+        Self {
+            address: address.to_string(),
+            key: fnv1a(address.as_bytes()),
+        }
+    }
+
+    /// Identifies the pod across membership changes (indices shift when pods go).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    /// The cluster name the gateway load shedder files this pool's reports under.
+    pub cluster: String,
+    pub pods: Vec<Pod>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PickerConfig {
+    pub pools: Vec<Pool>,
+    /// A pod whose fresh ORCA utilisation is at or above this is saturated.
+    pub utilization_threshold: f64,
+    /// A pod with this many of this proxy's requests in flight is saturated.
+    pub max_in_flight: u32,
+    /// How much busier than the least busy pod the prefix's pod may be before spilling.
+    pub spill_slack: f64,
+    /// Requests a pod runs at utilisation 1 (the sidecar shedder's `orca.capacity`).
+    pub capacity: f64,
+    pub report_ttl_ms: u64,
+    pub tick_ms: u64,
+    /// A discovered pod without a report for this long is forgotten.
+    pub forget_after_ms: u64,
+    /// Every n-th request of a pool goes to the cluster's fallback policy (0 = never), so
+    /// pods the picker does not know yet get traffic, report, and are discovered.
+    pub explore_every: u32,
+}
+
+impl FilterConfig for PickerConfig {
+    const KIND: FilterKind = FilterKind::EndpointPicker;
+    type Json = PickerConfigJson;
+
+    fn validate(raw: PickerConfigJson) -> Result<Self, ConfigError> {
+        if raw.pools.is_empty() || raw.pools.len() > MAX_POOLS {
+            return Err(ConfigError::new(
+                "pools",
+                format!("must name 1 to {MAX_POOLS} pools"),
+            ));
+        }
+        let mut pools = Vec::with_capacity(raw.pools.len());
+        for (name, addrs) in &raw.pools {
+            let field = format!("pools.{name}");
+            if name.is_empty() {
+                return Err(ConfigError::new("pools", "pool names must not be empty"));
+            }
+            if addrs.len() > MAX_PODS {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must list at most {MAX_PODS} pod addresses"),
+                ));
+            }
+            let mut pods: Vec<Pod> = Vec::with_capacity(addrs.len());
+            for a in addrs {
+                if a.parse::<SocketAddr>().is_err() {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("`{a}` is not an IP:port address"),
+                    ));
+                }
+                if pods.iter().any(|p| p.address == *a) {
+                    return Err(ConfigError::new(field, format!("`{a}` is listed twice")));
+                }
+                pods.push(Pod::new(a));
+            }
+            pools.push(Pool {
+                name: name.clone(),
+                cluster: raw.clusters.get(name).unwrap_or(name).clone(),
+                pods,
+            });
+        }
+        if let Some(unknown) = raw.clusters.keys().find(|k| !raw.pools.contains_key(*k)) {
+            return Err(ConfigError::new(
+                format!("clusters.{unknown}"),
+                "names no pool in `pools`",
+            ));
+        }
+        let sat = raw.saturation.unwrap_or_default();
+        let utilization_threshold = sat.utilization.unwrap_or(0.9);
+        if !utilization_threshold.is_finite() || utilization_threshold <= 0.0 {
+            return Err(ConfigError::new(
+                "saturation.utilization",
+                "must be a positive number",
+            ));
+        }
+        let max_in_flight = sat.in_flight.unwrap_or(64);
+        if max_in_flight == 0 {
+            return Err(ConfigError::new("saturation.in_flight", "must be positive"));
+        }
+        let spill_slack = raw.spill_slack.unwrap_or(4.0);
+        if !spill_slack.is_finite() || spill_slack < 0.0 {
+            return Err(ConfigError::new(
+                "spill_slack",
+                "must be a non-negative number",
+            ));
+        }
+        let capacity = raw.capacity.unwrap_or(4.0);
+        if !capacity.is_finite() || capacity <= 0.0 {
+            return Err(ConfigError::new("capacity", "must be a positive number"));
+        }
+        let report_ttl_ms = ms_or(raw.report_ttl, 2_000);
+        let tick_ms = ms_or(raw.tick, 100);
+        if tick_ms == 0 {
+            return Err(ConfigError::new("tick", "must be positive"));
+        }
+        let forget_after_ms = ms_or(raw.forget_after, 30_000);
+        Ok(Self {
+            pools,
+            utilization_threshold,
+            max_in_flight,
+            spill_slack,
+            capacity,
+            report_ttl_ms,
+            tick_ms,
+            forget_after_ms,
+            explore_every: raw.explore_every.unwrap_or(0),
+        })
+    }
+}
+
+impl PickerConfig {
+    /// The index of the pool named `name`.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+}
+
+/// What the picker knows of one pod's load.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PodLoad {
+    /// This proxy's requests to the pod not yet finished.
+    pub in_flight: u32,
+    /// The pod's latest ORCA utilisation, when fresh (it covers every gateway's traffic).
+    pub utilization: Option<f64>,
+}
+
+/// Why a pod was chosen (the `reason` label of `ml_picker_picks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickReason {
+    /// The prefix's first-ranked pod.
+    Affinity,
+    /// A later-ranked pod: the first was saturated or too busy.
+    Spill,
+    /// No prefix hash: the least busy pod.
+    LeastLoaded,
+    /// Every pod saturated: the least busy one, where the request queues.
+    Queued,
+}
+
+impl PickReason {
+    pub const ALL: [PickReason; 4] = [Self::Affinity, Self::Spill, Self::LeastLoaded, Self::Queued];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Affinity => "affinity",
+            Self::Spill => "spill",
+            Self::LeastLoaded => "least_loaded",
+            Self::Queued => "queued",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Pod {
+        index: usize,
+        reason: PickReason,
+    },
+    /// Every pod saturated and the request is sheddable.
+    Shed,
+    /// The pool has no pods (let the cluster's fallback policy choose).
+    None,
+}
+
+impl PickerConfig {
+    /// The busyness the picker compares: this proxy's in-flight count, or the pod's
+    /// reported load in requests when that is higher (other gateways send to it too).
+    pub fn busyness(&self, l: &PodLoad) -> f64 {
+        let reported = l.utilization.map_or(0.0, |u| u * self.capacity);
+        f64::from(l.in_flight).max(reported)
+    }
+
+    pub fn saturated(&self, l: &PodLoad) -> bool {
+        l.in_flight >= self.max_in_flight
+            || l.utilization
+                .is_some_and(|u| u >= self.utilization_threshold)
+    }
+
+    /// Chooses a pod of `pods` (with their `loads`, same order) for a request with
+    /// `prefix` hash and criticality `class`. No allocation; O(pods).
+    pub fn pick(
+        &self,
+        prefix: Option<u64>,
+        pods: &[Pod],
+        loads: &[PodLoad],
+        class: Criticality,
+    ) -> Pick {
+        let candidates = || pods.iter().zip(loads).enumerate();
+        // The least busy pod, unsaturated ones first; ties go to the earlier pod.
+        let mut least: Option<(usize, f64)> = None;
+        let mut least_any: Option<(usize, f64)> = None;
+        for (i, (_, l)) in candidates() {
+            let b = self.busyness(l);
+            if least_any.is_none_or(|(_, lb)| b < lb) {
+                least_any = Some((i, b));
+            }
+            if !self.saturated(l) && least.is_none_or(|(_, lb)| b < lb) {
+                least = Some((i, b));
+            }
+        }
+        let Some((least_i, min_busy)) = least else {
+            return match least_any {
+                None => Pick::None,
+                Some(_) if class == Criticality::Sheddable => Pick::Shed,
+                Some((index, _)) => Pick::Pod {
+                    index,
+                    reason: PickReason::Queued,
+                },
+            };
+        };
+        let Some(prefix) = prefix else {
+            return Pick::Pod {
+                index: least_i,
+                reason: PickReason::LeastLoaded,
+            };
+        };
+        // Rendezvous: the top-scoring pod overall, and the top-scoring acceptable one.
+        let limit = min_busy + self.spill_slack;
+        let mut top: Option<(usize, u64)> = None;
+        let mut chosen: Option<(usize, u64)> = None;
+        for (i, (p, l)) in candidates() {
+            let score = rendezvous(prefix, p.key);
+            if top.is_none_or(|(_, s)| score > s) {
+                top = Some((i, score));
+            }
+            let ok = !self.saturated(l) && self.busyness(l) <= limit;
+            if ok && chosen.is_none_or(|(_, s)| score > s) {
+                chosen = Some((i, score));
+            }
+        }
+        match (chosen, top) {
+            (Some((c, _)), Some((t, _))) => Pick::Pod {
+                index: c,
+                reason: if c == t {
+                    PickReason::Affinity
+                } else {
+                    PickReason::Spill
+                },
+            },
+            // Unreachable in practice: the least busy unsaturated pod is acceptable.
+            _ => Pick::Pod {
+                index: least_i,
+                reason: PickReason::Spill,
+            },
+        }
+    }
+}
+
+/// The pods of one pool the picker chooses among, with their load: the configured pods,
+/// then pods discovered from the ORCA reports of the pool's cluster (hosts that answered
+/// through this gateway, e.g. via the fallback policy). A discovered pod is forgotten when
+/// it has not reported for `forget_after` and nothing is in flight to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Members {
+    pub pods: Vec<Pod>,
+    pub loads: Vec<PodLoad>,
+    /// Time of the pod's latest report (0: none yet).
+    report_ms: Vec<u64>,
+    configured: usize,
+}
+
+impl Members {
+    pub fn new(pool: &Pool) -> Self {
+        let n = pool.pods.len();
+        Self {
+            pods: pool.pods.clone(),
+            loads: vec![PodLoad::default(); n],
+            report_ms: vec![0; n],
+            configured: n,
+        }
+    }
+
+    /// Takes one host's latest report; an unknown `IP:port` host joins (up to MAX_PODS).
+    pub fn report(&mut self, host: &str, utilization: f64, at_ms: u64) {
+        let i = match self.pods.iter().position(|p| p.address == host) {
+            Some(i) => i,
+            None if self.pods.len() < MAX_PODS && host.parse::<SocketAddr>().is_ok() => {
+                self.pods.push(Pod::new(host));
+                self.loads.push(PodLoad::default());
+                self.report_ms.push(0);
+                self.pods.len() - 1
+            }
+            None => return,
+        };
+        if let (Some(l), Some(t)) = (self.loads.get_mut(i), self.report_ms.get_mut(i)) {
+            if at_ms >= *t {
+                *t = at_ms;
+                l.utilization = Some(utilization);
+            }
+        }
+    }
+
+    /// Drops utilisations older than `report_ttl` and forgets silent discovered pods.
+    pub fn age(&mut self, now_ms: u64, cfg: &PickerConfig) {
+        for (l, t) in self.loads.iter_mut().zip(&self.report_ms) {
+            if now_ms.saturating_sub(*t) > cfg.report_ttl_ms {
+                l.utilization = None;
+            }
+        }
+        let mut i = self.configured;
+        while i < self.pods.len() {
+            let silent = self
+                .report_ms
+                .get(i)
+                .is_some_and(|t| now_ms.saturating_sub(*t) > cfg.forget_after_ms);
+            let idle = self.loads.get(i).is_some_and(|l| l.in_flight == 0);
+            if silent && idle {
+                self.pods.remove(i);
+                self.loads.remove(i);
+                self.report_ms.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The index of the pod with `key`.
+    pub fn index_of(&self, key: u64) -> Option<usize> {
+        self.pods.iter().position(|p| p.key == key)
+    }
+}
+
+/// The rendezvous (highest random weight) score of a pod for a prefix.
+pub fn rendezvous(prefix: u64, pod_key: u64) -> u64 {
+    mix(prefix ^ mix(pod_key))
+}
+
+/// splitmix64's finaliser: spreads nearby keys over the whole range.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Parses the router's `x-modelgate-prefix-hash` (16 hex digits).
+pub fn parse_prefix_hash(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 16 {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    u64::from_str_radix(text, 16).ok()
+}
+
+#[cfg(test)]
+#[path = "picker_tests.rs"]
+mod tests;

@@ -1,0 +1,293 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use crate::config::FilterConfig;
+
+fn config(extra: &str) -> PickerConfig {
+    let json = format!(
+        r#"{{"pools": {{"m": ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"]}}{extra}}}"#
+    );
+    PickerConfig::parse(json.as_bytes()).unwrap()
+}
+
+fn idle(n: usize) -> Vec<PodLoad> {
+    vec![PodLoad::default(); n]
+}
+
+fn pod_of(p: Pick) -> usize {
+    match p {
+        Pick::Pod { index, .. } => index,
+        other => panic!("expected a pod, got {other:?}"),
+    }
+}
+
+#[test]
+fn same_prefix_same_pod_and_prefixes_spread_over_pods() {
+    let cfg = config("");
+    let pods = &cfg.pools[0].pods;
+    let loads = idle(4);
+    let mut counts = [0u32; 4];
+    for prefix in 0..4000u64 {
+        let h = prefix.wrapping_mul(0x1234_5678_9abc_def1);
+        let a = cfg.pick(Some(h), pods, &loads, Criticality::Standard);
+        assert_eq!(a, cfg.pick(Some(h), pods, &loads, Criticality::Standard));
+        assert!(matches!(
+            a,
+            Pick::Pod {
+                reason: PickReason::Affinity,
+                ..
+            }
+        ));
+        counts[pod_of(a)] += 1;
+    }
+    // Rendezvous spreads evenly: each of 4 pods gets 1000 ± 15%.
+    assert!(
+        counts.iter().all(|c| (850..=1150).contains(c)),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn replicas_agree_whatever_the_pod_list_order() {
+    // A second gateway may list the pods in another order: the chosen address is the same.
+    let a = config("");
+    let b = PickerConfig::parse(
+        br#"{"pools": {"m": ["10.0.0.4:8000", "10.0.0.3:8000", "10.0.0.1:8000", "10.0.0.2:8000"]}}"#,
+    )
+    .unwrap();
+    for h in [1u64, 99, 12345, u64::MAX] {
+        let pa = pod_of(a.pick(Some(h), &a.pools[0].pods, &idle(4), Criticality::Standard));
+        let pb = pod_of(b.pick(Some(h), &b.pools[0].pods, &idle(4), Criticality::Standard));
+        assert_eq!(a.pools[0].pods[pa].address, b.pools[0].pods[pb].address);
+    }
+}
+
+#[test]
+fn removing_a_pod_moves_only_its_prefixes() {
+    let cfg = config("");
+    let pods = &cfg.pools[0].pods;
+    let fewer: Vec<Pod> = pods[..3].to_vec();
+    for h in 0..2000u64 {
+        let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let before = pod_of(cfg.pick(Some(h), pods, &idle(4), Criticality::Standard));
+        let after = pod_of(cfg.pick(Some(h), &fewer, &idle(3), Criticality::Standard));
+        if before < 3 {
+            assert_eq!(before, after);
+        }
+    }
+}
+
+#[test]
+fn a_busy_prefix_pod_spills_to_the_next_ranked_pod_in_a_fixed_order() {
+    let cfg = config(r#", "spill_slack": 2"#);
+    let pods = &cfg.pools[0].pods;
+    let h = 42;
+    let first = pod_of(cfg.pick(Some(h), pods, &idle(4), Criticality::Standard));
+    // Within the slack, the request stays.
+    let mut loads = idle(4);
+    loads[first].in_flight = 2;
+    assert_eq!(
+        cfg.pick(Some(h), pods, &loads, Criticality::Standard),
+        Pick::Pod {
+            index: first,
+            reason: PickReason::Affinity
+        }
+    );
+    // Beyond it, it spills; the spill target is the same every time.
+    loads[first].in_flight = 3;
+    let spill = cfg.pick(Some(h), pods, &loads, Criticality::Standard);
+    let Pick::Pod {
+        index: second,
+        reason: PickReason::Spill,
+    } = spill
+    else {
+        panic!("{spill:?}")
+    };
+    assert_ne!(second, first);
+    assert_eq!(
+        spill,
+        cfg.pick(Some(h), pods, &loads, Criticality::Standard)
+    );
+    // The spill target is the prefix's second choice: without the first pod it is the top.
+    let without: Vec<Pod> = pods
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != first)
+        .map(|(_, p)| p.clone())
+        .collect();
+    let top = pod_of(cfg.pick(Some(h), &without, &idle(3), Criticality::Standard));
+    assert_eq!(without[top].address, pods[second].address);
+}
+
+#[test]
+fn reported_utilisation_counts_other_gateways_load() {
+    let cfg = config(r#", "capacity": 4, "spill_slack": 1"#);
+    let pods = &cfg.pools[0].pods;
+    let h = 7;
+    let first = pod_of(cfg.pick(Some(h), pods, &idle(4), Criticality::Standard));
+    let mut loads = idle(4);
+    // This proxy sends it nothing, but the pod reports 0.75 × 4 = 3 requests.
+    loads[first].utilization = Some(0.75);
+    assert!(matches!(
+        cfg.pick(Some(h), pods, &loads, Criticality::Standard),
+        Pick::Pod {
+            reason: PickReason::Spill,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn saturated_pods_are_skipped_unless_all_are() {
+    let cfg = config(r#", "saturation": {"utilization": 0.9, "in_flight": 8}, "spill_slack": 100"#);
+    let pods = &cfg.pools[0].pods;
+    let h = 5;
+    let first = pod_of(cfg.pick(Some(h), pods, &idle(4), Criticality::Standard));
+    let mut loads = idle(4);
+    loads[first].utilization = Some(0.95);
+    assert_ne!(
+        pod_of(cfg.pick(Some(h), pods, &loads, Criticality::Standard)),
+        first
+    );
+    // All saturated: sheddable is shed, the others queue on the least busy pod.
+    let mut all = vec![
+        PodLoad {
+            in_flight: 9,
+            utilization: None
+        };
+        4
+    ];
+    all[2].in_flight = 8;
+    assert_eq!(
+        cfg.pick(Some(h), pods, &all, Criticality::Sheddable),
+        Pick::Shed
+    );
+    for class in [Criticality::Standard, Criticality::Critical] {
+        assert_eq!(
+            cfg.pick(Some(h), pods, &all, class),
+            Pick::Pod {
+                index: 2,
+                reason: PickReason::Queued
+            }
+        );
+    }
+}
+
+#[test]
+fn without_a_prefix_the_least_busy_pod_wins() {
+    let cfg = config("");
+    let pods = &cfg.pools[0].pods;
+    let loads = [3, 1, 0, 2].map(|n| PodLoad {
+        in_flight: n,
+        utilization: None,
+    });
+    assert_eq!(
+        cfg.pick(None, pods, &loads, Criticality::Standard),
+        Pick::Pod {
+            index: 2,
+            reason: PickReason::LeastLoaded
+        }
+    );
+    assert_eq!(cfg.pick(None, &[], &[], Criticality::Standard), Pick::None);
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let err = |json: &str| PickerConfig::parse(json.as_bytes()).unwrap_err().field;
+    assert_eq!(err(r#"{"pools": {}}"#), "pools");
+    assert_eq!(err(r#"{"pools": {"m": ["pod-a:80"]}}"#), "pools.m");
+    assert_eq!(
+        err(r#"{"pools": {"m": ["1.2.3.4:80", "1.2.3.4:80"]}}"#),
+        "pools.m"
+    );
+    let one = r#"{"pools": {"m": ["1.2.3.4:80"]}"#;
+    assert_eq!(
+        err(&format!(r#"{one}, "spill_slack": -1}}"#)),
+        "spill_slack"
+    );
+    assert_eq!(err(&format!(r#"{one}, "capacity": 0}}"#)), "capacity");
+    assert_eq!(
+        err(&format!(r#"{one}, "saturation": {{"in_flight": 0}}}}"#)),
+        "saturation.in_flight"
+    );
+    assert_eq!(
+        err(&format!(r#"{one}, "saturation": {{"utilization": 0}}}}"#)),
+        "saturation.utilization"
+    );
+    assert_eq!(
+        err(&format!(r#"{one}, "report_ttl": "soon"}}"#)),
+        "report_ttl"
+    );
+    assert_eq!(err(&format!(r#"{one}, "tick": "0ms"}}"#)), "tick");
+    assert_eq!(
+        err(&format!(r#"{one}, "clusters": {{"x": "c"}}}}"#)),
+        "clusters.x"
+    );
+    let named =
+        PickerConfig::parse(br#"{"pools": {"m": []}, "clusters": {"m": "outbound|8000||m"}}"#)
+            .unwrap();
+    assert_eq!(named.pools[0].cluster, "outbound|8000||m");
+    assert_eq!(config("").pools[0].cluster, "m");
+    assert_eq!(
+        err(&format!(r#"{one}, "forget_after": "x"}}"#)),
+        "forget_after"
+    );
+    assert_eq!(err(&format!(r#"{one}, "colour": 1}}"#)), "colour");
+}
+
+#[test]
+fn prefix_hash_header_parses_hex_only() {
+    assert_eq!(parse_prefix_hash(b"00000000000000ff"), Some(255));
+    assert_eq!(parse_prefix_hash(b"ffffffffffffffff"), Some(u64::MAX));
+    assert_eq!(parse_prefix_hash(b""), None);
+    assert_eq!(parse_prefix_hash(b"xyz"), None);
+    assert_eq!(parse_prefix_hash(b"00000000000000000"), None);
+}
+
+#[test]
+fn reports_add_pods_and_silent_discovered_pods_are_forgotten() {
+    let cfg = PickerConfig::parse(
+        br#"{"pools": {"m": ["10.0.0.1:80"]}, "report_ttl": "2s", "forget_after": "10s"}"#,
+    )
+    .unwrap();
+    let mut m = Members::new(&cfg.pools[0]);
+    m.report("10.0.0.2:80", 0.5, 1_000);
+    m.report("not-an-address", 0.5, 1_000);
+    m.report("10.0.0.1:80", 0.25, 1_000);
+    assert_eq!(m.pods.len(), 2);
+    assert_eq!(m.loads[1].utilization, Some(0.5));
+    // An older report does not overwrite a newer one.
+    m.report("10.0.0.2:80", 0.9, 500);
+    assert_eq!(m.loads[1].utilization, Some(0.5));
+    // Stale after the TTL: the load is unknown, the pod stays.
+    m.age(3_500, &cfg);
+    assert_eq!(m.loads[0].utilization, None);
+    assert_eq!(m.loads[1].utilization, None);
+    assert_eq!(m.pods.len(), 2);
+    // Silent past forget_after: the discovered pod goes unless requests are in flight to it;
+    // the configured pod stays.
+    m.loads[1].in_flight = 1;
+    m.age(20_000, &cfg);
+    assert_eq!(m.pods.len(), 2);
+    let key = m.pods[1].key();
+    assert_eq!(m.index_of(key), Some(1));
+    m.loads[1].in_flight = 0;
+    m.age(20_000, &cfg);
+    assert_eq!(m.pods.len(), 1);
+    assert_eq!(m.index_of(key), None);
+    // A pool may start empty and learn all its pods.
+    let empty = PickerConfig::parse(br#"{"pools": {"m": []}}"#).unwrap();
+    let mut m = Members::new(&empty.pools[0]);
+    assert_eq!(
+        empty.pick(Some(1), &m.pods, &m.loads, Criticality::Standard),
+        Pick::None
+    );
+    m.report("10.0.0.9:80", 0.1, 1);
+    assert_eq!(
+        empty.pick(Some(1), &m.pods, &m.loads, Criticality::Standard),
+        Pick::Pod {
+            index: 0,
+            reason: PickReason::Affinity
+        }
+    );
+}
