@@ -13,9 +13,9 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use modelgate_core::config::FilterConfig;
+use modelgate_core::config::FilterKind;
 use modelgate_core::error::ApiError;
 use modelgate_core::metrics::encode_stat_name;
 use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig};
@@ -25,9 +25,10 @@ use modelgate_core::vocab::{
     PREFIX_HASH_HEADER, SHED_HEADER,
 };
 use modelgate_glue::headers::header_bytes;
-use proxy_wasm::hostcalls;
+use modelgate_glue::host::{self, now_ns};
+use modelgate_glue::log;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -37,18 +38,6 @@ proxy_wasm::main! {{
 const REASONS: usize = PickReason::ALL.len();
 /// Seconds a shed client is told to wait.
 const RETRY_AFTER_S: u32 = 1;
-
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
-}
-
-/// Wall-clock nanoseconds (0 if the host cannot tell).
-fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
 
 /// Most distinct `pod` label values one pool defines over the VM's life (pods come and go
 /// in a cluster); later pods are counted under `pod="other"`.
@@ -92,7 +81,7 @@ struct Metrics {
 fn define(kind: MetricType, metric: &str, labels: &[(&str, &str)]) -> Option<u32> {
     let mut name = String::with_capacity(128);
     encode_stat_name(&mut name, metric, labels);
-    hostcalls::define_metric(kind, &name).ok()
+    host::define_metric(kind, &name).ok()
 }
 
 impl Metrics {
@@ -167,7 +156,7 @@ impl PoolMetrics {
 
 fn add(id: Option<u32>, n: u64) {
     if let (Some(id), true) = (id, n > 0) {
-        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        let _ = host::increment_metric(id, n);
     }
 }
 
@@ -185,19 +174,16 @@ struct PickerRoot {
 impl Context for PickerRoot {}
 
 impl RootContext for PickerRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        modelgate_glue::log_start(FilterKind::EndpointPicker);
+        true
+    }
+
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let config = match PickerConfig::parse(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                log(LogLevel::Error, &format!("endpoint_picker: {e}"));
-                return false;
-            }
+        let Some(config) = modelgate_glue::configure::<PickerConfig>(size) else {
+            return false;
         };
-        if hostcalls::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
+        if host::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
             log(
                 LogLevel::Error,
                 "endpoint_picker: cannot set the tick period",
@@ -276,7 +262,7 @@ impl Active {
                 .filter(|l| self.config.saturated(l))
                 .count();
             if let Some(id) = pm.saturated {
-                let _ = hostcalls::record_metric(id, saturated as u64);
+                let _ = host::record_metric(id, saturated as u64);
             }
         }
     }
@@ -294,7 +280,7 @@ impl Context for PickerHttp {}
 impl HttpContext for PickerHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Only the picker steers: a client-sent destination is dropped before anything else.
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, DESTINATION_HEADER);
+        let _ = host::set_header(MapType::HttpRequestHeaders, DESTINATION_HEADER, None);
         let Some(model) = header_bytes(MapType::HttpRequestHeaders, MODEL_HEADER) else {
             return Action::Continue;
         };
@@ -357,10 +343,10 @@ impl HttpContext for PickerHttp {
                     }
                 }
                 self.picked = Some((pool_i, key));
-                let _ = hostcalls::set_map_value(
+                let _ = host::set_header(
                     MapType::HttpRequestHeaders,
                     DESTINATION_HEADER,
-                    Some(&pod.address),
+                    Some(pod.address.as_bytes()),
                 );
                 Action::Continue
             }

@@ -125,7 +125,7 @@ fn open_streams_make_a_prefix_spill_then_all_saturated_sheds_sheddable() {
     assert!(reply
         .headers
         .iter()
-        .any(|(k, v)| k == "x-modelgate-shed" && v == "pool_saturated"));
+        .any(|(k, v)| k == "x-modelgate-shed" && v == b"pool_saturated"));
     req.finish();
     let (req, action) = start(&mut vm, Some("m"), Some(prefix), "critical", None);
     assert_eq!(action, Action::Continue);

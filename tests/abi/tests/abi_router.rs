@@ -151,7 +151,7 @@ fn error_of(vm: &mut Vm, headers: &[(&str, &str)], body: Option<&[u8]>) -> (u32,
 
 #[test]
 fn errors_are_local_openai_replies() {
-    let mut vm = vm(CONFIG);
+    let mut router = vm(CONFIG);
     let json = |len: usize| post_headers(len);
     let cases: &[(&[u8], u32, &str)] = &[
         (b"{bad", 400, "invalid_json"),
@@ -161,7 +161,7 @@ fn errors_are_local_openai_replies() {
     ];
     for (body, status, code) in cases {
         let h = json(body.len());
-        let (s, v) = error_of(&mut vm, &as_refs(&h), Some(body));
+        let (s, v) = error_of(&mut router, &as_refs(&h), Some(body));
         assert_eq!(
             (s, v["error"]["code"].as_str().unwrap()),
             (*status, *code),
@@ -179,11 +179,11 @@ fn errors_are_local_openai_replies() {
     );
     let mut h = post_headers(10);
     h[3].1 = "text/plain".into();
-    assert_eq!(error_of(&mut vm, &as_refs(&h), Some(b"x")).0, 415);
+    assert_eq!(error_of(&mut router, &as_refs(&h), Some(b"x")).0, 415);
     let h = post_headers(5000);
-    assert_eq!(error_of(&mut vm, &as_refs(&h), None).0, 413);
+    assert_eq!(error_of(&mut router, &as_refs(&h), None).0, 413);
     // Growing past the limit while buffering (no content-length).
-    let mut req = vm.http();
+    let mut req = router.http();
     let h: Vec<(&str, &str)> = vec![
         (":method", "POST"),
         (":path", "/v1/completions"),
