@@ -14,26 +14,26 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use modelgate_core::metrics::{encode_stat_name, SHED_HEADER};
+use modelgate_core::config::FilterKind;
+use modelgate_core::metrics::encode_stat_name;
 use modelgate_core::shed::{
-    self, effective_criticality, Criticality, Decision, HostReport, LoadView, OrcaReporter,
-    PoolTable, ServerView, ShedConfig, ShedReason, WorkerLoad, WorkerTable, CRITICALITY_HEADER,
-    ORCA_HEADER, POOL_KEY, WORKERS_KEY,
+    self, effective_criticality, Decision, HostReport, LoadView, OrcaReporter, PoolTable,
+    ServerView, ShedConfig, ShedReason, WorkerLoad, WorkerTable,
 };
 use modelgate_core::state;
+use modelgate_core::vocab::{
+    Criticality, CRITICALITY_HEADER, ORCA_HEADER, POOL_KEY, SHED_HEADER, WORKERS_KEY,
+};
+use modelgate_glue::headers::header_bytes;
 use modelgate_glue::scraper::Scraper;
-use proxy_wasm::hostcalls;
+use modelgate_glue::{host, log};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ShedRoot::default()) });
 }}
-
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
-}
 
 const CLASSES: usize = 3;
 const REASONS: usize = ShedReason::ALL.len();
@@ -99,7 +99,7 @@ impl Metrics {
         let mut name = String::new();
         let mut def = |kind: MetricType, metric: &str, labels: &[(&str, &str)]| {
             encode_stat_name(&mut name, metric, labels);
-            hostcalls::define_metric(kind, &name).ok()
+            host::define_metric(kind, &name).ok()
         };
         let mut admitted = [None; CLASSES];
         let mut shed = [[None; CLASSES]; REASONS];
@@ -151,7 +151,7 @@ impl Metrics {
     fn flush(&self, counts: &mut Counts) {
         let add = |id: Option<u32>, n: &mut u64| {
             if let (Some(id), true) = (id, *n > 0) {
-                let _ = hostcalls::increment_metric(id, i64::try_from(*n).unwrap_or(i64::MAX));
+                let _ = host::increment_metric(id, *n);
             }
             *n = 0;
         };
@@ -168,7 +168,7 @@ impl Metrics {
 
 fn gauge(id: Option<u32>, value: u64) {
     if let Some(id) = id {
-        let _ = hostcalls::record_metric(id, value);
+        let _ = host::record_metric(id, value);
     }
 }
 
@@ -215,21 +215,18 @@ impl Context for ShedRoot {
 }
 
 impl RootContext for ShedRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        modelgate_glue::log_start(FilterKind::LoadShedder);
+        true
+    }
+
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let config = match ShedConfig::parse(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                log(LogLevel::Error, &format!("load_shedder: {e}"));
-                return false;
-            }
+        let Some(config) = modelgate_glue::configure::<ShedConfig>(size) else {
+            return false;
         };
         let scraper = config.scrape.clone().map(Scraper::new);
         let orca = config.orca.map(OrcaReporter::new);
-        if hostcalls::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
+        if host::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
             log(LogLevel::Error, "load_shedder: cannot set the tick period");
             return false;
         }
@@ -344,7 +341,7 @@ impl Active {
     /// Returns (others' in-flight, completed responses summed over workers).
     fn sync_workers(&mut self, now: u64, in_flight: u32, completed: u64) -> (u32, u64) {
         let ttl = self.config.tick_ms.saturating_mul(10).max(1000);
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(WORKERS_KEY) else {
+        let Ok((bytes, cas)) = host::shared_data(WORKERS_KEY) else {
             return (0, completed);
         };
         let mut table: WorkerTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
@@ -362,7 +359,7 @@ impl Active {
             ttl,
         );
         // A lost CAS race only delays this worker's entry to the next tick.
-        if hostcalls::set_shared_data(WORKERS_KEY, Some(&state::encode(&table)), cas).is_ok() {
+        if host::set_shared_data(WORKERS_KEY, &state::encode(&table), cas).is_ok() {
             self.worker_id = Some(id);
         }
         (table.others_in_flight(id), table.completed())
@@ -375,12 +372,12 @@ impl Active {
             return Vec::new();
         };
         let local = std::mem::take(&mut self.vm.borrow_mut().reports);
-        if let Ok((bytes, cas)) = hostcalls::get_shared_data(POOL_KEY) {
+        if let Ok((bytes, cas)) = host::shared_data(POOL_KEY) {
             let mut table: PoolTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
             table.merge(&local);
             table.prune(now, g.report_ttl_ms);
             if !local.is_empty()
-                && hostcalls::set_shared_data(POOL_KEY, Some(&state::encode(&table)), cas).is_err()
+                && host::set_shared_data(POOL_KEY, &state::encode(&table), cas).is_err()
             {
                 // Lost the race: keep the reports for the next tick.
                 self.vm.borrow_mut().reports.merge(&local);
@@ -497,9 +494,7 @@ impl HttpContext for ShedHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Bytes, not `get_map_value`: the SDK panics on a non-UTF-8 value, and clients
         // control this one. Not UTF-8 means not a class name: the default applies.
-        let raw = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER)
-            .ok()
-            .flatten();
+        let raw = header_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER);
         let header = raw.as_deref().and_then(|b| std::str::from_utf8(b).ok());
         let cfg = &self.config;
         let class = effective_criticality(
@@ -513,10 +508,10 @@ impl HttpContext for ShedHttp {
             .and_then(Criticality::parse)
             .is_some_and(|c| c != class)
         {
-            let _ = hostcalls::set_map_value(
+            let _ = host::set_header(
                 MapType::HttpRequestHeaders,
                 CRITICALITY_HEADER,
-                Some(class.as_str()),
+                Some(class.as_str().as_bytes()),
             );
         }
         let mut vm = self.vm.borrow_mut();
@@ -559,7 +554,7 @@ impl HttpContext for ShedHttp {
         self.responded = true;
         let vm = self.vm.borrow();
         if let Some(h) = vm.orca.as_deref() {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, ORCA_HEADER, h);
+            let _ = host::add_header(MapType::HttpResponseHeaders, ORCA_HEADER, h.as_bytes());
         }
         if self.config.gateway.is_some() {
             // Before the first tick there is no cached time yet.
@@ -578,12 +573,10 @@ impl ShedHttp {
     /// Gateway: remembers the upstream's ORCA report (keyed by cluster and host) and
     /// strips it, since the load of the servers is no business of the client.
     fn record_report(&mut self, now: u64) {
-        let Ok(Some(value)) =
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ORCA_HEADER)
-        else {
+        let Some(value) = header_bytes(MapType::HttpResponseHeaders, ORCA_HEADER) else {
             return;
         };
-        let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, ORCA_HEADER);
+        let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_HEADER, None);
         let Some(report) = std::str::from_utf8(&value).ok().and_then(shed::parse_orca) else {
             return;
         };
@@ -619,6 +612,6 @@ fn request_cluster() -> Option<String> {
 }
 
 fn property_string(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    let bytes = host::property(path)?;
     String::from_utf8(bytes).ok()
 }
