@@ -3,10 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use modelgate_core::config::{parse_json, FilterConfig};
 use modelgate_core::metrics::MetricsConfig;
 use modelgate_core::readiness::ReadinessConfig;
 use modelgate_core::router::Router;
-use modelgate_core::scrape::ScrapeConfig;
+use modelgate_core::scrape::{ScrapeConfig, ScrapeConfigJson};
 use modelgate_core::shed::ShedConfig;
 
 fuzz_target!(|input: &[u8]| {
@@ -14,13 +15,13 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let error = match which % 5 {
-        0 => Router::from_json(data).err(),
-        1 => ReadinessConfig::from_json(data).err(),
+        0 => Router::parse(data).err(),
+        1 => ReadinessConfig::parse(data).err(),
         2 => ShedConfig::parse(data).err(),
         3 => MetricsConfig::parse(data).err(),
-        _ => match serde_json::from_slice(data) {
-            Ok(v) => ScrapeConfig::from_value(&v, "scrape").err(),
-            Err(_) => None,
+        _ => match parse_json::<ScrapeConfigJson>(data) {
+            Ok(raw) => ScrapeConfig::validate(&raw, "scrape").err(),
+            Err(e) => Some(e),
         },
     };
     if let Some(e) = error {

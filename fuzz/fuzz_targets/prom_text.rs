@@ -3,8 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use modelgate_core::config::parse_json;
 use modelgate_core::prom::{Limits, Parser};
-use modelgate_core::scrape::{MetricsReader, ScrapeConfig};
+use modelgate_core::scrape::{MetricsReader, ScrapeConfig, ScrapeConfigJson};
 use modelgate_fuzz::{chunks, seed_and_data};
 
 fn parse(pieces: &[&[u8]], limits: Limits) -> String {
@@ -36,8 +37,9 @@ fn load(pieces: &[&[u8]], cfg: &ScrapeConfig) -> String {
 
 fuzz_target!(|input: &[u8]| {
     thread_local! {
-        static CFG: ScrapeConfig = ScrapeConfig::from_value(
-            &serde_json::json!({"cluster": "model_server", "max_body_bytes": 2048}),
+        static CFG: ScrapeConfig = ScrapeConfig::validate(
+            &parse_json::<ScrapeConfigJson>(br#"{"cluster": "model_server", "max_body_bytes": 2048}"#)
+                .expect("JSON"),
             "scrape",
         )
         .expect("config");

@@ -3,6 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use modelgate_core::config::FilterConfig;
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{BodyRouting, BodyStep, Router};
 use modelgate_fuzz::{chunks, seed_and_data};
@@ -49,7 +50,7 @@ fn decide(router: &Router, pieces: &[&[u8]]) -> String {
 
 fuzz_target!(|input: &[u8]| {
     thread_local! {
-        static ROUTER: Router = Router::from_json(CONFIG.as_bytes()).expect("shipped config");
+        static ROUTER: Router = Router::parse(CONFIG.as_bytes()).expect("shipped config");
     }
     let (seed, data) = seed_and_data(input);
     let mut pieces = chunks(data, seed);

@@ -4,11 +4,12 @@
 //! The `cargo fuzz` targets in `fuzz/` check the same on arbitrary bytes; these run on
 //! stable in `make test` with a fixed number of cases.
 
+use modelgate_core::config::{parse_json, FilterConfig};
 use modelgate_core::json_scan::{ModelScanner, ScanError};
 use modelgate_core::prng::Prng;
 use modelgate_core::prom::{self, Limits, Parser};
 use modelgate_core::router::{prefix_hash, BodyRouting, BodyStep, Router};
-use modelgate_core::scrape::{MetricsReader, ScrapeConfig};
+use modelgate_core::scrape::{MetricsReader, ScrapeConfig, ScrapeConfigJson};
 use modelgate_core::shed::parse_orca;
 use modelgate_core::sse::SseParser;
 use modelgate_core::usage::UsageScanner;
@@ -245,7 +246,7 @@ proptest! {
 
     #[test]
     fn routing_is_the_same_for_any_split(body in request_body(), cuts in prop::collection::vec(any::<usize>(), 0..6)) {
-        let router = Router::from_json(ROUTER.as_bytes()).expect("config");
+        let router = Router::parse(ROUTER.as_bytes()).expect("config");
         let whole = route(&router, &[&body]);
         let split = route(&router, &pieces(&body, &cuts));
         prop_assert_eq!(&whole.0, &split.0);
@@ -349,7 +350,8 @@ proptest! {
         for limits in [Limits::default(), Limits { max_bytes: 200, max_line_bytes: 30 }] {
             prop_assert_eq!(parse(&[body.as_bytes()], limits), parse(&split, limits));
         }
-        let cfg = ScrapeConfig::from_value(&json!({"cluster": "model_server"}), "scrape").expect("config");
+        let raw: ScrapeConfigJson = parse_json(br#"{"cluster": "model_server"}"#).expect("JSON");
+        let cfg = ScrapeConfig::validate(&raw, "scrape").expect("config");
         let load = |parts: &[&[u8]]| {
             let mut r = MetricsReader::new(&cfg);
             for p in parts {
