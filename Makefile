@@ -4,7 +4,7 @@ FILTERS := readiness_gate model_router load_shedder ml_metrics endpoint_picker
 WASM_DIR := target/wasm32-wasip1/wasm-release
 export MODELGATE_ENVOY ?= $(CURDIR)/tools/envoy
 
-.PHONY: all setup build wasm native test test-alerts test-core test-core-wasm test-sim test-loader test-check test-abi test-e2e test-manifests oci oci-wasm oci-loader lint fmt run bench clean
+.PHONY: all setup build wasm native test test-alerts test-core test-core-wasm test-sim test-loader test-check test-abi test-e2e test-manifests oci oci-wasm oci-loader lint fmt run bench fuzz soak clean
 
 all: build
 
@@ -82,6 +82,22 @@ run: build
 
 bench: build
 	scripts/bench.sh
+
+# Every cargo-fuzz target for FUZZ_SECONDS each (nightly + cargo-fuzz; docs/testing.md).
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := body_scanner router_body prefix_hash sse_usage prom_text orca_header configs
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz
+	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t && echo "== fuzz $$t ($(FUZZ_SECONDS) s)" && \
+	  cargo +nightly fuzz run -O $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
+
+# The long fault matrix in real Envoy and the loader's chaos runs; writes ROBUSTNESS.md.
+soak: build
+	scripts/soak.sh
 
 fmt:
 	cargo fmt --all

@@ -47,37 +47,91 @@ impl LocalReply {
     }
 }
 
+/// Request or response: the two halves of a stream, driven the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Request,
+    Response,
+}
+
+impl Direction {
+    fn callback(self, part: &Part) -> &'static str {
+        match (self, part) {
+            (Self::Request, Part::Headers(..)) => "proxy_on_request_headers",
+            (Self::Request, Part::Body(..)) => "proxy_on_request_body",
+            (Self::Request, Part::Trailers(..)) => "proxy_on_request_trailers",
+            (Self::Response, Part::Headers(..)) => "proxy_on_response_headers",
+            (Self::Response, Part::Body(..)) => "proxy_on_response_body",
+            (Self::Response, Part::Trailers(..)) => "proxy_on_response_trailers",
+        }
+    }
+}
+
+/// What Envoy hands the filter next in one direction.
+enum Part<'b> {
+    Headers(Pairs, bool),
+    Body(&'b [u8], bool),
+    Trailers(Pairs),
+}
+
+/// One direction of a stream as Envoy's filter manager holds it for the filter.
+#[derive(Default)]
+pub(crate) struct Flow {
+    pub headers: Pairs,
+    /// The map exists now (Envoy holds it: during the callback, or while stopped).
+    pub headers_live: bool,
+    /// The map was ever delivered (readable again in `on_log`).
+    pub headers_seen: bool,
+    pub trailers: Pairs,
+    pub trailers_live: bool,
+    pub trailers_seen: bool,
+    /// The body the module sees: everything buffered since its last `Continue`.
+    pub body: Vec<u8>,
+    pub body_live: bool,
+    pub buffering: bool,
+    /// Bytes passed on (upstream for the request, to the client for the response).
+    pub forwarded_body: Vec<u8>,
+    /// Headers went on (a callback continued, or the module resumed).
+    pub forwarded: bool,
+    /// A headers `Pause` without `allow_on_headers_stop_iteration` (or after a local reply):
+    /// Envoy's StopAll, which holds later data without calling the module.
+    pub stop_all: bool,
+    pub held_body: Vec<u8>,
+    /// `continue_stream` calls for this direction.
+    pub resumed: u32,
+}
+
+impl Flow {
+    /// Envoy passes on what it buffered for the module.
+    fn forward_buffered(&mut self) {
+        self.forwarded_body.append(&mut self.body);
+        self.body_live = false;
+        self.buffering = false;
+        self.forwarded = true;
+        self.stop_all = false;
+    }
+
+    /// `continue_stream`: Envoy resumes the filter chain, flushing what it buffered or held.
+    fn resume(&mut self) {
+        self.resumed += 1;
+        self.forwarded = true;
+        self.stop_all = false;
+        if self.buffering {
+            self.forwarded_body.append(&mut self.body);
+            self.buffering = false;
+            self.body_live = false;
+        }
+        self.forwarded_body.append(&mut self.held_body);
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct StreamState {
-    pub req_headers: Pairs,
-    pub req_headers_live: bool,
-    pub req_headers_seen: bool,
-    pub req_trailers: Pairs,
-    pub req_trailers_live: bool,
-    pub resp_headers: Pairs,
-    pub resp_headers_live: bool,
-    pub resp_headers_seen: bool,
-    pub resp_trailers: Pairs,
-    pub resp_trailers_live: bool,
-    pub resp_trailers_seen: bool,
-    pub req_body: Vec<u8>,
-    pub req_body_live: bool,
-    pub req_buffering: bool,
-    pub resp_body: Vec<u8>,
-    pub resp_body_live: bool,
-    pub resp_buffering: bool,
-    pub forwarded_req_body: Vec<u8>,
-    pub forwarded_resp_body: Vec<u8>,
-    pub request_forwarded: bool,
-    pub response_forwarded: bool,
-    pub stop_all_request: bool,
-    pub stop_all_response: bool,
-    pub held_req_body: Vec<u8>,
+    pub req: Flow,
+    pub resp: Flow,
     pub pending_local_reply: Option<LocalReply>,
     pub local_reply: Option<LocalReply>,
     pub local_reply_calls: u32,
-    pub resumed_request: u32,
-    pub resumed_response: u32,
     pub reset: bool,
     pub route_cache_cleared: bool,
     pub access_log_phase: bool,
@@ -86,31 +140,26 @@ pub(crate) struct StreamState {
 }
 
 impl StreamState {
-    /// `continue_stream`: Envoy resumes the filter chain, flushing what it buffered.
+    /// `continue_stream(stream_type)`: 0 request, 1 response; others are ignored.
     pub fn resume(&mut self, stream_type: i32) {
         match stream_type {
-            0 => {
-                self.resumed_request += 1;
-                self.request_forwarded = true;
-                self.stop_all_request = false;
-                if self.req_buffering {
-                    self.forwarded_req_body.append(&mut self.req_body);
-                    self.req_buffering = false;
-                    self.req_body_live = false;
-                }
-                self.forwarded_req_body.append(&mut self.held_req_body);
-            }
-            1 => {
-                self.resumed_response += 1;
-                self.response_forwarded = true;
-                self.stop_all_response = false;
-                if self.resp_buffering {
-                    self.forwarded_resp_body.append(&mut self.resp_body);
-                    self.resp_buffering = false;
-                    self.resp_body_live = false;
-                }
-            }
+            0 => self.req.resume(),
+            1 => self.resp.resume(),
             _ => {}
+        }
+    }
+
+    pub(crate) fn flow(&self, dir: Direction) -> &Flow {
+        match dir {
+            Direction::Request => &self.req,
+            Direction::Response => &self.resp,
+        }
+    }
+
+    pub(crate) fn flow_mut(&mut self, dir: Direction) -> &mut Flow {
+        match dir {
+            Direction::Request => &mut self.req,
+            Direction::Response => &mut self.resp,
         }
     }
 
@@ -193,7 +242,10 @@ impl<'a> HttpStream<'a> {
 
     /// `proxy_on_request_headers`.
     pub fn request_headers(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> Action {
-        self.request_header_pairs(wire::pairs_from(headers), end_of_stream)
+        self.deliver(
+            Direction::Request,
+            Part::Headers(wire::pairs_from(headers), end_of_stream),
+        )
     }
 
     /// `proxy_on_request_headers` with raw values (Envoy passes obs-text bytes 0x80-0xFF
@@ -203,138 +255,44 @@ impl<'a> HttpStream<'a> {
         headers: &[(&str, &[u8])],
         end_of_stream: bool,
     ) -> Action {
-        let pairs = headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
-            .collect();
-        self.request_header_pairs(pairs, end_of_stream)
-    }
-
-    fn request_header_pairs(&mut self, pairs: Pairs, end_of_stream: bool) -> Action {
-        if self.st().ended() {
-            return Action::NotCalled;
-        }
-        let n = pairs.len() as i32;
-        {
-            let s = self.st_mut();
-            s.req_headers = pairs;
-            s.req_headers_live = true;
-            s.req_headers_seen = true;
-        }
-        let id = self.id as i32;
-        let a = action(self.call(
-            "proxy_on_request_headers",
-            &[
-                Val::I32(id),
-                Val::I32(n),
-                Val::I32(i32::from(end_of_stream)),
-            ],
-        ));
-        let stop = self.stop_next();
-        let allow = self.vm.allow_on_headers_stop_iteration;
-        let s = self.st_mut();
-        if a == Action::Continue && !stop {
-            s.req_headers_live = false;
-            s.request_forwarded = true;
-        } else if !allow || stop {
-            s.stop_all_request = true;
-        }
-        self.vm.run_deferred_local_replies();
-        a
+        self.deliver(
+            Direction::Request,
+            Part::Headers(raw_pairs(headers), end_of_stream),
+        )
     }
 
     /// `proxy_on_request_body` with one chunk. Envoy shows the module everything buffered
     /// since its last `Continue`: `body_size` is the buffered total.
     pub fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Action {
-        if self.st().ended() {
-            return Action::NotCalled;
-        }
-        if self.st().stop_all_request {
-            self.st_mut().held_req_body.extend_from_slice(chunk);
-            return Action::NotCalled;
-        }
-        let size = {
-            let s = self.st_mut();
-            if s.req_buffering {
-                s.req_body.extend_from_slice(chunk);
-            } else {
-                s.req_body = chunk.to_vec();
-            }
-            s.req_body_live = true;
-            s.req_body.len() as i32
-        };
-        let id = self.id as i32;
-        let a = action(self.call(
-            "proxy_on_request_body",
-            &[
-                Val::I32(id),
-                Val::I32(size),
-                Val::I32(i32::from(end_of_stream)),
-            ],
-        ));
-        let stop = self.stop_next();
-        let s = self.st_mut();
-        if a == Action::Continue && !stop {
-            s.forwarded_req_body.append(&mut s.req_body);
-            s.req_body_live = false;
-            s.req_buffering = false;
-            s.request_forwarded = true;
-            s.stop_all_request = false;
-        } else {
-            s.req_buffering = true;
-        }
-        self.vm.run_deferred_local_replies();
-        a
+        self.deliver(Direction::Request, Part::Body(chunk, end_of_stream))
     }
 
     /// Sends `body` cut at `cuts` (byte offsets, ascending), the last chunk with
     /// `end_of_stream`. Returns the last callback's answer (`NotCalled` if a local reply
     /// ended the stream before the last chunk).
     pub fn request_body_split(&mut self, body: &[u8], cuts: &[usize]) -> Action {
-        let mut last = Action::NotCalled;
-        for (chunk, eos) in split(body, cuts) {
-            last = self.request_body(chunk, eos);
-        }
-        last
+        self.body_split(Direction::Request, body, cuts)
     }
 
     /// Sends `body` in chunks of `size` bytes.
     pub fn request_body_chunks(&mut self, body: &[u8], size: usize) -> Action {
-        let cuts: Vec<usize> = (1..body.len()).filter(|i| i % size.max(1) == 0).collect();
-        self.request_body_split(body, &cuts)
+        self.body_split(Direction::Request, body, &chunk_cuts(body.len(), size))
     }
 
     /// `proxy_on_request_trailers`.
     pub fn request_trailers(&mut self, trailers: &[(&str, &str)]) -> Action {
-        if self.st().ended() || self.st().stop_all_request {
-            return Action::NotCalled;
-        }
-        let pairs = wire::pairs_from(trailers);
-        let n = pairs.len() as i32;
-        {
-            let s = self.st_mut();
-            s.req_trailers = pairs;
-            s.req_trailers_live = true;
-        }
-        let id = self.id as i32;
-        let a = action(self.call("proxy_on_request_trailers", &[Val::I32(id), Val::I32(n)]));
-        if a == Action::Continue && !self.stop_next() {
-            // Continuing at the trailers sends on whatever Envoy buffered before them.
-            let s = self.st_mut();
-            s.req_trailers_live = false;
-            s.forwarded_req_body.append(&mut s.req_body);
-            s.req_body_live = false;
-            s.req_buffering = false;
-            s.request_forwarded = true;
-            s.stop_all_request = false;
-        }
-        self.vm.run_deferred_local_replies();
-        a
+        self.deliver(
+            Direction::Request,
+            Part::Trailers(wire::pairs_from(trailers)),
+        )
     }
 
     /// `proxy_on_response_headers` for the upstream's response.
     pub fn response_headers(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> Action {
-        self.response_header_pairs(wire::pairs_from(headers), end_of_stream)
+        self.deliver(
+            Direction::Response,
+            Part::Headers(wire::pairs_from(headers), end_of_stream),
+        )
     }
 
     /// `proxy_on_response_headers` with raw (possibly non-UTF-8) values.
@@ -343,122 +301,113 @@ impl<'a> HttpStream<'a> {
         headers: &[(&str, &[u8])],
         end_of_stream: bool,
     ) -> Action {
-        let pairs = headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
-            .collect();
-        self.response_header_pairs(pairs, end_of_stream)
-    }
-
-    fn response_header_pairs(&mut self, pairs: Pairs, end_of_stream: bool) -> Action {
-        if self.st().ended() {
-            return Action::NotCalled;
-        }
-        let n = pairs.len() as i32;
-        {
-            let s = self.st_mut();
-            s.resp_headers = pairs;
-            s.resp_headers_live = true;
-            s.resp_headers_seen = true;
-        }
-        let id = self.id as i32;
-        let a = action(self.call(
-            "proxy_on_response_headers",
-            &[
-                Val::I32(id),
-                Val::I32(n),
-                Val::I32(i32::from(end_of_stream)),
-            ],
-        ));
-        let stop = self.stop_next();
-        let allow = self.vm.allow_on_headers_stop_iteration;
-        let s = self.st_mut();
-        if a == Action::Continue && !stop {
-            s.resp_headers_live = false;
-            s.response_forwarded = true;
-        } else if !allow || stop {
-            s.stop_all_response = true;
-        }
-        self.vm.run_deferred_local_replies();
-        a
+        self.deliver(
+            Direction::Response,
+            Part::Headers(raw_pairs(headers), end_of_stream),
+        )
     }
 
     /// `proxy_on_response_body` with one chunk (buffered like the request body).
     pub fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Action {
-        if self.st().ended() || self.st().stop_all_response {
-            return Action::NotCalled;
-        }
-        let size = {
-            let s = self.st_mut();
-            if s.resp_buffering {
-                s.resp_body.extend_from_slice(chunk);
-            } else {
-                s.resp_body = chunk.to_vec();
-            }
-            s.resp_body_live = true;
-            s.resp_body.len() as i32
-        };
-        let id = self.id as i32;
-        let a = action(self.call(
-            "proxy_on_response_body",
-            &[
-                Val::I32(id),
-                Val::I32(size),
-                Val::I32(i32::from(end_of_stream)),
-            ],
-        ));
-        let stop = self.stop_next();
-        let s = self.st_mut();
-        if a == Action::Continue && !stop {
-            s.forwarded_resp_body.append(&mut s.resp_body);
-            s.resp_body_live = false;
-            s.resp_buffering = false;
-            s.response_forwarded = true;
-        } else {
-            s.resp_buffering = true;
-        }
-        self.vm.run_deferred_local_replies();
-        a
+        self.deliver(Direction::Response, Part::Body(chunk, end_of_stream))
     }
 
     /// Sends a response body cut at `cuts`, the last chunk with `end_of_stream`.
     pub fn response_body_split(&mut self, body: &[u8], cuts: &[usize]) -> Action {
-        let mut last = Action::NotCalled;
-        for (chunk, eos) in split(body, cuts) {
-            last = self.response_body(chunk, eos);
-        }
-        last
+        self.body_split(Direction::Response, body, cuts)
     }
 
     /// Sends a response body in chunks of `size` bytes.
     pub fn response_body_chunks(&mut self, body: &[u8], size: usize) -> Action {
-        let cuts: Vec<usize> = (1..body.len()).filter(|i| i % size.max(1) == 0).collect();
-        self.response_body_split(body, &cuts)
+        self.body_split(Direction::Response, body, &chunk_cuts(body.len(), size))
     }
 
     /// `proxy_on_response_trailers`.
     pub fn response_trailers(&mut self, trailers: &[(&str, &str)]) -> Action {
-        if self.st().ended() || self.st().stop_all_response {
+        self.deliver(
+            Direction::Response,
+            Part::Trailers(wire::pairs_from(trailers)),
+        )
+    }
+
+    fn body_split(&mut self, dir: Direction, body: &[u8], cuts: &[usize]) -> Action {
+        let mut last = Action::NotCalled;
+        for (chunk, eos) in split(body, cuts) {
+            last = self.deliver(dir, Part::Body(chunk, eos));
+        }
+        last
+    }
+
+    /// Hands the module the next part of one direction the way Envoy's filter manager does,
+    /// and applies its answer: headers go on or stop (StopAll without
+    /// `allow_on_headers_stop_iteration`), bodies go on or stay buffered, trailers flush.
+    fn deliver(&mut self, dir: Direction, part: Part) -> Action {
+        let st = self.st();
+        if st.ended() {
             return Action::NotCalled;
         }
-        let pairs = wire::pairs_from(trailers);
-        let n = pairs.len() as i32;
-        {
-            let s = self.st_mut();
-            s.resp_trailers = pairs;
-            s.resp_trailers_live = true;
-            s.resp_trailers_seen = true;
+        if st.flow(dir).stop_all {
+            // Stopped: Envoy holds data (flushed on resume) and does not call the module.
+            if let Part::Body(chunk, _) = &part {
+                self.st_mut()
+                    .flow_mut(dir)
+                    .held_body
+                    .extend_from_slice(chunk);
+                return Action::NotCalled;
+            }
+            if let Part::Trailers(_) = &part {
+                return Action::NotCalled;
+            }
         }
-        let id = self.id as i32;
-        let a = action(self.call("proxy_on_response_trailers", &[Val::I32(id), Val::I32(n)]));
-        if a == Action::Continue && !self.stop_next() {
-            let s = self.st_mut();
-            s.resp_trailers_live = false;
-            s.forwarded_resp_body.append(&mut s.resp_body);
-            s.resp_body_live = false;
-            s.resp_buffering = false;
-            s.response_forwarded = true;
-            s.stop_all_response = false;
+        let name = dir.callback(&part);
+        let id = Val::I32(self.id as i32);
+        let flow = self.st_mut().flow_mut(dir);
+        let args = match &part {
+            Part::Headers(pairs, eos) => {
+                flow.headers = pairs.clone();
+                flow.headers_live = true;
+                flow.headers_seen = true;
+                vec![id, Val::I32(pairs.len() as i32), Val::I32(i32::from(*eos))]
+            }
+            Part::Body(chunk, eos) => {
+                if flow.buffering {
+                    flow.body.extend_from_slice(chunk);
+                } else {
+                    flow.body = chunk.to_vec();
+                }
+                flow.body_live = true;
+                vec![
+                    id,
+                    Val::I32(flow.body.len() as i32),
+                    Val::I32(i32::from(*eos)),
+                ]
+            }
+            Part::Trailers(pairs) => {
+                flow.trailers = pairs.clone();
+                flow.trailers_live = true;
+                flow.trailers_seen = true;
+                vec![id, Val::I32(pairs.len() as i32)]
+            }
+        };
+        let a = action(self.call(name, &args));
+        let go_on = a == Action::Continue && !self.stop_next();
+        let stop_all = !self.vm.allow_on_headers_stop_iteration || self.stop_next();
+        let flow = self.st_mut().flow_mut(dir);
+        match part {
+            Part::Headers(..) if go_on => {
+                flow.headers_live = false;
+                flow.forwarded = true;
+            }
+            Part::Headers(..) if stop_all => flow.stop_all = true,
+            Part::Headers(..) => {}
+            Part::Body(..) if go_on => flow.forward_buffered(),
+            Part::Body(..) => flow.buffering = true,
+            // Continuing at the trailers sends on whatever Envoy buffered before them.
+            Part::Trailers(..) if go_on => {
+                flow.trailers_live = false;
+                flow.forward_buffered();
+            }
+            Part::Trailers(..) => {}
         }
         self.vm.run_deferred_local_replies();
         a
@@ -471,10 +420,10 @@ impl<'a> HttpStream<'a> {
         {
             let s = self.st_mut();
             s.finished = true;
-            s.req_headers_live = false;
-            s.resp_headers_live = false;
-            s.req_body_live = false;
-            s.resp_body_live = false;
+            s.req.headers_live = false;
+            s.resp.headers_live = false;
+            s.req.body_live = false;
+            s.resp.body_live = false;
         }
         self.call("proxy_on_done", &[Val::I32(id)]);
         self.st_mut().access_log_phase = true;
@@ -495,36 +444,36 @@ impl<'a> HttpStream<'a> {
 
     /// The request header map as it stands (what the router and upstream see).
     pub fn request_headers_now(&self) -> Pairs {
-        self.st().req_headers.clone()
+        self.st().req.headers.clone()
     }
     pub fn request_header(&self, name: &str) -> Option<String> {
-        header_value(&self.st().req_headers, name)
+        header_value(&self.st().req.headers, name)
     }
     /// The response header map as it stands (what the client sees).
     pub fn response_headers_now(&self) -> Pairs {
-        self.st().resp_headers.clone()
+        self.st().resp.headers.clone()
     }
     pub fn response_header(&self, name: &str) -> Option<String> {
-        header_value(&self.st().resp_headers, name)
+        header_value(&self.st().resp.headers, name)
     }
     /// Request body bytes passed upstream so far.
     pub fn forwarded_request_body(&self) -> Vec<u8> {
-        self.st().forwarded_req_body.clone()
+        self.st().req.forwarded_body.clone()
     }
     /// Response body bytes passed to the client so far.
     pub fn forwarded_response_body(&self) -> Vec<u8> {
-        self.st().forwarded_resp_body.clone()
+        self.st().resp.forwarded_body.clone()
     }
     /// True once the request headers went on (a callback continued, or the module resumed).
     pub fn request_forwarded(&self) -> bool {
-        self.st().request_forwarded
+        self.st().req.forwarded
     }
     /// `continue_stream(Request)` calls (`resume_http_request`).
     pub fn request_resumed(&self) -> u32 {
-        self.st().resumed_request
+        self.st().req.resumed
     }
     pub fn response_resumed(&self) -> u32 {
-        self.st().resumed_response
+        self.st().resp.resumed
     }
     /// True when the module reset the stream (`close_stream` / `reset_http_request`).
     pub fn was_reset(&self) -> bool {
@@ -545,6 +494,19 @@ impl Vm {
         );
         HttpStream { vm: self, id }
     }
+}
+
+/// Header pairs from raw (possibly non-UTF-8) values, keys lower-cased as Envoy keeps them.
+fn raw_pairs(headers: &[(&str, &[u8])]) -> Pairs {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+        .collect()
+}
+
+/// Cut offsets that make chunks of `size` bytes (the last one shorter).
+fn chunk_cuts(len: usize, size: usize) -> Vec<usize> {
+    (1..len).filter(|i| i % size.max(1) == 0).collect()
 }
 
 /// Cuts `body` at `cuts`, marking the last chunk; an empty body is one empty last chunk.
@@ -576,7 +538,7 @@ pub(crate) fn deliver_local_reply(vm: &mut Vm, id: u32) {
         return;
     };
     let headers = local_reply_headers(&reply);
-    let in_response = vm.store.data().streams[&id].resp_headers_seen;
+    let in_response = vm.store.data().streams[&id].resp.headers_seen;
     {
         let s = vm.store.data_mut().streams.get_mut(&id).expect("stream");
         s.local_reply = Some(LocalReply {
@@ -591,9 +553,9 @@ pub(crate) fn deliver_local_reply(vm: &mut Vm, id: u32) {
     let n = headers.len() as i32;
     {
         let s = vm.store.data_mut().streams.get_mut(&id).expect("stream");
-        s.resp_headers = headers;
-        s.resp_headers_live = true;
-        s.resp_headers_seen = true;
+        s.resp.headers = headers;
+        s.resp.headers_live = true;
+        s.resp.headers_seen = true;
     }
     let eos = reply.body.is_empty();
     vm.call_as(
@@ -604,9 +566,9 @@ pub(crate) fn deliver_local_reply(vm: &mut Vm, id: u32) {
     if !eos {
         let len = {
             let s = vm.store.data_mut().streams.get_mut(&id).expect("stream");
-            s.resp_body = reply.body.clone();
-            s.resp_body_live = true;
-            s.resp_body.len() as i32
+            s.resp.body = reply.body.clone();
+            s.resp.body_live = true;
+            s.resp.body.len() as i32
         };
         vm.call_as(
             id,
@@ -615,16 +577,16 @@ pub(crate) fn deliver_local_reply(vm: &mut Vm, id: u32) {
         );
     }
     let s = vm.store.data_mut().streams.get_mut(&id).expect("stream");
-    let status = header_value(&s.resp_headers, ":status")
+    let status = header_value(&s.resp.headers, ":status")
         .and_then(|v| v.parse().ok())
         .unwrap_or(reply.status);
-    let body = if eos { Vec::new() } else { s.resp_body.clone() };
-    s.forwarded_resp_body = body.clone();
-    s.resp_headers_live = false;
-    s.resp_body_live = false;
+    let body = if eos { Vec::new() } else { s.resp.body.clone() };
+    s.resp.forwarded_body = body.clone();
+    s.resp.headers_live = false;
+    s.resp.body_live = false;
     s.local_reply = Some(LocalReply {
         status,
-        headers: s.resp_headers.clone(),
+        headers: s.resp.headers.clone(),
         body,
         ..reply
     });

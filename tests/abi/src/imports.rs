@@ -224,10 +224,10 @@ fn const_map(st: &State, map_type: i32) -> Option<&Pairs> {
     let s = st.streams.get(&st.ctx())?;
     let log = s.access_log_phase;
     match map_type {
-        0 if s.req_headers_live || (log && s.req_headers_seen) => Some(&s.req_headers),
-        1 if s.req_trailers_live && !log => Some(&s.req_trailers),
-        2 if s.resp_headers_live || (log && s.resp_headers_seen) => Some(&s.resp_headers),
-        3 if s.resp_trailers_live || (log && s.resp_trailers_seen) => Some(&s.resp_trailers),
+        0 if s.req.headers_live || (log && s.req.headers_seen) => Some(&s.req.headers),
+        1 if s.req.trailers_live && !log => Some(&s.req.trailers),
+        2 if s.resp.headers_live || (log && s.resp.headers_seen) => Some(&s.resp.headers),
+        3 if s.resp.trailers_live || (log && s.resp.trailers_seen) => Some(&s.resp.trailers),
         _ => None,
     }
 }
@@ -240,10 +240,10 @@ fn mut_map(st: &mut State, map_type: i32) -> Option<&mut Pairs> {
         return None;
     }
     match map_type {
-        0 if s.req_headers_live => Some(&mut s.req_headers),
-        1 if s.req_trailers_live => Some(&mut s.req_trailers),
-        2 if s.resp_headers_live => Some(&mut s.resp_headers),
-        3 if s.resp_trailers_live => Some(&mut s.resp_trailers),
+        0 if s.req.headers_live => Some(&mut s.req.headers),
+        1 if s.req.trailers_live => Some(&mut s.req.trailers),
+        2 if s.resp.headers_live => Some(&mut s.resp.headers),
+        3 if s.resp.trailers_live => Some(&mut s.resp.trailers),
         _ => None,
     }
 }
@@ -263,11 +263,11 @@ fn const_buffer(st: &State, buffer_type: i32) -> Result<&[u8], i32> {
     let stream = st.streams.get(&st.ctx());
     match buffer_type {
         0 => match stream {
-            Some(s) if s.req_body_live => Ok(&s.req_body),
+            Some(s) if s.req.body_live => Ok(&s.req.body),
             _ => Err(NOT_FOUND),
         },
         1 => match stream {
-            Some(s) if s.resp_body_live => Ok(&s.resp_body),
+            Some(s) if s.resp.body_live => Ok(&s.resp.body),
             _ => Err(NOT_FOUND),
         },
         4 => st
@@ -302,6 +302,22 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
 }
 
 fn define_env(l: &mut Linker<State>) -> Result<()> {
+    define_logging_and_clock(l)?;
+    define_properties(l)?;
+    define_local_response(l)?;
+    define_shared_data(l)?;
+    define_header_maps(l)?;
+    define_buffers(l)?;
+    define_http_calls(l)?;
+    define_grpc(l)?;
+    define_metrics(l)?;
+    define_stream_control(l)?;
+    define_emscripten(l)?;
+    Ok(())
+}
+
+/// Logging, the clock, the tick timer and the status of the last call.
+fn define_logging_and_clock(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_log",
@@ -371,6 +387,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             copy_out(&mut c, &msg, ptr_ptr, size_ptr)
         },
     )?;
+    Ok(())
+}
+
+/// Properties (`get_property` / `set_property`).
+fn define_properties(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_get_property",
@@ -409,6 +430,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             }
         },
     )?;
+    Ok(())
+}
+
+/// Local replies, sent after the callback returns as Envoy does.
+fn define_local_response(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_send_local_response",
@@ -453,6 +479,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             Ok(OK)
         },
     )?;
+    Ok(())
+}
+
+/// Shared data (key/value with CAS) and shared queues, across VMs of one proxy.
+fn define_shared_data(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_get_shared_data",
@@ -615,6 +646,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             }
         },
     )?;
+    Ok(())
+}
+
+/// Header maps: readable and writable only while Envoy holds them.
+fn define_header_maps(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_get_header_map_value",
@@ -791,6 +827,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             })
         },
     )?;
+    Ok(())
+}
+
+/// Buffers: request/response bodies, HTTP call responses, configurations.
+fn define_buffers(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_get_buffer_status",
@@ -852,8 +893,8 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             let st = c.data_mut();
             let ctx = st.ctx();
             let buf = match (bt, st.streams.get_mut(&ctx)) {
-                (0, Some(s)) if s.req_body_live => &mut s.req_body,
-                (1, Some(s)) if s.resp_body_live => &mut s.resp_body,
+                (0, Some(s)) if s.req.body_live => &mut s.req.body,
+                (1, Some(s)) if s.resp.body_live => &mut s.resp.body,
                 (4 | 6 | 7 | 8, _) => return Ok(BAD_ARGUMENT),
                 (t, _) if !(0..=8).contains(&t) => return Ok(BAD_ARGUMENT),
                 _ => return Ok(NOT_FOUND),
@@ -872,6 +913,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             Ok(OK)
         },
     )?;
+    Ok(())
+}
+
+/// Outgoing HTTP calls (`dispatch_http_call`).
+fn define_http_calls(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_http_call",
@@ -940,61 +986,44 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             })
         },
     )?;
-    for name in ["proxy_grpc_call", "proxy_grpc_stream"] {
-        let n: &'static str = name;
-        if n == "proxy_grpc_call" {
-            l.func_wrap(
-                "env",
-                n,
-                move |_c: C,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32|
-                      -> Result<i32> {
-                    bail!("{n}: gRPC calls are not modelled by the ABI test host")
-                },
-            )?;
-        } else {
-            l.func_wrap(
-                "env",
-                n,
-                move |_c: C,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32,
-                      _: i32|
-                      -> Result<i32> {
-                    bail!("{n}: gRPC streams are not modelled by the ABI test host")
-                },
-            )?;
-        }
+    Ok(())
+}
+
+/// gRPC is not modelled: Envoy registers these functions, and a module that calls one fails
+/// the test.
+fn define_grpc(l: &mut Linker<State>) -> Result<()> {
+    fn unmodelled(name: &str) -> Result<i32> {
+        bail!("{name}: gRPC is not modelled by the ABI test host")
     }
+    #[rustfmt::skip]
+    l.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |_c: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
+            unmodelled("proxy_grpc_call")
+        },
+    )?;
+    #[rustfmt::skip]
+    l.func_wrap(
+        "env",
+        "proxy_grpc_stream",
+        |_c: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
+            unmodelled("proxy_grpc_stream")
+        },
+    )?;
     for n in ["proxy_grpc_close", "proxy_grpc_cancel"] {
-        l.func_wrap("env", n, move |_c: C, _: i32| -> Result<i32> {
-            bail!("{n}: gRPC is not modelled by the ABI test host")
-        })?;
+        l.func_wrap("env", n, move |_c: C, _: i32| unmodelled(n))?;
     }
     l.func_wrap(
         "env",
         "proxy_grpc_send",
-        |_c: C, _: i32, _: i32, _: i32, _: i32| -> Result<i32> {
-            bail!("proxy_grpc_send: gRPC is not modelled by the ABI test host")
-        },
+        |_c: C, _: i32, _: i32, _: i32, _: i32| unmodelled("proxy_grpc_send"),
     )?;
+    Ok(())
+}
+
+/// Metrics: Envoy's stats store, shared by every VM of the proxy.
+fn define_metrics(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_define_metric",
@@ -1107,6 +1136,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             })
         },
     )?;
+    Ok(())
+}
+
+/// Contexts and streams: effective context, done, foreign functions, continue/close.
+fn define_stream_control(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap(
         "env",
         "proxy_set_effective_context",
@@ -1195,6 +1229,11 @@ fn define_env(l: &mut Linker<State>) -> Result<()> {
             Ok(OK)
         },
     )?;
+    Ok(())
+}
+
+/// The two emscripten helpers Envoy registers.
+fn define_emscripten(l: &mut Linker<State>) -> Result<()> {
     l.func_wrap("env", "pthread_equal", |_c: C, a: i32, b: i32| -> i32 {
         i32::from(a == b)
     })?;

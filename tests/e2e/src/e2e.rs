@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -173,9 +173,19 @@ impl Drop for Proc {
     }
 }
 
-/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+/// How long a test waits for a server it started to answer. Generous: a cold start on a
+/// busy 2-core machine (a fresh venv compiling its modules, Envoy compiling Wasm) is slow.
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Waits until an HTTP server on 127.0.0.1:`port` answers a real request (`GET /`, any
+/// status): an open port alone is not a server that is ready to talk.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    wait_until(timeout, || TcpStream::connect(("127.0.0.1", port)).is_ok())
+    wait_for_http(&format!("http://127.0.0.1:{port}/"), timeout)
+}
+
+/// Waits until `url` answers with any HTTP status (a connection failure is status 0).
+pub fn wait_for_http(url: &str, timeout: Duration) -> bool {
+    wait_until(timeout, || get(url).status != 0)
 }
 
 /// A running modelgate-sim.
@@ -185,9 +195,14 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Starts `target/release/modelgate-sim --port <free> <args>` and waits for its socket.
+    /// Starts `target/release/modelgate-sim --port <free> <args>` and waits until it answers.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Sim {
-        let port = free_port();
+        Self::start_on(dir, name, free_port(), args)
+    }
+
+    /// Starts the sim on a port chosen in advance and waits until `GET /health` answers
+    /// (any status: a sim with `--startup-delay-ms` answers 503 until it is ready).
+    pub fn start_on(dir: &Path, name: &str, port: u16, args: &[&str]) -> Sim {
         let mut cmd = Command::new(release_bin("modelgate-sim"));
         cmd.arg("--host")
             .arg("127.0.0.1")
@@ -195,11 +210,14 @@ impl Sim {
             .arg(port.to_string())
             .args(args);
         let mut proc = Proc::spawn(name, cmd, dir);
-        let up = wait_for_port(port, Duration::from_secs(10));
-        if !up {
+        let health = format!("http://127.0.0.1:{port}/health");
+        let up = wait_until(START_TIMEOUT, || {
+            get(&health).status != 0 || proc.try_exit().is_some()
+        });
+        if !up || proc.try_exit().is_some() {
             let exit = proc.try_exit();
             panic!(
-                "{name} did not listen on {port} ({exit:?}):\n{}",
+                "{name} did not answer on {port} ({exit:?}):\n{}",
                 proc.log_text()
             );
         }
@@ -208,6 +226,21 @@ impl Sim {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+}
+
+/// Hot-restart identity of one Envoy generation (`--base-id`, `--restart-epoch`).
+#[derive(Clone, Copy, Debug)]
+pub struct HotRestart {
+    pub base_id: u32,
+    pub epoch: u32,
+}
+
+impl HotRestart {
+    /// A base id no other test process uses (Envoy's shared memory and sockets are keyed by it).
+    pub fn fresh_base_id() -> u32 {
+        static N: AtomicU32 = AtomicU32::new(0);
+        1000 + (std::process::id() % 50_000) * 16 + N.fetch_add(1, Ordering::SeqCst) % 16
     }
 }
 
@@ -223,7 +256,7 @@ impl Envoy {
     /// admin `/ready` to say LIVE. `admin_port` must be the one the YAML uses.
     pub fn start(dir: &Path, name: &str, yaml: &str, admin_port: u16) -> Envoy {
         let mut envoy = Self::spawn(dir, name, yaml);
-        let ready = wait_until(Duration::from_secs(30), || {
+        let ready = wait_until(START_TIMEOUT, || {
             get(&format!("http://127.0.0.1:{admin_port}/ready")).status == 200
                 || envoy.proc.try_exit().is_some()
         });
@@ -239,13 +272,50 @@ impl Envoy {
 
     /// Starts Envoy without waiting (for tests that expect it to reject its config).
     pub fn spawn(dir: &Path, name: &str, yaml: &str) -> Envoy {
+        Self::spawn_with(dir, name, yaml, None)
+    }
+
+    /// Like [`Envoy::start`], as generation `hot.epoch` of a hot-restartable Envoy: epoch 0
+    /// starts fresh, a later epoch takes the listeners over from the running one, which
+    /// then drains and exits.
+    pub fn start_hot(
+        dir: &Path,
+        name: &str,
+        yaml: &str,
+        admin_port: u16,
+        hot: HotRestart,
+    ) -> Envoy {
+        let mut envoy = Self::spawn_with(dir, name, yaml, Some(hot));
+        let ready = wait_until(START_TIMEOUT, || {
+            get(&format!("http://127.0.0.1:{admin_port}/ready")).status == 200
+                || envoy.proc.try_exit().is_some()
+        });
+        if !ready || envoy.proc.try_exit().is_some() {
+            panic!(
+                "envoy {name} did not become ready:\n{}",
+                envoy.proc.log_text()
+            );
+        }
+        envoy.admin_port = admin_port;
+        envoy
+    }
+
+    fn spawn_with(dir: &Path, name: &str, yaml: &str, hot: Option<HotRestart>) -> Envoy {
         let config = dir.join(format!("{name}.yaml"));
         fs::write(&config, yaml).expect("write envoy config");
         let mut cmd = Command::new(envoy_bin());
-        cmd.arg("-c")
-            .arg(&config)
-            .arg("--disable-hot-restart")
-            .arg("--concurrency")
+        cmd.arg("-c").arg(&config);
+        match hot {
+            None => {
+                cmd.arg("--disable-hot-restart");
+            }
+            Some(h) => {
+                cmd.args(["--base-id", &h.base_id.to_string()])
+                    .args(["--restart-epoch", &h.epoch.to_string()])
+                    .args(["--drain-time-s", "2", "--parent-shutdown-time-s", "4"]);
+            }
+        }
+        cmd.arg("--concurrency")
             .arg("2")
             .arg("-l")
             .arg(std::env::var("MODELGATE_ENVOY_LOG").unwrap_or_else(|_| "info".into()))
@@ -257,6 +327,48 @@ impl Envoy {
             config,
             proc,
         }
+    }
+
+    /// Envoy's plain-text stats (`/stats`), as `name: value` lines.
+    pub fn stats(&self) -> BTreeMap<String, i64> {
+        get(&format!("http://127.0.0.1:{}/stats", self.admin_port))
+            .text()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(": ")?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Bytes allocated by Envoy's heap right now (admin `/memory`, `allocated`).
+    pub fn memory_allocated(&self) -> u64 {
+        let v = get(&format!("http://127.0.0.1:{}/memory", self.admin_port)).json();
+        v["allocated"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Evidence of Wasm VMs that failed (trapped): Envoy's VM reload counters
+    /// (`wasm.<plugin>.vm_reload*`) plus log lines of a trap or a Rust panic in a module.
+    pub fn vm_failures(&self) -> u64 {
+        let reloads: i64 = self
+            .stats()
+            .iter()
+            .filter(|(k, _)| k.starts_with("wasm.") && k.contains(".vm_reload"))
+            .map(|(_, v)| *v)
+            .sum();
+        let log = self.proc.log_text();
+        let traps = log
+            .lines()
+            .filter(|l| {
+                l.contains("panicked at")
+                    || l.contains("Uncaught RuntimeError")
+                    || (l.contains("Function: proxy_on_") && l.contains("failed"))
+            })
+            .count();
+        reloads.max(0) as u64 + traps as u64
     }
 
     /// Envoy's Prometheus stats text.

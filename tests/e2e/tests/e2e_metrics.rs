@@ -25,14 +25,7 @@ const BROKEN_MODEL: &str = "broken-model";
 /// One Envoy, two listeners: `main` (ml_metrics scraping the sim, the gate when built,
 /// routes with direct 429/503 local replies marked like the shedder's and the gate's) and
 /// `broken` (its own VM, scraping a dead port, for `ml_exporter_errors_total`).
-fn bootstrap(
-    admin: u16,
-    main: u16,
-    broken: u16,
-    sim: u16,
-    dead: u16,
-    gate: Option<&Path>,
-) -> String {
+fn bootstrap(admin: u16, main: u16, broken: u16, sim: u16, dead: u16, gate: bool) -> String {
     let metrics_cfg = json!({
         "models": [MODEL],
         "tick_period": "200ms",
@@ -44,30 +37,25 @@ fn bootstrap(
         "tick_period": "200ms",
         "scrape": {"cluster": "dead", "period": "200ms", "timeout": "100ms"}
     });
-    let wasm_filter = |name: &str, vm: &str, file: &Path, cfg: &Value| {
-        format!(
-            r#"
-          - name: modelgate.{name}
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: {name}
-                root_id: {name}
-                allow_on_headers_stop_iteration: true
-                vm_config:
-                  vm_id: {vm}
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{file}" }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{cfg}'"#,
-            file = file.display(),
-            cfg = cfg
-        )
+    let with_routes = |l: Listener| {
+        l.route(json!({
+            "match": {"prefix": "/", "headers": [{"name": "x-test-reply", "string_match": {"exact": "shed"}}]},
+            "direct_response": {"status": 429, "body": {"inline_string": "shed"}},
+            "response_headers_to_add": [{"header": {"key": "x-modelgate-shed", "value": "queue"}}]
+        }))
+        .route(json!({
+            "match": {"prefix": "/", "headers": [{"name": "x-test-reply", "string_match": {"exact": "gated"}}]},
+            "direct_response": {"status": 503, "body": {"inline_string": "gated"}},
+            "response_headers_to_add": [{"header": {"key": "x-modelgate-gated", "value": "not_ready"}}]
+        }))
+        .route_all_to("model_server", "0s")
     };
-    let metrics = wasm("ml_metrics");
-    let mut main_filters = wasm_filter("ml_metrics", "modelgate", &metrics, &metrics_cfg);
-    if let Some(gate) = gate {
+    let mut main_listener = with_routes(Listener::new("main", main)).filter(WasmFilter::new(
+        "ml_metrics",
+        "modelgate",
+        &metrics_cfg,
+    ));
+    if gate {
         let gate_cfg = json!({
             "model": MODEL,
             "health": {"cluster": "model_server", "path": "/health"},
@@ -78,64 +66,22 @@ fn bootstrap(
             "probe_path": "/modelgate/ready",
             "gated_prefixes": ["/v1/"]
         });
-        main_filters.push_str(&wasm_filter("readiness_gate", "modelgate", gate, &gate_cfg));
+        main_listener =
+            main_listener.filter(WasmFilter::new("readiness_gate", "modelgate", &gate_cfg));
     }
-    let broken_filters = wasm_filter("ml_metrics", "modelgate-broken", &metrics, &broken_cfg);
-    let listener = |name: &str, port: u16, filters: &str| {
-        format!(
-            r#"
-  - name: {name}
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/", headers: [{{ name: x-test-reply, string_match: {{ exact: shed }} }}] }}
-                direct_response: {{ status: 429, body: {{ inline_string: "shed" }} }}
-                response_headers_to_add: [{{ header: {{ key: x-modelgate-shed, value: queue }} }}]
-              - match: {{ prefix: "/", headers: [{{ name: x-test-reply, string_match: {{ exact: gated }} }}] }}
-                direct_response: {{ status: 503, body: {{ inline_string: "gated" }} }}
-                response_headers_to_add: [{{ header: {{ key: x-modelgate-gated, value: not_ready }} }}]
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: model_server, timeout: 0s }}
-          http_filters:{filters}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
-        )
-    };
-    let cluster = |name: &str, port: u16| {
-        format!(
-            r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
-        )
-    };
-    let stats_tags = fs::read_to_string(repo_root().join("envoy/stats-tags.yaml"))
-        .expect("envoy/stats-tags.yaml");
-    format!(
-        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}\n\
-         # Histograms reach /stats/prometheus at each flush; flush often for the test.\n\
-         stats_flush_interval: 1s\n\
-         static_resources:\n  listeners:{}{}\n  clusters:{}{}\n{stats_tags}",
-        listener("main", main, &main_filters),
-        listener("broken", broken, &broken_filters),
-        cluster("model_server", sim),
-        cluster("dead", dead),
-    )
+    let broken_listener = with_routes(Listener::new("broken", broken)).filter(WasmFilter::new(
+        "ml_metrics",
+        "modelgate-broken",
+        &broken_cfg,
+    ));
+    Bootstrap::new(admin)
+        // Histograms reach /stats/prometheus at each flush; flush often for the test.
+        .stats_flush_interval("1s")
+        .listener(main_listener)
+        .listener(broken_listener)
+        .cluster("model_server", sim)
+        .cluster("dead", dead)
+        .yaml()
 }
 
 /// The rule groups of `istio/alerts.yaml` (a PrometheusRule) as a plain rules file.
@@ -178,7 +124,7 @@ impl Prometheus {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn");
         let mut proc = Proc::spawn("prometheus", cmd, dir);
-        let ready = wait_until(Duration::from_secs(30), || {
+        let ready = wait_until(START_TIMEOUT, || {
             get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200
                 || proc.try_exit().is_some()
         });
@@ -274,12 +220,12 @@ fn prometheus_sees_every_metric_with_the_right_values() {
             "8",
         ],
     );
-    let gate = {
-        let p = repo_root().join("dist/readiness_gate.wasm");
-        p.exists().then_some(p)
-    };
+    let gate = repo_root()
+        .join("dist/readiness_gate.wasm")
+        .exists()
+        .then_some(());
     let (admin, main, broken, dead) = (free_port(), free_port(), free_port(), free_port());
-    let yaml = bootstrap(admin, main, broken, sim.port, dead, gate.as_deref());
+    let yaml = bootstrap(admin, main, broken, sim.port, dead, gate.is_some());
     let envoy = Envoy::start(&dir, "envoy", &yaml, admin);
     let url = |path: &str| format!("http://127.0.0.1:{main}{path}");
     if gate.is_some() {

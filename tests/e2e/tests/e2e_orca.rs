@@ -51,9 +51,8 @@ fn start_pod(dir: &Path, name: &'static str, itl_ms: &str) -> Pod {
         ],
     );
     let (port, admin) = (free_port(), free_port());
-    let template = std::fs::read_to_string(repo_root().join("envoy/sidecar.yaml")).unwrap();
-    let yaml = render(
-        &template,
+    let yaml = shipped(
+        "sidecar.yaml",
         &[
             ("LISTEN_PORT", port.to_string()),
             ("ADMIN_PORT", admin.to_string()),
@@ -151,9 +150,8 @@ fn slow_pod_gets_less_traffic_with_orca_than_with_round_robin() {
         );
     }
     let (listen, admin) = (free_port(), free_port());
-    let template = std::fs::read_to_string(repo_root().join("envoy/orca-gateway.yaml")).unwrap();
-    let yaml = render(
-        &template,
+    let yaml = shipped(
+        "orca-gateway.yaml",
         &[
             ("LISTEN_PORT", listen.to_string()),
             ("ADMIN_PORT", admin.to_string()),

@@ -28,7 +28,6 @@ fn sidecar_yaml(sim_port: u16, loader: Option<u16>, period: &str) -> (String, Po
         listen: free_port(),
         admin: free_port(),
     };
-    let template = std::fs::read_to_string(repo_root().join("envoy/sidecar.yaml")).unwrap();
     let loader_block = match loader {
         Some(_) => r#"{"cluster": "loader", "path": "/ready"}"#.to_string(),
         None => "null".to_string(),
@@ -38,8 +37,8 @@ fn sidecar_yaml(sim_port: u16, loader: Option<u16>, period: &str) -> (String, Po
         .unwrap()
         .display()
         .to_string();
-    let yaml = render(
-        &template,
+    let yaml = shipped(
+        "sidecar.yaml",
         &[
             ("LISTEN_PORT", ports.listen.to_string()),
             ("ADMIN_PORT", ports.admin.to_string()),
@@ -150,20 +149,6 @@ fn assert_gone(pids: &[u32]) {
     }
 }
 
-/// Starts modelgate-sim on a port chosen in advance.
-fn start_sim_on(dir: &Path, port: u16, args: &[&str]) -> Sim {
-    let mut cmd = std::process::Command::new(release_bin("modelgate-sim"));
-    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(args);
-    let proc = Proc::spawn("sim", cmd, dir);
-    assert!(
-        wait_for_port(port, Duration::from_secs(10)),
-        "{}",
-        proc.log_text()
-    );
-    Sim { port, proc }
-}
-
 #[test]
 fn gates_until_ready_and_again_when_unhealthy() {
     let dir = scratch_dir("readiness");
@@ -179,8 +164,9 @@ fn gates_until_ready_and_again_when_unhealthy() {
     assert!(message.contains(MODEL), "{message}");
     assert_eq!(probe(p).status, 503);
 
-    let sim = start_sim_on(
+    let sim = Sim::start_on(
         &dir,
+        "sim",
         sim_port,
         &["--served-model-name", MODEL, "--startup-delay-ms", "4000"],
     );

@@ -29,9 +29,8 @@ fn wasm_dir() -> String {
 }
 
 fn gateway_yaml(listen: u16, admin: u16, pods: [u16; 3]) -> String {
-    let template = std::fs::read_to_string(repo_root().join("envoy/gateway.yaml")).unwrap();
-    render(
-        &template,
+    shipped(
+        "gateway.yaml",
         &[
             ("LISTEN_PORT", listen.to_string()),
             ("ADMIN_PORT", admin.to_string()),

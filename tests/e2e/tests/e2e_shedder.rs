@@ -25,93 +25,26 @@ const DEAD_SCRAPE_PERIOD_MS: u64 = 200;
 ///   default standard, the header is not trusted, standard sheds above queue 6.
 /// - `c` (vm "modelgate-c", its own shared data): scrapes a dead port (stale from the
 ///   start, `on_stale: shed_sheddable`) and caps standard requests at 3 in flight.
-fn bootstrap(admin: u16, ports: [u16; 3], sim: u16, dead: u16, wasm: &str) -> String {
-    let scrape = format!(
-        r#"{{"cluster": "model_server", "period": "{SCRAPE_PERIOD_MS}ms", "timeout": "500ms"}}"#
-    );
-    let a = format!(
-        r#"{{"scrape": {scrape}, "default_criticality": "critical", "retry_after": "2s"}}"#
-    );
-    let b = format!(
-        r#"{{"scrape": {scrape}, "default_criticality": "standard",
-             "thresholds": {{"standard": {{"queue": 6}}}}}}"#
-    );
-    let c = format!(
-        r#"{{"scrape": {{"cluster": "dead", "period": "{DEAD_SCRAPE_PERIOD_MS}ms", "timeout": "100ms"}},
-             "on_stale": "shed_sheddable",
-             "thresholds": {{"standard": {{"max_in_flight": 3}}, "sheddable": {{"max_in_flight": 3}}}}}}"#
-    );
-    let listener = |name: &str, port: u16, vm: &str, config: &str| {
-        let config = config.replace('\n', " ");
-        format!(
-            r#"
-  - name: {name}
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: model_server, timeout: 60s }}
-          http_filters:
-          - name: modelgate.load_shedder
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: load_shedder
-                root_id: load_shedder
-                vm_config:
-                  vm_id: {vm}
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{wasm}" }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{config}'
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-        )
+fn bootstrap(admin: u16, ports: [u16; 3], sim: u16, dead: u16) -> String {
+    let scrape = json!({"cluster": "model_server", "period": format!("{SCRAPE_PERIOD_MS}ms"), "timeout": "500ms"});
+    let a = json!({"scrape": scrape, "default_criticality": "critical", "retry_after": "2s"});
+    let b = json!({"scrape": scrape, "default_criticality": "standard",
+                   "thresholds": {"standard": {"queue": 6}}});
+    let c = json!({"scrape": {"cluster": "dead", "period": format!("{DEAD_SCRAPE_PERIOD_MS}ms"), "timeout": "100ms"},
+                   "on_stale": "shed_sheddable",
+                   "thresholds": {"standard": {"max_in_flight": 3}, "sheddable": {"max_in_flight": 3}}});
+    let listener = |name: &str, port: u16, vm: &str, config: &serde_json::Value| {
+        Listener::new(name, port)
+            .route_all_to("model_server", "60s")
+            .filter(WasmFilter::new("load_shedder", vm, config))
     };
-    let cluster = |name: &str, port: u16| {
-        format!(
-            r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
-"#
-        )
-    };
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-stats_config:
-  stats_tags:
-  - {{ tag_name: criticality, regex: '(criticality=\.=(.*?);\.;)' }}
-  - {{ tag_name: reason, regex: '(reason=\.=(.*?);\.;)' }}
-static_resources:
-  listeners:{}{}{}
-  clusters:{}{}
-"#,
-        listener("a", ports[0], "modelgate", &a),
-        listener("b", ports[1], "modelgate", &b),
-        listener("c", ports[2], "modelgate-c", &c),
-        cluster("model_server", sim),
-        cluster("dead", dead),
-    )
+    Bootstrap::new(admin)
+        .listener(listener("a", ports[0], "modelgate", &a))
+        .listener(listener("b", ports[1], "modelgate", &b))
+        .listener(listener("c", ports[2], "modelgate-c", &c))
+        .cluster("model_server", sim)
+        .cluster("dead", dead)
+        .yaml()
 }
 
 fn chat(port: u16, criticality: Option<&str>, max_tokens: u32) -> Response {
@@ -245,8 +178,7 @@ fn sheds_sheddable_under_a_full_queue_and_never_critical() {
         [free_port(), free_port(), free_port()],
         free_port(),
     );
-    let wasm_path = wasm("load_shedder").display().to_string();
-    let yaml = bootstrap(admin, ports, sim.port, dead, &wasm_path);
+    let yaml = bootstrap(admin, ports, sim.port, dead);
     let envoy = Envoy::start(&dir, "envoy", &yaml, admin);
     let [a, b, c] = ports;
 

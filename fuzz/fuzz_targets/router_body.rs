@@ -1,0 +1,65 @@
+//! The model router's body decision (the gateway's shipped config): any chunking, as Envoy
+//! buffers it, gives the same route, body rewrite, prefix hash or error as the whole body.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use modelgate_core::config::FilterConfig;
+use modelgate_core::prng::Prng;
+use modelgate_core::router::{BodyRouting, BodyStep, Router};
+use modelgate_fuzz::{chunks, seed_and_data};
+
+const CONFIG: &str = r#"{
+  "models": [
+    {"name": "llama-3-8b", "criticality": "critical",
+     "aliases": ["llama3", "meta-llama/Meta-Llama-3-8B-Instruct"]},
+    {"name": "qwen-2-7b", "aliases": ["qwen"]},
+    {"name": "chat", "aliases": ["gpt-4o-mini"], "criticality": "sheddable",
+     "targets": [{"name": "llama-3-8b", "weight": 3}, {"name": "qwen-2-7b", "weight": 1}]}
+  ],
+  "default_model": "qwen",
+  "prefix_affinity": {"chars": 64}
+}"#;
+
+fn decide(router: &Router, pieces: &[&[u8]]) -> String {
+    let mut rng = Prng::new(7);
+    let mut routing = BodyRouting::new();
+    let mut buffered = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        buffered.extend_from_slice(piece);
+        let eos = i + 1 == pieces.len();
+        let from = routing.consumed();
+        assert!(from <= buffered.len(), "consumed past the buffer");
+        match routing.feed(router, &buffered[from..], buffered.len(), eos, &mut rng) {
+            BodyStep::NeedMore if eos => panic!("NeedMore at the end of the body"),
+            BodyStep::NeedMore => {}
+            BodyStep::Error(e) => return format!("error {e:?}"),
+            BodyStep::Route(r) => {
+                let body = r.edit.as_ref().map(|e| e.apply(&buffered));
+                if let (Some(e), Some(b)) = (&r.edit, &body) {
+                    assert_eq!(e.new_body_len(buffered.len()), b.len());
+                }
+                let hash = r
+                    .whole_body
+                    .then(|| router.prefix_hash(body.as_deref().unwrap_or(&buffered)));
+                return format!("route {} {} {body:?} {hash:?}", r.model, r.target);
+            }
+        }
+    }
+    unreachable!("the last piece has end_of_stream")
+}
+
+fuzz_target!(|input: &[u8]| {
+    thread_local! {
+        static ROUTER: Router = Router::parse(CONFIG.as_bytes()).expect("shipped config");
+    }
+    let (seed, data) = seed_and_data(input);
+    let mut pieces = chunks(data, seed);
+    if pieces.is_empty() {
+        pieces.push(&[]);
+    }
+    ROUTER.with(|router| {
+        let whole = decide(router, &[data]);
+        let chunked = decide(router, &pieces);
+        assert_eq!(whole, chunked, "decision depends on the chunking");
+    });
+});
