@@ -14,13 +14,19 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use modelgate_core::metrics::{encode_stat_name, SHED_HEADER};
+use modelgate_core::metrics::{MetricHost, MetricKind, SHED_HEADER};
+use modelgate_core::orca::{self, OrcaReporter, ORCA_HEADER};
 use modelgate_core::shed::{
-    self, effective_criticality, Criticality, Decision, HostReport, LoadView, OrcaReporter,
-    PoolTable, ServerView, ShedConfig, ShedReason, WorkerLoad, WorkerTable, CRITICALITY_HEADER,
-    ORCA_HEADER, POOL_KEY, WORKERS_KEY,
+    effective_criticality, Criticality, Decision, LoadView, ServerView, ShedConfig,
+    CRITICALITY_HEADER,
+};
+use modelgate_core::shed_monitor::{self, ShedCounts, ShedHost, ShedMonitor, TickState};
+use modelgate_core::shed_tables::{
+    saturated_clusters, HostReport, PoolLoad, PoolTable, WorkerLoad, WorkerTable, POOL_KEY,
+    WORKERS_KEY,
 };
 use modelgate_core::state;
+use modelgate_glue::headers::header_bytes;
 use modelgate_glue::scraper::Scraper;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -35,15 +41,40 @@ fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
 
-const CLASSES: usize = 3;
-const REASONS: usize = ShedReason::ALL.len();
+/// Envoy's stats and log through the proxy-wasm calls.
+struct Host;
 
-/// Counts since the last flush; flushed to Envoy stats on the tick, so a request costs
-/// no metric host call.
-#[derive(Default)]
-struct Counts {
-    admitted: [u64; CLASSES],
-    shed: [[u64; CLASSES]; REASONS],
+impl MetricHost for Host {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let t = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        hostcalls::define_metric(t, name).ok()
+    }
+
+    fn increment(&mut self, id: u32, delta: u64) {
+        let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+    }
+
+    fn set_gauge(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+
+    fn record(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+impl ShedHost for Host {
+    fn log(&mut self, level: shed_monitor::LogLevel, msg: &str) {
+        let level = match level {
+            shed_monitor::LogLevel::Info => LogLevel::Info,
+            shed_monitor::LogLevel::Warn => LogLevel::Warn,
+        };
+        log(level, msg);
+    }
 }
 
 /// This VM's state shared between the root context and its HTTP contexts.
@@ -63,7 +94,7 @@ struct VmState {
     reports: PoolTable,
     /// Time of the last tick, used to stamp reports without a clock call per response.
     now_ms: u64,
-    counts: Counts,
+    counts: ShedCounts,
 }
 
 impl VmState {
@@ -77,103 +108,9 @@ impl VmState {
             orca: None,
             reports: PoolTable::default(),
             now_ms: 0,
-            counts: Counts::default(),
+            counts: ShedCounts::default(),
         }
     }
-}
-
-/// Metric ids, defined once in `on_configure`.
-struct Metrics {
-    admitted: [Option<u32>; CLASSES],
-    shed: [[Option<u32>; CLASSES]; REASONS],
-    in_flight: Option<u32>,
-    stale: Option<u32>,
-    snapshot_age: Option<u32>,
-    utilization: Option<u32>,
-    pool_utilization: Option<u32>,
-    pool_saturated: Option<u32>,
-}
-
-impl Metrics {
-    fn define() -> Self {
-        let mut name = String::new();
-        let mut def = |kind: MetricType, metric: &str, labels: &[(&str, &str)]| {
-            encode_stat_name(&mut name, metric, labels);
-            hostcalls::define_metric(kind, &name).ok()
-        };
-        let mut admitted = [None; CLASSES];
-        let mut shed = [[None; CLASSES]; REASONS];
-        for c in Criticality::ALL {
-            if let Some(slot) = admitted.get_mut(c.index()) {
-                *slot = def(
-                    MetricType::Counter,
-                    "modelgate_shedder_admitted_total",
-                    &[("criticality", c.as_str())],
-                );
-            }
-            for r in ShedReason::ALL {
-                // Critical is never shed: no series for it.
-                if c == Criticality::Critical {
-                    continue;
-                }
-                if let Some(slot) = shed
-                    .get_mut(r.index())
-                    .and_then(|row| row.get_mut(c.index()))
-                {
-                    *slot = def(
-                        MetricType::Counter,
-                        "modelgate_shedder_shed_total",
-                        &[("criticality", c.as_str()), ("reason", r.as_str())],
-                    );
-                }
-            }
-        }
-        Self {
-            admitted,
-            shed,
-            in_flight: def(MetricType::Gauge, "modelgate_shedder_in_flight", &[]),
-            stale: def(MetricType::Gauge, "modelgate_shedder_snapshot_stale", &[]),
-            snapshot_age: def(
-                MetricType::Gauge,
-                "modelgate_shedder_snapshot_age_milliseconds",
-                &[],
-            ),
-            utilization: def(MetricType::Gauge, "modelgate_shedder_utilization_ppm", &[]),
-            pool_utilization: def(
-                MetricType::Gauge,
-                "modelgate_shedder_pool_utilization_ppm",
-                &[],
-            ),
-            pool_saturated: def(MetricType::Gauge, "modelgate_shedder_pool_saturated", &[]),
-        }
-    }
-
-    fn flush(&self, counts: &mut Counts) {
-        let add = |id: Option<u32>, n: &mut u64| {
-            if let (Some(id), true) = (id, *n > 0) {
-                let _ = hostcalls::increment_metric(id, i64::try_from(*n).unwrap_or(i64::MAX));
-            }
-            *n = 0;
-        };
-        for (id, n) in self.admitted.iter().zip(counts.admitted.iter_mut()) {
-            add(*id, n);
-        }
-        for (ids, ns) in self.shed.iter().zip(counts.shed.iter_mut()) {
-            for (id, n) in ids.iter().zip(ns.iter_mut()) {
-                add(*id, n);
-            }
-        }
-    }
-}
-
-fn gauge(id: Option<u32>, value: u64) {
-    if let Some(id) = id {
-        let _ = hostcalls::record_metric(id, value);
-    }
-}
-
-fn ppm(x: f64) -> u64 {
-    (x.max(0.0) * 1e6).round() as u64
 }
 
 /// Configured state of one VM's root context.
@@ -182,17 +119,10 @@ struct Active {
     vm: Rc<RefCell<VmState>>,
     scraper: Option<Scraper>,
     orca: Option<OrcaReporter>,
-    metrics: Metrics,
+    monitor: ShedMonitor,
     /// Id in the shared worker table, handed out on the first successful write.
     worker_id: Option<u32>,
     pool: PoolTable,
-    /// For logging transitions only.
-    was_stale: Option<bool>,
-    warned_stale: bool,
-    configured_ms: u64,
-    was_saturated: bool,
-    last_summary_ms: u64,
-    shed_since_summary: u64,
 }
 
 #[derive(Default)]
@@ -252,15 +182,9 @@ impl RootContext for ShedRoot {
             vm: Rc::new(RefCell::new(VmState::new())),
             scraper,
             orca,
-            metrics: Metrics::define(),
+            monitor: ShedMonitor::new(&mut Host, modelgate_glue::now_ms()),
             worker_id: None,
             pool: PoolTable::default(),
-            was_stale: None,
-            warned_stale: false,
-            configured_ms: modelgate_glue::now_ms(),
-            was_saturated: false,
-            last_summary_ms: 0,
-            shed_since_summary: 0,
         });
         true
     }
@@ -292,6 +216,7 @@ impl Active {
         if let Some(s) = self.scraper.as_mut() {
             s.on_tick(now);
         }
+        let pool = self.update_pool(now);
         let (in_flight, completed) = {
             let vm = self.vm.borrow();
             (vm.in_flight, vm.completed)
@@ -305,39 +230,37 @@ impl Active {
         };
         if let Some(r) = self.orca.as_mut() {
             r.on_tick(now, fresh, total_completed);
-            gauge(self.metrics.utilization, ppm(r.utilization()));
         }
-        let (age, last_error) = snapshot.map_or((None, None), |s| {
-            let age = (s.scraped_at_ms > 0).then(|| now.saturating_sub(s.scraped_at_ms));
-            (age, s.error.clone())
-        });
-        let saturated = self.update_pool(now);
-        {
-            let mut vm = self.vm.borrow_mut();
-            vm.view = LoadView {
-                server,
-                pool_saturated: !saturated.is_empty(),
-            };
-            vm.saturated = saturated;
-            vm.others_in_flight = others;
-            vm.now_ms = now;
-            match self.orca.as_ref().and_then(OrcaReporter::header) {
-                Some(h) => {
-                    let buf = vm.orca.get_or_insert_with(String::new);
-                    buf.clear();
-                    buf.push_str(h);
-                }
-                None => vm.orca = None,
+        let saturated = saturated_clusters(&pool);
+        let mut vm = self.vm.borrow_mut();
+        vm.view = LoadView {
+            server,
+            pool_saturated: !saturated.is_empty(),
+        };
+        vm.saturated = saturated;
+        vm.others_in_flight = others;
+        vm.now_ms = now;
+        match self.orca.as_ref().and_then(OrcaReporter::header) {
+            Some(h) => {
+                let buf = vm.orca.get_or_insert_with(String::new);
+                buf.clear();
+                buf.push_str(h);
             }
-            let shed_now: u64 = vm.counts.shed.iter().flatten().sum();
-            self.shed_since_summary += shed_now;
-            self.metrics.flush(&mut vm.counts);
+            None => vm.orca = None,
         }
-        gauge(
-            self.metrics.in_flight,
-            u64::from(in_flight.saturating_add(others)),
-        );
-        self.log_transitions(now, server, age, last_error.as_deref());
+        let t = TickState {
+            now_ms: now,
+            server,
+            snapshot_age_ms: snapshot
+                .filter(|s| s.scraped_at_ms > 0)
+                .map(|s| now.saturating_sub(s.scraped_at_ms)),
+            last_error: snapshot.and_then(|s| s.error.as_deref()),
+            in_flight: in_flight.saturating_add(others),
+            utilization: self.orca.as_ref().map(OrcaReporter::utilization),
+            pool: &pool,
+        };
+        self.monitor
+            .on_tick(&mut Host, &self.config, &t, &mut vm.counts);
     }
 
     /// Publishes this worker's load and reads the others' (one read, one CAS write).
@@ -368,10 +291,10 @@ impl Active {
         (table.others_in_flight(id), table.completed())
     }
 
-    /// Gateway: merges this VM's new reports into the shared pool table and returns the
-    /// saturated clusters.
-    fn update_pool(&mut self, now: u64) -> Vec<String> {
-        let Some(g) = self.config.gateway.clone() else {
+    /// Gateway: merges this VM's new reports into the shared pool table and returns
+    /// each cluster's load.
+    fn update_pool(&mut self, now: u64) -> Vec<PoolLoad> {
+        let Some(g) = self.config.gateway.as_ref() else {
             return Vec::new();
         };
         let local = std::mem::take(&mut self.vm.borrow_mut().reports);
@@ -387,96 +310,7 @@ impl Active {
             }
             self.pool = table;
         }
-        let loads = self.pool.loads(now, &g);
-        let max_avg = loads.iter().map(|l| l.average).fold(0.0, f64::max);
-        let saturated: Vec<String> = loads
-            .iter()
-            .filter(|l| l.saturated)
-            .map(|l| l.cluster.clone())
-            .collect();
-        gauge(self.metrics.pool_utilization, ppm(max_avg));
-        gauge(self.metrics.pool_saturated, saturated.len() as u64);
-        let now_saturated = !saturated.is_empty();
-        if now_saturated != self.was_saturated {
-            self.was_saturated = now_saturated;
-            let detail: Vec<String> = loads
-                .iter()
-                .map(|l| format!("{}: {:.2} over {} hosts", l.cluster, l.average, l.hosts))
-                .collect();
-            let (level, what) = if now_saturated {
-                (
-                    LogLevel::Warn,
-                    "pool saturated, shedding sheddable requests",
-                )
-            } else {
-                (LogLevel::Info, "pool no longer saturated")
-            };
-            log(
-                level,
-                &format!(
-                    "load_shedder: {what} (threshold {:.2}; {})",
-                    g.utilization_threshold,
-                    detail.join(", ")
-                ),
-            );
-        }
-        saturated
-    }
-
-    fn log_transitions(
-        &mut self,
-        now: u64,
-        server: ServerView,
-        age: Option<u64>,
-        last_error: Option<&str>,
-    ) {
-        gauge(self.metrics.snapshot_age, age.unwrap_or(0));
-        if self.config.scrape.is_some() {
-            let stale = server == ServerView::Stale;
-            gauge(self.metrics.stale, u64::from(stale));
-            // Warn when the snapshot goes stale, or stays stale past the first scrapes
-            // after start; tell when it recovers from a warned staleness.
-            let started = now.saturating_sub(self.configured_ms) > self.config.stale_after_ms;
-            if stale && !self.warned_stale && (self.was_stale == Some(false) || started) {
-                self.warned_stale = true;
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "load_shedder: queue snapshot is stale (last scrape error: {}); on_stale: {:?}",
-                        last_error.unwrap_or("none"),
-                        self.config.on_stale
-                    ),
-                );
-            } else if !stale && self.warned_stale {
-                self.warned_stale = false;
-                log(
-                    LogLevel::Info,
-                    "load_shedder: queue snapshot is fresh again",
-                );
-            }
-            self.was_stale = Some(stale);
-        }
-        if self.shed_since_summary > 0 && now.saturating_sub(self.last_summary_ms) >= 5000 {
-            let load = match server {
-                ServerView::Fresh { waiting, kv_cache } => {
-                    format!("waiting {waiting}, KV cache {kv_cache:.2}")
-                }
-                ServerView::Stale => "server load unknown".into(),
-                ServerView::NotScraped => "no scrape".into(),
-            };
-            log(
-                LogLevel::Info,
-                &format!(
-                    "load_shedder: shed {} requests in the last {} s ({load})",
-                    self.shed_since_summary,
-                    now.saturating_sub(self.last_summary_ms) / 1000
-                ),
-            );
-            self.shed_since_summary = 0;
-            self.last_summary_ms = now;
-        } else if self.shed_since_summary == 0 {
-            self.last_summary_ms = now;
-        }
+        self.pool.loads(now, g)
     }
 }
 
@@ -495,11 +329,9 @@ impl Context for ShedHttp {}
 
 impl HttpContext for ShedHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Bytes, not `get_map_value`: the SDK panics on a non-UTF-8 value, and clients
-        // control this one. Not UTF-8 means not a class name: the default applies.
-        let raw = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER)
-            .ok()
-            .flatten();
+        // Bytes: clients control this one. Not UTF-8 means not a class name: the default
+        // applies.
+        let raw = header_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER);
         let header = raw.as_deref().and_then(|b| std::str::from_utf8(b).ok());
         let cfg = &self.config;
         let class = effective_criticality(
@@ -528,21 +360,12 @@ impl HttpContext for ShedHttp {
         match cfg.decide(class, &view, in_flight) {
             Decision::Admit => {
                 vm.in_flight = vm.in_flight.saturating_add(1);
-                if let Some(n) = vm.counts.admitted.get_mut(class.index()) {
-                    *n += 1;
-                }
+                vm.counts.admit(class);
                 self.admitted = true;
                 Action::Continue
             }
             Decision::Shed(reason) => {
-                if let Some(n) = vm
-                    .counts
-                    .shed
-                    .get_mut(reason.index())
-                    .and_then(|r| r.get_mut(class.index()))
-                {
-                    *n += 1;
-                }
+                vm.counts.shed(class, reason);
                 drop(vm);
                 self.shed = true;
                 let err = cfg.shed_error(class, reason);
@@ -578,13 +401,11 @@ impl ShedHttp {
     /// Gateway: remembers the upstream's ORCA report (keyed by cluster and host) and
     /// strips it, since the load of the servers is no business of the client.
     fn record_report(&mut self, now: u64) {
-        let Ok(Some(value)) =
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ORCA_HEADER)
-        else {
+        let Some(value) = header_bytes(MapType::HttpResponseHeaders, ORCA_HEADER) else {
             return;
         };
         let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, ORCA_HEADER);
-        let Some(report) = std::str::from_utf8(&value).ok().and_then(shed::parse_orca) else {
+        let Some(report) = std::str::from_utf8(&value).ok().and_then(orca::parse_orca) else {
             return;
         };
         let host = property_string(&["upstream", "address"]).unwrap_or_default();
