@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod flow;
 pub mod json_scan;
 pub mod lease;
 pub mod metrics;

@@ -7,6 +7,12 @@ use crate::state::QueueSnapshot;
 
 /// ORCA response header read by Envoy's `client_side_weighted_round_robin`.
 pub const ORCA_HEADER: &str = "endpoint-load-metrics";
+/// Its binary (protobuf) form, which Envoy prefers: removed wherever the filter reports,
+/// so a model server cannot report its own load.
+pub const ORCA_BIN_HEADER: &str = "endpoint-load-metrics-bin";
+/// The highest utilisation reported: a server overloaded tenfold is reported as such,
+/// absurd scraped counts are not.
+pub const MAX_UTILIZATION: f64 = 10.0;
 
 /// ORCA report settings (sidecar).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,7 +32,11 @@ pub struct Ewma {
 
 impl Ewma {
     /// Folds in a sample taken `dt_ms` after the previous one.
+    /// A non-finite sample is ignored: one would poison the average for good.
     pub fn update(&mut self, sample: f64, dt_ms: u64, tau_ms: u64) -> f64 {
+        if !sample.is_finite() {
+            return self.get();
+        }
         let v = match self.value {
             None => sample,
             Some(prev) => {
@@ -46,10 +56,13 @@ impl Ewma {
 /// Utilisation of one snapshot: `max((running + waiting) / capacity, kv_cache_usage)`.
 /// Proportional to the load, so Envoy's weight `rps / utilisation` estimates the rate
 /// the server sustains at full load (by Little's law, capacity / latency).
+/// Saturates at [`MAX_UTILIZATION`] (each count may be finite and their sum not).
 pub fn utilization(s: &QueueSnapshot, capacity: f64) -> f64 {
-    ((s.running + s.waiting) / capacity)
-        .max(s.kv_cache_usage)
-        .max(0.0)
+    let u = ((s.running + s.waiting) / capacity).max(s.kv_cache_usage);
+    if u.is_nan() {
+        return 0.0;
+    }
+    u.clamp(0.0, MAX_UTILIZATION)
 }
 
 /// Envoy ignores reports whose utilisation or rate is 0; these floors keep every report
@@ -209,5 +222,48 @@ mod tests {
         assert_eq!(parse_orca("TEXT rps_fractional=1"), None);
         assert_eq!(parse_orca("TEXT application_utilization=x"), None);
         assert_eq!(parse_orca("TEXT application_utilization=-1"), None);
+    }
+
+    #[test]
+    fn huge_scraped_counts_cannot_poison_the_report() {
+        let mut r = OrcaReporter::new(OrcaConfig {
+            capacity: 10.0,
+            window_ms: 1000,
+        });
+        // Each value is finite, their sum is not.
+        let huge = QueueSnapshot {
+            running: 1e308,
+            waiting: 1e308,
+            scraped_at_ms: 1,
+            ..Default::default()
+        };
+        let half = QueueSnapshot {
+            running: 5.0,
+            scraped_at_ms: 1,
+            ..Default::default()
+        };
+        r.on_tick(0, Some(&huge), 0);
+        assert!(r.utilization().is_finite() && r.utilization() >= 1.0);
+        r.on_tick(100, Some(&huge), 0);
+        for i in 2..200u64 {
+            r.on_tick(i * 100, Some(&half), 0);
+        }
+        assert!(
+            (r.utilization() - 0.5).abs() < 0.01,
+            "the report recovers: {}",
+            r.utilization()
+        );
+        let parsed = parse_orca(r.header().unwrap()).unwrap();
+        assert!((parsed.utilization - 0.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn ewma_ignores_non_finite_samples() {
+        let mut e = Ewma::default();
+        e.update(0.5, 0, 1000);
+        for bad in [f64::INFINITY, f64::NAN, f64::NEG_INFINITY] {
+            assert_eq!(e.update(bad, 100, 1000), 0.5);
+        }
+        assert_eq!(e.update(0.5, 100, 1000), 0.5);
     }
 }

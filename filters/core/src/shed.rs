@@ -7,6 +7,7 @@
 use serde::Deserialize;
 
 use crate::config::{parse_duration_ms, ConfigError};
+use crate::flow::{FlowConfig, FlowJson};
 use crate::orca::OrcaConfig;
 use crate::scrape::{ScrapeConfig, ScrapeConfigJson};
 use crate::state::QueueSnapshot;
@@ -72,17 +73,23 @@ pub enum ShedReason {
     Concurrency,
     /// No fresh snapshot (scrape failing or late) and `on_stale` says shed.
     Stale,
-    /// Gateway: the pool's average ORCA utilisation is above the threshold.
+    /// Gateway: most of the pool's hosts report a utilisation above the threshold.
     PoolSaturated,
+    /// Flow control: the request could not be held (a bound on held requests).
+    FlowFull,
+    /// Flow control: the request was held past its band's TTL.
+    FlowTimeout,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 5] = [
+    pub const ALL: [ShedReason; 7] = [
         Self::Queue,
         Self::KvCache,
         Self::Concurrency,
         Self::Stale,
         Self::PoolSaturated,
+        Self::FlowFull,
+        Self::FlowTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +99,8 @@ impl ShedReason {
             Self::Concurrency => "concurrency",
             Self::Stale => "stale",
             Self::PoolSaturated => "pool_saturated",
+            Self::FlowFull => "flow_full",
+            Self::FlowTimeout => "flow_timeout",
         }
     }
 
@@ -142,6 +151,9 @@ pub struct ShedConfig {
     pub scrape: Option<ScrapeConfig>,
     pub default_criticality: Criticality,
     pub trust_criticality_header: bool,
+    /// Downstream peer identities (the URI SAN of their mTLS certificate) whose header
+    /// may raise the criticality; everyone else may only lower it.
+    pub trusted_principals: Vec<String>,
     /// Indexed by [`Criticality::index`]; critical's entry is unused.
     pub limits: [ClassLimits; 3],
     pub stale_after_ms: u64,
@@ -149,6 +161,8 @@ pub struct ShedConfig {
     pub retry_after_s: u32,
     pub orca: Option<OrcaConfig>,
     pub gateway: Option<GatewayConfig>,
+    /// Flow control: hold instead of refusing at once.
+    pub flow: Option<FlowConfig>,
     pub tick_ms: u64,
 }
 
@@ -158,12 +172,14 @@ pub struct ShedConfigJson {
     pub scrape: Option<ScrapeConfigJson>,
     pub default_criticality: Option<String>,
     pub trust_criticality_header: Option<bool>,
+    pub trusted_principals: Option<Vec<String>>,
     pub thresholds: Option<ThresholdsJson>,
     pub stale_after: Option<String>,
     pub on_stale: Option<String>,
     pub retry_after: Option<String>,
     pub orca: Option<OrcaJson>,
     pub gateway: Option<GatewayJson>,
+    pub flow: Option<FlowJson>,
     pub tick: Option<String>,
 }
 
@@ -300,16 +316,41 @@ impl ShedConfig {
             return Err(ConfigError::new("retry_after", "must be at most 1h"));
         }
         let retry_after_s = u32::try_from(retry_after_ms.div_ceil(1000).max(1)).unwrap_or(1);
+        let trust_criticality_header = raw.trust_criticality_header.unwrap_or(false);
+        let trusted_principals = raw.trusted_principals.clone().unwrap_or_default();
+        if trust_criticality_header && !trusted_principals.is_empty() {
+            return Err(ConfigError::new(
+                "trusted_principals",
+                "conflicts with trust_criticality_header: true (which trusts every client)",
+            ));
+        }
+        if trusted_principals.len() > 64 {
+            return Err(ConfigError::new("trusted_principals", "at most 64 entries"));
+        }
+        if let Some(i) = trusted_principals.iter().position(|p| p.trim().is_empty()) {
+            return Err(ConfigError::new(
+                format!("trusted_principals[{i}]"),
+                "must not be empty",
+            ));
+        }
         let orca = orca(raw.orca.as_ref(), scrape.is_some())?;
         let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
+        let flow = FlowConfig::from_json(raw.flow.as_ref())?;
+        if flow.is_some() && gateway.is_some() {
+            return Err(ConfigError::new(
+                "flow",
+                "flow control holds requests for one pod: configure it in the sidecars",
+            ));
+        }
         if scrape.is_none()
             && gateway.is_none()
+            && flow.is_none()
             && standard.max_in_flight.is_none()
             && sheddable.max_in_flight.is_none()
         {
             return Err(ConfigError::new(
                 "scrape",
-                "nothing to do: configure `scrape` (sidecar), `gateway`, or a `max_in_flight` threshold",
+                "nothing to do: configure `scrape` (sidecar), `gateway`, `flow`, or a `max_in_flight` threshold",
             ));
         }
         let tick_ms = match &raw.tick {
@@ -322,15 +363,42 @@ impl ShedConfig {
         Ok(Self {
             scrape,
             default_criticality,
-            trust_criticality_header: raw.trust_criticality_header.unwrap_or(false),
+            trust_criticality_header,
+            trusted_principals,
             limits: [sheddable, standard, ClassLimits::unlimited()],
             stale_after_ms,
             on_stale,
             retry_after_s,
             orca,
             gateway,
+            flow,
             tick_ms,
         })
+    }
+
+    /// The class a request is admitted as, from its header. A header that claims more
+    /// than [`effective_criticality`] allows is honoured only when the downstream peer
+    /// (`peer`, asked only then: it costs a host call) is in `trusted_principals`.
+    pub fn criticality(
+        &self,
+        header: Option<&str>,
+        peer: impl FnOnce() -> Option<String>,
+    ) -> Criticality {
+        let allowed = effective_criticality(
+            header,
+            self.default_criticality,
+            self.trust_criticality_header,
+        );
+        match header.and_then(Criticality::parse) {
+            Some(claimed)
+                if claimed > allowed
+                    && !self.trusted_principals.is_empty()
+                    && peer().is_some_and(|p| self.trusted_principals.contains(&p)) =>
+            {
+                claimed
+            }
+            _ => allowed,
+        }
     }
 
     pub fn limits(&self, c: Criticality) -> &ClassLimits {
@@ -384,6 +452,22 @@ impl ShedConfig {
         }
     }
 
+    /// The answer to a held request that waited past its TTL: 429 like a shed request,
+    /// or 503 when the model server's load is unknown (no pod answering its scrape).
+    pub fn expired_error(&self, class: Criticality, server: ServerView) -> crate::error::ApiError {
+        if server == ServerView::Stale {
+            return crate::error::ApiError::unavailable(
+                "no_capacity",
+                format!(
+                    "No model server answered while the request waited. Retry after {} s.",
+                    self.retry_after_s
+                ),
+                self.retry_after_s,
+            );
+        }
+        self.shed_error(class, ShedReason::FlowTimeout)
+    }
+
     /// The 429 a shed request gets (OpenAI `rate_limit_error`, so clients back off).
     pub fn shed_error(&self, class: Criticality, reason: ShedReason) -> crate::error::ApiError {
         let what = match reason {
@@ -392,6 +476,8 @@ impl ShedConfig {
             ShedReason::Concurrency => "too many requests are in flight",
             ShedReason::Stale => "the model server's load is unknown",
             ShedReason::PoolSaturated => "every model server in the pool is saturated",
+            ShedReason::FlowFull => "too many requests are already waiting",
+            ShedReason::FlowTimeout => "the request waited too long for the model server",
         };
         crate::error::ApiError::rate_limited(
             format!(
@@ -587,6 +673,44 @@ mod tests {
         assert_eq!(
             effective_criticality(Some(" sheddable "), Critical, true),
             Sheddable
+        );
+    }
+
+    #[test]
+    fn only_trusted_peers_may_raise_their_criticality() {
+        let c = cfg(
+            r#"{"scrape":{"cluster":"l"},"trusted_principals":["spiffe://cluster.local/ns/gw/sa/gateway"]}"#,
+        );
+        let gateway = || Some("spiffe://cluster.local/ns/gw/sa/gateway".to_string());
+        let other = || Some("spiffe://cluster.local/ns/apps/sa/client".to_string());
+        assert_eq!(c.criticality(Some("critical"), gateway), Critical);
+        assert_eq!(c.criticality(Some("critical"), other), Standard);
+        assert_eq!(
+            c.criticality(Some("critical"), || None),
+            Standard,
+            "plaintext"
+        );
+        // Lowering needs no identity, and the peer is not even looked up.
+        let asked = std::cell::Cell::new(false);
+        let spy = || {
+            asked.set(true);
+            None
+        };
+        assert_eq!(c.criticality(Some("sheddable"), spy), Sheddable);
+        assert_eq!(c.criticality(None, spy), Standard);
+        assert!(!asked.get());
+        // Without a list nobody may raise (unless the header is trusted outright).
+        assert_eq!(sidecar().criticality(Some("critical"), gateway), Standard);
+        let err = |json: &str| ShedConfig::parse(json.as_bytes()).unwrap_err().field;
+        assert_eq!(
+            err(
+                r#"{"scrape":{"cluster":"l"},"trusted_principals":["a"],"trust_criticality_header":true}"#
+            ),
+            "trusted_principals"
+        );
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"trusted_principals":["a", " "]}"#),
+            "trusted_principals[1]"
         );
     }
 

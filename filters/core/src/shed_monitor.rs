@@ -3,9 +3,55 @@
 //! transitions (snapshot stale / fresh again, pool saturated / not, a shed summary every
 //! 5 s). Behind [`ShedHost`], so the filter's glue only translates host calls.
 
+use std::collections::BTreeMap;
+
+use crate::flow::FlowQueue;
 use crate::metrics::{encode_stat_name, MetricHost, MetricKind};
 use crate::shed::{Criticality, ServerView, ShedConfig, ShedReason};
 use crate::shed_tables::PoolLoad;
+
+/// Bands of flow control (critical is never held), in the order of their stats.
+const FLOW_BANDS: [Criticality; 2] = [Criticality::Standard, Criticality::Sheddable];
+/// Wait times kept between two ticks; more are dropped from the histogram (not counted
+/// elsewhere: the counters still count every request).
+const MAX_WAITS: usize = 4096;
+/// Tenant label of the tenants past `flow.max_tenant_labels`.
+const OTHER_TENANT: &str = "other";
+
+/// What became of a request flow control held (or tried to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowOutcome {
+    Held,
+    Released,
+    Expired,
+    Abandoned,
+    /// Not held: a bound was hit (or it was displaced by a higher band).
+    Refused,
+}
+
+impl FlowOutcome {
+    pub const ALL: [FlowOutcome; 5] = [
+        Self::Held,
+        Self::Released,
+        Self::Expired,
+        Self::Abandoned,
+        Self::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Released => "released",
+            Self::Expired => "expired",
+            Self::Abandoned => "abandoned",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+fn flow_band(class: Criticality) -> Option<usize> {
+    FLOW_BANDS.iter().position(|b| *b == class)
+}
 
 const CLASSES: usize = Criticality::ALL.len();
 const REASONS: usize = ShedReason::ALL.len();
@@ -21,6 +67,8 @@ pub enum LogLevel {
 /// The proxy as the monitor needs it: stats and a log.
 pub trait ShedHost: MetricHost {
     fn log(&mut self, level: LogLevel, msg: &str);
+    /// Adds `delta` to a gauge (each worker VM adds its own share).
+    fn add_gauge(&mut self, id: u32, delta: i64);
 }
 
 /// Decisions since the last flush, counted by the HTTP contexts of one VM.
@@ -28,6 +76,9 @@ pub trait ShedHost: MetricHost {
 pub struct ShedCounts {
     admitted: [u64; CLASSES],
     shed: [[u64; CLASSES]; REASONS],
+    flow: [[u64; 2]; 5],
+    /// (band, milliseconds) of the requests that left the queue since the flush.
+    waits: Vec<(usize, u64)>,
 }
 
 impl ShedCounts {
@@ -44,6 +95,24 @@ impl ShedCounts {
             .and_then(|r| r.get_mut(class.index()))
         {
             *n += 1;
+        }
+    }
+
+    pub fn flow(&mut self, class: Criticality, outcome: FlowOutcome) {
+        let o = FlowOutcome::ALL.iter().position(|x| *x == outcome);
+        if let Some(n) = o
+            .and_then(|o| self.flow.get_mut(o))
+            .zip(flow_band(class))
+            .and_then(|(row, b)| row.get_mut(b))
+        {
+            *n += 1;
+        }
+    }
+
+    /// How long a request waited before it was released or expired.
+    pub fn wait(&mut self, class: Criticality, ms: u64) {
+        if let (Some(b), true) = (flow_band(class), self.waits.len() < MAX_WAITS) {
+            self.waits.push((b, ms));
         }
     }
 
@@ -67,6 +136,8 @@ pub struct TickState<'a> {
     pub utilization: Option<f64>,
     /// Gateway: each cluster's load.
     pub pool: &'a [PoolLoad],
+    /// Flow control: this VM's held requests.
+    pub flow: Option<&'a FlowQueue>,
 }
 
 /// Metric ids, defined once at configure time.
@@ -82,10 +153,22 @@ struct Ids {
     pool_saturated: Option<u32>,
 }
 
+/// Flow-control stat ids and what this VM last added to the gauges.
+#[derive(Debug, Default)]
+struct FlowIds {
+    outcomes: [[Option<u32>; 2]; 5],
+    waits: [Option<u32>; 2],
+    queued: [(Option<u32>, u64); 2],
+    /// Tenant label → (gauge id, this VM's share as last added).
+    tenants: BTreeMap<String, (Option<u32>, u64)>,
+    max_tenant_labels: usize,
+}
+
 /// One VM's stats and transition logs.
 #[derive(Debug)]
 pub struct ShedMonitor {
     ids: Ids,
+    flow: Option<FlowIds>,
     started_ms: u64,
     was_stale: Option<bool>,
     warned_stale: bool,
@@ -95,8 +178,9 @@ pub struct ShedMonitor {
 }
 
 impl ShedMonitor {
-    /// Defines every stat (one host call each, at configure time).
-    pub fn new<H: MetricHost>(host: &mut H, now_ms: u64) -> Self {
+    /// Defines every stat (one host call each, at configure time; a tenant's queue gauge
+    /// when the tenant is first seen).
+    pub fn new<H: MetricHost>(host: &mut H, cfg: &ShedConfig, now_ms: u64) -> Self {
         let mut name = String::new();
         let mut def = |kind: MetricKind, metric: &str, labels: &[(&str, &str)]| {
             encode_stat_name(&mut name, metric, labels);
@@ -147,8 +231,38 @@ impl ShedMonitor {
             ),
             pool_saturated: def(MetricKind::Gauge, "modelgate_shedder_pool_saturated", &[]),
         };
+        let flow = cfg.flow.as_ref().map(|f| {
+            let mut ids = FlowIds {
+                max_tenant_labels: f.max_tenant_labels,
+                ..FlowIds::default()
+            };
+            for (b, class) in FLOW_BANDS.iter().enumerate() {
+                let crit = ("criticality", class.as_str());
+                for (o, outcome) in FlowOutcome::ALL.iter().enumerate() {
+                    if let Some(slot) = ids.outcomes.get_mut(o).and_then(|r| r.get_mut(b)) {
+                        *slot = def(
+                            MetricKind::Counter,
+                            "modelgate_shedder_flow_requests_total",
+                            &[crit, ("outcome", outcome.as_str())],
+                        );
+                    }
+                }
+                if let Some(slot) = ids.waits.get_mut(b) {
+                    *slot = def(
+                        MetricKind::Histogram,
+                        "modelgate_shedder_flow_wait_milliseconds",
+                        &[crit],
+                    );
+                }
+                if let Some(slot) = ids.queued.get_mut(b) {
+                    slot.0 = def(MetricKind::Gauge, "modelgate_shedder_flow_queued", &[crit]);
+                }
+            }
+            ids
+        });
         Self {
             ids,
+            flow,
             started_ms: now_ms,
             was_stale: None,
             warned_stale: false,
@@ -168,6 +282,7 @@ impl ShedMonitor {
     ) {
         self.shed_since_summary += counts.total_shed();
         self.flush(host, counts);
+        self.flush_flow(host, counts, t.flow);
         gauge(host, self.ids.in_flight, u64::from(t.in_flight));
         if let Some(u) = t.utilization {
             gauge(host, self.ids.utilization, ppm(u));
@@ -200,6 +315,62 @@ impl ShedMonitor {
             for (id, n) in ids.iter().zip(ns.iter_mut()) {
                 add(*id, n);
             }
+        }
+    }
+
+    fn flush_flow<H: ShedHost>(
+        &mut self,
+        host: &mut H,
+        counts: &mut ShedCounts,
+        queue: Option<&FlowQueue>,
+    ) {
+        let Some(f) = self.flow.as_mut() else {
+            counts.waits.clear();
+            return;
+        };
+        for (ids, ns) in f.outcomes.iter().zip(counts.flow.iter_mut()) {
+            for (id, n) in ids.iter().zip(ns.iter_mut()) {
+                if let (Some(id), true) = (id, *n > 0) {
+                    host.increment(*id, *n);
+                }
+                *n = 0;
+            }
+        }
+        for (b, ms) in counts.waits.drain(..) {
+            if let Some(Some(id)) = f.waits.get(b) {
+                host.record(*id, ms);
+            }
+        }
+        let Some(q) = queue else { return };
+        for ((id, last), class) in f.queued.iter_mut().zip(FLOW_BANDS) {
+            add_share(host, *id, last, u64::from(q.band_len(class)));
+        }
+        // This VM's held requests per tenant label (bounded: first tenants seen, then
+        // `other`); tenants gone from the queue go back to 0.
+        let mut now: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, tenant, n) in q.tenants() {
+            let label = if f.tenants.contains_key(tenant) || f.tenants.len() < f.max_tenant_labels {
+                tenant
+            } else {
+                OTHER_TENANT
+            };
+            *now.entry(label).or_default() += u64::from(n);
+        }
+        for label in now.keys() {
+            if !f.tenants.contains_key(*label) {
+                let mut name = String::new();
+                encode_stat_name(
+                    &mut name,
+                    "modelgate_shedder_flow_queued_by_tenant",
+                    &[("tenant", &sanitize(label))],
+                );
+                let id = host.define(MetricKind::Gauge, &name);
+                f.tenants.insert((*label).to_string(), (id, 0));
+            }
+        }
+        for (label, (id, last)) in f.tenants.iter_mut() {
+            let n = now.get(label.as_str()).copied().unwrap_or(0);
+            add_share(host, *id, last, n);
         }
     }
 
@@ -295,6 +466,29 @@ impl ShedMonitor {
     }
 }
 
+/// Moves this VM's share of a gauge summed over VMs from `*last` to `now`.
+fn add_share<H: ShedHost>(host: &mut H, id: Option<u32>, last: &mut u64, now: u64) {
+    if let (Some(id), true) = (id, now != *last) {
+        let delta =
+            i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(*last).unwrap_or(i64::MAX);
+        host.add_gauge(id, delta);
+    }
+    *last = now;
+}
+
+/// A tenant name as a stat label value (the stats-tag regex stops at `;.;`).
+fn sanitize(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                char::from(b)
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 fn gauge<H: MetricHost>(host: &mut H, id: Option<u32>, value: u64) {
     if let Some(id) = id {
         host.set_gauge(id, value);
@@ -325,7 +519,11 @@ mod tests {
     }
 
     impl MetricHost for MockHost {
+        /// Like Envoy: one stat per name, whichever VM defines it.
         fn define(&mut self, _kind: MetricKind, name: &str) -> Option<u32> {
+            if let Some(i) = self.names.iter().position(|n| n == name) {
+                return Some(i as u32);
+            }
             self.names.push(name.to_string());
             Some(self.names.len() as u32 - 1)
         }
@@ -341,6 +539,10 @@ mod tests {
     impl ShedHost for MockHost {
         fn log(&mut self, level: LogLevel, msg: &str) {
             self.logs.push((level, msg.to_string()));
+        }
+        fn add_gauge(&mut self, id: u32, delta: i64) {
+            let g = self.gauges.entry(id).or_default();
+            *g = g.checked_add_signed(delta).unwrap();
         }
     }
 
@@ -371,6 +573,7 @@ mod tests {
             in_flight: 3,
             utilization: Some(0.25),
             pool: &[],
+            flow: None,
         }
     }
 
@@ -386,7 +589,7 @@ mod tests {
     #[test]
     fn counts_are_flushed_once_and_critical_has_no_shed_series() {
         let mut host = MockHost::default();
-        let mut m = ShedMonitor::new(&mut host, 0);
+        let mut m = ShedMonitor::new(&mut host, &sidecar(), 0);
         assert!(!host
             .names
             .iter()
@@ -414,7 +617,7 @@ mod tests {
     fn staleness_warns_once_and_tells_recovery() {
         let mut host = MockHost::default();
         let cfg = sidecar(); // stale_after 1 s
-        let mut m = ShedMonitor::new(&mut host, 0);
+        let mut m = ShedMonitor::new(&mut host, &cfg, 0);
         let mut counts = ShedCounts::default();
         // Stale during the first scrapes after start: no warning yet.
         m.on_tick(&mut host, &cfg, &tick(500, ServerView::Stale), &mut counts);
@@ -438,7 +641,7 @@ mod tests {
     fn shedding_is_summarised_every_five_seconds() {
         let mut host = MockHost::default();
         let cfg = sidecar();
-        let mut m = ShedMonitor::new(&mut host, 0);
+        let mut m = ShedMonitor::new(&mut host, &cfg, 0);
         let mut counts = ShedCounts::default();
         for now in (100..=6000).step_by(100) {
             counts.shed(Criticality::Standard, ShedReason::KvCache);
@@ -453,7 +656,7 @@ mod tests {
     fn pool_saturation_is_logged_on_transitions_only() {
         let mut host = MockHost::default();
         let cfg = ShedConfig::parse(br#"{"gateway":{}}"#).unwrap();
-        let mut m = ShedMonitor::new(&mut host, 0);
+        let mut m = ShedMonitor::new(&mut host, &cfg, 0);
         let mut counts = ShedCounts::default();
         let busy = [PoolLoad {
             cluster: "pool".into(),
@@ -484,5 +687,77 @@ mod tests {
             host.gauge("modelgate_shedder_pool_utilization_ppm"),
             100_000
         );
+    }
+
+    #[test]
+    fn flow_stats_sum_over_workers_and_bound_tenant_labels() {
+        use crate::flow::{Entry, FlowQueue};
+        let cfg =
+            ShedConfig::parse(br#"{"scrape":{"cluster":"l"},"flow":{"max_tenant_labels":2}}"#)
+                .unwrap();
+        let fc = cfg.flow.clone().unwrap();
+        let mut host = MockHost::default();
+        // Two worker VMs sharing one set of stats.
+        let mut m1 = ShedMonitor::new(&mut host, &cfg, 0);
+        let mut m2 = ShedMonitor::new(&mut host, &cfg, 0);
+        let (mut q1, mut q2) = (FlowQueue::default(), FlowQueue::default());
+        let e = |id: u32, class, tenant: &str| Entry {
+            id,
+            class,
+            tenant: tenant.into(),
+            bytes: 0,
+            since_ms: 0,
+        };
+        q1.push(&fc, e(1, Criticality::Standard, "a"));
+        q1.push(&fc, e(2, Criticality::Sheddable, "b"));
+        q2.push(&fc, e(3, Criticality::Standard, "c"));
+        q2.push(&fc, e(4, Criticality::Standard, "a"));
+        let mut counts = ShedCounts::default();
+        counts.flow(Criticality::Standard, FlowOutcome::Held);
+        counts.flow(Criticality::Standard, FlowOutcome::Held);
+        counts.wait(Criticality::Standard, 40);
+        fn t(q: &FlowQueue) -> TickState<'_> {
+            TickState {
+                flow: Some(q),
+                ..tick(100, FRESH)
+            }
+        }
+        m1.on_tick(&mut host, &cfg, &t(&q1), &mut counts);
+        m2.on_tick(&mut host, &cfg, &t(&q2), &mut counts);
+        let queued = |h: &MockHost, c: &str| {
+            h.gauge(&format!(
+                "criticality=.={c};.;modelgate_shedder_flow_queued"
+            ))
+        };
+        let tenant = |h: &MockHost, t: &str| {
+            h.gauge(&format!(
+                "tenant=.={t};.;modelgate_shedder_flow_queued_by_tenant"
+            ))
+        };
+        assert_eq!(
+            (queued(&host, "standard"), queued(&host, "sheddable")),
+            (3, 1)
+        );
+        assert_eq!(tenant(&host, "a"), 2);
+        assert_eq!(
+            host.counter(
+                "criticality=.=standard;.;outcome=.=held;.;modelgate_shedder_flow_requests_total"
+            ),
+            2
+        );
+        q1.pop();
+        q1.pop();
+        m1.on_tick(&mut host, &cfg, &t(&q1), &mut counts);
+        assert_eq!(
+            (queued(&host, "standard"), queued(&host, "sheddable")),
+            (2, 0)
+        );
+        assert_eq!(tenant(&host, "a"), 1);
+        // Past two labels in a VM, tenants go to `other`.
+        q1.push(&fc, e(5, Criticality::Standard, "x"));
+        q1.push(&fc, e(6, Criticality::Standard, "y"));
+        q1.push(&fc, e(7, Criticality::Standard, "a"));
+        m1.on_tick(&mut host, &cfg, &t(&q1), &mut counts);
+        assert_eq!((tenant(&host, "other"), tenant(&host, "a")), (2, 2));
     }
 }

@@ -95,8 +95,14 @@ pub struct PoolLoad {
 }
 
 impl PoolTable {
-    /// Records a report (the newer one wins); allocates only for a host not seen yet.
-    pub fn record(&mut self, cluster: &str, host: &str, report: HostReport) {
+    /// Records a report (the newer one wins), its utilisation clamped to [0, 1] so one
+    /// host cannot outweigh the others; allocates only for a host not seen yet.
+    pub fn record(&mut self, cluster: &str, host: &str, mut report: HostReport) {
+        report.utilization = if report.utilization.is_finite() {
+            report.utilization.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         if !self.clusters.contains_key(cluster) {
             self.clusters.insert(cluster.to_string(), BTreeMap::new());
         }
@@ -129,7 +135,9 @@ impl PoolTable {
         self.clusters.retain(|_, h| !h.is_empty());
     }
 
-    /// Per cluster: average utilisation of the hosts that reported within `ttl_ms`.
+    /// Per cluster, over the hosts that reported within `report_ttl`: the average
+    /// utilisation, and whether the cluster is saturated (average above the threshold
+    /// and more than half the hosts above it).
     pub fn loads(&self, now_ms: u64, cfg: &GatewayConfig) -> Vec<PoolLoad> {
         self.clusters
             .iter()
@@ -152,7 +160,9 @@ impl PoolTable {
                     average,
                     hosts: fresh.len(),
                     saturated_hosts,
-                    saturated: average > cfg.utilization_threshold,
+                    // A majority must be over: one host cannot saturate its pool.
+                    saturated: average > cfg.utilization_threshold
+                        && saturated_hosts * 2 > fresh.len(),
                 })
             })
             .collect()
@@ -300,5 +310,44 @@ mod tests {
         assert!(!t.loads(500, &g)[0].saturated);
         t.prune(5000, 1000);
         assert!(t.is_empty());
+    }
+
+    fn report(utilization: f64) -> HostReport {
+        HostReport {
+            utilization,
+            at_ms: 100,
+        }
+    }
+
+    #[test]
+    fn one_host_reporting_absurd_load_cannot_saturate_its_pool() {
+        let g = GatewayConfig {
+            utilization_threshold: 0.8,
+            report_ttl_ms: 1000,
+        };
+        let mut t = PoolTable::default();
+        t.record("pool", "liar:1", report(1000.0));
+        t.record("pool", "b:1", report(0.3));
+        t.record("pool", "c:1", report(0.3));
+        let l = &t.loads(500, &g)[0];
+        assert!(!l.saturated, "{l:?}");
+        assert!(
+            (l.average - (1.0 + 0.3 + 0.3) / 3.0).abs() < 1e-9,
+            "clamped"
+        );
+        // Two hosts, one over: the average is above the threshold, but not a majority.
+        let mut t = PoolTable::default();
+        t.record("pool", "liar:1", report(f64::MAX));
+        t.record("pool", "b:1", report(0.7));
+        assert!(!t.loads(500, &g)[0].saturated);
+        // A real overload: most hosts over.
+        t.record("pool", "c:1", report(0.9));
+        assert!(t.loads(500, &g)[0].saturated);
+        assert_eq!(
+            t.hosts("pool", 500, 1000)
+                .map(|(_, u)| u)
+                .fold(0.0, f64::max),
+            1.0
+        );
     }
 }

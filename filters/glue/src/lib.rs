@@ -5,6 +5,7 @@
 pub mod headers;
 pub mod poll;
 pub mod scraper;
+pub mod stream;
 
 use std::time::UNIX_EPOCH;
 

@@ -1,26 +1,33 @@
-//! load_shedder filter: proxy-wasm glue only; the policy lives in `modelgate_core::shed`.
+//! load_shedder filter: proxy-wasm glue only; the policy lives in `modelgate_core::shed`,
+//! flow control in `modelgate_core::flow`, stats and logs in `modelgate_core::shed_monitor`.
 //!
 //! Root context (every tick): the shared scraper polls (lease holder only) and refreshes
 //! the cached queue snapshot; this worker publishes its in-flight count and reads the
 //! others' (one CAS'd shared-data entry); the ORCA header is rebuilt; in gateway mode
-//! the ORCA reports seen since the last tick are merged into the pool table. Counters
-//! are accumulated per VM and flushed here too.
+//! the ORCA reports seen since the last tick are merged into the pool table; with flow
+//! control, held requests past their TTL are answered and held requests are resumed
+//! while the server has room. Counters are accumulated per VM and flushed here too.
 //!
 //! HTTP context (per request): one header read, a decision on cached state, and either
-//! a local 429 or a local in-flight increment. Per response: one header write (sidecar)
-//! or one header read (gateway; two property reads more when it carries a report).
+//! a local 429, a hold (flow control) or an admission. With an in-flight cap or flow
+//! control, admission takes a slot in the shared worker table (one CAS), so the cap
+//! holds across workers. Per response: the ORCA header written (sidecar) or read
+//! (gateway).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use modelgate_core::flow::{self, Entry, FlowQueue, Push};
 use modelgate_core::metrics::{MetricHost, MetricKind, SHED_HEADER};
-use modelgate_core::orca::{self, OrcaReporter, ORCA_HEADER};
+use modelgate_core::orca::{self, OrcaReporter, ORCA_BIN_HEADER, ORCA_HEADER};
 use modelgate_core::shed::{
-    effective_criticality, Criticality, Decision, LoadView, ServerView, ShedConfig,
-    CRITICALITY_HEADER,
+    Criticality, Decision, LoadView, ServerView, ShedConfig, ShedReason, CRITICALITY_HEADER,
 };
-use modelgate_core::shed_monitor::{self, ShedCounts, ShedHost, ShedMonitor, TickState};
+use modelgate_core::shed_monitor::{
+    self, FlowOutcome, ShedCounts, ShedHost, ShedMonitor, TickState,
+};
 use modelgate_core::shed_tables::{
     saturated_clusters, HostReport, PoolLoad, PoolTable, WorkerLoad, WorkerTable, POOL_KEY,
     WORKERS_KEY,
@@ -75,6 +82,32 @@ impl ShedHost for Host {
         };
         log(level, msg);
     }
+
+    fn add_gauge(&mut self, id: u32, delta: i64) {
+        let _ = hostcalls::increment_metric(id, delta);
+    }
+}
+
+/// Attempts at a compare-and-swap write of the worker table before giving up.
+const CAS_TRIES: usize = 4;
+
+/// Where a held request stands; the root context moves it on, its HTTP context reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Held,
+    /// Resumed with an in-flight slot taken for it.
+    Released,
+    /// Answered locally (expired, or displaced by a higher band).
+    Refused,
+}
+
+/// The outcome of claiming an in-flight slot in the shared worker table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Taken,
+    Full,
+    /// No answer (host failure, or lost every CAS race): the caller falls back.
+    Unknown,
 }
 
 /// This VM's state shared between the root context and its HTTP contexts.
@@ -84,17 +117,28 @@ struct VmState {
     saturated: Vec<String>,
     /// Requests admitted by this VM and not yet finished.
     in_flight: u32,
-    /// Other workers' in-flight requests as of their last tick.
+    /// Other workers' in-flight requests as of the last read of the worker table.
     others_in_flight: u32,
     /// Upstream responses this VM has completed (the ORCA request rate).
     completed: u64,
+    /// Completed responses summed over workers, as of the last read.
+    completed_total: u64,
+    /// Id in the shared worker table, handed out on the first successful write.
+    worker_id: Option<u32>,
     /// The ORCA header value, rebuilt on the tick; `None` while the load is unknown.
     orca: Option<String>,
     /// Gateway: reports seen since the last tick.
     reports: PoolTable,
     /// Time of the last tick, used to stamp reports without a clock call per response.
     now_ms: u64,
+    /// The server's waiting queue as of the last fresh scrape.
+    scraped_waiting: Option<f64>,
     counts: ShedCounts,
+    /// Flow control: held requests, and each held stream's state by context id.
+    flow: FlowQueue,
+    holds: BTreeMap<u32, Hold>,
+    /// Displaced by a higher band: answered on the next tick.
+    evicted: Vec<Entry>,
 }
 
 impl VmState {
@@ -105,11 +149,83 @@ impl VmState {
             in_flight: 0,
             others_in_flight: 0,
             completed: 0,
+            completed_total: 0,
+            worker_id: None,
             orca: None,
             reports: PoolTable::default(),
             now_ms: 0,
+            scraped_waiting: None,
             counts: ShedCounts::default(),
+            flow: FlowQueue::default(),
+            holds: BTreeMap::new(),
+            evicted: Vec::new(),
         }
+    }
+
+    /// Writes this worker's entry in the shared worker table (CAS) and reads the others'.
+    /// With `cap`, also takes one in-flight slot for a new request, only while the
+    /// proxy's in-flight count stays within `cap`.
+    fn sync_workers(&mut self, now: u64, ttl_ms: u64, cap: Option<u32>) -> Slot {
+        for _ in 0..CAS_TRIES {
+            let Ok((bytes, cas)) = hostcalls::get_shared_data(WORKERS_KEY) else {
+                return Slot::Unknown;
+            };
+            let mut table: WorkerTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
+            let id = self.worker_id.unwrap_or_else(|| table.next_id());
+            let mine = self.in_flight.saturating_add(u32::from(cap.is_some()));
+            table.update(
+                id,
+                WorkerLoad {
+                    in_flight: mine,
+                    completed: self.completed,
+                    at_ms: now,
+                },
+                ttl_ms,
+            );
+            self.others_in_flight = table.others_in_flight(id);
+            self.completed_total = table.completed();
+            if cap.is_some_and(|cap| self.others_in_flight.saturating_add(mine) > cap) {
+                return Slot::Full;
+            }
+            if hostcalls::set_shared_data(WORKERS_KEY, Some(&state::encode(&table)), cas).is_ok() {
+                self.worker_id = Some(id);
+                self.in_flight = mine;
+                return Slot::Taken;
+            }
+        }
+        Slot::Unknown
+    }
+
+    /// The time of the last tick, or the host's clock before the first one.
+    fn clock(&self) -> u64 {
+        match self.now_ms {
+            0 => modelgate_glue::now_ms(),
+            t => t,
+        }
+    }
+
+    fn proxy_in_flight(&self) -> u32 {
+        self.in_flight.saturating_add(self.others_in_flight)
+    }
+}
+
+/// Workers silent this long drop out of the worker table.
+fn worker_ttl_ms(cfg: &ShedConfig) -> u64 {
+    cfg.tick_ms.saturating_mul(10).max(1000)
+}
+
+/// Whether admissions take a slot in the shared table (exact across workers) rather than
+/// compare against the other workers' counts as of their last tick.
+fn exact(cfg: &ShedConfig) -> bool {
+    cfg.flow.is_some() || cfg.limits.iter().any(|l| l.max_in_flight.is_some())
+}
+
+/// The in-flight cap for `class`: its `max_in_flight`, and flow control's capacity.
+fn cap(cfg: &ShedConfig, class: Criticality) -> Option<u32> {
+    let own = cfg.limits(class).max_in_flight;
+    match (own, cfg.flow.as_ref().map(flow::FlowConfig::capacity)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -120,9 +236,9 @@ struct Active {
     scraper: Option<Scraper>,
     orca: Option<OrcaReporter>,
     monitor: ShedMonitor,
-    /// Id in the shared worker table, handed out on the first successful write.
-    worker_id: Option<u32>,
     pool: PoolTable,
+    /// The tick period in force (flow control ticks faster while it holds requests).
+    tick_ms: u64,
 }
 
 #[derive(Default)]
@@ -166,24 +282,30 @@ impl RootContext for ShedRoot {
         log(
             LogLevel::Info,
             &format!(
-                "load_shedder: configured (scrape: {}, orca: {}, gateway: {}, default criticality {}, trust header {})",
+                "load_shedder: configured (scrape: {}, orca: {}, gateway: {}, flow: {}, default criticality {}, trust header {}, trusted principals {})",
                 config.scrape.as_ref().map_or("off".to_string(), |s| format!(
                     "{}{} every {} ms",
                     s.upstream.cluster, s.upstream.path, s.period_ms
                 )),
                 if orca.is_some() { "on" } else { "off" },
                 if config.gateway.is_some() { "on" } else { "off" },
+                config.flow.as_ref().map_or("off".to_string(), |f| format!(
+                    "{} running + {} waiting, tenants by {}",
+                    f.max_running, f.target_queue, f.tenant_header
+                )),
                 config.default_criticality.as_str(),
                 config.trust_criticality_header,
+                config.trusted_principals.len(),
             ),
         );
+        let monitor = ShedMonitor::new(&mut Host, &config, modelgate_glue::now_ms());
         self.active = Some(Active {
+            tick_ms: config.tick_ms,
             config: Rc::new(config),
             vm: Rc::new(RefCell::new(VmState::new())),
             scraper,
             orca,
-            monitor: ShedMonitor::new(&mut Host, modelgate_glue::now_ms()),
-            worker_id: None,
+            monitor,
             pool: PoolTable::default(),
         });
         true
@@ -195,13 +317,15 @@ impl RootContext for ShedRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let a = self.active.as_ref()?;
         Some(Box::new(ShedHttp {
+            id: context_id,
             config: a.config.clone(),
             vm: a.vm.clone(),
             admitted: false,
             shed: false,
+            held: false,
             responded: false,
         }))
     }
@@ -217,11 +341,15 @@ impl Active {
             s.on_tick(now);
         }
         let pool = self.update_pool(now);
-        let (in_flight, completed) = {
-            let vm = self.vm.borrow();
-            (vm.in_flight, vm.completed)
+        let ttl = worker_ttl_ms(&self.config);
+        let total_completed = {
+            let mut vm = self.vm.borrow_mut();
+            if vm.sync_workers(now, ttl, None) == Slot::Unknown {
+                // Keep the last view of the others; count our own completions.
+                vm.completed_total = vm.completed_total.max(vm.completed);
+            }
+            vm.completed_total
         };
-        let (others, total_completed) = self.sync_workers(now, in_flight, completed);
         let snapshot = self.scraper.as_ref().and_then(Scraper::snapshot);
         let server = self.config.server_view(snapshot, now);
         let fresh = match server {
@@ -232,22 +360,29 @@ impl Active {
             r.on_tick(now, fresh, total_completed);
         }
         let saturated = saturated_clusters(&pool);
-        let mut vm = self.vm.borrow_mut();
-        vm.view = LoadView {
-            server,
-            pool_saturated: !saturated.is_empty(),
-        };
-        vm.saturated = saturated;
-        vm.others_in_flight = others;
-        vm.now_ms = now;
-        match self.orca.as_ref().and_then(OrcaReporter::header) {
-            Some(h) => {
-                let buf = vm.orca.get_or_insert_with(String::new);
-                buf.clear();
-                buf.push_str(h);
+        {
+            let mut vm = self.vm.borrow_mut();
+            vm.view = LoadView {
+                server,
+                pool_saturated: !saturated.is_empty(),
+            };
+            vm.saturated = saturated;
+            vm.now_ms = now;
+            vm.scraped_waiting = fresh.map(|s| s.waiting);
+            match self.orca.as_ref().and_then(OrcaReporter::header) {
+                Some(h) => {
+                    let buf = vm.orca.get_or_insert_with(String::new);
+                    buf.clear();
+                    buf.push_str(h);
+                }
+                None => vm.orca = None,
             }
-            None => vm.orca = None,
         }
+        if self.config.flow.is_some() {
+            self.pump(now);
+        }
+        let mut vm = self.vm.borrow_mut();
+        let mut counts = std::mem::take(&mut vm.counts);
         let t = TickState {
             now_ms: now,
             server,
@@ -255,40 +390,101 @@ impl Active {
                 .filter(|s| s.scraped_at_ms > 0)
                 .map(|s| now.saturating_sub(s.scraped_at_ms)),
             last_error: snapshot.and_then(|s| s.error.as_deref()),
-            in_flight: in_flight.saturating_add(others),
+            in_flight: vm.proxy_in_flight(),
             utilization: self.orca.as_ref().map(OrcaReporter::utilization),
             pool: &pool,
+            flow: self.config.flow.as_ref().map(|_| &vm.flow),
         };
         self.monitor
-            .on_tick(&mut Host, &self.config, &t, &mut vm.counts);
+            .on_tick(&mut Host, &self.config, &t, &mut counts);
+        vm.counts = counts;
+        // Tick fast while requests are held: a slot freed by another worker is only
+        // seen here.
+        let want = match self.config.flow.as_ref() {
+            Some(f) if !vm.flow.is_empty() => f.tick_ms.min(self.config.tick_ms),
+            _ => self.config.tick_ms,
+        };
+        drop(vm);
+        if want != self.tick_ms && hostcalls::set_tick_period(Duration::from_millis(want)).is_ok() {
+            self.tick_ms = want;
+        }
     }
 
-    /// Publishes this worker's load and reads the others' (one read, one CAS write).
-    /// Returns (others' in-flight, completed responses summed over workers).
-    fn sync_workers(&mut self, now: u64, in_flight: u32, completed: u64) -> (u32, u64) {
-        let ttl = self.config.tick_ms.saturating_mul(10).max(1000);
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(WORKERS_KEY) else {
-            return (0, completed);
+    /// Flow control on the tick: answers the held requests that were displaced or
+    /// waited past their TTL, then resumes held requests, best first, while the server
+    /// has room. Host calls on streams are made with no borrow of the VM state held: a
+    /// local reply may run the stream's response callbacks at once.
+    fn pump(&self, now: u64) {
+        let Some(fc) = self.config.flow.as_ref() else {
+            return;
         };
-        let mut table: WorkerTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
-        let id = match self.worker_id {
-            Some(id) => id,
-            None => table.next_id(),
-        };
-        table.update(
-            id,
-            WorkerLoad {
-                in_flight,
-                completed,
-                at_ms: now,
-            },
-            ttl,
-        );
-        // A lost CAS race only delays this worker's entry to the next tick.
-        if hostcalls::set_shared_data(WORKERS_KEY, Some(&state::encode(&table)), cas).is_ok() {
-            self.worker_id = Some(id);
+        let cfg = &self.config;
+        let ttl = worker_ttl_ms(cfg);
+        let mut refuse: Vec<(Entry, bool)> = Vec::new();
+        let mut resume: Vec<Entry> = Vec::new();
+        {
+            let mut vm = self.vm.borrow_mut();
+            refuse.extend(vm.evicted.drain(..).map(|e| (e, false)));
+            let mut expired = Vec::new();
+            vm.flow.expire(fc, now, &mut expired);
+            refuse.extend(expired.into_iter().map(|e| (e, true)));
+            while let Some(class) = vm.flow.peek_class() {
+                let view = vm.view;
+                let room = flow::room(fc, vm.proxy_in_flight(), vm.scraped_waiting);
+                if room == 0 || cfg.decide(class, &view, 0) != Decision::Admit {
+                    break;
+                }
+                if vm.sync_workers(now, ttl, cap(cfg, class)) != Slot::Taken {
+                    break;
+                }
+                match vm.flow.pop() {
+                    Some(e) => {
+                        vm.holds.insert(e.id, Hold::Released);
+                        vm.counts.flow(e.class, FlowOutcome::Released);
+                        vm.counts.admit(e.class);
+                        vm.counts.wait(e.class, now.saturating_sub(e.since_ms));
+                        resume.push(e);
+                    }
+                    None => {
+                        vm.in_flight = vm.in_flight.saturating_sub(1);
+                        break;
+                    }
+                }
+            }
+            // An evicted request whose client has gone since is no longer tracked.
+            refuse.retain(|(e, _)| vm.holds.contains_key(&e.id));
+            for (e, expired) in &refuse {
+                vm.holds.insert(e.id, Hold::Refused);
+                let reason = if *expired {
+                    vm.counts.flow(e.class, FlowOutcome::Expired);
+                    vm.counts.wait(e.class, now.saturating_sub(e.since_ms));
+                    ShedReason::FlowTimeout
+                } else {
+                    ShedReason::FlowFull
+                };
+                vm.counts.shed(e.class, reason);
+            }
         }
-        (table.others_in_flight(id), table.completed())
+        let server = self.vm.borrow().view.server;
+        for (e, expired) in &refuse {
+            let (err, reason) = if *expired {
+                (cfg.expired_error(e.class, server), ShedReason::FlowTimeout)
+            } else {
+                (
+                    cfg.shed_error(e.class, ShedReason::FlowFull),
+                    ShedReason::FlowFull,
+                )
+            };
+            modelgate_glue::stream::reply(e.id, &err, &[(SHED_HEADER, reason.as_str())]);
+        }
+        for e in &resume {
+            if !modelgate_glue::stream::resume_request(e.id) {
+                // The stream is gone (its end will not be seen here): give the slot back.
+                let mut vm = self.vm.borrow_mut();
+                vm.holds.remove(&e.id);
+                vm.in_flight = vm.in_flight.saturating_sub(1);
+            }
+        }
     }
 
     /// Gateway: merges this VM's new reports into the shared pool table and returns
@@ -315,12 +511,16 @@ impl Active {
 }
 
 struct ShedHttp {
+    /// This stream's context id (how the root context finds it to resume it).
+    id: u32,
     config: Rc<ShedConfig>,
     vm: Rc<RefCell<VmState>>,
     /// Counted in `in_flight` until the stream ends.
     admitted: bool,
     /// Answered locally with a 429.
     shed: bool,
+    /// Held by flow control (its state is in `VmState::holds`).
+    held: bool,
     /// The upstream answered (counts toward the ORCA request rate).
     responded: bool,
 }
@@ -333,12 +533,10 @@ impl HttpContext for ShedHttp {
         // applies.
         let raw = header_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER);
         let header = raw.as_deref().and_then(|b| std::str::from_utf8(b).ok());
-        let cfg = &self.config;
-        let class = effective_criticality(
-            header,
-            cfg.default_criticality,
-            cfg.trust_criticality_header,
-        );
+        let cfg = self.config.clone();
+        let class = cfg.criticality(header, || {
+            property_string(&["connection", "uri_san_peer_certificate"])
+        });
         // A client claimed more than it may: pass the effective class on (rare, so the
         // extra host call is only paid then).
         if header
@@ -356,10 +554,36 @@ impl HttpContext for ShedHttp {
         if view.pool_saturated && class == Criticality::Sheddable {
             view.pool_saturated = request_cluster().is_some_and(|c| vm.saturated.contains(&c));
         }
-        let in_flight = vm.in_flight.saturating_add(vm.others_in_flight);
-        match cfg.decide(class, &view, in_flight) {
-            Decision::Admit => {
+        let decision = if exact(&cfg) {
+            decide_exact(&cfg, &mut vm, class, &view)
+        } else {
+            let d = cfg.decide(class, &view, vm.proxy_in_flight());
+            if d == Decision::Admit {
                 vm.in_flight = vm.in_flight.saturating_add(1);
+            }
+            d
+        };
+        let decision = match decision {
+            Decision::Shed(reason) if cfg.flow.is_some() && class != Criticality::Critical => {
+                let ahead = vm.flow.has_ahead(class);
+                match hold(&cfg, self.id, &mut vm, class) {
+                    Some(Push::Held) => {
+                        self.held = true;
+                        return Action::Pause;
+                    }
+                    Some(Push::HeldEvicting(e)) => {
+                        vm.evicted.push(e);
+                        self.held = true;
+                        return Action::Pause;
+                    }
+                    _ if ahead => Decision::Shed(ShedReason::FlowFull),
+                    _ => Decision::Shed(reason),
+                }
+            }
+            d => d,
+        };
+        match decision {
+            Decision::Admit => {
                 vm.counts.admit(class);
                 self.admitted = true;
                 Action::Continue
@@ -375,21 +599,54 @@ impl HttpContext for ShedHttp {
         }
     }
 
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // Envoy would pass the headers on with the first body chunk we let through.
+        if self.is_held() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.is_held() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.held {
+            match self
+                .vm
+                .try_borrow()
+                .ok()
+                .and_then(|vm| vm.holds.get(&self.id).copied())
+            {
+                Some(Hold::Released) => self.admitted = true,
+                _ => self.shed = true,
+            }
+        }
         if self.shed {
             return Action::Continue;
         }
         self.responded = true;
-        let vm = self.vm.borrow();
-        if let Some(h) = vm.orca.as_deref() {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, ORCA_HEADER, h);
+        let Ok(vm) = self.vm.try_borrow() else {
+            return Action::Continue;
+        };
+        if self.config.orca.is_some() {
+            // Replace, never add: Envoy reads the first value and prefers the binary
+            // form, so a model server's own report would otherwise win.
+            let _ = hostcalls::set_map_value(
+                MapType::HttpResponseHeaders,
+                ORCA_HEADER,
+                vm.orca.as_deref(),
+            );
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
         }
         if self.config.gateway.is_some() {
-            // Before the first tick there is no cached time yet.
-            let now = match vm.now_ms {
-                0 => modelgate_glue::now_ms(),
-                t => t,
-            };
+            let now = vm.clock();
             drop(vm);
             self.record_report(now);
         }
@@ -397,14 +654,105 @@ impl HttpContext for ShedHttp {
     }
 }
 
+/// The decision with an exact in-flight count: thresholds on the cached view, then a slot
+/// in the shared worker table (critical takes one whatever the count). A held request of
+/// the same or a higher band goes first: the arrival waits behind it.
+fn decide_exact(
+    cfg: &ShedConfig,
+    vm: &mut VmState,
+    class: Criticality,
+    view: &LoadView,
+) -> Decision {
+    let now = vm.clock();
+    let ttl = worker_ttl_ms(cfg);
+    if class == Criticality::Critical {
+        if vm.sync_workers(now, ttl, Some(u32::MAX)) != Slot::Taken {
+            vm.in_flight = vm.in_flight.saturating_add(1);
+        }
+        return Decision::Admit;
+    }
+    let decision = cfg.decide(class, view, 0);
+    if decision != Decision::Admit {
+        return decision;
+    }
+    if vm.flow.has_ahead(class) {
+        return Decision::Shed(ShedReason::Concurrency);
+    }
+    if cfg.flow.is_some() {
+        let fc = cfg.flow.as_ref();
+        if fc.is_some_and(|f| flow::room(f, vm.proxy_in_flight(), vm.scraped_waiting) == 0) {
+            return Decision::Shed(ShedReason::Concurrency);
+        }
+    }
+    match vm.sync_workers(now, ttl, cap(cfg, class)) {
+        Slot::Taken => Decision::Admit,
+        Slot::Full => Decision::Shed(ShedReason::Concurrency),
+        // Contention or a host failure: the other workers' counts as last read.
+        Slot::Unknown => match cfg.decide(class, view, vm.proxy_in_flight()) {
+            Decision::Admit if cap(cfg, class).is_none_or(|c| vm.proxy_in_flight() < c) => {
+                vm.in_flight = vm.in_flight.saturating_add(1);
+                Decision::Admit
+            }
+            Decision::Admit => Decision::Shed(ShedReason::Concurrency),
+            d => d,
+        },
+    }
+}
+
+/// Flow control: holds request `id` (paused until the root context resumes or answers
+/// it). `None` when there is no flow control.
+fn hold(cfg: &ShedConfig, id: u32, vm: &mut VmState, class: Criticality) -> Option<Push> {
+    let fc = cfg.flow.as_ref()?;
+    let tenant_raw = header_bytes(MapType::HttpRequestHeaders, &fc.tenant_header);
+    let tenant = flow::tenant_of(
+        tenant_raw
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok()),
+    );
+    let bytes = header_bytes(MapType::HttpRequestHeaders, "content-length")
+        .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let now = vm.clock();
+    let push = vm.flow.push(
+        fc,
+        Entry {
+            id,
+            class,
+            tenant: tenant.to_string(),
+            bytes,
+            since_ms: now,
+        },
+    );
+    match &push {
+        Push::Held | Push::HeldEvicting(_) => {
+            vm.holds.insert(id, Hold::Held);
+            vm.counts.flow(class, FlowOutcome::Held);
+        }
+        Push::Refused(_) => vm.counts.flow(class, FlowOutcome::Refused),
+    }
+    if let Push::HeldEvicting(e) = &push {
+        vm.counts.flow(e.class, FlowOutcome::Refused);
+    }
+    Some(push)
+}
+
 impl ShedHttp {
+    fn is_held(&self) -> bool {
+        self.held
+            && self
+                .vm
+                .try_borrow()
+                .is_ok_and(|vm| vm.holds.get(&self.id) == Some(&Hold::Held))
+    }
+
     /// Gateway: remembers the upstream's ORCA report (keyed by cluster and host) and
     /// strips it, since the load of the servers is no business of the client.
     fn record_report(&mut self, now: u64) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
         let Some(value) = header_bytes(MapType::HttpResponseHeaders, ORCA_HEADER) else {
             return;
         };
-        let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, ORCA_HEADER);
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, ORCA_HEADER, None);
         let Some(report) = std::str::from_utf8(&value).ok().and_then(orca::parse_orca) else {
             return;
         };
@@ -423,12 +771,31 @@ impl ShedHttp {
 
 impl Drop for ShedHttp {
     fn drop(&mut self) {
-        if self.admitted {
-            if let Ok(mut vm) = self.vm.try_borrow_mut() {
-                vm.in_flight = vm.in_flight.saturating_sub(1);
-                if self.responded {
-                    vm.completed = vm.completed.saturating_add(1);
+        let Ok(mut vm) = self.vm.try_borrow_mut() else {
+            return;
+        };
+        let mut admitted = self.admitted;
+        if self.held {
+            match vm.holds.remove(&self.id) {
+                // The client gave up while held: out of the queue at once.
+                Some(Hold::Held) => {
+                    if let Some(e) = vm.flow.remove(self.id) {
+                        vm.counts.flow(e.class, FlowOutcome::Abandoned);
+                    }
                 }
+                Some(Hold::Released) => admitted = true,
+                Some(Hold::Refused) | None => {}
+            }
+        }
+        if admitted {
+            vm.in_flight = vm.in_flight.saturating_sub(1);
+            if self.responded {
+                vm.completed = vm.completed.saturating_add(1);
+            }
+            if exact(&self.config) {
+                // Free the slot for the other workers now, not at our next tick.
+                let now = vm.clock();
+                let _ = vm.sync_workers(now, worker_ttl_ms(&self.config), None);
             }
         }
     }
