@@ -3,4 +3,4 @@
 # loopback (release builds; BENCH_MIB sets the file size, default 256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-loader/scripts/bench.sh "${BENCH_MIB:-256}"
+bench/loader.sh

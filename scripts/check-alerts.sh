@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks istio/alerts.yaml: extracts the PrometheusRule's spec.groups into a plain rules
 # file, then runs `promtool check rules` on it and `promtool test rules` on
-# istio/alerts-test.yaml (whose rule_files names the extracted file). Part of `make test`.
+# tests/alerts/alerts-test.yaml (whose rule_files names the extracted file). Part of `make test`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 command -v promtool >/dev/null || { echo "promtool missing: apt-get install prometheus" >&2; exit 1; }
@@ -16,6 +16,6 @@ doc = yaml.safe_load(open(sys.argv[1]))
 assert doc.get("kind") == "PrometheusRule", "istio/alerts.yaml is not a PrometheusRule"
 yaml.safe_dump({"groups": doc["spec"]["groups"]}, open(sys.argv[2], "w"), sort_keys=False)
 PY
-cp "$root/istio/alerts-test.yaml" "$tmp/"
+cp "$root/tests/alerts/alerts-test.yaml" "$tmp/"
 promtool check rules "$tmp/alerts.rules.yaml"
 promtool test rules "$tmp/alerts-test.yaml"

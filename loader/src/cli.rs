@@ -88,6 +88,12 @@ pub struct Args {
     /// Bytes that must stay free after the download ("1GiB").
     #[arg(long, env = "MODELGATE_MIN_FREE", default_value = "0", value_parser = parse_size)]
     pub min_free: u64,
+    /// Most entries an archive source may hold.
+    #[arg(long, env = "MODELGATE_MAX_ARCHIVE_ENTRIES", default_value_t = 100_000)]
+    pub max_archive_entries: u64,
+    /// Most bytes an archive source may unpack to ("512GiB"); guards against archive bombs.
+    #[arg(long, env = "MODELGATE_MAX_UNPACKED", default_value = "1TiB", value_parser = parse_size)]
+    pub max_unpacked: u64,
     /// Run after each switch to a new revision (`sh -c`; env MODELGATE_REVISION, MODELGATE_PREVIOUS_REVISION, MODELGATE_PATH).
     #[arg(long, env = "MODELGATE_UPDATE_HOOK_CMD")]
     pub update_hook_cmd: Option<String>,
@@ -130,7 +136,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// "8MiB", "16MB", "1GiB", "1048576".
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let units: [(&str, f64); 8] = [
+    let units: [(&str, f64); 10] = [
+        ("TiB", 1099511627776.0),
+        ("TB", 1e12),
         ("KiB", 1024.0),
         ("MiB", 1048576.0),
         ("GiB", 1073741824.0),

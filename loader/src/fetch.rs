@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ pub struct FetchCtx {
     /// Caps open connections across all files.
     pub connections: Arc<Semaphore>,
     pub progress: Arc<Progress>,
+    pub disk: Arc<DiskGuard>,
 }
 
 /// Writes are batched to this size before a blocking write call.
@@ -168,13 +170,14 @@ impl Remote {
     }
 }
 
-/// Resume bookkeeping for one partial file.
+/// Resume bookkeeping for one partial file: how many bytes of each chunk are on disk (a
+/// prefix), saved after every write batch so a kill loses at most one batch per connection.
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
 struct ChunkState {
     identity: String,
     size: u64,
     chunk_size: u64,
-    done: Vec<bool>,
+    got: Vec<u64>,
 }
 
 fn save_state(path: &Path, st: &ChunkState) -> std::io::Result<()> {
@@ -193,6 +196,46 @@ pub fn state_path(part: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Re-checks free space as data is written: `--min-free` holds even when something else
+/// fills the volume or a source sends more than it declared.
+pub struct DiskGuard {
+    dir: PathBuf,
+    min_free: u64,
+    since_check: AtomicU64,
+}
+
+/// Bytes written between two free-space checks.
+const DISK_CHECK_EVERY: u64 = 8 << 20;
+
+impl DiskGuard {
+    pub fn new(dir: &Path, min_free: u64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            min_free,
+            since_check: AtomicU64::new(0),
+        }
+    }
+
+    pub fn wrote(&self, n: u64) -> Result<(), Failure> {
+        let total = self
+            .since_check
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
+        if total < DISK_CHECK_EVERY || self.min_free == 0 {
+            return Ok(());
+        }
+        self.since_check.store(0, Ordering::Relaxed);
+        match fs4::available_space(&self.dir) {
+            Ok(avail) if avail < self.min_free => Err(Failure::Fatal(format!(
+                "{}: free space fell to {avail} bytes, below --min-free {}; stopping the download",
+                self.dir.display(),
+                self.min_free
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Downloads `remote` to `part` and verifies it; a mismatch deletes the partial data and
 /// starts again (up to the retry budget). Returns the computed digests.
 pub async fn fetch_file(
@@ -202,19 +245,21 @@ pub async fn fetch_file(
     part: &Path,
     name: &str,
 ) -> Result<Computed, Failure> {
-    let mut chunk_size = ctx.chunk_size.max(1);
+    let chunk_size = ctx.chunk_size.max(1);
+    let mut ranged = expected.size.is_some();
     let mut integrity_attempt = 0u32;
     loop {
         let res = match expected.size {
-            Some(size) => fetch_ranged(ctx, remote, expected, part, size, chunk_size, name).await,
-            None => fetch_sequential(ctx, remote, expected, part, name).await,
+            Some(size) if ranged => {
+                fetch_ranged(ctx, remote, expected, part, size, chunk_size, name).await
+            }
+            _ => fetch_sequential(ctx, remote, expected, part, name).await,
         };
         match res {
             Ok(c) => match c.verify(expected) {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(state_path(part));
-                    return Ok(c);
-                }
+                // The state stays until the caller has recorded the file: a kill before that
+                // re-hashes from disk instead of downloading again.
+                Ok(()) => return Ok(c),
                 Err(why) => {
                     METRICS.integrity_failures.inc();
                     let _ = std::fs::remove_file(part);
@@ -224,9 +269,10 @@ pub async fn fetch_file(
                     ctx.retry.pause(integrity_attempt, f, "verify").await?;
                 }
             },
-            Err(Failure::RangeUnsupported) if chunk_size < expected.size.unwrap_or(0) => {
+            Err(Failure::RangeUnsupported) if ranged => {
+                // One stream, hashed and written as it arrives: memory stays bounded.
                 crate::warn!("{name}: server ignores Range; downloading in one stream");
-                chunk_size = expected.size.unwrap_or(u64::MAX).max(1);
+                ranged = false;
                 let _ = std::fs::remove_file(state_path(part));
             }
             Err(e) => return Err(e),
@@ -234,6 +280,8 @@ pub async fn fetch_file(
     }
 }
 
+/// One stream from the start, capped at the declared size; no resume (the server cannot
+/// send a part).
 async fn fetch_sequential(
     ctx: &Arc<FetchCtx>,
     remote: &Remote,
@@ -243,7 +291,7 @@ async fn fetch_sequential(
 ) -> Result<Computed, Failure> {
     let mut attempt = 0u32;
     loop {
-        let file = std::fs::File::create(part).map_err(|e| io_fail(part, e))?;
+        let file = Arc::new(std::fs::File::create(part).map_err(|e| io_fail(part, e))?);
         let mut hasher = Hasher::new(expected);
         let res = async {
             let _permit = ctx
@@ -255,20 +303,42 @@ async fn fetch_sequential(
                 .await
                 .map_err(|_| stall(name, ctx.read_timeout))??;
             let mut pos = 0u64;
+            let mut pending: Vec<Bytes> = Vec::new();
+            let mut pending_len = 0u64;
             loop {
                 let next = tokio::time::timeout(ctx.read_timeout, stream.next())
                     .await
                     .map_err(|_| stall(name, ctx.read_timeout))?;
                 let Some(piece) = next else { break };
                 let piece = piece?;
+                let n = piece.len() as u64;
+                let end = pos.saturating_add(pending_len).saturating_add(n);
+                if let Some(size) = expected.size {
+                    if end > size {
+                        return Err(Failure::retryable(format!(
+                            "{name}: server sent more than the {size} bytes declared"
+                        )));
+                    }
+                }
                 hasher.update(&piece);
-                file.write_all_at(&piece, pos)
-                    .map_err(|e| io_fail(part, e))?;
-                pos += piece.len() as u64;
-                ctx.progress.add(piece.len() as u64);
-                METRICS.bytes_downloaded.add(piece.len() as u64);
+                ctx.progress.add(n);
+                METRICS.bytes_downloaded.add(n);
+                pending.push(piece);
+                pending_len += n;
+                if pending_len >= WRITE_BATCH as u64 {
+                    write_batch(&file, part, pos, std::mem::take(&mut pending)).await?;
+                    ctx.disk.wrote(pending_len)?;
+                    pos += pending_len;
+                    pending_len = 0;
+                }
             }
-            file.sync_all().map_err(|e| io_fail(part, e))?;
+            write_batch(&file, part, pos, pending).await?;
+            ctx.disk.wrote(pending_len)?;
+            let f = file.clone();
+            let p = part.to_path_buf();
+            tokio::task::spawn_blocking(move || f.sync_all().map_err(|e| io_fail(&p, e)))
+                .await
+                .map_err(|e| Failure::Fatal(format!("sync: {e}")))??;
             Ok(())
         }
         .await;
@@ -296,6 +366,9 @@ fn stall(name: &str, t: Duration) -> Failure {
     ))
 }
 
+/// More chunks than this is a bogus size, not a model file.
+const MAX_CHUNKS: u64 = 1 << 24;
+
 #[allow(clippy::too_many_arguments)]
 async fn fetch_ranged(
     ctx: &Arc<FetchCtx>,
@@ -306,8 +379,18 @@ async fn fetch_ranged(
     chunk_size: u64,
     name: &str,
 ) -> Result<Computed, Failure> {
-    let n_chunks = usize::try_from(size.div_ceil(chunk_size).max(1))
-        .map_err(|_| Failure::Fatal("file too large".into()))?;
+    let n_chunks = size.div_ceil(chunk_size).max(1);
+    if n_chunks > MAX_CHUNKS {
+        return Err(Failure::Fatal(format!(
+            "{name}: declared size {size} is too large"
+        )));
+    }
+    let n_chunks =
+        usize::try_from(n_chunks).map_err(|_| Failure::Fatal("file too large".into()))?;
+    let len_of = |i: usize| {
+        let r = chunk_range(i, chunk_size, size);
+        r.end - r.start
+    };
     // With a published hash the content pins the partial data, so a changed URL (another
     // CDN node, a re-signed link) still resumes; without one, the URL must match.
     let identity = if expected.has_hash() {
@@ -316,24 +399,23 @@ async fn fetch_ranged(
         format!("{}|{expected:?}", remote.identity())
     };
     let spath = state_path(part);
-    let fresh = ChunkState {
-        identity: identity.clone(),
-        size,
-        chunk_size,
-        done: vec![false; n_chunks],
-    };
     let part_len = std::fs::metadata(part).map(|m| m.len()).ok();
     let state = match load_state(&spath) {
         Some(s)
             if s.identity == identity
                 && s.size == size
                 && s.chunk_size == chunk_size
-                && s.done.len() == n_chunks
+                && s.got.len() == n_chunks
+                && s.got.iter().enumerate().all(|(i, g)| *g <= len_of(i))
                 && part_len == Some(size) =>
         {
-            let n = s.done.iter().filter(|d| **d).count();
-            if n > 0 {
-                crate::info!("{name}: resuming, {n}/{n_chunks} chunks already on disk");
+            let held: u64 = s.got.iter().sum();
+            if held > 0 {
+                crate::info!(
+                    "{name}: resuming, {:.1} of {:.1} MiB already on disk",
+                    held as f64 / 1048576.0,
+                    size as f64 / 1048576.0
+                );
             }
             s
         }
@@ -345,6 +427,12 @@ async fn fetch_ranged(
                 .open(part)
                 .map_err(|e| io_fail(part, e))?;
             f.set_len(size).map_err(|e| io_fail(part, e))?;
+            let fresh = ChunkState {
+                identity: identity.clone(),
+                size,
+                chunk_size,
+                got: vec![0; n_chunks],
+            };
             save_state(&spath, &fresh).map_err(|e| io_fail(&spath, e))?;
             fresh
         }
@@ -356,19 +444,15 @@ async fn fetch_ranged(
             .open(part)
             .map_err(|e| io_fail(part, e))?,
     );
-    let done_at_start = state.done.clone();
-    let resumed_bytes: u64 = (0..n_chunks)
-        .filter(|i| done_at_start.get(*i).copied().unwrap_or(false))
-        .map(|i| chunk_range(i, chunk_size, size).end - chunk_range(i, chunk_size, size).start)
-        .sum();
-    ctx.progress.add(resumed_bytes);
+    let got_at_start = state.got.clone();
+    ctx.progress.add(got_at_start.iter().sum());
     let state = Arc::new(Mutex::new(state));
 
     let mut senders: Vec<Option<oneshot::Sender<Vec<Bytes>>>> = Vec::with_capacity(n_chunks);
     let mut receivers: Vec<Option<oneshot::Receiver<Vec<Bytes>>>> = Vec::with_capacity(n_chunks);
     let mut queue = VecDeque::new();
-    for (i, done) in done_at_start.iter().enumerate() {
-        if *done {
+    for (i, got) in got_at_start.iter().enumerate() {
+        if *got >= len_of(i) {
             senders.push(None);
             receivers.push(None);
         } else {
@@ -400,6 +484,7 @@ async fn fetch_ranged(
         let mut hashed_rx = hashed_rx.clone();
         let name = name.to_string();
         let part = part.to_path_buf();
+        let got_at_start = got_at_start.clone();
         workers.spawn(async move {
             loop {
                 let next = queue.lock().ok().and_then(|mut q| q.pop_front());
@@ -409,7 +494,21 @@ async fn fetch_ranged(
                     .await
                     .map_err(|_| Failure::Fatal("hasher stopped".into()))?;
                 let range = chunk_range(idx, chunk_size, size);
-                let data = match fetch_chunk(&ctx, &remote, &file, &part, range, size, &name).await
+                let start_got = got_at_start.get(idx).copied().unwrap_or(0);
+                let saved = |got: u64| {
+                    if let Ok(mut st) = state.lock() {
+                        if let Some(g) = st.got.get_mut(idx) {
+                            *g = got;
+                        }
+                        let _ = save_state(&spath, &st);
+                    }
+                };
+                let job = Chunk {
+                    range,
+                    start_got,
+                    size,
+                };
+                let data = match fetch_chunk(&ctx, &remote, &file, &part, job, &name, &saved).await
                 {
                     Ok(d) => d,
                     Err(e) => {
@@ -429,44 +528,27 @@ async fn fetch_ranged(
                 if let Some(tx) = tx {
                     let _ = tx.send(data);
                 }
-                if let Ok(mut st) = state.lock() {
-                    if let Some(d) = st.done.get_mut(idx) {
-                        *d = true;
-                    }
-                    let _ = save_state(&spath, &st);
-                }
             }
         });
     }
 
-    // Feed the hasher in file order: chunks from the network as they come, chunks that were
-    // on disk before this run from the disk.
+    // Feed the hasher in file order: what was on disk before this run from the disk, then
+    // what arrives from the network.
     let hash_result: Result<Hasher, Failure> = async {
         let mut hasher = Hasher::new(expected);
         for (i, rx) in receivers.into_iter().enumerate() {
             let range = chunk_range(i, chunk_size, size);
-            hasher = match rx {
-                Some(rx) => {
-                    let data = rx
-                        .await
-                        .map_err(|_| Failure::Fatal("download worker stopped".into()))?;
-                    spawn_hash(hasher, data).await?
-                }
-                None => {
-                    let f = file.clone();
-                    let p = part.to_path_buf();
-                    tokio::task::spawn_blocking(move || {
-                        let mut buf =
-                            vec![0u8; usize::try_from(range.end - range.start).unwrap_or(0)];
-                        f.read_exact_at(&mut buf, range.start)
-                            .map_err(|e| io_fail(&p, e))?;
-                        hasher.update(&buf);
-                        Ok::<_, Failure>(hasher)
-                    })
+            let on_disk = got_at_start.get(i).copied().unwrap_or(0);
+            if on_disk > 0 {
+                hasher =
+                    hash_from_disk(hasher, &file, part, range.start..range.start + on_disk).await?;
+            }
+            if let Some(rx) = rx {
+                let data = rx
                     .await
-                    .map_err(|e| Failure::Fatal(format!("hash: {e}")))??
-                }
-            };
+                    .map_err(|_| Failure::Fatal("download worker stopped".into()))?;
+                hasher = spawn_hash(hasher, data).await?;
+            }
             let _ = hashed_tx.send(i + 1);
         }
         Ok(hasher)
@@ -501,6 +583,31 @@ async fn fetch_ranged(
     Ok(hasher.finish())
 }
 
+/// Hashes bytes already on disk, a bounded buffer at a time.
+async fn hash_from_disk(
+    mut hasher: Hasher,
+    file: &Arc<std::fs::File>,
+    part: &Path,
+    range: Range<u64>,
+) -> Result<Hasher, Failure> {
+    let f = file.clone();
+    let p = part.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 4 << 20];
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = usize::try_from((range.end - pos).min(buf.len() as u64)).unwrap_or(0);
+            let slice = buf.get_mut(..n).unwrap_or_default();
+            f.read_exact_at(slice, pos).map_err(|e| io_fail(&p, e))?;
+            hasher.update(slice);
+            pos += n as u64;
+        }
+        Ok::<_, Failure>(hasher)
+    })
+    .await
+    .map_err(|e| Failure::Fatal(format!("hash: {e}")))?
+}
+
 fn flatten(r: Result<Result<(), Failure>, tokio::task::JoinError>) -> Result<(), Failure> {
     match r {
         Ok(inner) => inner,
@@ -525,18 +632,31 @@ fn chunk_range(i: usize, chunk: u64, size: u64) -> Range<u64> {
     start..start.saturating_add(chunk).min(size)
 }
 
-/// One chunk, retried from where it stopped; returns its bytes for the hasher.
+/// One chunk of a file: its byte range, how much of it is already on disk, the file size.
+struct Chunk {
+    range: Range<u64>,
+    start_got: u64,
+    size: u64,
+}
+
+/// One chunk, retried from where it stopped; returns the bytes it fetched (those after
+/// `start_got`) for the hasher. `saved(got)` records progress after every write batch.
 async fn fetch_chunk(
     ctx: &FetchCtx,
     remote: &Remote,
     file: &Arc<std::fs::File>,
     part: &Path,
-    range: Range<u64>,
-    size: u64,
+    job: Chunk,
     name: &str,
+    saved: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Bytes>, Failure> {
+    let Chunk {
+        range,
+        start_got,
+        size,
+    } = job;
     let mut data: Vec<Bytes> = Vec::new();
-    let mut got = 0u64;
+    let mut got = start_got;
     let want = range.end - range.start;
     let mut attempt = 0u32;
     while got < want {
@@ -552,7 +672,7 @@ async fn fetch_chunk(
                     .await
                     .map_err(|_| stall(name, ctx.read_timeout))??;
             let mut pending: Vec<Bytes> = Vec::new();
-            let mut pending_len = 0usize;
+            let mut pending_len = 0u64;
             let mut write_pos = range.start + got;
             loop {
                 let next = tokio::time::timeout(ctx.read_timeout, stream.next())
@@ -562,12 +682,14 @@ async fn fetch_chunk(
                     Ok(Some(Ok(p))) => Some(p),
                     Ok(None) => None,
                     Ok(Some(Err(e))) | Err(e) => {
-                        // Keep what arrived: the retry continues after it.
+                        // Keep what arrived: the retry (or the next run) continues after it.
                         write_batch(file, part, write_pos, std::mem::take(&mut pending)).await?;
+                        saved(got);
                         return Err(e);
                     }
                 };
                 let Some(mut piece) = piece else { break };
+                // Never more than the range: a server that sends extra bytes is cut off.
                 let room = want - got;
                 if piece.len() as u64 > room {
                     piece.truncate(usize::try_from(room).unwrap_or(0));
@@ -575,17 +697,19 @@ async fn fetch_chunk(
                 if piece.is_empty() {
                     break;
                 }
-                let n = piece.len();
-                got += n as u64;
-                ctx.progress.add(n as u64);
-                METRICS.bytes_downloaded.add(n as u64);
+                let n = piece.len() as u64;
+                got += n;
+                ctx.progress.add(n);
+                METRICS.bytes_downloaded.add(n);
                 data.push(piece.clone());
                 pending.push(piece);
                 pending_len += n;
-                if pending_len >= WRITE_BATCH {
+                if pending_len >= WRITE_BATCH as u64 {
                     let batch = std::mem::take(&mut pending);
                     write_batch(file, part, write_pos, batch).await?;
-                    write_pos += pending_len as u64;
+                    saved(got);
+                    ctx.disk.wrote(pending_len)?;
+                    write_pos += pending_len;
                     pending_len = 0;
                 }
                 if got >= want {
@@ -593,6 +717,8 @@ async fn fetch_chunk(
                 }
             }
             write_batch(file, part, write_pos, pending).await?;
+            saved(got);
+            ctx.disk.wrote(pending_len)?;
             if got < want {
                 return Err(Failure::retryable(format!(
                     "{name}: connection closed after {got} of {want} bytes of a range"

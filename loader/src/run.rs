@@ -13,13 +13,13 @@ use tokio::task::JoinSet;
 
 use crate::cli::Args;
 use crate::digest::parse_manifest;
-use crate::fetch::{fetch_file, FetchCtx};
+use crate::fetch::{fetch_file, DiskGuard, FetchCtx};
 use crate::progress::Progress;
 use crate::retry::{Failure, RetryPolicy};
 use crate::source::{build_store, Filters, Listing, RemoteFile, Source, SourceSpec};
 use crate::status::{Phase, Status, METRICS};
 use crate::versions::{
-    append_done, link_or_copy, read_done, read_manifest, write_atomic, write_manifest, Layout,
+    append_done, link_or_copy, read_done, read_manifest, write_atomic_mode, write_manifest, Layout,
     Manifest, ManifestEntry, PARTS_DIR,
 };
 use crate::{error, info, warn};
@@ -32,6 +32,9 @@ pub struct Loader {
     status: Arc<Status>,
     ready_file: PathBuf,
     metadata_file: PathBuf,
+    /// The revision this process last told its server about (hooks), or found served at
+    /// start. Another loader on the same volume may switch without us: we still announce.
+    announced: Mutex<Option<String>>,
 }
 
 fn now_ms() -> u64 {
@@ -143,6 +146,7 @@ impl Loader {
             status,
             ready_file,
             metadata_file,
+            announced: Mutex::new(None),
             args,
         })
     }
@@ -155,14 +159,16 @@ impl Loader {
         let rev = listing.revision.clone();
         if self.layout.current().is_some_and(|m| m.revision == rev) {
             METRICS.last_success_unix_ms.set(now_ms());
-            self.status.set(Phase::Ready, Some(rev));
+            self.status.set(Phase::Ready, Some(rev.clone()));
+            self.announce(&rev).await;
             return Ok(false);
         }
+        let declared = total_size(listing.files.iter().filter_map(|f| f.expected.size))?;
         info!(
             "{}: revision {rev}, {} file(s), {:.1} MiB",
             self.source.spec.display(),
             listing.files.len(),
-            mib(listing.files.iter().filter_map(|f| f.expected.size).sum())
+            mib(declared)
         );
         let lock = self
             .layout
@@ -181,7 +187,9 @@ impl Loader {
         };
         let previous = current.map(|m| m.revision);
         if previous.as_deref() == Some(rev.as_str()) {
-            self.status.set(Phase::Ready, Some(rev));
+            drop(lock);
+            self.status.set(Phase::Ready, Some(rev.clone()));
+            self.announce(&rev).await;
             return Ok(false);
         }
         self.write_side_files(&vdir, &manifest, true)
@@ -213,10 +221,26 @@ impl Loader {
         }
         self.layout.prune(self.args.keep.max(1), &rev, None);
         drop(lock);
-        if let Some(p) = previous {
-            self.run_hook(&rev, &p, &vdir).await;
-        }
+        self.announce(&rev).await;
         Ok(true)
+    }
+
+    /// Runs the update hooks when `rev` is not what this process last announced (the
+    /// first revision it serves is not an update: the server loads it when it starts).
+    async fn announce(&self, rev: &str) {
+        let previous = match self.announced.lock() {
+            Ok(mut a) => {
+                if a.as_deref() == Some(rev) {
+                    return;
+                }
+                a.replace(rev.to_string())
+            }
+            Err(_) => return,
+        };
+        if let Some(p) = previous {
+            let vdir = self.layout.version_dir(rev);
+            self.run_hook(rev, &p, &vdir).await;
+        }
     }
 
     /// Writes the `.ready` sentinel and `metadata.json`: those under the served path go into
@@ -227,9 +251,14 @@ impl Loader {
         m: &Manifest,
         before_switch: bool,
     ) -> std::io::Result<()> {
-        let bytes: u64 = m.files.iter().map(|f| f.size).sum();
+        let bytes = m
+            .files
+            .iter()
+            .try_fold(0u64, |a, f| a.checked_add(f.size))
+            .unwrap_or(u64::MAX);
         let meta = serde_json::json!({
-            "model_id": self.args.source,
+            // Redacted as in logs: presigned queries and `user:pass@` never reach the disk.
+            "model_id": crate::log::redact_url(&self.args.source),
             "source": self.source.spec.display(),
             "revision": m.revision,
             // The seed's update check compared this key; it now holds the served revision.
@@ -242,9 +271,9 @@ impl Loader {
         });
         let meta = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         let ready = format!("{}\n", m.revision);
-        for (path, data) in [
-            (&self.metadata_file, meta.as_slice()),
-            (&self.ready_file, ready.as_bytes()),
+        for (path, data, mode) in [
+            (&self.metadata_file, meta.as_slice(), 0o640),
+            (&self.ready_file, ready.as_bytes(), 0o644),
         ] {
             match path.strip_prefix(&self.layout.dest) {
                 Ok(rel) if before_switch => {
@@ -256,9 +285,9 @@ impl Loader {
                         );
                         continue;
                     }
-                    write_atomic(&vdir.join(rel), data)?;
+                    write_atomic_mode(&vdir.join(rel), data, mode)?;
                 }
-                Err(_) if !before_switch => write_atomic(path, data)?,
+                Err(_) if !before_switch => write_atomic_mode(path, data, mode)?,
                 _ => {}
             }
         }
@@ -307,8 +336,17 @@ impl Loader {
             let target = f.path.under(&partial);
             if listing.archive.is_none() {
                 if let Some(d) = done.get(f.path.as_str()) {
+                    // Killed between logging a verified file and moving it into place.
+                    let part = part_path(&parts, f);
+                    if !target.exists() && std::fs::metadata(&part).is_ok_and(|m| m.len() == d.size)
+                    {
+                        if let Some(p) = target.parent() {
+                            let _ = std::fs::create_dir_all(p);
+                        }
+                        let _ = std::fs::rename(&part, &target);
+                    }
                     let on_disk = std::fs::metadata(&target).map(|m| m.len()).ok();
-                    if on_disk == Some(d.size) && f.expected.size.is_none_or(|s| s == d.size) {
+                    if on_disk == Some(d.size) && still_current(d, f) {
                         entries.push(d.clone());
                         continue;
                     }
@@ -342,7 +380,7 @@ impl Loader {
         }
 
         // Free space: what is left to fetch, less what partial files already hold.
-        let total: u64 = to_fetch.iter().filter_map(|f| f.expected.size).sum();
+        let total = total_size(to_fetch.iter().filter_map(|f| f.expected.size))?;
         let held: u64 = to_fetch
             .iter()
             .filter_map(|f| std::fs::metadata(part_path(&parts, f)).ok())
@@ -376,11 +414,12 @@ impl Loader {
             read_timeout: self.args.read_timeout,
             connections: Arc::new(Semaphore::new(self.args.connections)),
             progress: progress.clone(),
+            disk: Arc::new(DiskGuard::new(&partial, self.args.min_free)),
         });
         let file_slots = Arc::new(Semaphore::new(self.args.parallel_files));
         let done_log = Arc::new(Mutex::new(()));
         let mut set = JoinSet::new();
-        let downloaded_bytes = to_fetch.iter().filter_map(|f| f.expected.size).sum::<u64>();
+        let downloaded_bytes = total;
         let n_fetch = to_fetch.len();
         for f in to_fetch {
             let ctx = ctx.clone();
@@ -409,16 +448,22 @@ impl Loader {
                     std::fs::create_dir_all(p)
                         .map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
                 }
-                std::fs::rename(&part, &target)
-                    .map_err(|e| Failure::Fatal(format!("{}: {e}", target.display())))?;
+                // Logged first, then moved: a kill between the two loses nothing (the next
+                // run finds the verified .part and moves it).
                 let e = ManifestEntry {
                     path: name,
                     size: c.len,
                     sha256: c.sha256,
                     id: f.id.clone(),
                 };
-                let _g = done_log.lock();
-                append_done(&partial, &e).map_err(|e| Failure::Fatal(format!("done log: {e}")))?;
+                {
+                    let _g = done_log.lock();
+                    append_done(&partial, &e)
+                        .map_err(|e| Failure::Fatal(format!("done log: {e}")))?;
+                }
+                std::fs::rename(&part, &target)
+                    .map_err(|e| Failure::Fatal(format!("{}: {e}", target.display())))?;
+                let _ = std::fs::remove_file(crate::fetch::state_path(&part));
                 Ok::<_, Failure>(Some(e))
             });
         }
@@ -448,6 +493,11 @@ impl Loader {
             let archive = part_path(&parts, f);
             let dest = partial.clone();
             let kind = kind.clone();
+            let limits = crate::archive::Limits {
+                max_entries: self.args.max_archive_entries,
+                max_bytes: self.args.max_unpacked,
+                min_free: self.args.min_free,
+            };
             let unpacked = tokio::task::spawn_blocking(move || {
                 // A previous run may have died mid-unpack: start from an empty directory.
                 if let Ok(rd) = std::fs::read_dir(&dest) {
@@ -462,7 +512,7 @@ impl Loader {
                         }
                     }
                 }
-                crate::archive::unpack(&archive, &kind, &dest)
+                crate::archive::unpack(&archive, &kind, &dest, &limits)
             })
             .await
             .map_err(|e| Failure::Fatal(format!("unpack: {e}")))?
@@ -503,6 +553,13 @@ impl Loader {
                 tokio::process::Command::new("sh")
                     .arg("-c")
                     .arg(cmd)
+                    // Only what a hook needs: no HF_TOKEN, no cloud keys.
+                    .env_clear()
+                    .envs(
+                        HOOK_ENV
+                            .iter()
+                            .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+                    )
                     .env("MODELGATE_REVISION", rev)
                     .env("MODELGATE_PREVIOUS_REVISION", previous)
                     .env("MODELGATE_PATH", &self.layout.dest)
@@ -549,6 +606,32 @@ impl Loader {
             }
         }
     }
+}
+
+/// Variables passed through to the update hook command; everything else is dropped.
+const HOOK_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// Sum of declared sizes; a sum that overflows is a bogus listing, not a huge model.
+fn total_size(sizes: impl Iterator<Item = u64>) -> Result<u64, Failure> {
+    sizes
+        .into_iter()
+        .try_fold(0u64, |a, s| a.checked_add(s))
+        .ok_or_else(|| Failure::Fatal("listing: declared sizes overflow".into()))
+}
+
+/// A file finished by an earlier run still matches the listing: size, and the published
+/// sha256 and content id when there are any.
+fn still_current(done: &ManifestEntry, f: &RemoteFile) -> bool {
+    f.expected.size.is_none_or(|s| s == done.size)
+        && f.expected
+            .sha256
+            .as_ref()
+            .is_none_or(|h| h.eq_ignore_ascii_case(&done.sha256))
+        && match (&f.id, &done.id) {
+            (Some(a), Some(b)) => a == b,
+            (Some(_), None) => false,
+            _ => true,
+        }
 }
 
 fn part_path(parts: &Path, f: &RemoteFile) -> PathBuf {
@@ -601,6 +684,9 @@ pub async fn run(args: Args) -> i32 {
     match loader.layout.current() {
         Some(m) => {
             info!("serving {} from a previous run", m.revision);
+            if let Ok(mut a) = loader.announced.lock() {
+                *a = Some(m.revision.clone());
+            }
             status.set(Phase::Ready, Some(m.revision));
         }
         None => {
@@ -671,5 +757,16 @@ fn stop(status: &Status, sig: &str, once: bool) -> i32 {
         1
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summed_sizes_that_overflow_are_refused() {
+        assert_eq!(total_size([1u64, 2, 3].into_iter()).unwrap(), 6);
+        assert!(total_size([u64::MAX, 1].into_iter()).is_err());
     }
 }

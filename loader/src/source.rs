@@ -413,7 +413,7 @@ impl Source {
                     .get("x-repo-commit")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let body = resp.bytes().await.map_err(|e| map_reqwest(e, &what))?;
+                let body = read_capped(resp, MAX_LISTING_BYTES, &what).await?;
                 let info: HfRevision = serde_json::from_slice(&body)
                     .map_err(|e| Failure::Fatal(format!("{what}: bad JSON: {e}")))?;
                 Ok((commit, info))
@@ -626,6 +626,30 @@ impl Source {
             archive,
         })
     }
+}
+
+/// A Hub listing larger than this is refused (a repo with 100k files is ~20 MiB of JSON).
+const MAX_LISTING_BYTES: usize = 64 << 20;
+
+/// Reads a response body, refusing one larger than `cap` (the declared length or the bytes
+/// actually sent).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+    what: &str,
+) -> Result<Vec<u8>, Failure> {
+    let too_big = || Failure::Fatal(format!("{what}: answer larger than {cap} bytes"));
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(piece) = resp.chunk().await.map_err(|e| map_reqwest(e, what))? {
+        if body.len().saturating_add(piece.len()) > cap {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(body)
 }
 
 async fn list_local(root: &Path) -> Result<Listing, Failure> {

@@ -147,6 +147,10 @@ impl Layout {
                 }
                 continue;
             }
+            if name.starts_with(".deleting-") {
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
             if name.starts_with('.') || name == serving_dir {
                 continue;
             }
@@ -157,7 +161,17 @@ impl Layout {
         complete.sort_by_key(|c| std::cmp::Reverse(c.0));
         for (_, path, name) in complete.into_iter().skip(keep.saturating_sub(1)) {
             crate::info!("removing old revision {name}");
-            let _ = std::fs::remove_dir_all(&path);
+            // Renamed away first: a kill mid-removal never leaves a manifest over missing files.
+            let doomed = self.versions.join(format!(".deleting-{name}"));
+            match std::fs::rename(&path, &doomed) {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(&doomed);
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(path.join(MANIFEST));
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+            }
         }
     }
 
@@ -206,6 +220,12 @@ pub fn write_manifest(dir: &Path, m: &Manifest) -> std::io::Result<()> {
 
 /// Write to a temp file, fsync, rename: readers see the old or the new content, never half.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, data, 0o644)
+}
+
+/// `write_atomic` with the file's permission bits.
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let name = path
@@ -214,7 +234,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have cleared bits; the mode is exactly what was asked.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;
     }

@@ -179,10 +179,16 @@ fn resumes_after_the_process_is_killed_mid_file() {
         c.args(["--once", "--chunk-size", "1MiB", "--parallel-ranges", "2"]);
         let r = Running::spawn(c);
         let state = versions_of(&dest).join(".partial-c1/.modelgate-parts/model.bin.part.state");
-        wait_until("a few chunks on disk", Duration::from_secs(30), || {
-            std::fs::read_to_string(&state)
-                .map(|s| s.matches("true").count() >= 3)
-                .unwrap_or(false)
+        wait_until("3 MiB on disk", Duration::from_secs(30), || {
+            std::fs::read(&state)
+                .ok()
+                .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+                .and_then(|v| {
+                    v["got"]
+                        .as_array()
+                        .map(|g| g.iter().filter_map(|x| x.as_u64()).sum::<u64>())
+                })
+                .is_some_and(|held| held >= 3 << 20)
         });
         r.signal(9);
     }

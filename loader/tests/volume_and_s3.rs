@@ -103,6 +103,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// One request with a short read timeout; None when nothing answered.
+fn try_request(port: u16, req: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    (!out.is_empty()).then_some(out)
+}
+
 fn raw_request(port: u16, req: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -131,8 +141,14 @@ fn s3_source_via_moto() {
             .spawn()
             .unwrap(),
     );
-    wait_until("moto up", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    // A fresh venv's moto takes many seconds to answer its first request (it compiles every
+    // module on first import): wait for a real answer, not an open port.
+    wait_until("moto answering", Duration::from_secs(120), || {
+        try_request(
+            port,
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     });
     let created = raw_request(
         port,

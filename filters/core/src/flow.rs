@@ -9,11 +9,9 @@ use std::collections::VecDeque;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration_ms, ConfigError};
-use crate::shed::Criticality;
+use crate::config::{ms_or, ConfigError, DurationMs};
+use crate::vocab::{Criticality, TENANT_HEADER};
 
-/// Default request header naming the tenant.
-pub const TENANT_HEADER: &str = "x-modelgate-tenant";
 /// Tenant of requests without the header.
 pub const NO_TENANT: &str = "none";
 /// Tenant names are cut to this many bytes (they key a map and may label a stat).
@@ -65,20 +63,20 @@ pub struct FlowJson {
     pub tenant_max_requests: Option<u32>,
     pub tenant_max_bytes: Option<u64>,
     pub max_tenant_labels: Option<usize>,
-    pub tick: Option<String>,
+    pub tick: Option<DurationMs>,
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BandJson {
-    pub ttl: Option<String>,
+    pub ttl: Option<DurationMs>,
     pub max_requests: Option<u32>,
     pub max_bytes: Option<u64>,
 }
 
 impl FlowConfig {
     /// `None` when the block is absent or `enabled: false`.
-    pub fn from_json(raw: Option<&FlowJson>) -> Result<Option<Self>, ConfigError> {
+    pub fn validate(raw: Option<&FlowJson>) -> Result<Option<Self>, ConfigError> {
         let Some(raw) = raw else { return Ok(None) };
         if raw.enabled == Some(false) {
             return Ok(None);
@@ -90,10 +88,7 @@ impl FlowConfig {
         let max_requests = positive(raw.max_requests, 1024, "flow.max_requests")?;
         let max_bytes = positive_u64(raw.max_bytes, 64 << 20, "flow.max_bytes")?;
         let band = |b: Option<&BandJson>, name: &str, ttl_ms: u64| -> Result<_, ConfigError> {
-            let ttl_ms = match b.and_then(|b| b.ttl.as_deref()) {
-                Some(t) => parse_duration_ms(&format!("flow.{name}.ttl"), t)?,
-                None => ttl_ms,
-            };
+            let ttl_ms = ms_or(b.and_then(|b| b.ttl), ttl_ms);
             if !(1..=600_000).contains(&ttl_ms) {
                 return Err(ConfigError::new(
                     format!("flow.{name}.ttl"),
@@ -130,10 +125,7 @@ impl FlowConfig {
                 "must be a lower-case header name",
             ));
         }
-        let tick_ms = match raw.tick.as_deref() {
-            Some(t) => parse_duration_ms("flow.tick", t)?,
-            None => 20,
-        };
+        let tick_ms = ms_or(raw.tick, 20);
         if !(5..=1000).contains(&tick_ms) {
             return Err(ConfigError::new("flow.tick", "must be between 5ms and 1s"));
         }
@@ -488,7 +480,7 @@ mod tests {
 
     fn cfg(json: &str) -> FlowConfig {
         let raw: FlowJson = serde_json::from_str(json).unwrap();
-        FlowConfig::from_json(Some(&raw)).unwrap().unwrap()
+        FlowConfig::validate(Some(&raw)).unwrap().unwrap()
     }
 
     fn entry(id: u32, class: Criticality, tenant: &str, since_ms: u64) -> Entry {
@@ -679,7 +671,7 @@ mod tests {
     fn config_errors_name_the_field() {
         let err = |json: &str| {
             let raw: FlowJson = serde_json::from_str(json).unwrap();
-            FlowConfig::from_json(Some(&raw)).unwrap_err().field
+            FlowConfig::validate(Some(&raw)).unwrap_err().field
         };
         assert_eq!(err(r#"{"max_running": 0}"#), "flow.max_running");
         assert_eq!(err(r#"{"standard": {"ttl": "0s"}}"#), "flow.standard.ttl");
@@ -691,9 +683,20 @@ mod tests {
             err(r#"{"tenant_header": "X Tenant"}"#),
             "flow.tenant_header"
         );
-        assert_eq!(err(r#"{"tick": "1h"}"#), "flow.tick");
+        assert_eq!(err(r#"{"tick": "2s"}"#), "flow.tick");
+        // Through the filter's pipeline, a duration that does not parse is named too.
+        let field = |json: &str| {
+            <crate::shed::ShedConfig as crate::config::FilterConfig>::parse(json.as_bytes())
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(
+            field(r#"{"flow": {"standard": {"ttl": "soon"}}}"#),
+            "flow.standard.ttl"
+        );
+        assert_eq!(field(r#"{"flow": {"bogus": 1}}"#), "flow.bogus");
         let raw: FlowJson = serde_json::from_str(r#"{"enabled": false}"#).unwrap();
-        assert_eq!(FlowConfig::from_json(Some(&raw)).unwrap(), None);
+        assert_eq!(FlowConfig::validate(Some(&raw)).unwrap(), None);
         let c = cfg("{}");
         assert_eq!(
             (

@@ -5,11 +5,6 @@ use std::fmt::Write as _;
 
 use crate::state::QueueSnapshot;
 
-/// ORCA response header read by Envoy's `client_side_weighted_round_robin`.
-pub const ORCA_HEADER: &str = "endpoint-load-metrics";
-/// Its binary (protobuf) form, which Envoy prefers: removed wherever the filter reports,
-/// so a model server cannot report its own load.
-pub const ORCA_BIN_HEADER: &str = "endpoint-load-metrics-bin";
 /// The highest utilisation reported: a server overloaded tenfold is reported as such,
 /// absurd scraped counts are not.
 pub const MAX_UTILIZATION: f64 = 10.0;

@@ -4,9 +4,10 @@
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration_ms, validate_path, ConfigError, Upstream, UpstreamJson};
+use crate::config::{
+    ms_or, validate_path, ConfigError, DurationMs, FilterConfig, FilterKind, Upstream, UpstreamJson,
+};
 use crate::error::ApiError;
-pub use crate::metrics::GATED_HEADER;
 use crate::state::{ReadinessSnapshot, ReadinessStatus};
 
 /// Lease purpose (`modelgate.lease.readiness`): one poll round per period per proxy.
@@ -18,9 +19,9 @@ const DEFAULT_CLUSTER: &str = "model_server";
 const DEFAULT_HEALTH_PATH: &str = "/health";
 const DEFAULT_MODELS_PATH: &str = "/v1/models";
 const DEFAULT_LOADER_PATH: &str = "/ready";
-const DEFAULT_PERIOD: &str = "1s";
-const DEFAULT_TIMEOUT: &str = "500ms";
-const DEFAULT_RETRY_AFTER: &str = "5s";
+const DEFAULT_PERIOD_MS: u64 = 1000;
+const DEFAULT_TIMEOUT_MS: u64 = 500;
+const DEFAULT_RETRY_AFTER_MS: u64 = 5000;
 const DEFAULT_PROBE_PATH: &str = "/modelgate/ready";
 const DEFAULT_GATED_PREFIX: &str = "/v1/";
 /// `max_age` defaults to this many periods: one missed round is tolerated, three are not.
@@ -42,13 +43,13 @@ pub struct ReadinessConfigJson {
     #[serde(default)]
     pub loader: Option<UpstreamJson>,
     #[serde(default)]
-    pub period: Option<String>,
+    pub period: Option<DurationMs>,
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<DurationMs>,
     #[serde(default)]
-    pub max_age: Option<String>,
+    pub max_age: Option<DurationMs>,
     #[serde(default)]
-    pub retry_after: Option<String>,
+    pub retry_after: Option<DurationMs>,
     /// Absent: the default path; `null` or `""`: no probe path.
     #[serde(default = "default_probe_path")]
     pub probe_path: Option<String>,
@@ -77,11 +78,6 @@ pub struct ReadinessConfig {
 }
 
 impl ReadinessConfig {
-    /// Parses and validates the plugin configuration; the error names the field.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        crate::config::parse_json::<ReadinessConfigJson>(bytes)?.validate()
-    }
-
     /// Tick of every VM: a quarter period, so a VM picks up a snapshot another VM published
     /// within a quarter period, while the lease still limits polls to one round per period.
     pub fn tick_ms(&self) -> u64 {
@@ -90,13 +86,11 @@ impl ReadinessConfig {
 
     /// What the filter does with a request for `path` (query string included or not).
     /// Bytes, not `&str`: a header value need not be UTF-8 and must not trap the VM.
+    /// Matches the normalised path (`//v1/x` and `/%76%31/x` are `/v1/x` to a server).
     pub fn classify(&self, path: &[u8]) -> PathAction {
+        let path = crate::path::normalize(path);
         if let Some(probe) = &self.probe_path {
-            let end = path
-                .iter()
-                .position(|b| *b == b'?' || *b == b'#')
-                .unwrap_or(path.len());
-            if path.get(..end) == Some(probe.as_bytes()) {
+            if *path == *probe.as_bytes() {
                 return PathAction::Probe;
             }
         }
@@ -112,13 +106,16 @@ impl ReadinessConfig {
     }
 }
 
-impl ReadinessConfigJson {
-    pub fn validate(&self) -> Result<ReadinessConfig, ConfigError> {
-        let model = self.model.trim();
+impl FilterConfig for ReadinessConfig {
+    const KIND: FilterKind = FilterKind::ReadinessGate;
+    type Json = ReadinessConfigJson;
+
+    fn validate(raw: ReadinessConfigJson) -> Result<ReadinessConfig, ConfigError> {
+        let model = raw.model.trim();
         if model.is_empty() {
             return Err(ConfigError::new("model", "must name the served model"));
         }
-        let health_json = self.health.clone().unwrap_or_else(|| UpstreamJson {
+        let health_json = raw.health.unwrap_or_else(|| UpstreamJson {
             cluster: DEFAULT_CLUSTER.to_string(),
             ..Default::default()
         });
@@ -126,23 +123,23 @@ impl ReadinessConfigJson {
         let models = Upstream {
             path: validate_path(
                 "models_path",
-                self.models_path.as_deref().unwrap_or(DEFAULT_MODELS_PATH),
+                raw.models_path.as_deref().unwrap_or(DEFAULT_MODELS_PATH),
             )?,
             ..health.clone()
         };
-        let loader = match &self.loader {
+        let loader = match &raw.loader {
             Some(l) => Some(l.validate("loader", DEFAULT_LOADER_PATH)?),
             None => None,
         };
 
-        let period_ms = duration("period", self.period.as_deref(), DEFAULT_PERIOD)?;
+        let period_ms = ms_or(raw.period, DEFAULT_PERIOD_MS);
         if period_ms < MIN_PERIOD_MS {
             return Err(ConfigError::new(
                 "period",
                 format!("must be at least {MIN_PERIOD_MS}ms"),
             ));
         }
-        let timeout_ms = duration("timeout", self.timeout.as_deref(), DEFAULT_TIMEOUT)?;
+        let timeout_ms = ms_or(raw.timeout, DEFAULT_TIMEOUT_MS);
         if timeout_ms == 0 || timeout_ms > period_ms {
             return Err(ConfigError::new(
                 "timeout",
@@ -151,21 +148,17 @@ impl ReadinessConfigJson {
                 ),
             ));
         }
-        let max_age_ms = match self.max_age.as_deref() {
-            Some(text) => parse_duration_ms("max_age", text)?,
-            None => period_ms.saturating_mul(DEFAULT_MAX_AGE_PERIODS),
-        };
+        let max_age_ms = ms_or(
+            raw.max_age,
+            period_ms.saturating_mul(DEFAULT_MAX_AGE_PERIODS),
+        );
         if max_age_ms < period_ms {
             return Err(ConfigError::new(
                 "max_age",
                 format!("must be at least `period` ({period_ms}ms), got {max_age_ms}ms"),
             ));
         }
-        let retry_ms = duration(
-            "retry_after",
-            self.retry_after.as_deref(),
-            DEFAULT_RETRY_AFTER,
-        )?;
+        let retry_ms = ms_or(raw.retry_after, DEFAULT_RETRY_AFTER_MS);
         if retry_ms == 0 {
             return Err(ConfigError::new("retry_after", "must be more than 0"));
         }
@@ -173,11 +166,11 @@ impl ReadinessConfigJson {
         let retry_after_s = u32::try_from(retry_ms.div_ceil(1000))
             .map_err(|_| ConfigError::new("retry_after", "is too large"))?;
 
-        let probe_path = match self.probe_path.as_deref() {
+        let probe_path = match raw.probe_path.as_deref() {
             None | Some("") => None,
             Some(p) => Some(validate_path("probe_path", p)?),
         };
-        let gated_prefixes = match &self.gated_prefixes {
+        let gated_prefixes = match &raw.gated_prefixes {
             None => vec![DEFAULT_GATED_PREFIX.to_string()],
             Some(list) => list
                 .iter()
@@ -198,10 +191,6 @@ impl ReadinessConfigJson {
             gated_prefixes,
         })
     }
-}
-
-fn duration(field: &str, text: Option<&str>, default: &str) -> Result<u64, ConfigError> {
-    parse_duration_ms(field, text.unwrap_or(default))
 }
 
 /// What to do with one request.
@@ -460,10 +449,10 @@ pub struct GateState {
     pub verdict: Verdict,
     /// The reply to a gated request while not ready; `None` when ready.
     pub rejection: Option<ApiError>,
-    /// Value of [`GATED_HEADER`] on that reply, for the metrics filter: one of `unknown`,
+    /// Value of [`crate::vocab::GATED_HEADER`] on that reply, for the metrics filter: one of `unknown`,
     /// `not_ready`, `draining`, `stale` (a bounded set: it becomes a metric label).
     pub gated_reason: &'static str,
-    pub probe_status: u32,
+    pub probe_status: u16,
     pub probe_body: Vec<u8>,
 }
 
@@ -526,13 +515,11 @@ mod tests {
     use super::*;
 
     fn cfg(json: &str) -> ReadinessConfig {
-        ReadinessConfig::from_json(json.as_bytes()).unwrap()
+        ReadinessConfig::parse(json.as_bytes()).unwrap()
     }
 
     fn err_field(json: &str) -> String {
-        ReadinessConfig::from_json(json.as_bytes())
-            .unwrap_err()
-            .field
+        ReadinessConfig::parse(json.as_bytes()).unwrap_err().field
     }
 
     #[test]
@@ -619,7 +606,7 @@ mod tests {
         );
         assert_eq!(
             err_field(r#"{"model":"m","loader":{"cluster":"l","port":1}}"#),
-            "port"
+            "loader.port"
         );
     }
 
@@ -641,6 +628,27 @@ mod tests {
         assert_eq!(c.classify(b"/health"), PathAction::Pass);
         assert_eq!(c.classify(b"/v1/\xff"), PathAction::Gate);
         assert_eq!(c.classify(b""), PathAction::Pass);
+    }
+
+    #[test]
+    fn path_tricks_are_gated_like_the_plain_path() {
+        let c = cfg(r#"{"model":"m"}"#);
+        for p in [
+            &b"//v1/chat/completions"[..],
+            b"/%76%31/chat/completions",
+            b"/v1//chat/completions",
+            b"/health/../v1/chat/completions",
+            b"/%2e%2e/v1/models",
+        ] {
+            assert_eq!(
+                c.classify(p),
+                PathAction::Gate,
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        assert_eq!(c.classify(b"//modelgate/ready"), PathAction::Probe);
+        assert_eq!(c.classify(b"/v1/../health"), PathAction::Pass);
     }
 
     #[test]

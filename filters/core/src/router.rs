@@ -10,17 +10,13 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{validate_path, ConfigError, FilterConfig, FilterKind};
 use crate::error::ApiError;
 use crate::json_scan::{ModelScanner, ScanError, MAX_MODEL_LEN};
 use crate::prng::Prng;
-// One criticality type and one lowering rule for the router and the load shedder.
-pub use crate::shed::{effective_criticality, Criticality, CRITICALITY_HEADER};
-
-/// Request header carrying the chosen target model; routes match on it.
-pub const MODEL_HEADER: &str = "x-modelgate-model";
-/// Request header carrying the prefix-affinity hash (for RING_HASH / MAGLEV).
-pub const PREFIX_HASH_HEADER: &str = "x-modelgate-prefix-hash";
+// One lowering rule for the router and the load shedder.
+pub use crate::shed::effective_criticality;
+use crate::vocab::Criticality;
 
 /// Largest weight of one target; keeps sums far from overflow and the draw unbiased.
 pub const MAX_WEIGHT: u32 = 1_000_000;
@@ -173,12 +169,16 @@ fn is_header_token(s: &str) -> bool {
 }
 
 impl Router {
-    /// Parses and validates a plugin configuration.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        Self::new(crate::config::parse_json::<RouterConfigJson>(bytes)?)
+    pub fn models(&self) -> &[Model] {
+        &self.models
     }
+}
 
-    pub fn new(cfg: RouterConfigJson) -> Result<Self, ConfigError> {
+impl FilterConfig for Router {
+    const KIND: FilterKind = FilterKind::ModelRouter;
+    type Json = RouterConfigJson;
+
+    fn validate(cfg: RouterConfigJson) -> Result<Self, ConfigError> {
         if cfg.models.is_empty() {
             return Err(ConfigError::new("models", "at least one model is required"));
         }
@@ -210,7 +210,7 @@ impl Router {
                 Some(c) => Criticality::parse(c).ok_or_else(|| {
                     ConfigError::new(
                         field("criticality"),
-                        format!("`{c}` is not one of \"critical\", \"standard\", \"sheddable\""),
+                        format!("`{c}` is not one of {}", Criticality::NAMES),
                     )
                 })?,
             };
@@ -271,20 +271,10 @@ impl Router {
             })?),
         };
         for (i, p) in cfg.inference_paths.iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(ConfigError::new(
-                    format!("inference_paths[{i}]"),
-                    format!("`{p}` must start with `/`"),
-                ));
-            }
+            validate_path(&format!("inference_paths[{i}]"), p)?;
         }
         if let Some(p) = &cfg.models_path {
-            if !p.starts_with('/') {
-                return Err(ConfigError::new(
-                    "models_path",
-                    format!("`{p}` must start with `/`"),
-                ));
-            }
+            validate_path("models_path", p)?;
         }
         if cfg.max_body_bytes == 0 {
             return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
@@ -313,11 +303,9 @@ impl Router {
         router.models_body = router.render_models();
         Ok(router)
     }
+}
 
-    pub fn models(&self) -> &[Model] {
-        &self.models
-    }
-
+impl Router {
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
     }

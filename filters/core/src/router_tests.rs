@@ -1,7 +1,7 @@
 use super::*;
 
 fn router(json: &str) -> Router {
-    Router::from_json(json.as_bytes()).unwrap()
+    Router::parse(json.as_bytes()).unwrap()
 }
 
 const CONFIG: &str = r#"{
@@ -81,10 +81,21 @@ fn config_defaults_and_validation() {
     assert_eq!(r.models()[0].criticality, Criticality::Standard);
     assert_eq!(r.inference_paths.len(), 4);
 
-    let err = |json: &str| Router::from_json(json.as_bytes()).unwrap_err().field;
+    let err = |json: &str| Router::parse(json.as_bytes()).unwrap_err().field;
     assert_eq!(err(r#"{"models":[]}"#), "models");
     assert_eq!(err(r#"{"models":[{"name":"m"}],"bogus":1}"#), "bogus");
-    assert_eq!(err(r#"{"models":[{"name":"m","wieght":1}]}"#), "wieght");
+    assert_eq!(
+        err(r#"{"models":[{"name":"m","wieght":1}]}"#),
+        "models[0].wieght"
+    );
+    assert_eq!(
+        err(r#"{"models":[{"name":"m"},{"name":"n","weight":2}]}"#),
+        "models[1].weight"
+    );
+    assert_eq!(
+        err(r#"{"models":[{"name":"m","targets":[{"name":"t","weight":"2"}]}]}"#),
+        "models[0].targets[0].weight"
+    );
     assert_eq!(
         err(r#"{"models":[{"name":"m"},{"name":"n","aliases":["m"]}]}"#),
         "models[1].aliases[0]"

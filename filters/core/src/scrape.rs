@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration_ms, ConfigError, Upstream, UpstreamJson};
+use crate::config::{ms_or, ConfigError, DurationMs, Upstream, UpstreamJson};
 use crate::prom::{Limits, ParseStats, Parser, Sample};
 use crate::state::QueueSnapshot;
 
@@ -96,9 +96,9 @@ pub struct ScrapeConfigJson {
     /// Default "/metrics".
     pub path: Option<String>,
     /// Poll period for the whole proxy; default "250ms".
-    pub period: Option<String>,
+    pub period: Option<DurationMs>,
     /// Per-poll timeout; default "1s" (capped at 10 s).
-    pub timeout: Option<String>,
+    pub timeout: Option<DurationMs>,
     /// "auto" (default), "vllm", "sglang", "tgi", "triton".
     pub server: Option<String>,
     /// Count only samples whose model label equals this; default: all models.
@@ -127,19 +127,8 @@ impl ScrapeConfig {
     pub const DEFAULT_PERIOD_MS: u64 = 250;
     pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 
-    /// Parses and validates a `scrape` block handed over as JSON (the metrics filter
-    /// passes its `scrape` value through unchanged).
-    pub fn from_value(value: &serde_json::Value, prefix: &str) -> Result<Self, ConfigError> {
-        let bytes = serde_json::to_vec(value).unwrap_or_default();
-        let raw: ScrapeConfigJson = crate::config::parse_json(&bytes).map_err(|e| ConfigError {
-            field: format!("{prefix}.{}", e.field),
-            message: e.message,
-        })?;
-        Self::from_json(&raw, prefix)
-    }
-
-    /// Validates `raw`; `prefix` is the JSON path of the block (e.g. "scrape") for errors.
-    pub fn from_json(raw: &ScrapeConfigJson, prefix: &str) -> Result<Self, ConfigError> {
+    /// Validates the block `raw`; `prefix` is its JSON path (e.g. "scrape") for errors.
+    pub fn validate(raw: &ScrapeConfigJson, prefix: &str) -> Result<Self, ConfigError> {
         let field = |f: &str| format!("{prefix}.{f}");
         let upstream = UpstreamJson {
             cluster: raw.cluster.clone().unwrap_or_default(),
@@ -147,20 +136,14 @@ impl ScrapeConfig {
             authority: raw.authority.clone(),
         }
         .validate(prefix, "/metrics")?;
-        let period_ms = match &raw.period {
-            Some(p) => parse_duration_ms(&field("period"), p)?,
-            None => Self::DEFAULT_PERIOD_MS,
-        };
+        let period_ms = ms_or(raw.period, Self::DEFAULT_PERIOD_MS);
         if !(10..=600_000).contains(&period_ms) {
             return Err(ConfigError::new(
                 field("period"),
                 "must be between 10ms and 10m",
             ));
         }
-        let timeout_ms = match &raw.timeout {
-            Some(t) => parse_duration_ms(&field("timeout"), t)?,
-            None => Self::DEFAULT_TIMEOUT_MS,
-        };
+        let timeout_ms = ms_or(raw.timeout, Self::DEFAULT_TIMEOUT_MS);
         if !(1..=10_000).contains(&timeout_ms) {
             return Err(ConfigError::new(
                 field("timeout"),
@@ -520,7 +503,7 @@ mod tests {
 
     fn cfg(json: &str) -> ScrapeConfig {
         let raw: ScrapeConfigJson = crate::config::parse_json(json.as_bytes()).unwrap();
-        ScrapeConfig::from_json(&raw, "scrape").unwrap()
+        ScrapeConfig::validate(&raw, "scrape").unwrap()
     }
 
     fn auto() -> ScrapeConfig {
@@ -716,9 +699,16 @@ mod tests {
             ("local", "/metrics", 250, 1000)
         );
         assert_eq!(c.server, None);
+        // As embedded in a filter config: serde's errors carry the `scrape.` path too.
+        #[derive(Deserialize)]
+        struct Filter {
+            scrape: ScrapeConfigJson,
+        }
         let bad = |json: &str| {
-            let raw: ScrapeConfigJson = crate::config::parse_json(json.as_bytes()).unwrap();
-            ScrapeConfig::from_json(&raw, "scrape").unwrap_err().field
+            crate::config::parse_json::<Filter>(format!(r#"{{"scrape":{json}}}"#).as_bytes())
+                .and_then(|f| ScrapeConfig::validate(&f.scrape, "scrape"))
+                .unwrap_err()
+                .field
         };
         assert_eq!(bad("{}"), "scrape.cluster");
         assert_eq!(bad(r#"{"cluster":"l","server":"ollama"}"#), "scrape.server");
@@ -728,21 +718,6 @@ mod tests {
         assert_eq!(
             bad(r#"{"cluster":"l","max_body_bytes":1}"#),
             "scrape.max_body_bytes"
-        );
-    }
-
-    #[test]
-    fn from_a_json_value_as_the_metrics_filter_passes_it() {
-        let v = serde_json::json!({"cluster": "model_server", "period": "100ms"});
-        let c = ScrapeConfig::from_value(&v, "scrape").unwrap();
-        assert_eq!(
-            (c.upstream.cluster.as_str(), c.period_ms),
-            ("model_server", 100)
-        );
-        let v = serde_json::json!({"cluster": "m", "perod": "1s"});
-        assert_eq!(
-            ScrapeConfig::from_value(&v, "scrape").unwrap_err().field,
-            "scrape.perod"
         );
     }
 

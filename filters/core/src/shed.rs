@@ -6,45 +6,12 @@
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration_ms, ConfigError};
+use crate::config::{ms_or, ConfigError, DurationMs, FilterConfig, FilterKind};
 use crate::flow::{FlowConfig, FlowJson};
 use crate::orca::OrcaConfig;
 use crate::scrape::{ScrapeConfig, ScrapeConfigJson};
 use crate::state::QueueSnapshot;
-
-/// Request header that carries the criticality (set by the router).
-pub const CRITICALITY_HEADER: &str = "x-modelgate-criticality";
-
-/// How important a request is. Ordered: `Sheddable < Standard < Critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Criticality {
-    Sheddable,
-    Standard,
-    Critical,
-}
-
-impl Criticality {
-    pub const ALL: [Criticality; 3] = [Self::Critical, Self::Standard, Self::Sheddable];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        let s = s.trim();
-        [Self::Critical, Self::Standard, Self::Sheddable]
-            .into_iter()
-            .find(|c| s.eq_ignore_ascii_case(c.as_str()))
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Critical => "critical",
-            Self::Standard => "standard",
-            Self::Sheddable => "sheddable",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
+use crate::vocab::Criticality;
 
 /// The criticality a request is admitted as. With `trust_header` (a router in front
 /// sets the header and strips the client's) the header is taken as is; otherwise a
@@ -174,13 +141,13 @@ pub struct ShedConfigJson {
     pub trust_criticality_header: Option<bool>,
     pub trusted_principals: Option<Vec<String>>,
     pub thresholds: Option<ThresholdsJson>,
-    pub stale_after: Option<String>,
+    pub stale_after: Option<DurationMs>,
     pub on_stale: Option<String>,
-    pub retry_after: Option<String>,
+    pub retry_after: Option<DurationMs>,
     pub orca: Option<OrcaJson>,
     pub gateway: Option<GatewayJson>,
     pub flow: Option<FlowJson>,
-    pub tick: Option<String>,
+    pub tick: Option<DurationMs>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -203,14 +170,14 @@ pub struct ClassJson {
 pub struct OrcaJson {
     pub enabled: Option<bool>,
     pub capacity: Option<f64>,
-    pub window: Option<String>,
+    pub window: Option<DurationMs>,
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayJson {
     pub utilization_threshold: Option<f64>,
-    pub report_ttl: Option<String>,
+    pub report_ttl: Option<DurationMs>,
 }
 
 impl ShedConfig {
@@ -225,23 +192,23 @@ impl ShedConfig {
         kv_cache: Some(0.95),
         max_in_flight: None,
     };
+}
 
-    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let raw: ShedConfigJson = crate::config::parse_json(bytes)?;
-        Self::from_json(&raw)
-    }
+impl FilterConfig for ShedConfig {
+    const KIND: FilterKind = FilterKind::LoadShedder;
+    type Json = ShedConfigJson;
 
-    pub fn from_json(raw: &ShedConfigJson) -> Result<Self, ConfigError> {
+    fn validate(raw: ShedConfigJson) -> Result<Self, ConfigError> {
         let scrape = raw
             .scrape
             .as_ref()
-            .map(|s| ScrapeConfig::from_json(s, "scrape"))
+            .map(|s| ScrapeConfig::validate(s, "scrape"))
             .transpose()?;
         let default_criticality = match &raw.default_criticality {
             Some(s) => Criticality::parse(s).ok_or_else(|| {
                 ConfigError::new(
                     "default_criticality",
-                    format!("`{s}` is not one of \"critical\", \"standard\", \"sheddable\""),
+                    format!("`{s}` is not one of {}", Criticality::NAMES),
                 )
             })?,
             None => Criticality::Standard,
@@ -287,10 +254,7 @@ impl ShedConfig {
         let period = scrape
             .as_ref()
             .map_or(ScrapeConfig::DEFAULT_PERIOD_MS, |s| s.period_ms);
-        let stale_after_ms = match &raw.stale_after {
-            Some(s) => parse_duration_ms("stale_after", s)?,
-            None => (4 * period).max(1000),
-        };
+        let stale_after_ms = ms_or(raw.stale_after, (4 * period).max(1000));
         if stale_after_ms < period {
             return Err(ConfigError::new(
                 "stale_after",
@@ -308,10 +272,7 @@ impl ShedConfig {
                 ))
             }
         };
-        let retry_after_ms = match &raw.retry_after {
-            Some(s) => parse_duration_ms("retry_after", s)?,
-            None => 1000,
-        };
+        let retry_after_ms = ms_or(raw.retry_after, 1000);
         if retry_after_ms > 3_600_000 {
             return Err(ConfigError::new("retry_after", "must be at most 1h"));
         }
@@ -335,7 +296,7 @@ impl ShedConfig {
         }
         let orca = orca(raw.orca.as_ref(), scrape.is_some())?;
         let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
-        let flow = FlowConfig::from_json(raw.flow.as_ref())?;
+        let flow = FlowConfig::validate(raw.flow.as_ref())?;
         if flow.is_some() && gateway.is_some() {
             return Err(ConfigError::new(
                 "flow",
@@ -353,10 +314,7 @@ impl ShedConfig {
                 "nothing to do: configure `scrape` (sidecar), `gateway`, `flow`, or a `max_in_flight` threshold",
             ));
         }
-        let tick_ms = match &raw.tick {
-            Some(s) => parse_duration_ms("tick", s)?,
-            None => period.min(100),
-        };
+        let tick_ms = ms_or(raw.tick, period.min(100));
         if !(10..=60_000).contains(&tick_ms) {
             return Err(ConfigError::new("tick", "must be between 10ms and 60s"));
         }
@@ -375,7 +333,9 @@ impl ShedConfig {
             tick_ms,
         })
     }
+}
 
+impl ShedConfig {
     /// The class a request is admitted as, from its header. A header that claims more
     /// than [`effective_criticality`] allows is honoured only when the downstream peer
     /// (`peer`, asked only then: it costs a host call) is in `trusted_principals`.
@@ -554,10 +514,7 @@ fn orca(raw: Option<&OrcaJson>, scraping: bool) -> Result<Option<OrcaConfig>, Co
             "must be a positive number of requests",
         ));
     }
-    let window_ms = match raw.and_then(|o| o.window.as_deref()) {
-        Some(w) => parse_duration_ms("orca.window", w)?,
-        None => 2000,
-    };
+    let window_ms = ms_or(raw.and_then(|o| o.window), 2000);
     if window_ms == 0 {
         return Err(ConfigError::new("orca.window", "must be positive"));
     }
@@ -575,10 +532,7 @@ fn gateway(raw: &GatewayJson) -> Result<GatewayConfig, ConfigError> {
             "must be a positive number",
         ));
     }
-    let report_ttl_ms = match &raw.report_ttl {
-        Some(s) => parse_duration_ms("gateway.report_ttl", s)?,
-        None => 10_000,
-    };
+    let report_ttl_ms = ms_or(raw.report_ttl, 10_000);
     if report_ttl_ms == 0 {
         return Err(ConfigError::new("gateway.report_ttl", "must be positive"));
     }
@@ -868,7 +822,10 @@ mod tests {
             err(r#"{"scrape":{"cluster":"l"},"stale_after":"10ms"}"#),
             "stale_after"
         );
-        assert_eq!(err(r#"{"scrape":{"cluster":"l","bogus":1}}"#), "bogus");
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l","bogus":1}}"#),
+            "scrape.bogus"
+        );
     }
 
     #[test]

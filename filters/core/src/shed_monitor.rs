@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use crate::flow::FlowQueue;
 use crate::metrics::{encode_stat_name, MetricHost, MetricKind};
-use crate::shed::{Criticality, ServerView, ShedConfig, ShedReason};
+use crate::shed::{ServerView, ShedConfig, ShedReason};
 use crate::shed_tables::PoolLoad;
+use crate::vocab::Criticality;
 
 /// Bands of flow control (critical is never held), in the order of their stats.
 const FLOW_BANDS: [Criticality; 2] = [Criticality::Standard, Criticality::Sheddable];
@@ -509,6 +510,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::config::FilterConfig;
 
     #[derive(Default)]
     struct MockHost {

@@ -2,7 +2,7 @@
 //! responses ([`WorkerTable`]), and the gateway's latest ORCA report per cluster and host
 //! ([`PoolTable`]), with the pool-saturation verdict built from it.
 //!
-//! Read API for other filters (the gateway's endpoint picker): decode [`POOL_KEY`] with
+//! Read API for other filters (the gateway's endpoint picker): decode [`POOL_KEY`](crate::vocab::POOL_KEY) with
 //! `state::decode::<PoolTable>`, then [`PoolTable::hosts`] lists one cluster's fresh,
 //! clamped per-host utilisations and [`PoolTable::loads`] gives each cluster's verdict.
 
@@ -11,11 +11,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::shed::GatewayConfig;
-
-/// Shared-data key of the per-worker in-flight table ([`WorkerTable`]).
-pub const WORKERS_KEY: &str = "modelgate.shedder.workers.v1";
-/// Shared-data key of the gateway's pool table ([`PoolTable`]).
-pub const POOL_KEY: &str = "modelgate.shedder.pool.v1";
 
 /// One worker VM's share of the proxy's traffic, published on its tick so every worker
 /// can count the proxy's in-flight requests without a shared-data call per request.
@@ -27,7 +22,7 @@ pub struct WorkerLoad {
     pub at_ms: u64,
 }
 
-/// All workers' loads under [`WORKERS_KEY`], keyed by a worker id handed out on the
+/// All workers' loads under [`WORKERS_KEY`](crate::vocab::WORKERS_KEY), keyed by a worker id handed out on the
 /// worker's first write.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct WorkerTable {
@@ -74,7 +69,7 @@ pub struct HostReport {
     pub at_ms: u64,
 }
 
-/// The gateway's view of its pools under [`POOL_KEY`]: cluster → host → latest report.
+/// The gateway's view of its pools under [`POOL_KEY`](crate::vocab::POOL_KEY): cluster → host → latest report.
 /// Every worker merges the reports it saw into it on its tick.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct PoolTable {

@@ -4,13 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Shared-data key of the readiness gate's [`ReadinessSnapshot`].
-pub const READINESS_KEY: &str = "modelgate.readiness.v1";
-/// Shared-data key of the scraper's [`QueueSnapshot`].
-pub const QUEUE_KEY: &str = "modelgate.queue.v1";
-/// Prefix of the poll leases (`<prefix><purpose>`), see [`crate::lease`].
-pub const LEASE_PREFIX: &str = "modelgate.lease.";
-
 /// Whether the local model server may receive traffic.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]

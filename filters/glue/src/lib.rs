@@ -1,61 +1,98 @@
-//! modelgate-glue: the proxy-wasm side shared by every filter — local error replies,
-//! shared-data snapshots, the once-per-proxy poll lease, and the wall clock. Each
-//! function maps host failures to `None`/`false` instead of panicking.
+//! modelgate-glue: the proxy-wasm side shared by every filter — the host calls that cannot
+//! panic ([`host`]), configuration at `on_configure` ([`configure`]), the start-up log line
+//! ([`log_start`]), local error replies, shared-data snapshots, the once-per-proxy poll lease,
+//! and the wall clock. Each function maps host failures to `None`/`false`/`Err` instead of
+//! panicking.
 
 pub mod headers;
+pub mod host;
 pub mod poll;
 pub mod scraper;
+pub mod stats;
 pub mod stream;
 
-use std::time::UNIX_EPOCH;
-
+use modelgate_core::config::{FilterConfig, FilterKind};
 use modelgate_core::error::ApiError;
-use modelgate_core::{lease, state};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
+use modelgate_core::{lease, state, vocab};
+use proxy_wasm::types::{BufferType, LogLevel};
+
+pub use host::HostError;
+
+/// The workspace version the filters were built from.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git revision the filters were built from (`unknown` outside a git checkout); set by
+/// `build.rs`, or by `MODELGATE_REVISION` at build time.
+pub const REVISION: &str = env!("MODELGATE_REVISION");
+
+/// The one log call of the filters (Envoy prefixes the plugin name and vm_id).
+pub fn log(level: LogLevel, message: &str) {
+    host::log(level, message);
+}
+
+/// Logs the filter's name, version and revision; call once, from `on_vm_start`.
+pub fn log_start(filter: FilterKind) {
+    log(
+        LogLevel::Info,
+        &format!("{} {VERSION} (revision {REVISION}) started", filter.name()),
+    );
+}
+
+/// Reads and validates the plugin configuration (`size` bytes) in `on_configure`. On a bad
+/// configuration, logs the error, which names the field, and returns `None`: the filter then
+/// returns `false` and Envoy rejects the configuration.
+pub fn configure<C: FilterConfig>(size: usize) -> Option<C> {
+    let bytes = host::buffer(BufferType::PluginConfiguration, 0, size).unwrap_or_default();
+    match C::parse(&bytes) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log(LogLevel::Error, &format!("{}: {e}", C::KIND.name()));
+            None
+        }
+    }
+}
 
 /// Wall-clock milliseconds from the host (0 if the host cannot tell).
 pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    host::now_ns() / 1_000_000
 }
 
 /// Answers the request locally with an OpenAI-shaped error (and `Retry-After` when set).
 pub fn send_error(err: &ApiError, extra_headers: &[(&str, &str)]) {
     let retry;
-    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(extra_headers.len() + 2);
-    headers.push(("content-type", "application/json"));
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(extra_headers.len() + 2);
+    headers.push(("content-type", b"application/json"));
     if let Some(s) = err.retry_after_s {
         retry = s.to_string();
-        headers.push(("retry-after", retry.as_str()));
+        headers.push(("retry-after", retry.as_bytes()));
     }
-    headers.extend_from_slice(extra_headers);
-    let body = err.body();
-    let _ = hostcalls::send_http_response(u32::from(err.status), headers, Some(&body));
+    headers.extend(extra_headers.iter().map(|(k, v)| (*k, v.as_bytes())));
+    if let Err(e) = host::send_response(err.status, &headers, &err.body()) {
+        log(
+            LogLevel::Warn,
+            &format!("cannot send the {} reply: {e:?}", err.status),
+        );
+    }
 }
 
 /// True when this VM claimed the poll lease `purpose` for the period starting now.
 pub fn claim_lease(purpose: &str, now_ms: u64, period_ms: u64) -> bool {
-    let key = format!("{}{}", state::LEASE_PREFIX, purpose);
-    let Ok((current, cas)) = hostcalls::get_shared_data(&key) else {
+    let key = format!("{}{}", vocab::LEASE_PREFIX, purpose);
+    let Ok((current, cas)) = host::shared_data(&key) else {
         return false;
     };
     let Some(next) = lease::claim(current.as_deref(), now_ms, period_ms) else {
         return false;
     };
-    matches!(hostcalls::set_shared_data(&key, Some(&next), cas), Ok(()))
+    host::set_shared_data(&key, &next, cas).is_ok()
 }
 
 /// Publishes a snapshot under `key`.
-pub fn publish<T: serde::Serialize>(key: &str, value: &T) -> Result<(), Status> {
-    hostcalls::set_shared_data(key, Some(&state::encode(value)), None)
+pub fn publish<T: serde::Serialize>(key: &str, value: &T) -> Result<(), HostError> {
+    host::set_shared_data(key, &state::encode(value), None)
 }
 
 /// Reads the snapshot under `key`, `None` when absent or unreadable.
 pub fn read<T: for<'de> serde::Deserialize<'de>>(key: &str) -> Option<T> {
-    let (bytes, _) = hostcalls::get_shared_data(key).ok()?;
+    let (bytes, _) = host::shared_data(key).ok()?;
     state::decode(&bytes?)
 }

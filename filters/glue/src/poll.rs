@@ -1,7 +1,7 @@
 //! Polling an upstream from the root context, once per period for the whole proxy, and
 //! caching a shared snapshot per VM. The pattern, for a filter's root context:
 //!
-//! - `on_configure`: `hostcalls::set_tick_period(..)`, a fraction of the period so readers
+//! - `on_configure`: `host::set_tick_period(..)`, a fraction of the period so readers
 //!   pick up new snapshots quickly (the lease still allows one round per period).
 //! - `on_tick`: `if calls.is_idle() && claim_lease(purpose, now, period) { calls.dispatch(..) }`
 //!   for each target; then `reader.refresh()` and, when it changed, recompute the value
@@ -12,8 +12,9 @@
 use std::time::Duration;
 
 use modelgate_core::config::Upstream;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
+use proxy_wasm::types::{BufferType, MapType};
+
+use crate::host::{self, HostError};
 
 /// The calls of the current poll round still in flight, by host token.
 #[derive(Debug)]
@@ -55,19 +56,17 @@ impl<K: Copy> InFlight<K> {
         upstream: &Upstream,
         timeout_ms: u64,
         now_ms: u64,
-    ) -> Result<(), Status> {
-        let headers = vec![
+    ) -> Result<(), HostError> {
+        let headers = [
             (":method", "GET"),
             (":path", upstream.path.as_str()),
             (":authority", upstream.authority.as_str()),
             (":scheme", "http"),
             ("accept", "application/json"),
         ];
-        let token = hostcalls::dispatch_http_call(
+        let token = host::dispatch_http_call(
             &upstream.cluster,
-            headers,
-            None,
-            vec![],
+            &headers,
             Duration::from_millis(timeout_ms),
         )?;
         if self.calls.is_empty() {
@@ -100,17 +99,12 @@ impl CallResponse {
         if num_headers == 0 {
             return Self::default();
         }
-        // Bytes: `get_map_value` traps the VM on a non-UTF-8 value.
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
+        let status = host::header(MapType::HttpCallResponseHeaders, ":status")
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
         let body = if body_size == 0 {
             Vec::new()
         } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(max_body))
-                .ok()
-                .flatten()
+            host::buffer(BufferType::HttpCallResponseBody, 0, body_size.min(max_body))
                 .unwrap_or_default()
         };
         Self { status, body }
@@ -137,7 +131,7 @@ impl<T: for<'de> serde::Deserialize<'de>> SnapshotReader<T> {
 
     /// Reads the key (one host call); true when the snapshot changed since last time.
     pub fn refresh(&mut self) -> bool {
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(self.key) else {
+        let Ok((bytes, cas)) = host::shared_data(self.key) else {
             return false;
         };
         if cas.is_some() && cas == self.cas {

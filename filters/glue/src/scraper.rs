@@ -8,8 +8,8 @@
 //! Use from a root context (all calls are cheap when nothing is due):
 //! ```ignore
 //! // on_configure:
-//! let scraper = Scraper::new(ScrapeConfig::from_value(&json, "scrape")?);
-//! hostcalls::set_tick_period(Duration::from_millis(tick_ms)); // <= scraper.period_ms()
+//! let scraper = config.scrape.clone().map(Scraper::new); // a validated `ScrapeConfig`
+//! host::set_tick_period(Duration::from_millis(tick_ms)); // <= scraper.period_ms()
 //! // on_tick:
 //! scraper.on_tick(modelgate_glue::now_ms());
 //! let snapshot = scraper.snapshot(); // Option<&QueueSnapshot>
@@ -22,10 +22,12 @@
 use std::time::Duration;
 
 use modelgate_core::scrape::{self, MetricsReader, ScrapeConfig, ScrapeError};
-use modelgate_core::state::{QueueSnapshot, QUEUE_KEY};
-use proxy_wasm::hostcalls;
+use modelgate_core::state::QueueSnapshot;
+use modelgate_core::vocab::QUEUE_KEY;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
+use crate::host;
+use crate::log;
 use crate::poll::SnapshotReader;
 
 /// Lease purpose shared by every embedding filter.
@@ -43,7 +45,7 @@ struct ScrapeMetrics {
 
 impl ScrapeMetrics {
     fn define() -> Self {
-        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let counter = |name: &str| host::define_metric(MetricType::Counter, name).ok();
         Self {
             attempts: counter("modelgate_scrape_attempts_total"),
             failures: ScrapeError::KINDS
@@ -55,12 +57,12 @@ impl ScrapeMetrics {
 
     fn count(&self, outcome: &Result<(), ScrapeError>) {
         if let Some(id) = self.attempts {
-            let _ = hostcalls::increment_metric(id, 1);
+            let _ = host::increment_metric(id, 1);
         }
         if let Err(e) = outcome {
             let i = ScrapeError::KINDS.iter().position(|k| *k == e.kind());
             if let Some(Some(id)) = i.and_then(|i| self.failures.get(i)) {
-                let _ = hostcalls::increment_metric(*id, 1);
+                let _ = host::increment_metric(*id, 1);
             }
         }
     }
@@ -123,7 +125,7 @@ impl Scraper {
 
     fn dispatch(&mut self, now_ms: u64) {
         let u = &self.cfg.upstream;
-        let headers = vec![
+        let headers = [
             (":method", "GET"),
             (":path", u.path.as_str()),
             (":authority", u.authority.as_str()),
@@ -131,11 +133,9 @@ impl Scraper {
             // Plain 0.0.4 text: what every server speaks (OpenMetrics parses too).
             ("accept", "text/plain;version=0.0.4;q=1,*/*;q=0.1"),
         ];
-        match hostcalls::dispatch_http_call(
+        match host::dispatch_http_call(
             &u.cluster,
-            headers,
-            None,
-            vec![],
+            &headers,
             Duration::from_millis(self.cfg.timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some((token, now_ms)),
@@ -168,9 +168,7 @@ impl Scraper {
         let status = if num_headers == 0 {
             None
         } else {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
+            host::header(MapType::HttpCallResponseHeaders, ":status")
                 .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
         };
         let outcome = match status {
@@ -180,11 +178,8 @@ impl Scraper {
             )),
             Some(200) => self.read_body(body_size),
             Some(other) => {
-                let start =
-                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(64))
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
+                let start = host::buffer(BufferType::HttpCallResponseBody, 0, body_size.min(64))
+                    .unwrap_or_default();
                 Err(scrape::failed_status(other, &start))
             }
         };
@@ -215,9 +210,7 @@ impl Scraper {
         let mut start = 0;
         while start < end {
             let len = CHUNK_BYTES.min(end - start);
-            let Ok(Some(chunk)) =
-                hostcalls::get_buffer(BufferType::HttpCallResponseBody, start, len)
-            else {
+            let Some(chunk) = host::buffer(BufferType::HttpCallResponseBody, start, len) else {
                 break;
             };
             if chunk.is_empty() || !reader.feed(&chunk) {
@@ -253,8 +246,4 @@ impl Scraper {
             );
         }
     }
-}
-
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
 }

@@ -19,58 +19,52 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use modelgate_core::config::FilterKind;
 use modelgate_core::flow::{self, Entry, FlowQueue, Push};
-use modelgate_core::metrics::{MetricHost, MetricKind, SHED_HEADER};
-use modelgate_core::orca::{self, OrcaReporter, ORCA_BIN_HEADER, ORCA_HEADER};
-use modelgate_core::shed::{
-    Criticality, Decision, LoadView, ServerView, ShedConfig, ShedReason, CRITICALITY_HEADER,
-};
+use modelgate_core::metrics::{MetricHost, MetricKind};
+use modelgate_core::orca::{self, OrcaReporter};
+use modelgate_core::shed::{Decision, LoadView, ServerView, ShedConfig, ShedReason};
 use modelgate_core::shed_monitor::{
     self, FlowOutcome, ShedCounts, ShedHost, ShedMonitor, TickState,
 };
 use modelgate_core::shed_tables::{
-    saturated_clusters, HostReport, PoolLoad, PoolTable, WorkerLoad, WorkerTable, POOL_KEY,
-    WORKERS_KEY,
+    saturated_clusters, HostReport, PoolLoad, PoolTable, WorkerLoad, WorkerTable,
 };
 use modelgate_core::state;
+use modelgate_core::vocab::{
+    Criticality, CRITICALITY_HEADER, ORCA_BIN_HEADER, ORCA_HEADER, POOL_KEY, SHED_HEADER,
+    WORKERS_KEY,
+};
 use modelgate_glue::headers::header_bytes;
 use modelgate_glue::scraper::Scraper;
-use proxy_wasm::hostcalls;
+use modelgate_glue::stats::EnvoyStats;
+use modelgate_glue::{host, log};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ShedRoot::default()) });
 }}
 
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
-}
-
-/// Envoy's stats and log through the proxy-wasm calls.
+/// Envoy's stats (through the glue's [`EnvoyStats`]) and log.
 struct Host;
 
 impl MetricHost for Host {
     fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
-        let t = match kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Gauge => MetricType::Gauge,
-            MetricKind::Histogram => MetricType::Histogram,
-        };
-        hostcalls::define_metric(t, name).ok()
+        EnvoyStats.define(kind, name)
     }
 
     fn increment(&mut self, id: u32, delta: u64) {
-        let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+        EnvoyStats.increment(id, delta);
     }
 
     fn set_gauge(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        EnvoyStats.set_gauge(id, value);
     }
 
     fn record(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        EnvoyStats.record(id, value);
     }
 }
 
@@ -84,7 +78,7 @@ impl ShedHost for Host {
     }
 
     fn add_gauge(&mut self, id: u32, delta: i64) {
-        let _ = hostcalls::increment_metric(id, delta);
+        let _ = host::add_to_metric(id, delta);
     }
 }
 
@@ -167,7 +161,7 @@ impl VmState {
     /// proxy's in-flight count stays within `cap`.
     fn sync_workers(&mut self, now: u64, ttl_ms: u64, cap: Option<u32>) -> Slot {
         for _ in 0..CAS_TRIES {
-            let Ok((bytes, cas)) = hostcalls::get_shared_data(WORKERS_KEY) else {
+            let Ok((bytes, cas)) = host::shared_data(WORKERS_KEY) else {
                 return Slot::Unknown;
             };
             let mut table: WorkerTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
@@ -187,7 +181,7 @@ impl VmState {
             if cap.is_some_and(|cap| self.others_in_flight.saturating_add(mine) > cap) {
                 return Slot::Full;
             }
-            if hostcalls::set_shared_data(WORKERS_KEY, Some(&state::encode(&table)), cas).is_ok() {
+            if host::set_shared_data(WORKERS_KEY, &state::encode(&table), cas).is_ok() {
                 self.worker_id = Some(id);
                 self.in_flight = mine;
                 return Slot::Taken;
@@ -261,21 +255,18 @@ impl Context for ShedRoot {
 }
 
 impl RootContext for ShedRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        modelgate_glue::log_start(FilterKind::LoadShedder);
+        true
+    }
+
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let config = match ShedConfig::parse(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                log(LogLevel::Error, &format!("load_shedder: {e}"));
-                return false;
-            }
+        let Some(config) = modelgate_glue::configure::<ShedConfig>(size) else {
+            return false;
         };
         let scraper = config.scrape.clone().map(Scraper::new);
         let orca = config.orca.map(OrcaReporter::new);
-        if hostcalls::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
+        if host::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
             log(LogLevel::Error, "load_shedder: cannot set the tick period");
             return false;
         }
@@ -405,7 +396,7 @@ impl Active {
             _ => self.config.tick_ms,
         };
         drop(vm);
-        if want != self.tick_ms && hostcalls::set_tick_period(Duration::from_millis(want)).is_ok() {
+        if want != self.tick_ms && host::set_tick_period(Duration::from_millis(want)).is_ok() {
             self.tick_ms = want;
         }
     }
@@ -494,12 +485,12 @@ impl Active {
             return Vec::new();
         };
         let local = std::mem::take(&mut self.vm.borrow_mut().reports);
-        if let Ok((bytes, cas)) = hostcalls::get_shared_data(POOL_KEY) {
+        if let Ok((bytes, cas)) = host::shared_data(POOL_KEY) {
             let mut table: PoolTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
             table.merge(&local);
             table.prune(now, g.report_ttl_ms);
             if !local.is_empty()
-                && hostcalls::set_shared_data(POOL_KEY, Some(&state::encode(&table)), cas).is_err()
+                && host::set_shared_data(POOL_KEY, &state::encode(&table), cas).is_err()
             {
                 // Lost the race: keep the reports for the next tick.
                 self.vm.borrow_mut().reports.merge(&local);
@@ -543,10 +534,10 @@ impl HttpContext for ShedHttp {
             .and_then(Criticality::parse)
             .is_some_and(|c| c != class)
         {
-            let _ = hostcalls::set_map_value(
+            let _ = host::set_header(
                 MapType::HttpRequestHeaders,
                 CRITICALITY_HEADER,
-                Some(class.as_str()),
+                Some(class.as_str().as_bytes()),
             );
         }
         let mut vm = self.vm.borrow_mut();
@@ -638,12 +629,12 @@ impl HttpContext for ShedHttp {
         if self.config.orca.is_some() {
             // Replace, never add: Envoy reads the first value and prefers the binary
             // form, so a model server's own report would otherwise win.
-            let _ = hostcalls::set_map_value(
+            let _ = host::set_header(
                 MapType::HttpResponseHeaders,
                 ORCA_HEADER,
-                vm.orca.as_deref(),
+                vm.orca.as_deref().map(str::as_bytes),
             );
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
+            let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
         }
         if self.config.gateway.is_some() {
             let now = vm.clock();
@@ -748,11 +739,11 @@ impl ShedHttp {
     /// Gateway: remembers the upstream's ORCA report (keyed by cluster and host) and
     /// strips it, since the load of the servers is no business of the client.
     fn record_report(&mut self, now: u64) {
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
+        let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
         let Some(value) = header_bytes(MapType::HttpResponseHeaders, ORCA_HEADER) else {
             return;
         };
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, ORCA_HEADER, None);
+        let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_HEADER, None);
         let Some(report) = std::str::from_utf8(&value).ok().and_then(orca::parse_orca) else {
             return;
         };
@@ -807,6 +798,6 @@ fn request_cluster() -> Option<String> {
 }
 
 fn property_string(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    let bytes = host::property(path)?;
     String::from_utf8(bytes).ok()
 }

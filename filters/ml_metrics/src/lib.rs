@@ -6,72 +6,31 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use modelgate_core::metrics::{
-    Cursor, MetricHost, MetricKind, MetricsConfig, Registry, RequestOutcome, RequestTracker,
-    CURSOR_KEY, GATED_HEADER, SHED_HEADER,
+use modelgate_core::config::FilterKind;
+use modelgate_core::metrics::{Cursor, MetricsConfig, Registry, RequestOutcome, RequestTracker};
+use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot};
+use modelgate_core::vocab::{
+    CRITICALITY_HEADER, GATED_HEADER, METRICS_CURSOR_KEY, MODEL_HEADER, QUEUE_KEY, READINESS_KEY,
+    SHED_HEADER,
 };
-use modelgate_core::scrape::ScrapeConfig;
-use modelgate_core::state::{QueueSnapshot, ReadinessSnapshot, QUEUE_KEY, READINESS_KEY};
-use modelgate_glue::headers::header;
+use modelgate_glue::headers::{header, header_bytes};
 use modelgate_glue::poll::SnapshotReader;
 use modelgate_glue::scraper::Scraper;
-use proxy_wasm::hostcalls;
+use modelgate_glue::stats::EnvoyStats;
+use modelgate_glue::{host, log};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot::default()) });
 }}
 
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
-}
-
 /// Wall clock in nanoseconds (0 if the host cannot tell; durations then read 0).
 fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// Envoy's stats through the proxy-wasm metric calls.
-struct Host;
-
-impl MetricHost for Host {
-    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
-        let t = match kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Gauge => MetricType::Gauge,
-            MetricKind::Histogram => MetricType::Histogram,
-        };
-        match hostcalls::define_metric(t, name) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                log(
-                    LogLevel::Warn,
-                    &format!("ml_metrics: cannot define {name}: {e:?}"),
-                );
-                None
-            }
-        }
-    }
-
-    fn increment(&mut self, id: u32, delta: u64) {
-        let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
-    }
-
-    fn set_gauge(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
-    }
-
-    fn record(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
-    }
+    host::now_ns()
 }
 
 /// What a configured root shares with its HTTP contexts.
@@ -109,30 +68,16 @@ impl Context for MetricsRoot {
 }
 
 impl RootContext for MetricsRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        modelgate_glue::log_start(FilterKind::MlMetrics);
+        true
+    }
+
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let config = match MetricsConfig::parse(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                log(LogLevel::Error, &format!("ml_metrics: {e}"));
-                return false;
-            }
+        let Some(config) = modelgate_glue::configure::<MetricsConfig>(size) else {
+            return false;
         };
-        let scraper = match config
-            .scrape
-            .as_ref()
-            .map(|v| ScrapeConfig::from_value(v, "scrape"))
-        {
-            None => None,
-            Some(Ok(c)) => Some(Scraper::new(c)),
-            Some(Err(e)) => {
-                log(LogLevel::Error, &format!("ml_metrics: {e}"));
-                return false;
-            }
-        };
+        let scraper = config.scrape.clone().map(Scraper::new);
         let tick_ms = scraper.as_ref().map_or(config.tick_period_ms, |s| {
             s.period_ms().min(config.tick_period_ms)
         });
@@ -144,7 +89,10 @@ impl RootContext for MetricsRoot {
             queue: SnapshotReader::new(QUEUE_KEY),
             scraper,
         });
-        let _ = hostcalls::set_tick_period(tick);
+        if host::set_tick_period(tick).is_err() {
+            log(LogLevel::Error, "ml_metrics: cannot set the tick period");
+            return false;
+        }
         true
     }
 
@@ -180,23 +128,23 @@ impl Active {
         if r_seq.is_none() && q_seq.is_none() {
             return;
         }
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(CURSOR_KEY) else {
+        let Ok((bytes, cas)) = host::shared_data(METRICS_CURSOR_KEY) else {
             return;
         };
         if cas.is_none() {
             // No cursor yet: create it (a race here is harmless); observe from the next tick,
             // when every VM must win a CAS to record.
-            let _ = hostcalls::set_shared_data(CURSOR_KEY, Some(&Cursor::default().encode()), None);
+            let _ = host::set_shared_data(METRICS_CURSOR_KEY, &Cursor::default().encode(), None);
             return;
         }
         let Some((next, fresh)) = Cursor::decode(bytes.as_deref()).advance(r_seq, q_seq) else {
             return;
         };
-        if hostcalls::set_shared_data(CURSOR_KEY, Some(&next.encode()), cas).is_err() {
+        if host::set_shared_data(METRICS_CURSOR_KEY, &next.encode(), cas).is_err() {
             return; // another VM recorded this round
         }
         self.shared.registry.borrow_mut().observe_pod(
-            &mut Host,
+            &mut EnvoyStats,
             self.readiness.get(),
             self.queue.get(),
             fresh,
@@ -215,7 +163,7 @@ impl Context for MetricsHttp {}
 impl HttpContext for MetricsHttp {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
-        let path = header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        let path = header_bytes(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         if self.shared.config.counts(&method, &path) {
             self.tracker = Some(RequestTracker::new(now_ns()));
         }
@@ -225,9 +173,7 @@ impl HttpContext for MetricsHttp {
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
             if t.wants_request_body() && body_size > 0 {
-                if let Ok(Some(chunk)) =
-                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-                {
+                if let Some(chunk) = host::buffer(BufferType::HttpRequestBody, 0, body_size) {
                     t.request_body(&chunk);
                 }
             }
@@ -249,9 +195,7 @@ impl HttpContext for MetricsHttp {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
             if t.wants_response_body() && body_size > 0 {
-                if let Ok(Some(chunk)) =
-                    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
-                {
+                if let Some(chunk) = host::buffer(BufferType::HttpResponseBody, 0, body_size) {
                     t.response_body(now_ns(), &chunk, end_of_stream);
                 }
             }
@@ -268,8 +212,14 @@ impl HttpContext for MetricsHttp {
         };
         let (duration_ms, ttft_ms, tpot_ms) = t.timings(now_ns());
         let status = t.status();
-        let target = header(MapType::HttpRequestHeaders, "x-modelgate-model");
-        let criticality = header(MapType::HttpRequestHeaders, "x-modelgate-criticality");
+        // Only a router in this proxy makes the header trustworthy (docs/ml-metrics.md).
+        let target = self
+            .shared
+            .config
+            .trust_model_header
+            .then(|| header(MapType::HttpRequestHeaders, MODEL_HEADER))
+            .flatten();
+        let criticality = header(MapType::HttpRequestHeaders, CRITICALITY_HEADER);
         let shed = (status == 429)
             .then(|| header(MapType::HttpResponseHeaders, SHED_HEADER))
             .flatten();
@@ -291,6 +241,6 @@ impl HttpContext for MetricsHttp {
         self.shared
             .registry
             .borrow_mut()
-            .record_request(&mut Host, &outcome);
+            .record_request(&mut EnvoyStats, &outcome);
     }
 }

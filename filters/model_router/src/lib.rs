@@ -11,15 +11,16 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use modelgate_core::config::FilterKind;
 use modelgate_core::prng::Prng;
 use modelgate_core::router::{
     decimal, effective_criticality, hash_hex, BodyRouting, BodyStep, HeadersAction, RequestHead,
-    Route, Router, CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER,
+    Route, Router,
 };
-use modelgate_glue::{now_ms, send_error};
-use proxy_wasm::hostcalls;
+use modelgate_core::vocab::{CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER};
+use modelgate_glue::{host, now_ms, send_error};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -49,10 +50,6 @@ fn seed() -> u64 {
     }
 }
 
-fn log_error(msg: &str) {
-    let _ = hostcalls::log(LogLevel::Error, msg);
-}
-
 struct RouterRoot {
     /// Shared with every HTTP context created after the last `on_configure`.
     router: Option<Rc<Router>>,
@@ -61,18 +58,14 @@ struct RouterRoot {
 impl Context for RouterRoot {}
 
 impl RootContext for RouterRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Router::from_json(&bytes) {
-            Ok(router) => {
-                self.router = Some(Rc::new(router));
-                true
-            }
-            Err(e) => {
-                log_error(&format!("model_router: {e}"));
-                false
-            }
-        }
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        modelgate_glue::log_start(FilterKind::ModelRouter);
+        true
+    }
+
+    fn on_configure(&mut self, size: usize) -> bool {
+        self.router = modelgate_glue::configure::<Router>(size).map(Rc::new);
+        self.router.is_some()
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -127,15 +120,17 @@ impl HttpContext for RouterHttp {
         match router.on_headers(&head) {
             HeadersAction::PassThrough => {
                 // Routes trust this header: a client must not pick a cluster with it.
-                self.set_http_request_header(MODEL_HEADER, None);
+                set_request_header(MODEL_HEADER, None);
                 Action::Continue
             }
             HeadersAction::Reply(status, body) => {
-                self.send_http_response(
-                    u32::from(status),
-                    vec![("content-type", "application/json")],
-                    Some(&body),
-                );
+                let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
+                if let Err(e) = host::send_response(status, &headers, &body) {
+                    modelgate_glue::log(
+                        LogLevel::Warn,
+                        &format!("model_router: cannot reply: {e:?}"),
+                    );
+                }
                 Action::Pause
             }
             HeadersAction::Error(err) => {
@@ -177,12 +172,10 @@ impl RouterHttp {
         let limit = router.max_body_bytes();
         // Only the bytes not scanned yet; nothing at all once over the limit.
         let chunk = match body_size {
-            Some(size) if size > from && size <= limit => {
-                self.get_http_request_body(from, size - from)
-            }
+            Some(size) if size > from && size <= limit => request_body(from, size - from),
             Some(_) => None,
             // What is buffered, up to one byte past the limit so an overflow shows.
-            None => self.get_http_request_body(from, (limit + 1).saturating_sub(from)),
+            None => request_body(from, (limit + 1).saturating_sub(from)),
         }
         .unwrap_or_default();
         let total = body_size.unwrap_or(from + chunk.len());
@@ -212,7 +205,7 @@ impl RouterHttp {
         };
         // The whole body is fetched only for the prefix hash.
         let whole = match router.prefix_affinity_chars() {
-            Some(_) if route.whole_body => self.get_http_request_body(0, body_size),
+            Some(_) if route.whole_body => request_body(0, body_size),
             _ => None,
         };
         let hash = whole.as_deref().and_then(|b| router.prefix_hash(b));
@@ -221,28 +214,33 @@ impl RouterHttp {
             let kept: &[u8] = match whole.as_deref().and_then(|b| b.get(..edit.keep)) {
                 Some(k) => k,
                 None => {
-                    fetched = self.get_http_request_body(0, edit.keep).unwrap_or_default();
+                    fetched = request_body(0, edit.keep).unwrap_or_default();
                     &fetched
                 }
             };
             // Envoy edits buffered bodies only at the front: drain `drop` bytes, prepend.
-            self.set_http_request_body(0, edit.drop, &edit.new_prefix(kept));
+            let _ = host::set_buffer(
+                BufferType::HttpRequestBody,
+                0,
+                edit.drop,
+                &edit.new_prefix(kept),
+            );
             if self.has_content_length {
                 let mut digits = [0u8; 20];
                 let len = decimal(edit.new_body_len(body_size), &mut digits);
-                self.set_http_request_header_bytes("content-length", Some(len));
+                set_request_header("content-length", Some(len));
             }
         }
-        self.set_http_request_header(MODEL_HEADER, Some(&target.name));
+        set_request_header(MODEL_HEADER, Some(target.name.as_bytes()));
         let criticality =
             effective_criticality(self.client_criticality.as_deref(), model.criticality, false);
-        self.set_http_request_header(CRITICALITY_HEADER, Some(criticality.as_str()));
+        set_request_header(CRITICALITY_HEADER, Some(criticality.as_str().as_bytes()));
         match hash {
             Some(h) => {
                 let hex = hash_hex(h);
-                self.set_http_request_header_bytes(PREFIX_HASH_HEADER, Some(&hex));
+                set_request_header(PREFIX_HASH_HEADER, Some(&hex));
             }
-            None => self.set_http_request_header(PREFIX_HASH_HEADER, None),
+            None => set_request_header(PREFIX_HASH_HEADER, None),
         }
     }
 }
@@ -250,4 +248,14 @@ impl RouterHttp {
 /// A request header as text; never traps (non-UTF-8 bytes become U+FFFD).
 fn request_header(name: &str) -> Option<String> {
     modelgate_glue::headers::header(MapType::HttpRequestHeaders, name)
+}
+
+/// Sets (or with `None` removes) a request header; a host refusal leaves the request as is.
+fn set_request_header(name: &str, value: Option<&[u8]>) {
+    let _ = host::set_header(MapType::HttpRequestHeaders, name, value);
+}
+
+/// `len` bytes of the buffered request body from `start`.
+fn request_body(start: usize, len: usize) -> Option<Vec<u8>> {
+    host::buffer(BufferType::HttpRequestBody, start, len)
 }

@@ -7,25 +7,23 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use modelgate_core::config::FilterKind;
 use modelgate_core::readiness::{
-    self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, GATED_HEADER,
-    LEASE_PURPOSE, MAX_BODY_BYTES,
+    self, Check, GateState, Outcome, PathAction, ReadinessConfig, Round, LEASE_PURPOSE,
+    MAX_BODY_BYTES,
 };
-use modelgate_core::state::{ReadinessSnapshot, READINESS_KEY};
+use modelgate_core::state::ReadinessSnapshot;
+use modelgate_core::vocab::{GATED_HEADER, READINESS_KEY};
+use modelgate_glue::headers::header_bytes;
 use modelgate_glue::poll::{CallResponse, InFlight, SnapshotReader};
-use proxy_wasm::hostcalls;
+use modelgate_glue::{host, log};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(GateRoot::default()) });
 }}
-
-fn log(level: LogLevel, msg: &str) {
-    // Envoy prefixes the plugin name and vm_id ("wasm log readiness_gate modelgate: ...").
-    let _ = hostcalls::log(level, msg);
-}
 
 /// Configured state of one VM's root context.
 struct Active {
@@ -76,19 +74,16 @@ impl Context for GateRoot {
 }
 
 impl RootContext for GateRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        modelgate_glue::log_start(FilterKind::ReadinessGate);
+        true
+    }
+
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let config = match ReadinessConfig::from_json(&bytes) {
-            Ok(c) => Rc::new(c),
-            Err(e) => {
-                log(LogLevel::Error, &e.to_string());
-                return false;
-            }
+        let Some(config) = modelgate_glue::configure::<ReadinessConfig>(size).map(Rc::new) else {
+            return false;
         };
-        if hostcalls::set_tick_period(Duration::from_millis(config.tick_ms())).is_err() {
+        if host::set_tick_period(Duration::from_millis(config.tick_ms())).is_err() {
             log(LogLevel::Error, "cannot set the tick period");
             return false;
         }
@@ -206,19 +201,20 @@ impl HttpContext for GateRequest {
         let Some((config, gate)) = &self.active else {
             return Action::Continue;
         };
-        let Ok(Some(path)) = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
-        else {
+        let Some(path) = header_bytes(MapType::HttpRequestHeaders, ":path") else {
             return Action::Continue;
         };
         match config.classify(&path) {
             PathAction::Pass => Action::Continue,
             PathAction::Probe => {
                 let g = gate.borrow();
-                let headers = vec![
-                    ("content-type", "application/json"),
-                    ("cache-control", "no-store"),
+                let headers: [(&str, &[u8]); 2] = [
+                    ("content-type", b"application/json"),
+                    ("cache-control", b"no-store"),
                 ];
-                let _ = hostcalls::send_http_response(g.probe_status, headers, Some(&g.probe_body));
+                if let Err(e) = host::send_response(g.probe_status, &headers, &g.probe_body) {
+                    log(LogLevel::Warn, &format!("cannot answer the probe: {e:?}"));
+                }
                 Action::Pause
             }
             PathAction::Gate => {

@@ -47,6 +47,10 @@ struct Args {
     /// Files at least this large are LFS files: sha256 published, resolve redirects.
     #[arg(long, default_value_t = 1 << 20)]
     lfs_threshold: u64,
+    /// Redirect LFS files to `<BASE>/<org>/<name>/revisions/<commit>/<path>` instead of
+    /// `/_lfs/…`: a static server (nginx) whose root is `--repos` plays the Hub's CDN.
+    #[arg(long)]
+    lfs_base: Option<String>,
     /// Require `Authorization: Bearer <token>` on every request.
     #[arg(long)]
     require_token: Option<String>,
@@ -74,6 +78,13 @@ struct Args {
     /// Per-response bandwidth cap in bytes/s (0 = none).
     #[arg(long, default_value_t = 0)]
     rate_bps: u64,
+    /// Answer every file request with the whole file (200), ignoring `Range`, as some
+    /// plain HTTP servers do.
+    #[arg(long)]
+    ignore_range: bool,
+    /// Cut the connection of the first N file responses halfway through the body.
+    #[arg(long, default_value_t = 0)]
+    cut_count: i64,
 }
 
 #[derive(Clone)]
@@ -103,6 +114,7 @@ struct Hub {
     throttle_left: AtomicI64,
     stall_left: AtomicI64,
     corrupt_left: AtomicI64,
+    cut_left: AtomicI64,
     requests: AtomicU64,
     api_requests: AtomicU64,
     file_requests: AtomicU64,
@@ -302,6 +314,11 @@ async fn api_revision(
         return r;
     }
     hub.api_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some((repo, rev)) = rest.split_once("/tree/") {
+        // `huggingface_hub` lists files this way (recursive; a sub-path is not filtered).
+        let rev = rev.split('/').next().unwrap_or(rev);
+        return api_tree(&hub, repo, rev);
+    }
     let Some((repo, rev)) = rest.rsplit_once("/revision/") else {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
@@ -347,6 +364,38 @@ async fn api_revision(
         .into_response()
 }
 
+fn api_tree(hub: &Hub, repo: &str, rev: &str) -> Response {
+    let Some((_, files)) = hub.resolve(repo, rev) else {
+        return (
+            StatusCode::NOT_FOUND,
+            "{\"error\":\"Repository or revision not found\"}",
+        )
+            .into_response();
+    };
+    let items: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| {
+            let mut v = serde_json::json!({
+                "type": "file", "path": f.path, "size": f.size, "oid": f.blob_sha1,
+            });
+            if f.size >= hub.args.lfs_threshold {
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert(
+                        "lfs".into(),
+                        serde_json::json!({ "oid": f.sha256, "size": f.size, "pointerSize": 134 }),
+                    );
+                }
+            }
+            v
+        })
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::Value::Array(items).to_string(),
+    )
+        .into_response()
+}
+
 async fn resolve_file(
     State(hub): State<Shared>,
     UrlPath((org, name, rev, path)): UrlPath<(String, String, String, String)>,
@@ -365,7 +414,13 @@ async fn resolve_file(
     };
     if f.size >= hub.args.lfs_threshold {
         // The Hub answers LFS files with a redirect to its CDN, carrying the hash and size.
-        let loc = format!("/_lfs/{org}/{name}/{commit}/{path}");
+        let loc = match &hub.args.lfs_base {
+            Some(base) => format!(
+                "{}/{org}/{name}/revisions/{commit}/{path}",
+                base.trim_end_matches('/')
+            ),
+            None => format!("/_lfs/{org}/{name}/{commit}/{path}"),
+        };
         return Response::builder()
             .status(StatusCode::FOUND)
             .header(header::LOCATION, loc)
@@ -428,6 +483,7 @@ async fn serve_content(
     };
     let range = headers
         .get(header::RANGE)
+        .filter(|_| !hub.args.ignore_range)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let (start, end, status) = match range {
@@ -467,6 +523,7 @@ async fn serve_content(
         _ => None,
     };
     let corrupt = hub.corrupt_left.fetch_sub(1, Ordering::Relaxed) > 0;
+    let cut_at = (hub.cut_left.fetch_sub(1, Ordering::Relaxed) > 0).then_some((end - start) / 2);
     let rate = hub.args.rate_bps;
     let sent = hub.bytes_sent.clone();
     let content = f.content.clone();
@@ -480,6 +537,7 @@ async fn serve_content(
         rate,
         sent,
     );
+    let stream = cut_after(stream, cut_at);
     b.body(Body::from_stream(stream)).unwrap_or_default()
 }
 
@@ -544,6 +602,40 @@ fn async_stream(
     })
 }
 
+/// Ends the body with an error after `cut` bytes: the client sees a connection reset
+/// mid-body (the declared length is never reached).
+fn cut_after(
+    inner: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>,
+    cut: Option<u64>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    use futures_util::StreamExt;
+    let mut left = cut.unwrap_or(u64::MAX);
+    let mut done = false;
+    inner
+        .map(move |item| match item {
+            Ok(mut b) if !done && b.len() as u64 >= left => {
+                b.truncate(left as usize);
+                left = 0;
+                done = true;
+                Ok(b)
+            }
+            Ok(b) if !done => {
+                left -= b.len() as u64;
+                Ok(b)
+            }
+            Ok(_) => Err(std::io::Error::other("injected connection cut")),
+            Err(e) => Err(e),
+        })
+        .take_while({
+            let mut failed = false;
+            move |r| {
+                let keep = !failed;
+                failed |= r.is_err();
+                std::future::ready(keep)
+            }
+        })
+}
+
 async fn stats(State(hub): State<Shared>) -> Response {
     let v = serde_json::json!({
         "requests": hub.requests.load(Ordering::Relaxed),
@@ -576,6 +668,7 @@ async fn main() -> std::process::ExitCode {
         throttle_left: AtomicI64::new(args.throttle_first),
         stall_left: AtomicI64::new(args.stall_count),
         corrupt_left: AtomicI64::new(args.corrupt_count),
+        cut_left: AtomicI64::new(args.cut_count),
         requests: AtomicU64::new(0),
         api_requests: AtomicU64::new(0),
         file_requests: AtomicU64::new(0),

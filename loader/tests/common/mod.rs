@@ -59,6 +59,10 @@ impl Hub {
             .read_line(&mut line)
             .unwrap();
         let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+        // The banner follows the bind; still, wait for a real answer, not an open port.
+        wait_until("hub answering", Duration::from_secs(120), || {
+            http_get(port, "/_hub/stats").0 == 200
+        });
         Hub { child, port }
     }
 
@@ -128,6 +132,17 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Peak resident memory (VmHWM) of a live process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

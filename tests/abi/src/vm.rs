@@ -337,6 +337,8 @@ pub struct VmBuilder {
     allow_on_headers_stop_iteration: bool,
     properties: HashMap<Vec<u8>, Vec<u8>>,
     log_level: LogLevel,
+    /// `env` imports answered with a fixed status (see `host_call_status`).
+    host_call_statuses: Vec<(String, i32)>,
 }
 
 impl VmBuilder {
@@ -351,7 +353,16 @@ impl VmBuilder {
             allow_on_headers_stop_iteration: true,
             properties: HashMap::new(),
             log_level: LogLevel::Info,
+            host_call_statuses: Vec::new(),
         }
+    }
+
+    /// Makes the host answer every call of the `env` import `name` with `status` (e.g. 10,
+    /// InternalFailure) and do nothing else, as Envoy does for a call it refuses. A module
+    /// must not trap on it.
+    pub fn host_call_status(mut self, name: &str, status: i32) -> Self {
+        self.host_call_statuses.push((name.to_string(), status));
+        self
     }
 
     /// `vm_config.vm_id` (default "modelgate", as CONTRACTS.md requires of every filter).
@@ -442,6 +453,21 @@ impl VmBuilder {
         let mut store = Store::new(engine(), state);
         let mut linker = Linker::new(engine());
         imports::define(&mut linker)?;
+        linker.allow_shadowing(true);
+        for (name, status) in &self.host_call_statuses {
+            let ty = module
+                .imports()
+                .find(|i| i.module() == "env" && i.name() == name)
+                .and_then(|i| i.ty().func().cloned());
+            let Some(ty) = ty else { continue };
+            let status = *status;
+            linker.func_new("env", name, ty, move |_, _, results| {
+                if let Some(r) = results.first_mut() {
+                    *r = Val::I32(status);
+                }
+                Ok(())
+            })?;
+        }
         let instance = linker
             .instantiate(&mut store, &module)
             .map_err(anyhow::Error::from)

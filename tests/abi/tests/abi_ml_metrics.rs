@@ -4,7 +4,8 @@
 
 use modelgate_abi_tests::{one_cut, Action, Host, Vm};
 
-const CONFIG: &str = r#"{"models": ["llama-3-8b", "qwen-2-7b"], "tick_period": "1s"}"#;
+const CONFIG: &str =
+    r#"{"models": ["llama-3-8b", "qwen-2-7b"], "tick_period": "1s", "trust_model_header": true}"#;
 
 fn metrics(host: &Host) -> Vm {
     host.vm("ml_metrics")

@@ -89,7 +89,10 @@ fn configuration_errors_name_the_field() {
             .err()
             .unwrap_or_else(|| panic!("accepted {cfg}"));
         let msg = format!("{err:#}");
-        assert!(msg.contains("[Error] invalid configuration"), "{msg}");
+        assert!(
+            msg.contains("[Error] readiness_gate: invalid configuration"),
+            "{msg}"
+        );
         assert!(msg.contains(&format!("`{field}")), "{cfg}: {msg}");
     }
 }

@@ -1,0 +1,126 @@
+use super::*;
+
+fn check(file: &str, text: &str) -> Report {
+    let mut r = Report::default();
+    r.check_text(file, text, None, &[]);
+    r.finish();
+    r
+}
+
+const ROUTER: &str = r#"{"models": [{"name": "a", "aliases": ["x"]},
+  {"name": "c", "targets": [{"name": "a"}, {"name": "b"}]}]}"#;
+
+fn bootstrap(router: &str, metrics_models: &str, routes: &[&str]) -> String {
+    let wasm = |name: &str, cfg: &str| {
+        format!(
+            "    - name: {name}\n      typed_config:\n        \"@type\": {WASM_TYPE}\n        config:\n          root_id: {name}\n          configuration:\n            value: '{}'\n",
+            cfg.replace('\n', " ")
+        )
+    };
+    let mut s = String::from("static_resources:\n  listeners:\n  - filters:\n");
+    s += &wasm("ml_metrics", &format!(r#"{{"models": {metrics_models}}}"#));
+    s += &wasm("model_router", router);
+    s += "  routes:\n";
+    for r in routes {
+        s += &format!(
+            "  - match: {{headers: [{{name: x-modelgate-model, string_match: {{exact: {r}}}}}]}}\n"
+        );
+    }
+    s
+}
+
+#[test]
+fn consistent_bootstrap_passes() {
+    let r = check(
+        "b.yaml",
+        &bootstrap(ROUTER, r#"["a","b","c","x"]"#, &["a", "b"]),
+    );
+    assert_eq!(r.checked, 2);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+#[test]
+fn router_target_without_route_is_named() {
+    let r = check("b.yaml", &bootstrap(ROUTER, r#"["a","b","c","x"]"#, &["a"]));
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!(p.at.filter, Some(Filter::ModelRouter));
+    assert!(p.message.contains("target `b`"), "{p}");
+}
+
+#[test]
+fn metrics_missing_router_alias_is_named() {
+    let r = check(
+        "b.yaml",
+        &bootstrap(ROUTER, r#"["a","b","c"]"#, &["a", "b"]),
+    );
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!(
+        (p.at.filter, p.field.as_str()),
+        (Some(Filter::MlMetrics), "models")
+    );
+    assert!(p.message.contains("`x`"), "{p}");
+}
+
+#[test]
+fn invalid_field_is_reported_with_its_path() {
+    let bad = r#"{"models": [{"name": "a", "criticality": "urgent"}]}"#;
+    let r = check("b.yaml", &bootstrap(bad, r#"["a"]"#, &["a"]));
+    let p = r.problems.first().expect("a problem");
+    assert_eq!(p.at.filter, Some(Filter::ModelRouter));
+    assert!(p.field.contains("criticality"), "{p}");
+    assert!(
+        p.to_string()
+            .contains("b.yaml: document 1 (bootstrap): model_router at "),
+        "{p}"
+    );
+}
+
+#[test]
+fn wasm_plugin_config_is_validated_and_unknown_fields_named() {
+    let doc = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: g, namespace: m}\nspec:\n  pluginName: readiness_gate\n  pluginConfig: {model: a, perod: 1s}\n";
+    let r = check("w.yaml", doc);
+    let p = r.problems.first().expect("a problem");
+    assert_eq!(p.field, "perod");
+    assert_eq!(p.at.object, "WasmPlugin m/g");
+    assert_eq!(p.at.path, "spec.pluginConfig");
+}
+
+#[test]
+fn different_scrape_blocks_on_one_pod_are_reported() {
+    let plugin = |name: &str, filter: &str, cfg: &str| {
+        format!("---\nkind: WasmPlugin\nmetadata: {{name: {name}, namespace: m}}\nspec:\n  selector: {{matchLabels: {{app: s}}}}\n  pluginName: {filter}\n  pluginConfig: {cfg}\n")
+    };
+    let pod = "---\nkind: Deployment\nmetadata: {name: d, namespace: m}\nspec:\n  template:\n    metadata: {labels: {app: s, pool: p}}\n";
+    let same = plugin("s", "load_shedder", "{scrape: {cluster: c, period: 250ms}}")
+        + &plugin("m", "ml_metrics", "{scrape: {cluster: c, period: 250ms}}")
+        + pod;
+    assert!(check("p.yaml", &same).problems.is_empty());
+    let differ = plugin("s", "load_shedder", "{scrape: {cluster: c, period: 250ms}}")
+        + &plugin("m", "ml_metrics", "{scrape: {cluster: c, period: 1s}}")
+        + pod;
+    let r = check("p.yaml", &differ);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!(r.problems[0].field, "scrape");
+}
+
+#[test]
+fn template_placeholder_in_a_config_is_reported() {
+    let r = check(
+        "b.yaml",
+        &bootstrap(r#"{"models": [{"name": "{{MODEL}}"}]}"#, "[]", &[]),
+    );
+    assert!(
+        r.problems[0].message.contains("--set MODEL="),
+        "{:?}",
+        r.problems
+    );
+}
+
+#[test]
+fn non_modelgate_wasm_filters_are_ignored() {
+    let doc = "kind: WasmPlugin\nmetadata: {name: other}\nspec: {pluginName: basic_auth, pluginConfig: {x: 1}}\n";
+    let r = check("o.yaml", doc);
+    assert_eq!((r.checked, r.problems.len()), (0, 0));
+}

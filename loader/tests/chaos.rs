@@ -1,0 +1,193 @@
+//! Loader chaos: SIGKILL at random points (download, verification, swap, cleanup) while the
+//! server cuts connections, then restart. After every kill the served path is absent or one
+//! complete revision, byte-identical to the source, with the ready file naming it; a kill
+//! costs at most about one write batch (1 MiB) per connection.
+//! `MODELGATE_CHAOS_KILLS` (kills wanted in all, default 6) makes the long run of
+//! `scripts/soak-loader.sh`; `MODELGATE_CHAOS_SUMMARY` names a file for its summary line.
+// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const REPO: &str = "org/model";
+/// (name, bytes) of one revision.
+type Files = Vec<(&'static str, Vec<u8>)>;
+/// Files of the loader's own bookkeeping inside a served revision.
+const OWN: [&str; 3] = [".ready", "metadata.json", ".modelgate-manifest.json"];
+
+fn files_under(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// None when nothing is served; Some(rev) when exactly `rev` is served, complete and
+/// byte-identical; Err(why) otherwise.
+fn served(dest: &Path, repos: &Path) -> Result<Option<String>, String> {
+    if std::fs::symlink_metadata(dest).is_err() {
+        return Ok(None);
+    }
+    let rev = read_link_rev(dest);
+    let ready = std::fs::read_to_string(dest.join(".ready")).map_err(|e| format!("ready: {e}"))?;
+    if ready.trim() != rev {
+        return Err(format!("ready names {ready:?}, served {rev}"));
+    }
+    let want = files_under(&repos.join(REPO).join("revisions").join(&rev));
+    let mut got = files_under(dest);
+    got.retain(|k, _| !OWN.contains(&k.as_str()));
+    if got.keys().ne(want.keys()) {
+        return Err(format!(
+            "served {rev} has {:?}, source has {:?}",
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        ));
+    }
+    for (k, v) in &want {
+        if got[k] != *v {
+            return Err(format!("served {rev}: {k} differs from the source"));
+        }
+    }
+    Ok(Some(rev))
+}
+
+#[test]
+fn sigkill_at_random_points_never_serves_a_mixed_or_corrupt_model() {
+    // Total kills wanted (the soak sets many); revisions follow one another until then.
+    let target: u64 = std::env::var("MODELGATE_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let kills_per_rev = 4;
+    let t = tmp();
+    let repos = t.path().join("repos");
+    let shared = data(6 << 20, 1);
+    // Revision k: a new config and weights every time, a file that comes and goes (a mix of
+    // two revisions would show), and a large file shared by all (reused, never re-fetched).
+    let revision = |k: u64| -> (String, Files) {
+        let mut files: Files = vec![
+            ("config.json", format!("{{\"v\":{k}}}").into_bytes()),
+            ("a.bin", data(8 << 20, 100 + k)),
+            ("shared.bin", shared.clone()),
+        ];
+        if k & 1 == 0 {
+            files.push(("b/c.bin", data(3 << 20, 200 + k)));
+        }
+        (format!("c{k}"), files)
+    };
+    let hub = Hub::start(&repos, &["--rate-bps", "3145728", "--cut-count", "3"]);
+    let dest = t.path().join("model");
+    let connections = 3u64;
+    let (mut kills, mut bad, mut needed) = (0u64, Vec::new(), 0u64);
+    let mut served_before: Option<String> = None;
+    let mut k = 0;
+    while k < 2 || (kills < target && k < target + 2) {
+        k += 1;
+        let (rev, files) = revision(k);
+        let rev = rev.as_str();
+        publish(&repos, REPO, rev, &files);
+        // Bytes this revision must download: what the served one does not already have.
+        let old = served_before
+            .as_ref()
+            .map(|r| files_under(&repos.join(REPO).join("revisions").join(r)))
+            .unwrap_or_default();
+        needed += files
+            .iter()
+            .filter(|(n, d)| old.get(*n) != Some(d))
+            .map(|(_, d)| d.len() as u64)
+            .sum::<u64>();
+        let mut round = 0;
+        loop {
+            let last = round >= kills_per_rev;
+            let mut c = loader(Some(&hub), REPO, &dest);
+            c.args([
+                "--once",
+                "--chunk-size",
+                "4MiB",
+                "--parallel-ranges",
+                "2",
+                "--parallel-files",
+                "2",
+                "--connections",
+                &connections.to_string(),
+                "--read-timeout",
+                "5s",
+            ]);
+            let mut r = Running::spawn(c);
+            let exited = if last {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    if let Some(s) = r.child.try_wait().unwrap() {
+                        assert!(s.success(), "{}", r.log());
+                        break true;
+                    }
+                    assert!(Instant::now() < deadline, "no finish: {}", r.log());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(fastrand::u64(100..1500)));
+                let done = r.child.try_wait().unwrap().is_some();
+                if !done {
+                    r.signal(9);
+                    let _ = r.child.wait();
+                    kills += 1;
+                }
+                done
+            };
+            match served(&dest, &repos) {
+                Ok(Some(s)) if s == rev || Some(&s) == served_before.as_ref() => {}
+                Ok(None) if served_before.is_none() => {}
+                Ok(other) => bad.push(format!("after a kill in {rev}: serving {other:?}")),
+                Err(e) => bad.push(e),
+            }
+            round += 1;
+            if last || (exited && served(&dest, &repos) == Ok(Some(rev.to_string()))) {
+                break;
+            }
+        }
+        assert_eq!(served(&dest, &repos), Ok(Some(rev.to_string())));
+        served_before = Some(rev.to_string());
+    }
+    let sent = hub.stats()["bytes_sent"].as_u64().unwrap();
+    let lost = sent.saturating_sub(needed);
+    let line = format!(
+        "| loader chaos (SIGKILL + cut connections) | {kills} kills | {:.2} MiB lost ({:.2} MiB per kill) | {} corrupt or mixed models served |",
+        lost as f64 / 1048576.0,
+        lost as f64 / 1048576.0 / kills.max(1) as f64,
+        bad.len()
+    );
+    eprintln!("{line}");
+    if let Ok(p) = std::env::var("MODELGATE_CHAOS_SUMMARY") {
+        std::fs::write(p, format!("{line}\n")).unwrap();
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+    // Per kill and connection: one 1 MiB write batch plus the piece in flight (256 KiB),
+    // and the pieces cut connections counted as sent (3 cuts).
+    let allowance = kills * connections * ((1 << 20) + (64 << 10) + (256 << 10));
+    assert!(
+        lost <= allowance + 3 * (256 << 10),
+        "lost {lost} bytes over {kills} kills (allowed {allowance})"
+    );
+}

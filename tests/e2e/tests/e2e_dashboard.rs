@@ -1,0 +1,357 @@
+//! The Grafana dashboard (`dashboards/modelgate.json`) against real data: the shipped
+//! gateway and sidecar bootstraps (envoy/gateway.yaml, envoy/sidecar.yaml) in front of three
+//! modelgate-sim pods, a modelgate-loader beside pod a, and Debian's Prometheus scraping all
+//! of them with the rules of `istio/alerts.yaml`, labelled as Istio's pod scraping labels
+//! them (gateway: namespace istio-system; pods: namespace models, pod). After routed,
+//! streamed, refused, shed and gated traffic, every query of every panel must parse and
+//! return at least one series.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use modelgate_e2e::*;
+use serde_json::{json, Value};
+
+struct Pod {
+    name: &'static str,
+    sim: Sim,
+    port: u16,
+    admin: u16,
+    _envoy: Envoy,
+}
+
+fn template(name: &str) -> String {
+    fs::read_to_string(repo_root().join("envoy").join(name)).expect("envoy template")
+}
+
+fn wasm_dir() -> String {
+    wasm("ml_metrics")
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn start_pod(
+    dir: &Path,
+    name: &'static str,
+    model: &str,
+    sim_args: &[&str],
+    loader: Option<u16>,
+) -> Pod {
+    let mut args = vec!["--served-model-name", model, "--pod-name", name];
+    args.extend_from_slice(sim_args);
+    let sim = Sim::start(dir, &format!("sim-{name}"), &args);
+    let (port, admin) = (free_port(), free_port());
+    let readiness_loader = match loader {
+        Some(_) => r#"{"cluster": "loader", "path": "/ready"}"#.to_string(),
+        None => "null".to_string(),
+    };
+    let yaml = render(
+        &template("sidecar.yaml"),
+        &[
+            ("LISTEN_PORT", port.to_string()),
+            ("ADMIN_PORT", admin.to_string()),
+            ("SIM_PORT", sim.port.to_string()),
+            ("LOADER_PORT", loader.unwrap_or(1).to_string()),
+            ("WASM_DIR", wasm_dir()),
+            ("MODEL", model.to_string()),
+            ("READINESS_LOADER", readiness_loader),
+            ("READINESS_PERIOD", "500ms".to_string()),
+        ],
+    );
+    let envoy = Envoy::start(dir, &format!("sidecar-{name}"), &yaml, admin);
+    Pod {
+        name,
+        sim,
+        port,
+        admin,
+        _envoy: envoy,
+    }
+}
+
+/// modelgate-loader serving a small local model, with its status server.
+fn start_loader(dir: &Path) -> (u16, Proc) {
+    let src = dir.join("model-src");
+    fs::create_dir_all(&src).expect("model dir");
+    fs::write(src.join("config.json"), r#"{"model_type": "demo"}"#).expect("config.json");
+    fs::write(src.join("model.safetensors"), vec![7u8; 4096]).expect("weights");
+    fs::create_dir_all(dir.join("models")).expect("models volume");
+    let port = free_port();
+    let mut cmd = Command::new(release_bin("modelgate-loader"));
+    cmd.arg("--source")
+        .arg(&src)
+        .arg("--dest")
+        .arg(dir.join("models").join("model"))
+        .arg("--status-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--progress")
+        .arg("log");
+    let mut proc = Proc::spawn("loader", cmd, dir);
+    let ready = wait_until(Duration::from_secs(60), || {
+        get(&format!("http://127.0.0.1:{port}/ready")).status == 200 || proc.try_exit().is_some()
+    });
+    assert!(
+        ready && proc.try_exit().is_none(),
+        "loader not ready:\n{}",
+        proc.log_text()
+    );
+    (port, proc)
+}
+
+fn rules_file(dir: &Path) -> PathBuf {
+    let text = fs::read_to_string(repo_root().join("istio/alerts.yaml")).expect("alerts.yaml");
+    let rule: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts yaml");
+    let mut out = serde_yaml::Mapping::new();
+    out.insert("groups".into(), rule["spec"]["groups"].clone());
+    let path = dir.join("rules.yaml");
+    fs::write(&path, serde_yaml::to_string(&out).expect("rules")).expect("write rules");
+    path
+}
+
+fn start_prometheus(dir: &Path, targets: &[(String, &str, &str, &str)]) -> (u16, Proc) {
+    let port = free_port();
+    let mut scrape = String::new();
+    for (i, (addr, path, namespace, pod)) in targets.iter().enumerate() {
+        scrape.push_str(&format!(
+            "- job_name: t{i}\n  metrics_path: {path}\n  static_configs:\n  - targets: [\"{addr}\"]\n    labels: {{namespace: {namespace}, pod: {pod}}}\n"
+        ));
+    }
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nscrape_configs:\n{scrape}",
+        rules_file(dir).display()
+    );
+    let cfg = dir.join("prometheus.yml");
+    fs::write(&cfg, config).expect("prometheus.yml");
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn");
+    let mut proc = Proc::spawn("prometheus", cmd, dir);
+    let ready = wait_until(Duration::from_secs(60), || {
+        get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200 || proc.try_exit().is_some()
+    });
+    assert!(
+        ready && proc.try_exit().is_none(),
+        "prometheus:\n{}",
+        proc.log_text()
+    );
+    (port, proc)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every query of the dashboard, with Grafana's variables as an "All" selection would set
+/// them: (panel title, PromQL).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text =
+        fs::read_to_string(repo_root().join("dashboards/modelgate.json")).expect("dashboard");
+    let dash: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["datasource", "scope", "model", "pod"], "variables");
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            assert_eq!(
+                t["datasource"]["uid"], "${datasource}",
+                "datasource variable"
+            );
+            let expr = t["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$__rate_interval", "1m")
+                .replace("$scope", "istio-system")
+                .replace("$model", ".*")
+                .replace("$pod", ".*");
+            out.push((panel["title"].as_str().unwrap_or("?").to_string(), expr));
+        }
+    }
+    out
+}
+
+fn chat(url: &str, model: &str, stream: bool, headers: &[(&str, &str)]) -> Response {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hello there"}],
+                          "max_tokens": 4});
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    post_json(&format!("{url}/v1/chat/completions"), &body, headers)
+}
+
+#[test]
+fn every_dashboard_query_returns_data_after_traffic() {
+    let dir = scratch_dir("dashboard");
+    let (loader_port, _loader) = start_loader(&dir);
+    let fast = ["--ttft-ms", "5", "--itl-ms", "2", "--max-num-seqs", "64"];
+    // Pod c is slow and serves one request at a time, so its queue fills and sheddable
+    // requests are shed.
+    let slow = [
+        "--ttft-ms",
+        "5",
+        "--itl-ms",
+        "100",
+        "--max-num-seqs",
+        "1",
+        "--max-tokens",
+        "20",
+    ];
+    let pods = [
+        start_pod(&dir, "pod-a", "llama-3-8b", &fast, Some(loader_port)),
+        start_pod(&dir, "pod-b", "llama-3-8b", &fast, None),
+        start_pod(&dir, "pod-c", "qwen-2-7b", &slow, None),
+    ];
+    let (listen, admin) = (free_port(), free_port());
+    let yaml = render(
+        &template("gateway.yaml"),
+        &[
+            ("LISTEN_PORT", listen.to_string()),
+            ("ADMIN_PORT", admin.to_string()),
+            ("WASM_DIR", wasm_dir()),
+            ("POD_A_PORT", pods[0].port.to_string()),
+            ("POD_B_PORT", pods[1].port.to_string()),
+            ("POD_C_PORT", pods[2].port.to_string()),
+        ],
+    );
+    let _gateway = Envoy::start(&dir, "gateway", &yaml, admin);
+    let gw = format!("http://127.0.0.1:{listen}");
+
+    let mut targets = vec![(
+        format!("127.0.0.1:{admin}"),
+        "/stats/prometheus",
+        "istio-system",
+        "gateway",
+    )];
+    for p in &pods {
+        targets.push((
+            format!("127.0.0.1:{}", p.admin),
+            "/stats/prometheus",
+            "models",
+            p.name,
+        ));
+    }
+    targets.push((
+        format!("127.0.0.1:{loader_port}"),
+        "/metrics",
+        "models",
+        "pod-a",
+    ));
+    let (prom, _prometheus) = start_prometheus(&dir, &targets);
+
+    // Every pod ready (the gates poll every 500 ms).
+    let ready = wait_until(Duration::from_secs(60), || {
+        pods.iter()
+            .all(|p| get(&format!("http://127.0.0.1:{}/modelgate/ready", p.port)).status == 200)
+    });
+    assert!(ready, "pods not ready");
+
+    // Routed traffic through the gateway: JSON and streams, aliases, the split, a 404.
+    for i in 0..12 {
+        let r = chat(&gw, "llama3", i % 2 == 0, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(chat(&gw, "qwen", true, &[]).status, 200);
+    }
+    for _ in 0..4 {
+        chat(&gw, "gpt-4o-mini", true, &[]);
+    }
+    assert_eq!(chat(&gw, "no-such-model", false, &[]).status, 404);
+
+    // Shed: a flood of sheddable requests straight at pod c's sidecar (which trusts the
+    // header) keeps its queue deep; probes in the meantime are shed once a scrape sees it.
+    let pod_c = format!("http://127.0.0.1:{}", pods[2].port);
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let url = pod_c.clone();
+            std::thread::spawn(move || {
+                for _ in 0..4 {
+                    chat(
+                        &url,
+                        "qwen-2-7b",
+                        false,
+                        &[("x-modelgate-criticality", "critical")],
+                    );
+                }
+            })
+        })
+        .collect();
+    let shed = wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(200));
+        chat(
+            &pod_c,
+            "qwen-2-7b",
+            false,
+            &[("x-modelgate-criticality", "sheddable")],
+        )
+        .status
+            == 429
+    });
+    for f in flood {
+        let _ = f.join();
+    }
+    assert!(shed, "pod c never shed");
+
+    // Gated: pod b's server turns unhealthy; its gate answers 503 until it recovers.
+    let health = |healthy: bool| {
+        post_json(
+            &pods[1].sim.url("/sim/health"),
+            &json!({"healthy": healthy}),
+            &[],
+        )
+        .status
+    };
+    assert_eq!(health(false), 200);
+    let pod_b = format!("http://127.0.0.1:{}", pods[1].port);
+    let gated = wait_until(Duration::from_secs(30), || {
+        chat(&pod_b, "llama-3-8b", false, &[]).status == 503
+    });
+    assert!(gated, "pod b's gate never refused");
+    assert_eq!(health(true), 200);
+
+    // Every query parses and returns data (scrape 1 s, Envoy stats flush 5 s, rules 1 s).
+    let mut missing = Vec::new();
+    for (title, expr) in dashboard_queries() {
+        let url = format!(
+            "http://127.0.0.1:{prom}/api/v1/query?query={}",
+            urlencode(&expr)
+        );
+        let mut last = Value::Null;
+        let ok = wait_until(Duration::from_secs(60), || {
+            last = get(&url).json();
+            assert_eq!(
+                last["status"], "success",
+                "{title}: {expr} does not parse: {last}"
+            );
+            last["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        });
+        println!("{title}: {expr} -> {}", if ok { "data" } else { "EMPTY" });
+        if !ok {
+            missing.push(format!("{title}: {expr}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "queries without data:\n{}",
+        missing.join("\n")
+    );
+}
