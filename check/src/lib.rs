@@ -7,46 +7,19 @@ use std::fmt;
 
 use modelgate_core::config::{ConfigError, FilterConfig};
 use modelgate_core::metrics::MetricsConfig;
+use modelgate_core::picker::PickerConfig;
 use modelgate_core::readiness::ReadinessConfig;
 use modelgate_core::router::Router;
 use modelgate_core::shed::ShedConfig;
 use serde_json::Value;
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-const MODEL_HEADER: &str = "x-modelgate-model";
+use modelgate_core::vocab::MODEL_HEADER;
 /// Istio's root namespace: its WasmPlugins and EnvoyFilters apply in every namespace.
 const ROOT_NAMESPACE: &str = "istio-system";
 
-/// The modelgate filters, by the name they have in `root_id` / `pluginName`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Filter {
-    ReadinessGate,
-    ModelRouter,
-    LoadShedder,
-    MlMetrics,
-}
-
-impl Filter {
-    pub const ALL: [Filter; 4] = [
-        Filter::ReadinessGate,
-        Filter::ModelRouter,
-        Filter::LoadShedder,
-        Filter::MlMetrics,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Filter::ReadinessGate => "readiness_gate",
-            Filter::ModelRouter => "model_router",
-            Filter::LoadShedder => "load_shedder",
-            Filter::MlMetrics => "ml_metrics",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Filter> {
-        Filter::ALL.into_iter().find(|f| f.name() == name)
-    }
-}
+/// The modelgate filters, by module name: core's own list, so a new filter is checked too.
+pub use modelgate_core::config::FilterKind as Filter;
 
 /// Where a configuration (or a problem) was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +84,8 @@ enum Facts {
     Shedder {
         scrape: Option<Value>,
     },
-    Gate,
+    /// A filter with nothing to cross-check.
+    Other,
 }
 
 struct Found {
@@ -430,7 +404,8 @@ fn cross_check_proxy(members: &[&Found], problems: &mut Vec<Problem>) {
 /// Runs the filter's own configuration code (the same calls as its `on_configure`).
 fn validate(filter: Filter, bytes: &[u8]) -> Result<Facts, ConfigError> {
     match filter {
-        Filter::ReadinessGate => ReadinessConfig::parse(bytes).map(|_| Facts::Gate),
+        Filter::ReadinessGate => ReadinessConfig::parse(bytes).map(|_| Facts::Other),
+        Filter::EndpointPicker => PickerConfig::parse(bytes).map(|_| Facts::Other),
         Filter::ModelRouter => {
             let router = Router::parse(bytes)?;
             let mut names = BTreeSet::new();

@@ -24,7 +24,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ISTIO = os.path.join(ROOT, "istio")
 # Native sidecars (initContainers with restartPolicy: Always) need Kubernetes >= 1.29.
 K8S_VERSIONS = ["1.29.0", "1.33.0"]
-MODELGATE_FILTERS = {"readiness_gate", "model_router", "load_shedder", "ml_metrics"}
+MODELGATE_FILTERS = {"readiness_gate", "model_router", "load_shedder", "ml_metrics", "endpoint_picker"}
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 # What scripts/run.sh renders the Envoy templates with.

@@ -259,8 +259,10 @@ struct Acc {
     triton_pending: Option<f64>,
 }
 
+/// Saturating: samples are finite, but a sum of them may not be (JSON, where the
+/// snapshot is shared, has no infinity).
 fn add(slot: &mut Option<f64>, v: f64) {
-    *slot = Some(slot.unwrap_or(0.0) + v);
+    *slot = Some((slot.unwrap_or(0.0) + v).min(f64::MAX));
 }
 
 fn max(slot: &mut Option<f64>, v: f64) {
@@ -620,6 +622,17 @@ mod tests {
         assert_eq!((l.waiting, l.running), (0.0, 2.0));
         let nan = b"vllm:num_requests_waiting NaN\nvllm:num_requests_running -1\n";
         assert_eq!(extract(&c, [nan.as_slice()]).0, Err(ScrapeError::NoMetrics));
+    }
+
+    #[test]
+    fn sums_of_huge_counts_saturate_instead_of_overflowing() {
+        let body = b"vllm:num_requests_waiting{engine=\"0\"} 1e308\nvllm:num_requests_waiting{engine=\"1\"} 1e308\nvllm:num_requests_running 1e308\n";
+        let l = extract(&auto(), [&body[..]]).0.unwrap();
+        assert!(l.waiting.is_finite() && l.waiting >= 1e308, "{}", l.waiting);
+        // The snapshot survives shared data (JSON has no infinity).
+        let snap = next_snapshot(&QueueSnapshot::default(), Ok(l), 5);
+        let back: QueueSnapshot = crate::state::decode(&crate::state::encode(&snap)).unwrap();
+        assert_eq!(back, snap);
     }
 
     #[test]

@@ -1,14 +1,14 @@
-//! The load shedder's policy: admission by criticality against the scraped queue and
-//! KV-cache load, a local in-flight cap, stale-snapshot behaviour, the ORCA load report
-//! the sidecar attaches to responses, and the gateway's pool-saturation check built from
-//! the ORCA reports it receives. The proxy-wasm side is `filters/load_shedder`.
+//! The load shedder's policy: its configuration, and admission by criticality against the
+//! scraped queue and KV-cache load, a local in-flight cap, stale-snapshot behaviour and the
+//! gateway's pool saturation. ORCA reports are in [`crate::orca`], the shared tables in
+//! [`crate::shed_tables`], metrics and logs in [`crate::shed_monitor`]; the proxy-wasm side
+//! is `filters/load_shedder`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::config::{ms_or, ConfigError, DurationMs, FilterConfig, FilterKind};
+use crate::flow::{FlowConfig, FlowJson};
+use crate::orca::OrcaConfig;
 use crate::scrape::{ScrapeConfig, ScrapeConfigJson};
 use crate::state::QueueSnapshot;
 use crate::vocab::Criticality;
@@ -40,17 +40,23 @@ pub enum ShedReason {
     Concurrency,
     /// No fresh snapshot (scrape failing or late) and `on_stale` says shed.
     Stale,
-    /// Gateway: the pool's average ORCA utilisation is above the threshold.
+    /// Gateway: most of the pool's hosts report a utilisation above the threshold.
     PoolSaturated,
+    /// Flow control: the request could not be held (a bound on held requests).
+    FlowFull,
+    /// Flow control: the request was held past its band's TTL.
+    FlowTimeout,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 5] = [
+    pub const ALL: [ShedReason; 7] = [
         Self::Queue,
         Self::KvCache,
         Self::Concurrency,
         Self::Stale,
         Self::PoolSaturated,
+        Self::FlowFull,
+        Self::FlowTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +66,8 @@ impl ShedReason {
             Self::Concurrency => "concurrency",
             Self::Stale => "stale",
             Self::PoolSaturated => "pool_saturated",
+            Self::FlowFull => "flow_full",
+            Self::FlowTimeout => "flow_timeout",
         }
     }
 
@@ -95,16 +103,6 @@ pub struct ClassLimits {
     pub max_in_flight: Option<u32>,
 }
 
-/// ORCA report settings (sidecar).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OrcaConfig {
-    /// Requests (running + waiting) at which the server counts as 100 % utilised;
-    /// utilisation is `max((running + waiting) / capacity, kv_cache_usage)`.
-    pub capacity: f64,
-    /// Smoothing time constant of the reported utilisation and request rate.
-    pub window_ms: u64,
-}
-
 /// Gateway settings: shed sheddable requests when the pool is saturated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
@@ -120,6 +118,9 @@ pub struct ShedConfig {
     pub scrape: Option<ScrapeConfig>,
     pub default_criticality: Criticality,
     pub trust_criticality_header: bool,
+    /// Downstream peer identities (the URI SAN of their mTLS certificate) whose header
+    /// may raise the criticality; everyone else may only lower it.
+    pub trusted_principals: Vec<String>,
     /// Indexed by [`Criticality::index`]; critical's entry is unused.
     pub limits: [ClassLimits; 3],
     pub stale_after_ms: u64,
@@ -127,6 +128,8 @@ pub struct ShedConfig {
     pub retry_after_s: u32,
     pub orca: Option<OrcaConfig>,
     pub gateway: Option<GatewayConfig>,
+    /// Flow control: hold instead of refusing at once.
+    pub flow: Option<FlowConfig>,
     pub tick_ms: u64,
 }
 
@@ -136,12 +139,14 @@ pub struct ShedConfigJson {
     pub scrape: Option<ScrapeConfigJson>,
     pub default_criticality: Option<String>,
     pub trust_criticality_header: Option<bool>,
+    pub trusted_principals: Option<Vec<String>>,
     pub thresholds: Option<ThresholdsJson>,
     pub stale_after: Option<DurationMs>,
     pub on_stale: Option<String>,
     pub retry_after: Option<DurationMs>,
     pub orca: Option<OrcaJson>,
     pub gateway: Option<GatewayJson>,
+    pub flow: Option<FlowJson>,
     pub tick: Option<DurationMs>,
 }
 
@@ -272,16 +277,41 @@ impl FilterConfig for ShedConfig {
             return Err(ConfigError::new("retry_after", "must be at most 1h"));
         }
         let retry_after_s = u32::try_from(retry_after_ms.div_ceil(1000).max(1)).unwrap_or(1);
+        let trust_criticality_header = raw.trust_criticality_header.unwrap_or(false);
+        let trusted_principals = raw.trusted_principals.clone().unwrap_or_default();
+        if trust_criticality_header && !trusted_principals.is_empty() {
+            return Err(ConfigError::new(
+                "trusted_principals",
+                "conflicts with trust_criticality_header: true (which trusts every client)",
+            ));
+        }
+        if trusted_principals.len() > 64 {
+            return Err(ConfigError::new("trusted_principals", "at most 64 entries"));
+        }
+        if let Some(i) = trusted_principals.iter().position(|p| p.trim().is_empty()) {
+            return Err(ConfigError::new(
+                format!("trusted_principals[{i}]"),
+                "must not be empty",
+            ));
+        }
         let orca = orca(raw.orca.as_ref(), scrape.is_some())?;
         let gateway = raw.gateway.as_ref().map(gateway).transpose()?;
+        let flow = FlowConfig::validate(raw.flow.as_ref())?;
+        if flow.is_some() && gateway.is_some() {
+            return Err(ConfigError::new(
+                "flow",
+                "flow control holds requests for one pod: configure it in the sidecars",
+            ));
+        }
         if scrape.is_none()
             && gateway.is_none()
+            && flow.is_none()
             && standard.max_in_flight.is_none()
             && sheddable.max_in_flight.is_none()
         {
             return Err(ConfigError::new(
                 "scrape",
-                "nothing to do: configure `scrape` (sidecar), `gateway`, or a `max_in_flight` threshold",
+                "nothing to do: configure `scrape` (sidecar), `gateway`, `flow`, or a `max_in_flight` threshold",
             ));
         }
         let tick_ms = ms_or(raw.tick, period.min(100));
@@ -291,19 +321,46 @@ impl FilterConfig for ShedConfig {
         Ok(Self {
             scrape,
             default_criticality,
-            trust_criticality_header: raw.trust_criticality_header.unwrap_or(false),
+            trust_criticality_header,
+            trusted_principals,
             limits: [sheddable, standard, ClassLimits::unlimited()],
             stale_after_ms,
             on_stale,
             retry_after_s,
             orca,
             gateway,
+            flow,
             tick_ms,
         })
     }
 }
 
 impl ShedConfig {
+    /// The class a request is admitted as, from its header. A header that claims more
+    /// than [`effective_criticality`] allows is honoured only when the downstream peer
+    /// (`peer`, asked only then: it costs a host call) is in `trusted_principals`.
+    pub fn criticality(
+        &self,
+        header: Option<&str>,
+        peer: impl FnOnce() -> Option<String>,
+    ) -> Criticality {
+        let allowed = effective_criticality(
+            header,
+            self.default_criticality,
+            self.trust_criticality_header,
+        );
+        match header.and_then(Criticality::parse) {
+            Some(claimed)
+                if claimed > allowed
+                    && !self.trusted_principals.is_empty()
+                    && peer().is_some_and(|p| self.trusted_principals.contains(&p)) =>
+            {
+                claimed
+            }
+            _ => allowed,
+        }
+    }
+
     pub fn limits(&self, c: Criticality) -> &ClassLimits {
         // `limits` has one entry per criticality, so the index is always in range.
         self.limits.get(c.index()).unwrap_or(&UNLIMITED)
@@ -355,6 +412,22 @@ impl ShedConfig {
         }
     }
 
+    /// The answer to a held request that waited past its TTL: 429 like a shed request,
+    /// or 503 when the model server's load is unknown (no pod answering its scrape).
+    pub fn expired_error(&self, class: Criticality, server: ServerView) -> crate::error::ApiError {
+        if server == ServerView::Stale {
+            return crate::error::ApiError::unavailable(
+                "no_capacity",
+                format!(
+                    "No model server answered while the request waited. Retry after {} s.",
+                    self.retry_after_s
+                ),
+                self.retry_after_s,
+            );
+        }
+        self.shed_error(class, ShedReason::FlowTimeout)
+    }
+
     /// The 429 a shed request gets (OpenAI `rate_limit_error`, so clients back off).
     pub fn shed_error(&self, class: Criticality, reason: ShedReason) -> crate::error::ApiError {
         let what = match reason {
@@ -363,6 +436,8 @@ impl ShedConfig {
             ShedReason::Concurrency => "too many requests are in flight",
             ShedReason::Stale => "the model server's load is unknown",
             ShedReason::PoolSaturated => "every model server in the pool is saturated",
+            ShedReason::FlowFull => "too many requests are already waiting",
+            ShedReason::FlowTimeout => "the request waited too long for the model server",
         };
         crate::error::ApiError::rate_limited(
             format!(
@@ -501,281 +576,6 @@ impl Default for LoadView {
     }
 }
 
-/// Exponentially weighted moving average over wall-clock time.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Ewma {
-    value: Option<f64>,
-}
-
-impl Ewma {
-    /// Folds in a sample taken `dt_ms` after the previous one.
-    pub fn update(&mut self, sample: f64, dt_ms: u64, tau_ms: u64) -> f64 {
-        let v = match self.value {
-            None => sample,
-            Some(prev) => {
-                let alpha = 1.0 - (-(dt_ms as f64) / (tau_ms.max(1) as f64)).exp();
-                prev + alpha * (sample - prev)
-            }
-        };
-        self.value = Some(v);
-        v
-    }
-
-    pub fn get(&self) -> f64 {
-        self.value.unwrap_or(0.0)
-    }
-}
-
-/// Utilisation of one snapshot: `max((running + waiting) / capacity, kv_cache_usage)`.
-/// Proportional to the load, so Envoy's weight `rps / utilisation` estimates the rate
-/// the server sustains at full load (by Little's law, capacity / latency).
-pub fn utilization(s: &QueueSnapshot, capacity: f64) -> f64 {
-    ((s.running + s.waiting) / capacity)
-        .max(s.kv_cache_usage)
-        .max(0.0)
-}
-
-/// Envoy ignores reports whose utilisation or rate is 0; these floors keep every report
-/// valid, and a small utilisation floor keeps an idle server attractive.
-pub const MIN_UTILIZATION: f64 = 0.001;
-pub const MIN_RPS: f64 = 0.01;
-
-/// Builds the ORCA header once per tick so each response only copies a cached string.
-#[derive(Debug, Clone)]
-pub struct OrcaReporter {
-    cfg: OrcaConfig,
-    util: Ewma,
-    rps: Ewma,
-    last_ms: Option<u64>,
-    last_completed: u64,
-    header: String,
-    valid: bool,
-}
-
-impl OrcaReporter {
-    pub fn new(cfg: OrcaConfig) -> Self {
-        Self {
-            cfg,
-            util: Ewma::default(),
-            rps: Ewma::default(),
-            last_ms: None,
-            last_completed: 0,
-            header: String::with_capacity(80),
-            valid: false,
-        }
-    }
-
-    /// `fresh`: the snapshot if it is fresh; `completed` counts the responses this
-    /// proxy has seen (a monotonic counter, summed over workers by the caller).
-    pub fn on_tick(&mut self, now_ms: u64, fresh: Option<&QueueSnapshot>, completed: u64) {
-        let dt = self.last_ms.map_or(0, |l| now_ms.saturating_sub(l));
-        if self.last_ms.is_none() || dt > 0 {
-            // A counter that went backwards (a worker restarted) counts as no completions.
-            let delta = completed.saturating_sub(self.last_completed);
-            if self.last_ms.is_some() {
-                self.rps
-                    .update(delta as f64 * 1000.0 / dt as f64, dt, self.cfg.window_ms);
-            }
-            self.last_completed = completed;
-            self.last_ms = Some(now_ms);
-        }
-        let Some(s) = fresh else {
-            // Unknown load: send no report, Envoy keeps the last weight until it expires.
-            self.valid = false;
-            return;
-        };
-        self.util
-            .update(utilization(s, self.cfg.capacity), dt, self.cfg.window_ms);
-        self.header.clear();
-        let _ = write!(
-            self.header,
-            "TEXT application_utilization={:.4}, rps_fractional={:.4}",
-            self.utilization(),
-            self.rps()
-        );
-        self.valid = true;
-    }
-
-    /// The header value to add to responses, when the load is known.
-    pub fn header(&self) -> Option<&str> {
-        self.valid.then_some(self.header.as_str())
-    }
-
-    pub fn utilization(&self) -> f64 {
-        self.util.get().max(MIN_UTILIZATION)
-    }
-
-    pub fn rps(&self) -> f64 {
-        self.rps.get().max(MIN_RPS)
-    }
-}
-
-/// One ORCA report as the gateway reads it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OrcaReport {
-    pub utilization: f64,
-    pub rps: Option<f64>,
-}
-
-/// Parses the `TEXT k=v, k=v` form of `endpoint-load-metrics`. Like Envoy, takes
-/// `application_utilization` when positive, else `cpu_utilization`.
-pub fn parse_orca(value: &str) -> Option<OrcaReport> {
-    let body = value.trim().strip_prefix("TEXT")?;
-    let (mut app, mut cpu, mut rps) = (None, None, None);
-    for pair in body.split(',') {
-        let (k, v) = pair.split_once('=')?;
-        let v: f64 = v.trim().parse().ok()?;
-        if !v.is_finite() || v < 0.0 {
-            return None;
-        }
-        match k.trim() {
-            "application_utilization" => app = Some(v),
-            "cpu_utilization" => cpu = Some(v),
-            "rps_fractional" => rps = Some(v),
-            _ => {}
-        }
-    }
-    let utilization = app.filter(|u| *u > 0.0).or(cpu)?;
-    Some(OrcaReport { utilization, rps })
-}
-
-/// One worker VM's share of the proxy's traffic, published on its tick so every worker
-/// can count the proxy's in-flight requests without a shared-data call per request.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default)]
-pub struct WorkerLoad {
-    pub in_flight: u32,
-    /// Responses completed by this worker since it started.
-    pub completed: u64,
-    pub at_ms: u64,
-}
-
-/// All workers' loads under [`crate::vocab::WORKERS_KEY`], keyed by a worker id handed out on the
-/// worker's first write.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
-pub struct WorkerTable {
-    pub workers: BTreeMap<u32, WorkerLoad>,
-}
-
-impl WorkerTable {
-    /// A fresh id: one above the largest in use.
-    pub fn next_id(&self) -> u32 {
-        self.workers
-            .keys()
-            .next_back()
-            .map_or(1, |k| k.saturating_add(1))
-    }
-
-    /// Records `id`'s load and forgets workers silent for `ttl_ms` (ended VMs).
-    pub fn update(&mut self, id: u32, load: WorkerLoad, ttl_ms: u64) {
-        let now = load.at_ms;
-        self.workers
-            .retain(|k, w| *k == id || now.saturating_sub(w.at_ms) <= ttl_ms);
-        self.workers.insert(id, load);
-    }
-
-    /// In-flight requests of every worker except `id`.
-    pub fn others_in_flight(&self, id: u32) -> u32 {
-        self.workers
-            .iter()
-            .filter(|(k, _)| **k != id)
-            .fold(0u32, |acc, (_, w)| acc.saturating_add(w.in_flight))
-    }
-
-    /// Completed responses summed over the workers present.
-    pub fn completed(&self) -> u64 {
-        self.workers
-            .values()
-            .fold(0u64, |acc, w| acc.saturating_add(w.completed))
-    }
-}
-
-/// The latest ORCA report of one upstream host.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
-pub struct HostReport {
-    pub utilization: f64,
-    pub at_ms: u64,
-}
-
-/// The gateway's view of its pools under [`crate::vocab::POOL_KEY`]: cluster → host → latest report.
-/// Every worker merges the reports it saw into it on its tick.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
-pub struct PoolTable {
-    pub clusters: BTreeMap<String, BTreeMap<String, HostReport>>,
-}
-
-/// Average utilisation of one cluster's fresh reports.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolLoad {
-    pub cluster: String,
-    pub average: f64,
-    pub hosts: usize,
-    pub saturated: bool,
-}
-
-impl PoolTable {
-    /// Records a report (the newer one wins); allocates only for a host not seen yet.
-    pub fn record(&mut self, cluster: &str, host: &str, report: HostReport) {
-        if !self.clusters.contains_key(cluster) {
-            self.clusters.insert(cluster.to_string(), BTreeMap::new());
-        }
-        let Some(hosts) = self.clusters.get_mut(cluster) else {
-            return;
-        };
-        match hosts.get_mut(host) {
-            Some(r) if r.at_ms > report.at_ms => {}
-            Some(r) => *r = report,
-            None => {
-                hosts.insert(host.to_string(), report);
-            }
-        }
-    }
-
-    /// Folds `other` in, keeping the newer report per host.
-    pub fn merge(&mut self, other: &PoolTable) {
-        for (cluster, hosts) in &other.clusters {
-            for (host, r) in hosts {
-                self.record(cluster, host, *r);
-            }
-        }
-    }
-
-    /// Forgets reports older than `ttl_ms`.
-    pub fn prune(&mut self, now_ms: u64, ttl_ms: u64) {
-        for hosts in self.clusters.values_mut() {
-            hosts.retain(|_, r| now_ms.saturating_sub(r.at_ms) <= ttl_ms);
-        }
-        self.clusters.retain(|_, h| !h.is_empty());
-    }
-
-    /// Per cluster: average utilisation of the hosts that reported within `ttl_ms`.
-    pub fn loads(&self, now_ms: u64, cfg: &GatewayConfig) -> Vec<PoolLoad> {
-        self.clusters
-            .iter()
-            .filter_map(|(cluster, hosts)| {
-                let fresh: Vec<f64> = hosts
-                    .values()
-                    .filter(|r| now_ms.saturating_sub(r.at_ms) <= cfg.report_ttl_ms)
-                    .map(|r| r.utilization)
-                    .collect();
-                if fresh.is_empty() {
-                    return None;
-                }
-                let average = fresh.iter().sum::<f64>() / fresh.len() as f64;
-                Some(PoolLoad {
-                    cluster: cluster.clone(),
-                    average,
-                    hosts: fresh.len(),
-                    saturated: average > cfg.utilization_threshold,
-                })
-            })
-            .collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.clusters.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,6 +627,44 @@ mod tests {
         assert_eq!(
             effective_criticality(Some(" sheddable "), Critical, true),
             Sheddable
+        );
+    }
+
+    #[test]
+    fn only_trusted_peers_may_raise_their_criticality() {
+        let c = cfg(
+            r#"{"scrape":{"cluster":"l"},"trusted_principals":["spiffe://cluster.local/ns/gw/sa/gateway"]}"#,
+        );
+        let gateway = || Some("spiffe://cluster.local/ns/gw/sa/gateway".to_string());
+        let other = || Some("spiffe://cluster.local/ns/apps/sa/client".to_string());
+        assert_eq!(c.criticality(Some("critical"), gateway), Critical);
+        assert_eq!(c.criticality(Some("critical"), other), Standard);
+        assert_eq!(
+            c.criticality(Some("critical"), || None),
+            Standard,
+            "plaintext"
+        );
+        // Lowering needs no identity, and the peer is not even looked up.
+        let asked = std::cell::Cell::new(false);
+        let spy = || {
+            asked.set(true);
+            None
+        };
+        assert_eq!(c.criticality(Some("sheddable"), spy), Sheddable);
+        assert_eq!(c.criticality(None, spy), Standard);
+        assert!(!asked.get());
+        // Without a list nobody may raise (unless the header is trusted outright).
+        assert_eq!(sidecar().criticality(Some("critical"), gateway), Standard);
+        let err = |json: &str| ShedConfig::parse(json.as_bytes()).unwrap_err().field;
+        assert_eq!(
+            err(
+                r#"{"scrape":{"cluster":"l"},"trusted_principals":["a"],"trust_criticality_header":true}"#
+            ),
+            "trusted_principals"
+        );
+        assert_eq!(
+            err(r#"{"scrape":{"cluster":"l"},"trusted_principals":["a", " "]}"#),
+            "trusted_principals[1]"
         );
     }
 
@@ -999,166 +837,5 @@ mod tests {
             (429, "rate_limit_error", Some(3))
         );
         assert!(e.message.contains("queue"));
-    }
-
-    #[test]
-    fn orca_report_tracks_load_and_rate() {
-        let mut r = OrcaReporter::new(OrcaConfig {
-            capacity: 10.0,
-            window_ms: 1000,
-        });
-        assert_eq!(r.header(), None);
-        let snap = QueueSnapshot {
-            running: 4.0,
-            waiting: 1.0,
-            kv_cache_usage: 0.2,
-            scraped_at_ms: 1,
-            ..Default::default()
-        };
-        r.on_tick(0, Some(&snap), 0);
-        assert_eq!(r.utilization(), 0.5);
-        assert_eq!(r.rps(), MIN_RPS);
-        for i in 1..=100u64 {
-            r.on_tick(i * 100, Some(&snap), i * 2); // 20 responses per second
-        }
-        assert!((r.rps() - 20.0).abs() < 0.5, "{}", r.rps());
-        let h = r.header().unwrap();
-        let parsed = parse_orca(h).unwrap();
-        assert!((parsed.utilization - 0.5).abs() < 1e-3);
-        assert!(parsed.rps.unwrap() > 19.0);
-        // KV cache dominates when fuller than the request count says.
-        let full = QueueSnapshot {
-            kv_cache_usage: 0.9,
-            ..snap.clone()
-        };
-        assert_eq!(utilization(&full, 10.0), 0.9);
-        // Idle: the floors keep the report valid for Envoy.
-        let idle = QueueSnapshot::default();
-        r.on_tick(100_000, Some(&idle), 200);
-        assert!(r.utilization() >= MIN_UTILIZATION && r.rps() >= MIN_RPS);
-        r.on_tick(100_100, None, 200);
-        assert_eq!(r.header(), None);
-    }
-
-    #[test]
-    fn orca_header_parsing() {
-        let r = parse_orca("TEXT application_utilization=0.9, rps_fractional=50").unwrap();
-        assert_eq!((r.utilization, r.rps), (0.9, Some(50.0)));
-        let r = parse_orca("TEXT cpu_utilization=0.3,application_utilization=0").unwrap();
-        assert_eq!(r.utilization, 0.3);
-        assert_eq!(parse_orca("JSON {\"cpu_utilization\":0.3}"), None);
-        assert_eq!(parse_orca("TEXT rps_fractional=1"), None);
-        assert_eq!(parse_orca("TEXT application_utilization=x"), None);
-        assert_eq!(parse_orca("TEXT application_utilization=-1"), None);
-    }
-
-    #[test]
-    fn worker_table_counts_other_workers_and_forgets_silent_ones() {
-        let mut t = WorkerTable::default();
-        let a = t.next_id();
-        t.update(
-            a,
-            WorkerLoad {
-                in_flight: 3,
-                completed: 10,
-                at_ms: 1000,
-            },
-            500,
-        );
-        let b = t.next_id();
-        assert_ne!(a, b);
-        t.update(
-            b,
-            WorkerLoad {
-                in_flight: 2,
-                completed: 5,
-                at_ms: 1100,
-            },
-            500,
-        );
-        assert_eq!(
-            (t.others_in_flight(a), t.others_in_flight(b), t.completed()),
-            (2, 3, 15)
-        );
-        t.update(
-            b,
-            WorkerLoad {
-                in_flight: 1,
-                completed: 6,
-                at_ms: 1600,
-            },
-            500,
-        );
-        assert_eq!(t.others_in_flight(b), 0, "a went silent");
-        let round: WorkerTable = crate::state::decode(&crate::state::encode(&t)).unwrap();
-        assert_eq!(round, t);
-    }
-
-    #[test]
-    fn pool_average_saturation_and_expiry() {
-        let g = GatewayConfig {
-            utilization_threshold: 0.8,
-            report_ttl_ms: 1000,
-        };
-        let mut t = PoolTable::default();
-        t.record(
-            "pool",
-            "a:1",
-            HostReport {
-                utilization: 0.9,
-                at_ms: 100,
-            },
-        );
-        t.record(
-            "pool",
-            "b:1",
-            HostReport {
-                utilization: 0.95,
-                at_ms: 100,
-            },
-        );
-        t.record(
-            "pool",
-            "c:1",
-            HostReport {
-                utilization: 0.2,
-                at_ms: 100,
-            },
-        );
-        let l = t.loads(500, &g);
-        assert_eq!(l.len(), 1);
-        assert!(!l[0].saturated, "average 0.68");
-        t.record(
-            "pool",
-            "c:1",
-            HostReport {
-                utilization: 0.9,
-                at_ms: 200,
-            },
-        );
-        t.record(
-            "pool",
-            "c:1",
-            HostReport {
-                utilization: 0.1,
-                at_ms: 150,
-            },
-        ); // older: ignored
-        let l = t.loads(500, &g);
-        assert!(l[0].saturated && l[0].hosts == 3);
-        assert!(t.loads(5000, &g).is_empty());
-        let mut other = PoolTable::default();
-        other.record(
-            "pool",
-            "a:1",
-            HostReport {
-                utilization: 0.1,
-                at_ms: 300,
-            },
-        );
-        t.merge(&other);
-        assert!(!t.loads(500, &g)[0].saturated);
-        t.prune(5000, 1000);
-        assert!(t.is_empty());
     }
 }

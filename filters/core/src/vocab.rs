@@ -21,6 +21,12 @@ pub const ORCA_HEADER: &str = "endpoint-load-metrics";
 /// Request header naming the pod (`IP:port`) the endpoint picker chose, read by the
 /// cluster's `override_host` policy; the picker removes any client-sent value.
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+/// Its binary (protobuf) form, which Envoy prefers: the load shedder removes it wherever it
+/// reports, so a model server cannot report its own load.
+pub const ORCA_BIN_HEADER: &str = "endpoint-load-metrics-bin";
+/// Request header naming the tenant flow control shares capacity between (the load
+/// shedder's default `flow.tenant_header`).
+pub const TENANT_HEADER: &str = "x-modelgate-tenant";
 
 // ---------------------------------------------------------------------------------------
 // Shared-data keys (every modelgate filter of a proxy runs in vm_id "modelgate")
@@ -31,9 +37,9 @@ pub const READINESS_KEY: &str = "modelgate.readiness.v1";
 pub const QUEUE_KEY: &str = "modelgate.queue.v1";
 /// Prefix of the poll leases (`<prefix><purpose>`), see `crate::lease`.
 pub const LEASE_PREFIX: &str = "modelgate.lease.";
-/// The load shedder's per-worker in-flight table (`shed::WorkerTable`).
+/// The load shedder's per-worker in-flight table (`shed_tables::WorkerTable`).
 pub const WORKERS_KEY: &str = "modelgate.shedder.workers.v1";
-/// The gateway load shedder's pool table (`shed::PoolTable`).
+/// The gateway load shedder's pool table (`shed_tables::PoolTable`).
 pub const POOL_KEY: &str = "modelgate.shedder.pool.v1";
 /// The snapshot sequence numbers ml_metrics has recorded (`metrics::Cursor`).
 pub const METRICS_CURSOR_KEY: &str = "modelgate.metrics.cursor.v1";
@@ -109,6 +115,8 @@ mod tests {
             SHED_HEADER,
             GATED_HEADER,
             ORCA_HEADER,
+            ORCA_BIN_HEADER,
+            TENANT_HEADER,
         ] {
             assert!(h.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
         }

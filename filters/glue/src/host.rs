@@ -105,6 +105,10 @@ extern "C" {
     fn abi_increment_metric(id: u32, offset: i64) -> u32;
     #[link_name = "proxy_record_metric"]
     fn abi_record_metric(id: u32, value: u64) -> u32;
+    #[link_name = "proxy_set_effective_context"]
+    fn abi_set_effective_context(context_id: u32) -> u32;
+    #[link_name = "proxy_continue_stream"]
+    fn abi_continue_stream(stream_type: u32) -> u32;
 }
 
 fn status(s: u32) -> Result<(), HostError> {
@@ -323,10 +327,30 @@ pub fn increment_metric(id: u32, delta: u64) -> Result<(), HostError> {
     status(unsafe { abi_increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX)) })
 }
 
+/// Adds `delta` (negative to lower it) to a gauge.
+pub fn add_to_metric(id: u32, delta: i64) -> Result<(), HostError> {
+    // SAFETY: plain values only.
+    status(unsafe { abi_increment_metric(id, delta) })
+}
+
 /// Sets a gauge or records a histogram sample.
 pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
     // SAFETY: plain values only.
     status(unsafe { abi_record_metric(id, value) })
+}
+
+/// Makes `context_id` the context of the host calls that follow (from the root context, to
+/// act on a stream); `Err` when the host no longer knows it (the stream ended).
+pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: plain values only.
+    status(unsafe { abi_set_effective_context(context_id) })
+}
+
+/// Resumes the request of the effective (paused) stream; Envoy defers the continuation
+/// until the current VM call returns.
+pub fn resume_request() -> Result<(), HostError> {
+    // SAFETY: plain values only; 0 is the request stream.
+    status(unsafe { abi_continue_stream(0) })
 }
 
 /// `GET`-style call to `cluster`; the token names the answer in `on_http_call_response`.

@@ -9,6 +9,7 @@ pub mod host;
 pub mod poll;
 pub mod scraper;
 pub mod stats;
+pub mod stream;
 
 use modelgate_core::config::{FilterConfig, FilterKind};
 use modelgate_core::error::ApiError;

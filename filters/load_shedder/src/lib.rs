@@ -1,49 +1,107 @@
-//! load_shedder filter: proxy-wasm glue only; the policy lives in `modelgate_core::shed`.
+//! load_shedder filter: proxy-wasm glue only; the policy lives in `modelgate_core::shed`,
+//! flow control in `modelgate_core::flow`, stats and logs in `modelgate_core::shed_monitor`.
 //!
 //! Root context (every tick): the shared scraper polls (lease holder only) and refreshes
 //! the cached queue snapshot; this worker publishes its in-flight count and reads the
 //! others' (one CAS'd shared-data entry); the ORCA header is rebuilt; in gateway mode
-//! the ORCA reports seen since the last tick are merged into the pool table. Counters
-//! are accumulated per VM and flushed here too.
+//! the ORCA reports seen since the last tick are merged into the pool table; with flow
+//! control, held requests past their TTL are answered and held requests are resumed
+//! while the server has room. Counters are accumulated per VM and flushed here too.
 //!
 //! HTTP context (per request): one header read, a decision on cached state, and either
-//! a local 429 or a local in-flight increment. Per response: one header write (sidecar)
-//! or one header read (gateway; two property reads more when it carries a report).
+//! a local 429, a hold (flow control) or an admission. With an in-flight cap or flow
+//! control, admission takes a slot in the shared worker table (one CAS), so the cap
+//! holds across workers. Per response: the ORCA header written (sidecar) or read
+//! (gateway).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use modelgate_core::config::FilterKind;
-use modelgate_core::metrics::encode_stat_name;
-use modelgate_core::shed::{
-    self, effective_criticality, Decision, HostReport, LoadView, OrcaReporter, PoolTable,
-    ServerView, ShedConfig, ShedReason, WorkerLoad, WorkerTable,
+use modelgate_core::flow::{self, Entry, FlowQueue, Push};
+use modelgate_core::metrics::{MetricHost, MetricKind};
+use modelgate_core::orca::{self, OrcaReporter};
+use modelgate_core::shed::{Decision, LoadView, ServerView, ShedConfig, ShedReason};
+use modelgate_core::shed_monitor::{
+    self, FlowOutcome, ShedCounts, ShedHost, ShedMonitor, TickState,
+};
+use modelgate_core::shed_tables::{
+    saturated_clusters, HostReport, PoolLoad, PoolTable, WorkerLoad, WorkerTable,
 };
 use modelgate_core::state;
 use modelgate_core::vocab::{
-    Criticality, CRITICALITY_HEADER, ORCA_HEADER, POOL_KEY, SHED_HEADER, WORKERS_KEY,
+    Criticality, CRITICALITY_HEADER, ORCA_BIN_HEADER, ORCA_HEADER, POOL_KEY, SHED_HEADER,
+    WORKERS_KEY,
 };
 use modelgate_glue::headers::header_bytes;
 use modelgate_glue::scraper::Scraper;
+use modelgate_glue::stats::EnvoyStats;
 use modelgate_glue::{host, log};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ShedRoot::default()) });
 }}
 
-const CLASSES: usize = 3;
-const REASONS: usize = ShedReason::ALL.len();
+/// Envoy's stats (through the glue's [`EnvoyStats`]) and log.
+struct Host;
 
-/// Counts since the last flush; flushed to Envoy stats on the tick, so a request costs
-/// no metric host call.
-#[derive(Default)]
-struct Counts {
-    admitted: [u64; CLASSES],
-    shed: [[u64; CLASSES]; REASONS],
+impl MetricHost for Host {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        EnvoyStats.define(kind, name)
+    }
+
+    fn increment(&mut self, id: u32, delta: u64) {
+        EnvoyStats.increment(id, delta);
+    }
+
+    fn set_gauge(&mut self, id: u32, value: u64) {
+        EnvoyStats.set_gauge(id, value);
+    }
+
+    fn record(&mut self, id: u32, value: u64) {
+        EnvoyStats.record(id, value);
+    }
+}
+
+impl ShedHost for Host {
+    fn log(&mut self, level: shed_monitor::LogLevel, msg: &str) {
+        let level = match level {
+            shed_monitor::LogLevel::Info => LogLevel::Info,
+            shed_monitor::LogLevel::Warn => LogLevel::Warn,
+        };
+        log(level, msg);
+    }
+
+    fn add_gauge(&mut self, id: u32, delta: i64) {
+        let _ = host::add_to_metric(id, delta);
+    }
+}
+
+/// Attempts at a compare-and-swap write of the worker table before giving up.
+const CAS_TRIES: usize = 4;
+
+/// Where a held request stands; the root context moves it on, its HTTP context reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Held,
+    /// Resumed with an in-flight slot taken for it.
+    Released,
+    /// Answered locally (expired, or displaced by a higher band).
+    Refused,
+}
+
+/// The outcome of claiming an in-flight slot in the shared worker table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Taken,
+    Full,
+    /// No answer (host failure, or lost every CAS race): the caller falls back.
+    Unknown,
 }
 
 /// This VM's state shared between the root context and its HTTP contexts.
@@ -53,17 +111,28 @@ struct VmState {
     saturated: Vec<String>,
     /// Requests admitted by this VM and not yet finished.
     in_flight: u32,
-    /// Other workers' in-flight requests as of their last tick.
+    /// Other workers' in-flight requests as of the last read of the worker table.
     others_in_flight: u32,
     /// Upstream responses this VM has completed (the ORCA request rate).
     completed: u64,
+    /// Completed responses summed over workers, as of the last read.
+    completed_total: u64,
+    /// Id in the shared worker table, handed out on the first successful write.
+    worker_id: Option<u32>,
     /// The ORCA header value, rebuilt on the tick; `None` while the load is unknown.
     orca: Option<String>,
     /// Gateway: reports seen since the last tick.
     reports: PoolTable,
     /// Time of the last tick, used to stamp reports without a clock call per response.
     now_ms: u64,
-    counts: Counts,
+    /// The server's waiting queue as of the last fresh scrape.
+    scraped_waiting: Option<f64>,
+    counts: ShedCounts,
+    /// Flow control: held requests, and each held stream's state by context id.
+    flow: FlowQueue,
+    holds: BTreeMap<u32, Hold>,
+    /// Displaced by a higher band: answered on the next tick.
+    evicted: Vec<Entry>,
 }
 
 impl VmState {
@@ -74,106 +143,84 @@ impl VmState {
             in_flight: 0,
             others_in_flight: 0,
             completed: 0,
+            completed_total: 0,
+            worker_id: None,
             orca: None,
             reports: PoolTable::default(),
             now_ms: 0,
-            counts: Counts::default(),
-        }
-    }
-}
-
-/// Metric ids, defined once in `on_configure`.
-struct Metrics {
-    admitted: [Option<u32>; CLASSES],
-    shed: [[Option<u32>; CLASSES]; REASONS],
-    in_flight: Option<u32>,
-    stale: Option<u32>,
-    snapshot_age: Option<u32>,
-    utilization: Option<u32>,
-    pool_utilization: Option<u32>,
-    pool_saturated: Option<u32>,
-}
-
-impl Metrics {
-    fn define() -> Self {
-        let mut name = String::new();
-        let mut def = |kind: MetricType, metric: &str, labels: &[(&str, &str)]| {
-            encode_stat_name(&mut name, metric, labels);
-            host::define_metric(kind, &name).ok()
-        };
-        let mut admitted = [None; CLASSES];
-        let mut shed = [[None; CLASSES]; REASONS];
-        for c in Criticality::ALL {
-            if let Some(slot) = admitted.get_mut(c.index()) {
-                *slot = def(
-                    MetricType::Counter,
-                    "modelgate_shedder_admitted_total",
-                    &[("criticality", c.as_str())],
-                );
-            }
-            for r in ShedReason::ALL {
-                // Critical is never shed: no series for it.
-                if c == Criticality::Critical {
-                    continue;
-                }
-                if let Some(slot) = shed
-                    .get_mut(r.index())
-                    .and_then(|row| row.get_mut(c.index()))
-                {
-                    *slot = def(
-                        MetricType::Counter,
-                        "modelgate_shedder_shed_total",
-                        &[("criticality", c.as_str()), ("reason", r.as_str())],
-                    );
-                }
-            }
-        }
-        Self {
-            admitted,
-            shed,
-            in_flight: def(MetricType::Gauge, "modelgate_shedder_in_flight", &[]),
-            stale: def(MetricType::Gauge, "modelgate_shedder_snapshot_stale", &[]),
-            snapshot_age: def(
-                MetricType::Gauge,
-                "modelgate_shedder_snapshot_age_milliseconds",
-                &[],
-            ),
-            utilization: def(MetricType::Gauge, "modelgate_shedder_utilization_ppm", &[]),
-            pool_utilization: def(
-                MetricType::Gauge,
-                "modelgate_shedder_pool_utilization_ppm",
-                &[],
-            ),
-            pool_saturated: def(MetricType::Gauge, "modelgate_shedder_pool_saturated", &[]),
+            scraped_waiting: None,
+            counts: ShedCounts::default(),
+            flow: FlowQueue::default(),
+            holds: BTreeMap::new(),
+            evicted: Vec::new(),
         }
     }
 
-    fn flush(&self, counts: &mut Counts) {
-        let add = |id: Option<u32>, n: &mut u64| {
-            if let (Some(id), true) = (id, *n > 0) {
-                let _ = host::increment_metric(id, *n);
+    /// Writes this worker's entry in the shared worker table (CAS) and reads the others'.
+    /// With `cap`, also takes one in-flight slot for a new request, only while the
+    /// proxy's in-flight count stays within `cap`.
+    fn sync_workers(&mut self, now: u64, ttl_ms: u64, cap: Option<u32>) -> Slot {
+        for _ in 0..CAS_TRIES {
+            let Ok((bytes, cas)) = host::shared_data(WORKERS_KEY) else {
+                return Slot::Unknown;
+            };
+            let mut table: WorkerTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
+            let id = self.worker_id.unwrap_or_else(|| table.next_id());
+            let mine = self.in_flight.saturating_add(u32::from(cap.is_some()));
+            table.update(
+                id,
+                WorkerLoad {
+                    in_flight: mine,
+                    completed: self.completed,
+                    at_ms: now,
+                },
+                ttl_ms,
+            );
+            self.others_in_flight = table.others_in_flight(id);
+            self.completed_total = table.completed();
+            if cap.is_some_and(|cap| self.others_in_flight.saturating_add(mine) > cap) {
+                return Slot::Full;
             }
-            *n = 0;
-        };
-        for (id, n) in self.admitted.iter().zip(counts.admitted.iter_mut()) {
-            add(*id, n);
-        }
-        for (ids, ns) in self.shed.iter().zip(counts.shed.iter_mut()) {
-            for (id, n) in ids.iter().zip(ns.iter_mut()) {
-                add(*id, n);
+            if host::set_shared_data(WORKERS_KEY, &state::encode(&table), cas).is_ok() {
+                self.worker_id = Some(id);
+                self.in_flight = mine;
+                return Slot::Taken;
             }
         }
+        Slot::Unknown
+    }
+
+    /// The time of the last tick, or the host's clock before the first one.
+    fn clock(&self) -> u64 {
+        match self.now_ms {
+            0 => modelgate_glue::now_ms(),
+            t => t,
+        }
+    }
+
+    fn proxy_in_flight(&self) -> u32 {
+        self.in_flight.saturating_add(self.others_in_flight)
     }
 }
 
-fn gauge(id: Option<u32>, value: u64) {
-    if let Some(id) = id {
-        let _ = host::record_metric(id, value);
-    }
+/// Workers silent this long drop out of the worker table.
+fn worker_ttl_ms(cfg: &ShedConfig) -> u64 {
+    cfg.tick_ms.saturating_mul(10).max(1000)
 }
 
-fn ppm(x: f64) -> u64 {
-    (x.max(0.0) * 1e6).round() as u64
+/// Whether admissions take a slot in the shared table (exact across workers) rather than
+/// compare against the other workers' counts as of their last tick.
+fn exact(cfg: &ShedConfig) -> bool {
+    cfg.flow.is_some() || cfg.limits.iter().any(|l| l.max_in_flight.is_some())
+}
+
+/// The in-flight cap for `class`: its `max_in_flight`, and flow control's capacity.
+fn cap(cfg: &ShedConfig, class: Criticality) -> Option<u32> {
+    let own = cfg.limits(class).max_in_flight;
+    match (own, cfg.flow.as_ref().map(flow::FlowConfig::capacity)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Configured state of one VM's root context.
@@ -182,17 +229,10 @@ struct Active {
     vm: Rc<RefCell<VmState>>,
     scraper: Option<Scraper>,
     orca: Option<OrcaReporter>,
-    metrics: Metrics,
-    /// Id in the shared worker table, handed out on the first successful write.
-    worker_id: Option<u32>,
+    monitor: ShedMonitor,
     pool: PoolTable,
-    /// For logging transitions only.
-    was_stale: Option<bool>,
-    warned_stale: bool,
-    configured_ms: u64,
-    was_saturated: bool,
-    last_summary_ms: u64,
-    shed_since_summary: u64,
+    /// The tick period in force (flow control ticks faster while it holds requests).
+    tick_ms: u64,
 }
 
 #[derive(Default)]
@@ -233,31 +273,31 @@ impl RootContext for ShedRoot {
         log(
             LogLevel::Info,
             &format!(
-                "load_shedder: configured (scrape: {}, orca: {}, gateway: {}, default criticality {}, trust header {})",
+                "load_shedder: configured (scrape: {}, orca: {}, gateway: {}, flow: {}, default criticality {}, trust header {}, trusted principals {})",
                 config.scrape.as_ref().map_or("off".to_string(), |s| format!(
                     "{}{} every {} ms",
                     s.upstream.cluster, s.upstream.path, s.period_ms
                 )),
                 if orca.is_some() { "on" } else { "off" },
                 if config.gateway.is_some() { "on" } else { "off" },
+                config.flow.as_ref().map_or("off".to_string(), |f| format!(
+                    "{} running + {} waiting, tenants by {}",
+                    f.max_running, f.target_queue, f.tenant_header
+                )),
                 config.default_criticality.as_str(),
                 config.trust_criticality_header,
+                config.trusted_principals.len(),
             ),
         );
+        let monitor = ShedMonitor::new(&mut Host, &config, modelgate_glue::now_ms());
         self.active = Some(Active {
+            tick_ms: config.tick_ms,
             config: Rc::new(config),
             vm: Rc::new(RefCell::new(VmState::new())),
             scraper,
             orca,
-            metrics: Metrics::define(),
-            worker_id: None,
+            monitor,
             pool: PoolTable::default(),
-            was_stale: None,
-            warned_stale: false,
-            configured_ms: modelgate_glue::now_ms(),
-            was_saturated: false,
-            last_summary_ms: 0,
-            shed_since_summary: 0,
         });
         true
     }
@@ -268,13 +308,15 @@ impl RootContext for ShedRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let a = self.active.as_ref()?;
         Some(Box::new(ShedHttp {
+            id: context_id,
             config: a.config.clone(),
             vm: a.vm.clone(),
             admitted: false,
             shed: false,
+            held: false,
             responded: false,
         }))
     }
@@ -289,11 +331,16 @@ impl Active {
         if let Some(s) = self.scraper.as_mut() {
             s.on_tick(now);
         }
-        let (in_flight, completed) = {
-            let vm = self.vm.borrow();
-            (vm.in_flight, vm.completed)
+        let pool = self.update_pool(now);
+        let ttl = worker_ttl_ms(&self.config);
+        let total_completed = {
+            let mut vm = self.vm.borrow_mut();
+            if vm.sync_workers(now, ttl, None) == Slot::Unknown {
+                // Keep the last view of the others; count our own completions.
+                vm.completed_total = vm.completed_total.max(vm.completed);
+            }
+            vm.completed_total
         };
-        let (others, total_completed) = self.sync_workers(now, in_flight, completed);
         let snapshot = self.scraper.as_ref().and_then(Scraper::snapshot);
         let server = self.config.server_view(snapshot, now);
         let fresh = match server {
@@ -302,13 +349,8 @@ impl Active {
         };
         if let Some(r) = self.orca.as_mut() {
             r.on_tick(now, fresh, total_completed);
-            gauge(self.metrics.utilization, ppm(r.utilization()));
         }
-        let (age, last_error) = snapshot.map_or((None, None), |s| {
-            let age = (s.scraped_at_ms > 0).then(|| now.saturating_sub(s.scraped_at_ms));
-            (age, s.error.clone())
-        });
-        let saturated = self.update_pool(now);
+        let saturated = saturated_clusters(&pool);
         {
             let mut vm = self.vm.borrow_mut();
             vm.view = LoadView {
@@ -316,8 +358,8 @@ impl Active {
                 pool_saturated: !saturated.is_empty(),
             };
             vm.saturated = saturated;
-            vm.others_in_flight = others;
             vm.now_ms = now;
+            vm.scraped_waiting = fresh.map(|s| s.waiting);
             match self.orca.as_ref().and_then(OrcaReporter::header) {
                 Some(h) => {
                     let buf = vm.orca.get_or_insert_with(String::new);
@@ -326,49 +368,120 @@ impl Active {
                 }
                 None => vm.orca = None,
             }
-            let shed_now: u64 = vm.counts.shed.iter().flatten().sum();
-            self.shed_since_summary += shed_now;
-            self.metrics.flush(&mut vm.counts);
         }
-        gauge(
-            self.metrics.in_flight,
-            u64::from(in_flight.saturating_add(others)),
-        );
-        self.log_transitions(now, server, age, last_error.as_deref());
+        if self.config.flow.is_some() {
+            self.pump(now);
+        }
+        let mut vm = self.vm.borrow_mut();
+        let mut counts = std::mem::take(&mut vm.counts);
+        let t = TickState {
+            now_ms: now,
+            server,
+            snapshot_age_ms: snapshot
+                .filter(|s| s.scraped_at_ms > 0)
+                .map(|s| now.saturating_sub(s.scraped_at_ms)),
+            last_error: snapshot.and_then(|s| s.error.as_deref()),
+            in_flight: vm.proxy_in_flight(),
+            utilization: self.orca.as_ref().map(OrcaReporter::utilization),
+            pool: &pool,
+            flow: self.config.flow.as_ref().map(|_| &vm.flow),
+        };
+        self.monitor
+            .on_tick(&mut Host, &self.config, &t, &mut counts);
+        vm.counts = counts;
+        // Tick fast while requests are held: a slot freed by another worker is only
+        // seen here.
+        let want = match self.config.flow.as_ref() {
+            Some(f) if !vm.flow.is_empty() => f.tick_ms.min(self.config.tick_ms),
+            _ => self.config.tick_ms,
+        };
+        drop(vm);
+        if want != self.tick_ms && host::set_tick_period(Duration::from_millis(want)).is_ok() {
+            self.tick_ms = want;
+        }
     }
 
-    /// Publishes this worker's load and reads the others' (one read, one CAS write).
-    /// Returns (others' in-flight, completed responses summed over workers).
-    fn sync_workers(&mut self, now: u64, in_flight: u32, completed: u64) -> (u32, u64) {
-        let ttl = self.config.tick_ms.saturating_mul(10).max(1000);
-        let Ok((bytes, cas)) = host::shared_data(WORKERS_KEY) else {
-            return (0, completed);
+    /// Flow control on the tick: answers the held requests that were displaced or
+    /// waited past their TTL, then resumes held requests, best first, while the server
+    /// has room. Host calls on streams are made with no borrow of the VM state held: a
+    /// local reply may run the stream's response callbacks at once.
+    fn pump(&self, now: u64) {
+        let Some(fc) = self.config.flow.as_ref() else {
+            return;
         };
-        let mut table: WorkerTable = bytes.and_then(|b| state::decode(&b)).unwrap_or_default();
-        let id = match self.worker_id {
-            Some(id) => id,
-            None => table.next_id(),
-        };
-        table.update(
-            id,
-            WorkerLoad {
-                in_flight,
-                completed,
-                at_ms: now,
-            },
-            ttl,
-        );
-        // A lost CAS race only delays this worker's entry to the next tick.
-        if host::set_shared_data(WORKERS_KEY, &state::encode(&table), cas).is_ok() {
-            self.worker_id = Some(id);
+        let cfg = &self.config;
+        let ttl = worker_ttl_ms(cfg);
+        let mut refuse: Vec<(Entry, bool)> = Vec::new();
+        let mut resume: Vec<Entry> = Vec::new();
+        {
+            let mut vm = self.vm.borrow_mut();
+            refuse.extend(vm.evicted.drain(..).map(|e| (e, false)));
+            let mut expired = Vec::new();
+            vm.flow.expire(fc, now, &mut expired);
+            refuse.extend(expired.into_iter().map(|e| (e, true)));
+            while let Some(class) = vm.flow.peek_class() {
+                let view = vm.view;
+                let room = flow::room(fc, vm.proxy_in_flight(), vm.scraped_waiting);
+                if room == 0 || cfg.decide(class, &view, 0) != Decision::Admit {
+                    break;
+                }
+                if vm.sync_workers(now, ttl, cap(cfg, class)) != Slot::Taken {
+                    break;
+                }
+                match vm.flow.pop() {
+                    Some(e) => {
+                        vm.holds.insert(e.id, Hold::Released);
+                        vm.counts.flow(e.class, FlowOutcome::Released);
+                        vm.counts.admit(e.class);
+                        vm.counts.wait(e.class, now.saturating_sub(e.since_ms));
+                        resume.push(e);
+                    }
+                    None => {
+                        vm.in_flight = vm.in_flight.saturating_sub(1);
+                        break;
+                    }
+                }
+            }
+            // An evicted request whose client has gone since is no longer tracked.
+            refuse.retain(|(e, _)| vm.holds.contains_key(&e.id));
+            for (e, expired) in &refuse {
+                vm.holds.insert(e.id, Hold::Refused);
+                let reason = if *expired {
+                    vm.counts.flow(e.class, FlowOutcome::Expired);
+                    vm.counts.wait(e.class, now.saturating_sub(e.since_ms));
+                    ShedReason::FlowTimeout
+                } else {
+                    ShedReason::FlowFull
+                };
+                vm.counts.shed(e.class, reason);
+            }
         }
-        (table.others_in_flight(id), table.completed())
+        let server = self.vm.borrow().view.server;
+        for (e, expired) in &refuse {
+            let (err, reason) = if *expired {
+                (cfg.expired_error(e.class, server), ShedReason::FlowTimeout)
+            } else {
+                (
+                    cfg.shed_error(e.class, ShedReason::FlowFull),
+                    ShedReason::FlowFull,
+                )
+            };
+            modelgate_glue::stream::reply(e.id, &err, &[(SHED_HEADER, reason.as_str())]);
+        }
+        for e in &resume {
+            if !modelgate_glue::stream::resume_request(e.id) {
+                // The stream is gone (its end will not be seen here): give the slot back.
+                let mut vm = self.vm.borrow_mut();
+                vm.holds.remove(&e.id);
+                vm.in_flight = vm.in_flight.saturating_sub(1);
+            }
+        }
     }
 
-    /// Gateway: merges this VM's new reports into the shared pool table and returns the
-    /// saturated clusters.
-    fn update_pool(&mut self, now: u64) -> Vec<String> {
-        let Some(g) = self.config.gateway.clone() else {
+    /// Gateway: merges this VM's new reports into the shared pool table and returns
+    /// each cluster's load.
+    fn update_pool(&mut self, now: u64) -> Vec<PoolLoad> {
+        let Some(g) = self.config.gateway.as_ref() else {
             return Vec::new();
         };
         let local = std::mem::take(&mut self.vm.borrow_mut().reports);
@@ -384,106 +497,21 @@ impl Active {
             }
             self.pool = table;
         }
-        let loads = self.pool.loads(now, &g);
-        let max_avg = loads.iter().map(|l| l.average).fold(0.0, f64::max);
-        let saturated: Vec<String> = loads
-            .iter()
-            .filter(|l| l.saturated)
-            .map(|l| l.cluster.clone())
-            .collect();
-        gauge(self.metrics.pool_utilization, ppm(max_avg));
-        gauge(self.metrics.pool_saturated, saturated.len() as u64);
-        let now_saturated = !saturated.is_empty();
-        if now_saturated != self.was_saturated {
-            self.was_saturated = now_saturated;
-            let detail: Vec<String> = loads
-                .iter()
-                .map(|l| format!("{}: {:.2} over {} hosts", l.cluster, l.average, l.hosts))
-                .collect();
-            let (level, what) = if now_saturated {
-                (
-                    LogLevel::Warn,
-                    "pool saturated, shedding sheddable requests",
-                )
-            } else {
-                (LogLevel::Info, "pool no longer saturated")
-            };
-            log(
-                level,
-                &format!(
-                    "load_shedder: {what} (threshold {:.2}; {})",
-                    g.utilization_threshold,
-                    detail.join(", ")
-                ),
-            );
-        }
-        saturated
-    }
-
-    fn log_transitions(
-        &mut self,
-        now: u64,
-        server: ServerView,
-        age: Option<u64>,
-        last_error: Option<&str>,
-    ) {
-        gauge(self.metrics.snapshot_age, age.unwrap_or(0));
-        if self.config.scrape.is_some() {
-            let stale = server == ServerView::Stale;
-            gauge(self.metrics.stale, u64::from(stale));
-            // Warn when the snapshot goes stale, or stays stale past the first scrapes
-            // after start; tell when it recovers from a warned staleness.
-            let started = now.saturating_sub(self.configured_ms) > self.config.stale_after_ms;
-            if stale && !self.warned_stale && (self.was_stale == Some(false) || started) {
-                self.warned_stale = true;
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "load_shedder: queue snapshot is stale (last scrape error: {}); on_stale: {:?}",
-                        last_error.unwrap_or("none"),
-                        self.config.on_stale
-                    ),
-                );
-            } else if !stale && self.warned_stale {
-                self.warned_stale = false;
-                log(
-                    LogLevel::Info,
-                    "load_shedder: queue snapshot is fresh again",
-                );
-            }
-            self.was_stale = Some(stale);
-        }
-        if self.shed_since_summary > 0 && now.saturating_sub(self.last_summary_ms) >= 5000 {
-            let load = match server {
-                ServerView::Fresh { waiting, kv_cache } => {
-                    format!("waiting {waiting}, KV cache {kv_cache:.2}")
-                }
-                ServerView::Stale => "server load unknown".into(),
-                ServerView::NotScraped => "no scrape".into(),
-            };
-            log(
-                LogLevel::Info,
-                &format!(
-                    "load_shedder: shed {} requests in the last {} s ({load})",
-                    self.shed_since_summary,
-                    now.saturating_sub(self.last_summary_ms) / 1000
-                ),
-            );
-            self.shed_since_summary = 0;
-            self.last_summary_ms = now;
-        } else if self.shed_since_summary == 0 {
-            self.last_summary_ms = now;
-        }
+        self.pool.loads(now, g)
     }
 }
 
 struct ShedHttp {
+    /// This stream's context id (how the root context finds it to resume it).
+    id: u32,
     config: Rc<ShedConfig>,
     vm: Rc<RefCell<VmState>>,
     /// Counted in `in_flight` until the stream ends.
     admitted: bool,
     /// Answered locally with a 429.
     shed: bool,
+    /// Held by flow control (its state is in `VmState::holds`).
+    held: bool,
     /// The upstream answered (counts toward the ORCA request rate).
     responded: bool,
 }
@@ -492,16 +520,14 @@ impl Context for ShedHttp {}
 
 impl HttpContext for ShedHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Bytes, not `get_map_value`: the SDK panics on a non-UTF-8 value, and clients
-        // control this one. Not UTF-8 means not a class name: the default applies.
+        // Bytes: clients control this one. Not UTF-8 means not a class name: the default
+        // applies.
         let raw = header_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER);
         let header = raw.as_deref().and_then(|b| std::str::from_utf8(b).ok());
-        let cfg = &self.config;
-        let class = effective_criticality(
-            header,
-            cfg.default_criticality,
-            cfg.trust_criticality_header,
-        );
+        let cfg = self.config.clone();
+        let class = cfg.criticality(header, || {
+            property_string(&["connection", "uri_san_peer_certificate"])
+        });
         // A client claimed more than it may: pass the effective class on (rare, so the
         // extra host call is only paid then).
         if header
@@ -519,25 +545,42 @@ impl HttpContext for ShedHttp {
         if view.pool_saturated && class == Criticality::Sheddable {
             view.pool_saturated = request_cluster().is_some_and(|c| vm.saturated.contains(&c));
         }
-        let in_flight = vm.in_flight.saturating_add(vm.others_in_flight);
-        match cfg.decide(class, &view, in_flight) {
-            Decision::Admit => {
+        let decision = if exact(&cfg) {
+            decide_exact(&cfg, &mut vm, class, &view)
+        } else {
+            let d = cfg.decide(class, &view, vm.proxy_in_flight());
+            if d == Decision::Admit {
                 vm.in_flight = vm.in_flight.saturating_add(1);
-                if let Some(n) = vm.counts.admitted.get_mut(class.index()) {
-                    *n += 1;
+            }
+            d
+        };
+        let decision = match decision {
+            Decision::Shed(reason) if cfg.flow.is_some() && class != Criticality::Critical => {
+                let ahead = vm.flow.has_ahead(class);
+                match hold(&cfg, self.id, &mut vm, class) {
+                    Some(Push::Held) => {
+                        self.held = true;
+                        return Action::Pause;
+                    }
+                    Some(Push::HeldEvicting(e)) => {
+                        vm.evicted.push(e);
+                        self.held = true;
+                        return Action::Pause;
+                    }
+                    _ if ahead => Decision::Shed(ShedReason::FlowFull),
+                    _ => Decision::Shed(reason),
                 }
+            }
+            d => d,
+        };
+        match decision {
+            Decision::Admit => {
+                vm.counts.admit(class);
                 self.admitted = true;
                 Action::Continue
             }
             Decision::Shed(reason) => {
-                if let Some(n) = vm
-                    .counts
-                    .shed
-                    .get_mut(reason.index())
-                    .and_then(|r| r.get_mut(class.index()))
-                {
-                    *n += 1;
-                }
+                vm.counts.shed(class, reason);
                 drop(vm);
                 self.shed = true;
                 let err = cfg.shed_error(class, reason);
@@ -547,21 +590,54 @@ impl HttpContext for ShedHttp {
         }
     }
 
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // Envoy would pass the headers on with the first body chunk we let through.
+        if self.is_held() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.is_held() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.held {
+            match self
+                .vm
+                .try_borrow()
+                .ok()
+                .and_then(|vm| vm.holds.get(&self.id).copied())
+            {
+                Some(Hold::Released) => self.admitted = true,
+                _ => self.shed = true,
+            }
+        }
         if self.shed {
             return Action::Continue;
         }
         self.responded = true;
-        let vm = self.vm.borrow();
-        if let Some(h) = vm.orca.as_deref() {
-            let _ = host::add_header(MapType::HttpResponseHeaders, ORCA_HEADER, h.as_bytes());
+        let Ok(vm) = self.vm.try_borrow() else {
+            return Action::Continue;
+        };
+        if self.config.orca.is_some() {
+            // Replace, never add: Envoy reads the first value and prefers the binary
+            // form, so a model server's own report would otherwise win.
+            let _ = host::set_header(
+                MapType::HttpResponseHeaders,
+                ORCA_HEADER,
+                vm.orca.as_deref().map(str::as_bytes),
+            );
+            let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
         }
         if self.config.gateway.is_some() {
-            // Before the first tick there is no cached time yet.
-            let now = match vm.now_ms {
-                0 => modelgate_glue::now_ms(),
-                t => t,
-            };
+            let now = vm.clock();
             drop(vm);
             self.record_report(now);
         }
@@ -569,15 +645,106 @@ impl HttpContext for ShedHttp {
     }
 }
 
+/// The decision with an exact in-flight count: thresholds on the cached view, then a slot
+/// in the shared worker table (critical takes one whatever the count). A held request of
+/// the same or a higher band goes first: the arrival waits behind it.
+fn decide_exact(
+    cfg: &ShedConfig,
+    vm: &mut VmState,
+    class: Criticality,
+    view: &LoadView,
+) -> Decision {
+    let now = vm.clock();
+    let ttl = worker_ttl_ms(cfg);
+    if class == Criticality::Critical {
+        if vm.sync_workers(now, ttl, Some(u32::MAX)) != Slot::Taken {
+            vm.in_flight = vm.in_flight.saturating_add(1);
+        }
+        return Decision::Admit;
+    }
+    let decision = cfg.decide(class, view, 0);
+    if decision != Decision::Admit {
+        return decision;
+    }
+    if vm.flow.has_ahead(class) {
+        return Decision::Shed(ShedReason::Concurrency);
+    }
+    if cfg.flow.is_some() {
+        let fc = cfg.flow.as_ref();
+        if fc.is_some_and(|f| flow::room(f, vm.proxy_in_flight(), vm.scraped_waiting) == 0) {
+            return Decision::Shed(ShedReason::Concurrency);
+        }
+    }
+    match vm.sync_workers(now, ttl, cap(cfg, class)) {
+        Slot::Taken => Decision::Admit,
+        Slot::Full => Decision::Shed(ShedReason::Concurrency),
+        // Contention or a host failure: the other workers' counts as last read.
+        Slot::Unknown => match cfg.decide(class, view, vm.proxy_in_flight()) {
+            Decision::Admit if cap(cfg, class).is_none_or(|c| vm.proxy_in_flight() < c) => {
+                vm.in_flight = vm.in_flight.saturating_add(1);
+                Decision::Admit
+            }
+            Decision::Admit => Decision::Shed(ShedReason::Concurrency),
+            d => d,
+        },
+    }
+}
+
+/// Flow control: holds request `id` (paused until the root context resumes or answers
+/// it). `None` when there is no flow control.
+fn hold(cfg: &ShedConfig, id: u32, vm: &mut VmState, class: Criticality) -> Option<Push> {
+    let fc = cfg.flow.as_ref()?;
+    let tenant_raw = header_bytes(MapType::HttpRequestHeaders, &fc.tenant_header);
+    let tenant = flow::tenant_of(
+        tenant_raw
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok()),
+    );
+    let bytes = header_bytes(MapType::HttpRequestHeaders, "content-length")
+        .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let now = vm.clock();
+    let push = vm.flow.push(
+        fc,
+        Entry {
+            id,
+            class,
+            tenant: tenant.to_string(),
+            bytes,
+            since_ms: now,
+        },
+    );
+    match &push {
+        Push::Held | Push::HeldEvicting(_) => {
+            vm.holds.insert(id, Hold::Held);
+            vm.counts.flow(class, FlowOutcome::Held);
+        }
+        Push::Refused(_) => vm.counts.flow(class, FlowOutcome::Refused),
+    }
+    if let Push::HeldEvicting(e) = &push {
+        vm.counts.flow(e.class, FlowOutcome::Refused);
+    }
+    Some(push)
+}
+
 impl ShedHttp {
+    fn is_held(&self) -> bool {
+        self.held
+            && self
+                .vm
+                .try_borrow()
+                .is_ok_and(|vm| vm.holds.get(&self.id) == Some(&Hold::Held))
+    }
+
     /// Gateway: remembers the upstream's ORCA report (keyed by cluster and host) and
     /// strips it, since the load of the servers is no business of the client.
     fn record_report(&mut self, now: u64) {
+        let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
         let Some(value) = header_bytes(MapType::HttpResponseHeaders, ORCA_HEADER) else {
             return;
         };
         let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_HEADER, None);
-        let Some(report) = std::str::from_utf8(&value).ok().and_then(shed::parse_orca) else {
+        let Some(report) = std::str::from_utf8(&value).ok().and_then(orca::parse_orca) else {
             return;
         };
         let host = property_string(&["upstream", "address"]).unwrap_or_default();
@@ -595,12 +762,31 @@ impl ShedHttp {
 
 impl Drop for ShedHttp {
     fn drop(&mut self) {
-        if self.admitted {
-            if let Ok(mut vm) = self.vm.try_borrow_mut() {
-                vm.in_flight = vm.in_flight.saturating_sub(1);
-                if self.responded {
-                    vm.completed = vm.completed.saturating_add(1);
+        let Ok(mut vm) = self.vm.try_borrow_mut() else {
+            return;
+        };
+        let mut admitted = self.admitted;
+        if self.held {
+            match vm.holds.remove(&self.id) {
+                // The client gave up while held: out of the queue at once.
+                Some(Hold::Held) => {
+                    if let Some(e) = vm.flow.remove(self.id) {
+                        vm.counts.flow(e.class, FlowOutcome::Abandoned);
+                    }
                 }
+                Some(Hold::Released) => admitted = true,
+                Some(Hold::Refused) | None => {}
+            }
+        }
+        if admitted {
+            vm.in_flight = vm.in_flight.saturating_sub(1);
+            if self.responded {
+                vm.completed = vm.completed.saturating_add(1);
+            }
+            if exact(&self.config) {
+                // Free the slot for the other workers now, not at our next tick.
+                let now = vm.clock();
+                let _ = vm.sync_workers(now, worker_ttl_ms(&self.config), None);
             }
         }
     }

@@ -672,6 +672,9 @@ impl Vm {
         );
         let root = self.root_ctx();
         self.call_as(root, "proxy_on_tick", &[Val::I32(root as i32)]);
+        // Replies a tick sent to paused streams (through `set_effective_context`) go out
+        // once the VM call returns, as in Envoy.
+        self.run_deferred_local_replies();
     }
 
     /// Advances the proxy clock by the tick period, then ticks.

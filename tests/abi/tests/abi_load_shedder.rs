@@ -227,15 +227,7 @@ fn max_in_flight_counts_open_streams_across_workers() {
         .request_headers(&[(":path", "/v1/x")], true);
     let (_, reply, _) = request(&mut a, None, false);
     assert_eq!(shed_reason(&reply).as_deref(), Some("concurrency"));
-    // Worker B learns A's in-flight count through shared data on the ticks.
-    assert_eq!(
-        request(&mut b, Some("sheddable"), true).0,
-        Action::Continue,
-        "B has not synced yet"
-    );
-    host.advance_ms(100);
-    a.tick();
-    b.tick();
+    // Worker B sees A's requests at once: each admission takes a slot in shared data.
     let (_, reply, _) = request(&mut b, Some("sheddable"), true);
     assert_eq!(shed_reason(&reply).as_deref(), Some("concurrency"));
     // A stream that ends frees its slot.
@@ -352,4 +344,367 @@ fn the_gateway_sheds_sheddable_when_the_pool_is_saturated() {
         Action::Continue
     );
     assert!(vm.logs_text().contains("pool saturated"));
+}
+
+/// Issue 11, finding 3: with the model port reachable without the gateway (PERMISSIVE
+/// mTLS, a plaintext client), no shipped sidecar configuration lets a client claim
+/// `critical`, which skips every check.
+#[test]
+fn no_shipped_sidecar_lets_an_unauthenticated_client_claim_critical() {
+    let mut checked = 0;
+    for p in modelgate_abi_tests::configs::plugins() {
+        if p.module != "load_shedder" || p.configuration.contains("\"gateway\"") {
+            continue;
+        }
+        let host = Host::new();
+        let mut vm = host
+            .vm("load_shedder")
+            .root_id(&p.root_id)
+            .configure(&p.configuration)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", p.file.display()));
+        // A queue far above every threshold: only a critical request passes.
+        scrape(&mut vm, load(1000.0, 0.99));
+        // Refused or held (flow control), as the standard request it is.
+        let (action, _, forwarded) = request(&mut vm, Some("critical"), true);
+        assert_eq!(
+            (action, forwarded.as_deref()),
+            (Action::Pause, Some("standard")),
+            "{}: a plaintext client was admitted as critical",
+            p.file.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "sidecar configurations checked: {checked}");
+}
+
+#[test]
+fn a_trusted_peer_may_raise_criticality_and_others_may_not() {
+    let host = Host::new();
+    let gateway = "spiffe://cluster.local/ns/gateway/sa/gateway";
+    let mut vm = shedder(
+        &host,
+        &sidecar(&format!(r#", "trusted_principals": ["{gateway}"]"#)),
+    );
+    scrape(&mut vm, load(1000.0, 0.99));
+    let send = |vm: &mut Vm, peer: Option<&str>| {
+        let mut req = vm.http();
+        if let Some(p) = peer {
+            req.property(&["connection", "uri_san_peer_certificate"], p.as_bytes());
+        }
+        let action = req.request_headers(
+            &[
+                (":method", "POST"),
+                (":path", "/v1/completions"),
+                (CRIT, "critical"),
+            ],
+            false,
+        );
+        let out = (action, req.request_header(CRIT));
+        if req.local_reply().is_none() {
+            req.response_headers(&[(":status", "200")], true);
+        }
+        req.finish();
+        out
+    };
+    assert_eq!(
+        send(&mut vm, Some(gateway)),
+        (Action::Continue, Some("critical".into()))
+    );
+    assert_eq!(send(&mut vm, None).0, Action::Pause, "plaintext");
+    assert_eq!(
+        send(&mut vm, Some("spiffe://cluster.local/ns/apps/sa/client")),
+        (Action::Pause, Some("standard".into()))
+    );
+}
+
+/// Issue 11, finding 4: the sidecar's report replaces whatever the model server sent
+/// (Envoy reads the first value and prefers the binary form).
+#[test]
+fn the_sidecar_replaces_a_servers_own_orca_report() {
+    let host = Host::new();
+    let mut vm = shedder(&host, &sidecar(r#", "orca": {"capacity": 8}"#));
+    for _ in 0..3 {
+        scrape(&mut vm, load(6.0, 0.2));
+    }
+    for known in [true, false] {
+        if !known {
+            // No scrape answers: the load is unknown, and still nothing of the server's
+            // passes.
+            host.advance_ms(5000);
+            vm.tick();
+        }
+        let mut req = vm.http();
+        req.request_headers(&[(":path", "/v1/completions")], true);
+        req.response_headers(
+            &[
+                (":status", "200"),
+                (
+                    "endpoint-load-metrics",
+                    "TEXT application_utilization=0.001, rps_fractional=1000",
+                ),
+                ("endpoint-load-metrics-bin", "CgQIARAB"),
+            ],
+            false,
+        );
+        let headers = req.response_headers_now();
+        let orca: Vec<_> = headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("endpoint-load-metrics"))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert!(
+            !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("endpoint-load-metrics-bin")),
+            "binary report dropped"
+        );
+        if known {
+            assert_eq!(orca.len(), 1, "{orca:?}");
+            assert!(
+                !orca[0].contains("0.001,"),
+                "ours, not the server's: {orca:?}"
+            );
+        } else {
+            assert!(orca.is_empty(), "{orca:?}");
+        }
+        req.finish();
+    }
+}
+
+/// Issue 11, finding 4 at the gateway: one pod reporting absurd load cannot mark its
+/// pool saturated.
+#[test]
+fn one_pod_reporting_absurd_load_does_not_saturate_the_pool() {
+    let host = Host::new();
+    let cfg =
+        r#"{"gateway": {"utilization_threshold": 0.8, "report_ttl": "10s"}, "tick": "100ms"}"#;
+    let mut vm = shedder(&host, cfg);
+    vm.tick();
+    for (i, util) in ["1000", "0.3", "0.3"].iter().enumerate() {
+        let mut req = vm.http();
+        req.property(&["xds", "cluster_name"], b"pool_a");
+        req.property(
+            &["upstream", "address"],
+            format!("10.0.0.{i}:8000").as_bytes(),
+        );
+        req.request_headers(&[(":path", "/v1/completions"), (CRIT, "standard")], true);
+        let orca = format!("TEXT application_utilization={util}, rps_fractional=5");
+        req.response_headers(
+            &[
+                (":status", "200"),
+                ("endpoint-load-metrics", orca.as_str()),
+                ("endpoint-load-metrics-bin", "CgQIARAB"),
+            ],
+            false,
+        );
+        assert!(
+            req.response_headers_now()
+                .iter()
+                .all(|(k, _)| !k.starts_with("endpoint-load-metrics")),
+            "stripped before the client"
+        );
+        req.finish();
+    }
+    host.advance_ms(100);
+    vm.tick();
+    let mut req = vm.http();
+    req.property(&["xds", "cluster_name"], b"pool_a");
+    assert_eq!(
+        req.request_headers(&[(":path", "/v1/completions"), (CRIT, "sheddable")], true),
+        Action::Continue
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Flow control (issue 16)
+
+/// Two running slots, no server-side queue, short TTLs; classes as the client says.
+fn flow(extra: &str) -> String {
+    sidecar(&format!(
+        r#", "trust_criticality_header": true, "flow": {{"max_running": 2, "target_queue": 0, "standard": {{"ttl": "2s"}}, "sheddable": {{"ttl": "1s"}}{extra}}}"#
+    ))
+}
+
+/// Opens a request (headers only, body to come) and returns its context id and action.
+fn open(vm: &mut Vm, tenant: &str, class: &str) -> (u32, Action) {
+    let mut req = vm.http();
+    let action = req.request_headers(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            ("x-modelgate-tenant", tenant),
+            (CRIT, class),
+            ("content-length", "20"),
+        ],
+        false,
+    );
+    (req.id(), action)
+}
+
+/// The upstream answers request `id` and the stream ends.
+fn complete(vm: &mut Vm, id: u32) {
+    let mut req = vm.stream(id);
+    req.response_headers(&[(":status", "200")], true);
+    req.finish();
+}
+
+fn resumed(vm: &mut Vm, ids: &[u32]) -> Vec<u32> {
+    ids.iter()
+        .copied()
+        .filter(|id| vm.stream(*id).request_resumed() > 0)
+        .collect()
+}
+
+fn flow_count(vm: &Vm, class: &str, outcome: &str) -> i64 {
+    vm.metric(&format!(
+        "criticality=.={class};.;outcome=.={outcome};.;modelgate_shedder_flow_requests_total"
+    ))
+}
+
+#[test]
+fn held_requests_go_by_band_then_tenant_turn_as_slots_free() {
+    let host = Host::new();
+    let mut vm = shedder(&host, &flow(""));
+    scrape(&mut vm, load(0.0, 0.1));
+    let (a1, act1) = open(&mut vm, "a", "standard");
+    let (a2, act2) = open(&mut vm, "a", "standard");
+    assert_eq!((act1, act2), (Action::Continue, Action::Continue));
+    // Both slots taken: held, in arrival order per tenant.
+    let (s1, _) = open(&mut vm, "c", "sheddable");
+    let (a3, _) = open(&mut vm, "a", "standard");
+    let (a4, _) = open(&mut vm, "a", "standard");
+    let (b1, held) = open(&mut vm, "b", "standard");
+    assert_eq!(held, Action::Pause);
+    // The body of a held request waits too (Envoy would pass the headers on with it).
+    assert_eq!(
+        vm.stream(b1).request_body(b"{\"model\":\"m\"}      ", true),
+        Action::Pause
+    );
+    // Critical is never held, even with every slot taken and requests waiting.
+    let (crit, action) = open(&mut vm, "a", "critical");
+    assert_eq!(action, Action::Continue);
+    let held = [s1, a3, a4, b1];
+    vm.advance_and_tick();
+    assert!(resumed(&mut vm, &held).is_empty(), "no room yet");
+    let mut order = Vec::new();
+    for done in [a1, crit, a2, a3, b1, a4] {
+        complete(&mut vm, done);
+        vm.advance_and_tick();
+        for id in resumed(&mut vm, &held) {
+            if !order.contains(&id) {
+                order.push(id);
+            }
+        }
+    }
+    // Standard before sheddable; tenants a and b take turns, FCFS within a.
+    assert_eq!(order, vec![a3, b1, a4, s1]);
+    assert!(vm.stream(b1).request_forwarded());
+    assert_eq!(flow_count(&vm, "standard", "released"), 3);
+    assert_eq!(flow_count(&vm, "sheddable", "released"), 1);
+}
+
+#[test]
+fn a_held_request_past_its_ttl_gets_429_or_503_without_a_server() {
+    let host = Host::new();
+    let mut vm = shedder(&host, &flow(""));
+    scrape(&mut vm, load(0.0, 0.1));
+    open(&mut vm, "a", "standard");
+    open(&mut vm, "a", "standard");
+    let (s, _) = open(&mut vm, "b", "sheddable");
+    // Fresh scrapes for 1.3 s: the sheddable TTL (1 s) passes.
+    for _ in 0..5 {
+        scrape(&mut vm, load(0.0, 0.1));
+    }
+    let reply = vm.stream(s).local_reply();
+    assert_eq!(shed_reason(&reply).as_deref(), Some("flow_timeout"));
+    assert_eq!(flow_count(&vm, "sheddable", "expired"), 1);
+    // The scrape target goes away: past the TTL the answer is 503 (no server known).
+    let (t, _) = open(&mut vm, "b", "standard");
+    for _ in 0..30 {
+        host.advance_ms(100);
+        vm.tick();
+    }
+    let reply = vm.stream(t).local_reply().expect("answered");
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["type"], "server_error");
+    assert!(reply.header("retry-after").is_some());
+}
+
+#[test]
+fn a_client_that_gives_up_leaves_the_queue_at_once() {
+    let host = Host::new();
+    let mut vm = shedder(&host, &flow(""));
+    scrape(&mut vm, load(0.0, 0.1));
+    let (a1, _) = open(&mut vm, "a", "standard");
+    open(&mut vm, "a", "standard");
+    let (quitter, _) = open(&mut vm, "q", "standard");
+    let (next, _) = open(&mut vm, "b", "standard");
+    vm.stream(quitter).finish();
+    assert_eq!(
+        flow_count(&vm, "standard", "abandoned"),
+        0,
+        "flushed on the tick"
+    );
+    vm.advance_and_tick();
+    assert_eq!(flow_count(&vm, "standard", "abandoned"), 1);
+    complete(&mut vm, a1);
+    vm.advance_and_tick();
+    assert_eq!(
+        resumed(&mut vm, &[next]),
+        vec![next],
+        "the next one took the slot"
+    );
+}
+
+#[test]
+fn bounds_refuse_the_flooding_tenant_and_the_lowest_band_first() {
+    let host = Host::new();
+    let mut vm = shedder(
+        &host,
+        &flow(r#", "tenant_max_requests": 2, "max_requests": 3"#),
+    );
+    scrape(&mut vm, load(0.0, 0.1));
+    open(&mut vm, "a", "standard");
+    open(&mut vm, "a", "standard");
+    assert_eq!(open(&mut vm, "a", "standard").1, Action::Pause);
+    assert_eq!(open(&mut vm, "a", "standard").1, Action::Pause);
+    let (third, _) = open(&mut vm, "a", "standard");
+    assert_eq!(
+        shed_reason(&vm.stream(third).local_reply()).as_deref(),
+        Some("flow_full"),
+        "tenant a holds its maximum"
+    );
+    let (s, _) = open(&mut vm, "b", "sheddable");
+    assert_eq!(vm.stream(s).local_reply(), None, "held: the total is 3");
+    // A standard request finds the total full: the sheddable one makes room.
+    let (b, action) = open(&mut vm, "b", "standard");
+    assert_eq!(action, Action::Pause);
+    vm.advance_and_tick();
+    assert_eq!(
+        shed_reason(&vm.stream(s).local_reply()).as_deref(),
+        Some("flow_full")
+    );
+    assert_eq!(vm.stream(b).local_reply(), None);
+}
+
+/// The in-flight cap is exact across worker VMs: each admission takes a slot in the
+/// shared worker table (CAS), not a count as of the other workers' last tick.
+#[test]
+fn the_in_flight_cap_holds_across_workers_between_ticks() {
+    let host = Host::new();
+    let cfg =
+        r#"{"thresholds": {"standard": {"max_in_flight": 2}, "sheddable": {"max_in_flight": 2}}}"#;
+    let mut w1 = shedder(&host, cfg);
+    let mut w2 = shedder(&host, cfg);
+    w1.tick();
+    w2.tick();
+    assert_eq!(open(&mut w1, "a", "standard").1, Action::Continue);
+    assert_eq!(open(&mut w2, "a", "standard").1, Action::Continue);
+    // No tick since: worker 1 must still see worker 2's request.
+    let (id, action) = open(&mut w1, "a", "standard");
+    assert_eq!(action, Action::Pause);
+    assert_eq!(
+        shed_reason(&w1.stream(id).local_reply()).as_deref(),
+        Some("concurrency")
+    );
 }
