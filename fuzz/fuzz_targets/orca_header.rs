@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelgate_core::shed::parse_orca;
+use modelgate_core::orca::parse_orca;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

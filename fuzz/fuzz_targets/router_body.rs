@@ -22,7 +22,7 @@ const CONFIG: &str = r#"{
 
 fn decide(router: &Router, pieces: &[&[u8]]) -> String {
     let mut rng = Prng::new(7);
-    let mut routing = BodyRouting::new();
+    let mut routing = BodyRouting::new(router);
     let mut buffered = Vec::new();
     for (i, piece) in pieces.iter().enumerate() {
         buffered.extend_from_slice(piece);
@@ -38,9 +38,7 @@ fn decide(router: &Router, pieces: &[&[u8]]) -> String {
                 if let (Some(e), Some(b)) = (&r.edit, &body) {
                     assert_eq!(e.new_body_len(buffered.len()), b.len());
                 }
-                let hash = r
-                    .whole_body
-                    .then(|| router.prefix_hash(body.as_deref().unwrap_or(&buffered)));
+                let hash = r.prefix_hash;
                 return format!("route {} {} {body:?} {hash:?}", r.model, r.target);
             }
         }

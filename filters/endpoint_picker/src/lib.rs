@@ -19,7 +19,7 @@ use modelgate_core::config::FilterKind;
 use modelgate_core::error::ApiError;
 use modelgate_core::metrics::encode_stat_name;
 use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig};
-use modelgate_core::shed::PoolTable;
+use modelgate_core::shed_tables::PoolTable;
 use modelgate_core::vocab::{
     Criticality, CRITICALITY_HEADER, DESTINATION_HEADER, MODEL_HEADER, POOL_KEY,
     PREFIX_HASH_HEADER, SHED_HEADER,
