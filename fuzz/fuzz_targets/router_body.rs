@@ -34,9 +34,11 @@ fn decide(router: &Router, pieces: &[&[u8]]) -> String {
             BodyStep::NeedMore => {}
             BodyStep::Error(e) => return format!("error {e:?}"),
             BodyStep::Route(r) => {
-                let body = r.edit.as_ref().map(|e| e.apply(&buffered));
+                // The edit touches only the front; the rest streams through unchanged.
+                let whole = pieces.concat();
+                let body = r.edit.as_ref().map(|e| e.apply(&whole));
                 if let (Some(e), Some(b)) = (&r.edit, &body) {
-                    assert_eq!(e.new_body_len(buffered.len()), b.len());
+                    assert_eq!(e.new_body_len(whole.len()), b.len());
                 }
                 let hash = r.prefix_hash;
                 return format!("route {} {} {body:?} {hash:?}", r.model, r.target);

@@ -54,9 +54,10 @@ impl PrefixHasher {
         self.hash = self.hash.wrapping_mul(Self::PRIME);
     }
 
-    /// Marks the start of a new string.
+    /// Marks the start of a new string. Not once the budget is spent: text after it does
+    /// not count, so neither does whether more (possibly empty) strings follow.
     pub fn separator(&mut self) {
-        if !self.full {
+        if !self.full && self.taken < self.limit {
             self.mix(0x1e);
         }
     }

@@ -219,7 +219,9 @@ fn route(router: &Router, pieces: &[&[u8]]) -> (String, Option<Vec<u8>>) {
             BodyStep::NeedMore => assert!(!eos, "NeedMore at the end of the body"),
             BodyStep::Error(e) => return (format!("error {e:?}"), None),
             BodyStep::Route(r) => {
-                let body = r.edit.as_ref().map(|e| e.apply(&buffered));
+                // The edit touches only the front; the rest streams through unchanged.
+                let whole = pieces.concat();
+                let body = r.edit.as_ref().map(|e| e.apply(&whole));
                 let hash = r.prefix_hash;
                 let target = router
                     .model(r.model)
