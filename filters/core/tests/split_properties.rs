@@ -118,8 +118,8 @@ fn request_body() -> impl Strategy<Value = Vec<u8>> {
         0usize..4,
         prop_oneof![
             4 => Just(None),
-            1 => any::<usize>().prop_map(Some),
-            1 => (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Some(at ^ (usize::from(b) << 48))),
+            1 => any::<u64>().prop_map(Some),
+            1 => (any::<u64>(), any::<u8>()).prop_map(|(at, b)| Some(at ^ (u64::from(b) << 48))),
         ],
     )
         .prop_map(|(model, messages, extra, model_at, damage)| {
@@ -148,9 +148,9 @@ fn request_body() -> impl Strategy<Value = Vec<u8>> {
             body.push(b'}');
             match damage {
                 // Cut short (the high bits pick a replacement byte when set).
-                Some(at) if at >> 48 == 0 => body.truncate(at % (body.len() + 1)),
+                Some(at) if at >> 48 == 0 => body.truncate((at % (body.len() as u64 + 1)) as usize),
                 Some(at) => {
-                    let i = (at & 0xFFFF_FFFF) % body.len();
+                    let i = ((at & 0xFFFF_FFFF) % body.len() as u64) as usize;
                     body[i] = (at >> 48) as u8;
                 }
                 None => {}
