@@ -85,8 +85,9 @@ fn the_istio_base_passes_as_one_mesh() {
     args.extend(files.iter().map(String::as_str));
     let (code, out) = modelgate(&args);
     assert_eq!(code, 0, "{out}");
-    // Two gates, two sidecar metrics, one sidecar shedder; gateway: router, shedder, metrics.
-    assert!(out.contains(": 8 filter configurations"), "{out}");
+    // Two gates, two sidecar metrics, one sidecar shedder; gateway: router, shedder, metrics,
+    // endpoint picker.
+    assert!(out.contains(": 9 filter configurations"), "{out}");
 }
 
 fn broken(name: &str, text: &str) -> PathBuf {
