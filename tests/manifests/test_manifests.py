@@ -234,7 +234,7 @@ class CrossFile(unittest.TestCase):
                 self.assertEqual(len({vm for _, vm, _ in found}), 1,
                                  [(f, vm) for f, vm, _ in found])
         gateway = {f for f, _, _ in filters_on(*GATEWAY)}
-        self.assertEqual(gateway, {"model_router", "load_shedder", "ml_metrics"})
+        self.assertEqual(gateway, {"model_router", "load_shedder", "ml_metrics", "endpoint_picker"})
 
     def test_filter_order_in_each_proxy(self):
         # Finding 9: ordering must not rest on an unset priority (it sorts last).
@@ -249,7 +249,7 @@ class CrossFile(unittest.TestCase):
         gateway = sorted({id(o): o for _, _, o in filters_on(*GATEWAY)}.values(),
                          key=lambda o: o["spec"].get("priority", 0))
         self.assertEqual([next(wasm_configs(o))["root_id"] for o in gateway],
-                         ["ml_metrics", "model_router", "load_shedder"])
+                         ["ml_metrics", "model_router", "load_shedder", "endpoint_picker"])
 
     def test_ecds_filters_accept_the_fallback_rbac_and_state_a_failure_policy(self):
         # Finding 7: istio-agent replaces a module it cannot fetch with an RBAC filter;
