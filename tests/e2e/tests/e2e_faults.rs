@@ -313,9 +313,11 @@ fn gateway(dir: &std::path::Path, server: &FaultServer) -> (Envoy, u16) {
             ("WASM_DIR", wasm_dir),
             ("POD_A_PORT", p.clone()),
             ("POD_B_PORT", p.clone()),
-            ("POD_C_PORT", p),
+            ("POD_C_PORT", p.clone()),
         ],
     );
+    // One server plays every pod: the endpoint picker refuses a pod listed twice.
+    let yaml = yaml.replace(&format!(r#", "127.0.0.1:{p}"]"#), "]");
     (Envoy::start(dir, "gateway", &yaml, admin), listen)
 }
 
