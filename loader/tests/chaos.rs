@@ -4,13 +4,8 @@
 //! costs at most about one write batch (1 MiB) per connection.
 //! `MODELGATE_CHAOS_KILLS` (kills wanted in all, default 6) makes the long run of
 //! `scripts/soak-loader.sh`; `MODELGATE_CHAOS_SUMMARY` names a file for its summary line.
-// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+// Test code throughout: its helpers may panic (clippy.toml's allow-*-in-tests).
+#![cfg(test)]
 
 mod common;
 
@@ -20,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const REPO: &str = "org/model";
 /// (name, bytes) of one revision.
 type Files = Vec<(&'static str, Vec<u8>)>;
 /// Files of the loader's own bookkeeping inside a served revision.

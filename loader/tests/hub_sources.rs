@@ -1,19 +1,12 @@
 //! Loader against the HF-compatible test hub: correctness, integrity, faults, resume, swaps.
-// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+// Test code throughout: its helpers may panic (clippy.toml's allow-*-in-tests).
+#![cfg(test)]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const REPO: &str = "org/model";
 
 #[test]
 fn parallel_ranges_download_is_byte_exact() {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 pub const HUB: &str = env!("CARGO_BIN_EXE_modelgate-hub");
 pub const LOADER: &str = env!("CARGO_BIN_EXE_modelgate-loader");
+/// The Hub repo most tests publish to.
+pub const REPO: &str = "org/model";
 
 /// Deterministic pseudo-random bytes (xorshift), so mismatches show up at any offset.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -39,8 +41,40 @@ pub fn publish(root: &Path, repo: &str, commit: &str, files: &[(&str, Vec<u8>)])
     std::fs::rename(tmp, refs.join("main")).unwrap();
 }
 
+/// A server process this test started, killed by pid when dropped.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A test tool installed by scripts/setup.sh under tools/; None (and a SKIPPED line) when
+/// missing.
+pub fn tool(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tools")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: {} missing (run scripts/setup.sh)", p.display());
+        None
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Hub {
-    child: Child,
+    _server: Server,
     pub port: u16,
 }
 
@@ -63,7 +97,10 @@ impl Hub {
         wait_until("hub answering", Duration::from_secs(120), || {
             http_get(port, "/_hub/stats").0 == 200
         });
-        Hub { child, port }
+        Hub {
+            _server: Server(child),
+            port,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -73,13 +110,6 @@ impl Hub {
     pub fn stats(&self) -> serde_json::Value {
         let body = http_get(self.port, "/_hub/stats").1;
         serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -114,20 +144,42 @@ pub fn run(mut c: Command) -> (Output, String) {
 
 /// Minimal HTTP/1.0 GET (no client dependency): (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    request(port, "GET", path, &[], b"")
+}
+
+/// One HTTP/1.0 request: (status, body). Status 0 when nothing answered.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
     use std::io::Write;
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    let status = buf
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf
+    let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
