@@ -50,87 +50,16 @@ fn mib(b: u64) -> f64 {
 
 impl Loader {
     pub fn new(args: Args, status: Arc<Status>) -> Result<Self, String> {
-        let spec = SourceSpec::parse(&args.source, args.revision.as_deref())?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(args.connect_timeout)
-            .read_timeout(args.read_timeout)
-            .user_agent(concat!("modelgate-loader/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
-        let (store, store_prefix) = match &spec {
-            SourceSpec::Store { url } => {
-                let (s, p) = build_store(url, args.connect_timeout)?;
-                (Some(s), p)
-            }
-            _ => (None, object_store::path::Path::default()),
-        };
-        let gcs = match &spec {
-            SourceSpec::Gcs { url } => Some(crate::gcs::Bucket::from_env(url)?),
-            _ => None,
-        };
-        let manifest = match &args.manifest {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| format!("manifest: {}: {e}", p.display()))?;
-                Some(
-                    parse_manifest(&text)
-                        .map_err(|e| format!("manifest: {e}"))?
-                        .into_iter()
-                        .collect(),
-                )
-            }
-            None => None,
-        };
-        if let Some(s) = &args.sha256 {
-            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err("sha256: expected 64 hex digits".into());
-            }
-        }
-        let token = args
-            .hf_token
-            .clone()
-            .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
-            .filter(|t| !t.is_empty())
-            .map(Arc::from);
-        let source = Source {
-            spec,
-            client,
-            hf_endpoint: args.hf_endpoint.clone(),
-            token,
-            filters: Filters::new(&args.include, &args.exclude)?,
-            manifest,
-            sha256: args.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
-            store,
-            store_prefix,
-            gcs,
-        };
-        if args.dest.as_os_str().is_empty() {
-            return Err("dest: empty (set --dest or MODEL_DIR)".into());
-        }
-        let dest = std::path::absolute(&args.dest).map_err(|e| format!("dest: {e}"))?;
-        let versions = match &args.versions_dir {
-            Some(v) => std::path::absolute(v).map_err(|e| format!("versions-dir: {e}"))?,
-            None => {
-                let name = dest
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                dest.parent()
-                    .unwrap_or(Path::new("/"))
-                    .join(format!(".{name}.versions"))
-            }
-        };
-        if versions.starts_with(&dest) {
-            return Err("versions-dir: must not be inside dest".into());
-        }
+        let source = build_source(&args)?;
+        let layout = build_layout(&args)?;
         let ready_file = args
             .ready_file
             .clone()
-            .unwrap_or_else(|| dest.join(".ready"));
+            .unwrap_or_else(|| layout.dest.join(".ready"));
         let metadata_file = args
             .metadata_file
             .clone()
-            .unwrap_or_else(|| dest.join("metadata.json"));
+            .unwrap_or_else(|| layout.dest.join("metadata.json"));
         if args.parallel_files == 0 || args.parallel_ranges == 0 || args.connections == 0 {
             return Err(
                 "parallel-files, parallel-ranges and connections must be at least 1".into(),
@@ -145,7 +74,7 @@ impl Loader {
             max_delay: args.retry_max,
         };
         Ok(Self {
-            layout: Layout { dest, versions },
+            layout,
             source,
             retry,
             status,
@@ -771,6 +700,88 @@ fn stop(status: &Status, sig: &str, once: bool) -> i32 {
     } else {
         0
     }
+}
+
+/// The source named by the flags, with its client, credentials and expected hashes.
+fn build_source(args: &Args) -> Result<Source, String> {
+    let spec = SourceSpec::parse(&args.source, args.revision.as_deref())?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(args.connect_timeout)
+        .read_timeout(args.read_timeout)
+        .user_agent(concat!("modelgate-loader/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let (store, store_prefix) = match &spec {
+        SourceSpec::Store { url } => {
+            let (s, p) = build_store(url, args.connect_timeout)?;
+            (Some(s), p)
+        }
+        _ => (None, object_store::path::Path::default()),
+    };
+    let gcs = match &spec {
+        SourceSpec::Gcs { url } => Some(crate::gcs::Bucket::from_env(url)?),
+        _ => None,
+    };
+    let manifest = match &args.manifest {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("manifest: {}: {e}", p.display()))?;
+            Some(
+                parse_manifest(&text)
+                    .map_err(|e| format!("manifest: {e}"))?
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    if let Some(s) = &args.sha256 {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("sha256: expected 64 hex digits".into());
+        }
+    }
+    let token = args
+        .hf_token
+        .clone()
+        .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+        .map(Arc::from);
+    Ok(Source {
+        spec,
+        client,
+        hf_endpoint: args.hf_endpoint.clone(),
+        token,
+        filters: Filters::new(&args.include, &args.exclude)?,
+        manifest,
+        sha256: args.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+        store,
+        store_prefix,
+        gcs,
+    })
+}
+
+/// The served path and its versions directory (by default `.<name>.versions` beside it).
+fn build_layout(args: &Args) -> Result<Layout, String> {
+    if args.dest.as_os_str().is_empty() {
+        return Err("dest: empty (set --dest or MODEL_DIR)".into());
+    }
+    let dest = std::path::absolute(&args.dest).map_err(|e| format!("dest: {e}"))?;
+    let versions = match &args.versions_dir {
+        Some(v) => std::path::absolute(v).map_err(|e| format!("versions-dir: {e}"))?,
+        None => {
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            dest.parent()
+                .unwrap_or(Path::new("/"))
+                .join(format!(".{name}.versions"))
+        }
+    };
+    if versions.starts_with(&dest) {
+        return Err("versions-dir: must not be inside dest".into());
+    }
+    Ok(Layout { dest, versions })
 }
 
 /// What a revision needs: files already in place, and files to fetch.
