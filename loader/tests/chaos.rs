@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -134,15 +134,9 @@ fn sigkill_at_random_points_never_serves_a_mixed_or_corrupt_model() {
             ]);
             let mut r = Running::spawn(c);
             let exited = if last {
-                let deadline = Instant::now() + Duration::from_secs(120);
-                loop {
-                    if let Some(s) = r.child.try_wait().unwrap() {
-                        assert!(s.success(), "{}", r.log());
-                        break true;
-                    }
-                    assert!(Instant::now() < deadline, "no finish: {}", r.log());
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                let (ok, log) = r.wait_exit(Duration::from_secs(120));
+                assert!(ok, "{log}");
+                true
             } else {
                 std::thread::sleep(Duration::from_millis(fastrand::u64(100..1500)));
                 let done = r.child.try_wait().unwrap().is_some();
@@ -200,18 +194,6 @@ fn summary_row(line: &str) {
     }
 }
 
-/// Runs the loader until it exits (bounded); its log.
-fn run_to_end(r: &mut Running) -> (bool, String) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(s) = r.child.try_wait().unwrap() {
-            return (s.success(), r.log());
-        }
-        assert!(Instant::now() < deadline, "no finish: {}", r.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn server_stalling_mid_file_is_timed_out_and_recovers_across_a_kill() {
     let t = tmp();
@@ -247,36 +229,11 @@ fn server_stalling_mid_file_is_timed_out_and_recovers_across_a_kill() {
     let mut c = loader(Some(&hub), REPO, &dest);
     flags(&mut c, "2s");
     let mut r = Running::spawn(c);
-    let (ok, log) = run_to_end(&mut r);
+    let (ok, log) = r.wait_exit(Duration::from_secs(120));
     assert!(ok, "{log}");
     assert!(log.contains("stalled"), "no stall met: {log}");
     assert_eq!(served(&dest, &repos), Ok(Some("c1".to_string())));
     summary_row("| loader chaos (server stalls mid-file, then SIGKILL) | 1 kill | recovered | 0 corrupt or mixed models served |");
-}
-
-/// A tmpfs of `size` at `dir`, unmounted when dropped; Err when mounting is not allowed.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(Tmpfs(dir.to_path_buf()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// Fills the filesystem under `dir` until a write fails; returns the filler's path.
@@ -328,20 +285,11 @@ fn disk_filling_up_mid_download_keeps_the_old_revision_and_resumes_once_freed() 
     c.args(flags);
     let mut r = Running::spawn(c);
     // Filled once some of model.bin is on disk and recorded, so there is something to resume.
-    let state = versions_of(&dest).join(".partial-c2/.modelgate-parts/model.bin.part.state");
     wait_until("part of c2 on disk", Duration::from_secs(120), || {
-        std::fs::read(&state)
-            .ok()
-            .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
-            .and_then(|v| {
-                v["got"]
-                    .as_array()
-                    .map(|g| g.iter().filter_map(|x| x.as_u64()).sum::<u64>())
-            })
-            .is_some_and(|held| held >= 2 << 20)
+        held_bytes(&dest, "c2", "model.bin") >= 2 << 20
     });
     let filler = fill_disk(&vol);
-    let (ok, log) = run_to_end(&mut r);
+    let (ok, log) = r.wait_exit(Duration::from_secs(120));
     assert!(!ok, "the load must fail on a full disk: {log}");
     assert!(log.contains("no space left on device"), "{log}");
     assert_eq!(
@@ -354,7 +302,7 @@ fn disk_filling_up_mid_download_keeps_the_old_revision_and_resumes_once_freed() 
     let mut c = loader(Some(&hub), REPO, &dest);
     c.args(flags);
     let mut r = Running::spawn(c);
-    let (ok, log) = run_to_end(&mut r);
+    let (ok, log) = r.wait_exit(Duration::from_secs(120));
     assert!(ok, "{log}");
     assert!(log.contains("resuming"), "the bytes kept are reused: {log}");
     assert_eq!(served(&dest, &repos), Ok(Some("c2".to_string())));

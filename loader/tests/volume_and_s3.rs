@@ -4,39 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(Mount(dir.to_path_buf()))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
 #[test]
 fn full_disk_is_refused_before_download_and_keeps_serving_the_old_revision() {
     let t = tmp();
     let vol = t.path().join("vol");
-    let _mount = match mount_tmpfs(&vol, "4m") {
+    let _mount = match Tmpfs::mount(&vol, "4m") {
         Ok(m) => m,
         Err(e) => {
             eprintln!("SKIPPED full_disk test: cannot mount a tmpfs here ({e})");

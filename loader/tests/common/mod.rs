@@ -267,6 +267,20 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Waits (bounded) for the loader to exit: (success, its log).
+    pub fn wait_exit(&mut self, timeout: Duration) -> (bool, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s.success(), self.log());
+            }
+            assert!(Instant::now() < deadline, "no exit: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -290,4 +304,48 @@ pub fn tmp() -> tempfile::TempDir {
 pub fn versions_of(dest: &Path) -> PathBuf {
     let name = dest.file_name().unwrap().to_string_lossy();
     dest.parent().unwrap().join(format!(".{name}.versions"))
+}
+
+/// Bytes of `file` a partial download of `rev` holds on disk, from its resume state (0 when
+/// there is none yet).
+pub fn held_bytes(dest: &Path, rev: &str, file: &str) -> u64 {
+    let state = versions_of(dest)
+        .join(format!(".partial-{rev}"))
+        .join(".modelgate-parts")
+        .join(format!("{file}.part.state"));
+    std::fs::read(state)
+        .ok()
+        .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+        .and_then(|v| {
+            v["got"]
+                .as_array()
+                .map(|g| g.iter().filter_map(|x| x.as_u64()).sum::<u64>())
+        })
+        .unwrap_or(0)
+}
+
+/// A tmpfs of `size` at a directory, unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Err (mount's message) where mounting is not allowed (it needs CAP_SYS_ADMIN).
+    pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(Tmpfs(dir.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
