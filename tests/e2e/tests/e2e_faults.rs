@@ -7,14 +7,13 @@
 //! `make test` runs a short budget; `make soak` (`MODELGATE_SOAK=1`) a long one and writes
 //! the rows to ROBUSTNESS.md.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use modelgate_e2e::faults::{
-    gzip_stored, report, Budget, FaultRow, FaultServer, LoaderFault, MetricsFault, ModelFault,
+    gzip_stored, report_and_check, Budget, FaultRow, FaultServer, LoaderFault, MetricsFault,
+    ModelFault,
 };
 use modelgate_e2e::*;
 use serde_json::json;
@@ -53,13 +52,7 @@ fn load(
                 }
                 let r = send(i);
                 let good = ok(i, &r);
-                shared.lock().unwrap().record(r.status, good, || {
-                    format!(
-                        "#{i}: {} {}",
-                        r.status,
-                        r.text().chars().take(160).collect::<String>()
-                    )
-                });
+                shared.lock().unwrap().record(&r, good, &format!("#{i}: "));
             });
         }
     });
@@ -82,13 +75,7 @@ fn load_for(
                 while Instant::now() < until {
                     let r = send();
                     let good = ok(&r);
-                    shared.lock().unwrap().record(r.status, good, || {
-                        format!(
-                            "{} {}",
-                            r.status,
-                            r.text().chars().take(160).collect::<String>()
-                        )
-                    });
+                    shared.lock().unwrap().record(&r, good, "");
                 }
             });
         }
@@ -106,30 +93,13 @@ fn recovery(what: &str, good: impl Fn() -> bool) -> u128 {
     start.elapsed().as_millis()
 }
 
+/// The shipped sidecar in front of `server`, which also plays the loader.
 fn sidecar(dir: &std::path::Path, server: &FaultServer, name: &str) -> (Envoy, u16) {
-    let (listen, admin) = (free_port(), free_port());
-    let wasm_dir = wasm("readiness_gate")
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let yaml = shipped(
-        "sidecar.yaml",
-        &[
-            ("LISTEN_PORT", listen.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("SIM_PORT", server.port.to_string()),
-            ("LOADER_PORT", server.port.to_string()),
-            ("WASM_DIR", wasm_dir),
-            ("MODEL", MODEL.to_string()),
-            (
-                "READINESS_LOADER",
-                r#"{"cluster": "loader", "path": "/ready"}"#.to_string(),
-            ),
-            ("READINESS_PERIOD", "500ms".to_string()),
-        ],
-    );
-    (Envoy::start(dir, name, &yaml, admin), listen)
+    let envoy = Shipped::sidecar(Ports::free(), server.port, MODEL)
+        .loader(server.port)
+        .start(dir, name);
+    let port = envoy.port;
+    (envoy, port)
 }
 
 /// The pod's chain (ml_metrics, readiness gate with a loader, load shedder) in front of a
@@ -216,9 +186,11 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
         &mut row,
         hang_budget,
         &|_| {
-            raw_request(
+            raw_http(
                 port,
-                &chat_request(&chat_body().to_string()),
+                chat_request(&chat_body().to_string()).as_bytes(),
+                &[],
+                RawBody::Plain,
                 Duration::from_secs(1),
             )
         },
@@ -248,12 +220,12 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
     }
 
     let heap_after = envoy.memory_allocated();
-    let failures = envoy.vm_failures();
-    report("sidecar faults", &rows, failures, (heap_before, heap_after));
-    for r in &rows {
-        assert_eq!(r.unexpected, 0, "{}: {:?}", r.fault, r.examples);
-    }
-    assert_eq!(failures, 0, "a VM failed:\n{}", envoy.proc.log_text());
+    report_and_check(
+        "sidecar faults",
+        &rows,
+        &[&envoy],
+        (heap_before, heap_after),
+    );
     assert!(
         heap_after < heap_before + HEAP_GROWTH_LIMIT,
         "Envoy heap grew from {heap_before} to {heap_after}"
@@ -267,59 +239,15 @@ fn chat_request(body: &str) -> String {
     )
 }
 
-/// Writes raw bytes, reads until close or `timeout`; status 0 when nothing came back.
-fn raw_request(port: u16, request: &str, timeout: Duration) -> Response {
-    raw_bytes(port, request.as_bytes(), timeout, false)
-}
-
-/// Like [`raw_request`]; `half_close` shuts the write side after sending (a client that
-/// stops sending mid-body).
-fn raw_bytes(port: u16, request: &[u8], timeout: Duration, half_close: bool) -> Response {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return Response::default();
-    };
-    let _ = s.set_read_timeout(Some(timeout));
-    let _ = s.write_all(request);
-    if half_close {
-        let _ = s.shutdown(std::net::Shutdown::Write);
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.as_bytes().to_vec())
-        .unwrap_or_default();
-    Response {
-        status,
-        body,
-        ..Response::default()
-    }
-}
-
+/// The shipped gateway with `server` playing every pod.
 fn gateway(dir: &std::path::Path, server: &FaultServer) -> (Envoy, u16) {
-    let (listen, admin) = (free_port(), free_port());
-    let wasm_dir = wasm("model_router").parent().unwrap().display().to_string();
-    let p = server.port.to_string();
-    let yaml = shipped(
-        "gateway.yaml",
-        &[
-            ("LISTEN_PORT", listen.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("WASM_DIR", wasm_dir),
-            ("POD_A_PORT", p.clone()),
-            ("POD_B_PORT", p.clone()),
-            ("POD_C_PORT", p.clone()),
-        ],
-    );
-    // One server plays every pod: the endpoint picker refuses a pod listed twice.
-    let yaml = yaml.replace(&format!(r#", "127.0.0.1:{p}"]"#), "]");
-    (Envoy::start(dir, "gateway", &yaml, admin), listen)
+    let p = server.port;
+    let envoy = Shipped::gateway(Ports::free(), [p, p, p])
+        // The endpoint picker refuses a pod listed twice.
+        .picker_pool("llama-3-8b", &[p])
+        .start(dir, "gateway");
+    let port = envoy.port;
+    (envoy, port)
 }
 
 /// Hostile request bodies and headers at the gateway (router, metrics, shedder): each gets
@@ -392,7 +320,15 @@ fn gateway_answers_hostile_bodies_and_headers() {
         ),
         (
             "truncated body (client stops sending)",
-            Box::new(|| raw_bytes(port, truncated.as_bytes(), Duration::from_secs(5), true)),
+            Box::new(|| {
+                raw_http(
+                    port,
+                    truncated.as_bytes(),
+                    &[],
+                    RawBody::HalfClose,
+                    Duration::from_secs(5),
+                )
+            }),
             Box::new(|r| r.status == 0 || r.status == 400),
         ),
         (
@@ -418,7 +354,15 @@ fn gateway_answers_hostile_bodies_and_headers() {
         ),
         (
             "chunked body in 5-byte pieces",
-            Box::new(|| raw_request(port, &chunked, Duration::from_secs(10))),
+            Box::new(|| {
+                raw_http(
+                    port,
+                    chunked.as_bytes(),
+                    &[],
+                    RawBody::Plain,
+                    Duration::from_secs(10),
+                )
+            }),
             Box::new(|r| r.status == 200),
         ),
         (
@@ -477,12 +421,12 @@ fn gateway_answers_hostile_bodies_and_headers() {
         rows.push(row);
     }
     let heap_after = envoy.memory_allocated();
-    let failures = envoy.vm_failures();
-    report("gateway faults", &rows, failures, (heap_before, heap_after));
-    for r in &rows {
-        assert_eq!(r.unexpected, 0, "{}: {:?}", r.fault, r.examples);
-    }
-    assert_eq!(failures, 0, "a VM failed:\n{}", envoy.proc.log_text());
+    report_and_check(
+        "gateway faults",
+        &rows,
+        &[&envoy],
+        (heap_before, heap_after),
+    );
     assert!(
         heap_after < heap_before + HEAP_GROWTH_LIMIT,
         "Envoy heap grew from {heap_before} to {heap_after}"
@@ -533,10 +477,8 @@ fn concurrent_requests_while_the_model_is_swapped() {
     row.recovered_ms = Some(recovery("swaps", || chat().status == 200));
     println!("{} swaps", swaps.load(Ordering::SeqCst));
     let heap_after = envoy.memory_allocated();
-    let failures = envoy.vm_failures();
     let rows = [row];
-    report("model swap", &rows, failures, (heap_before, heap_after));
-    assert_eq!(rows[0].unexpected, 0, "{:?}", rows[0].examples);
+    report_and_check("model swap", &rows, &[&envoy], (heap_before, heap_after));
     assert!(
         rows[0].statuses.get(&200).copied().unwrap_or(0) > 0,
         "nothing was served"
@@ -545,5 +487,4 @@ fn concurrent_requests_while_the_model_is_swapped() {
         rows[0].statuses.get(&503).copied().unwrap_or(0) > 0,
         "no swap was seen"
     );
-    assert_eq!(failures, 0, "a VM failed:\n{}", envoy.proc.log_text());
 }
