@@ -424,6 +424,17 @@ impl Envoy {
         reloads.max(0) as u64 + traps as u64
     }
 
+    /// The sum of the Prometheus series `name` whose labels include each of `labels`
+    /// (`key="value"`).
+    pub fn prometheus_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.prometheus_stats()
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Envoy's Prometheus stats text.
     pub fn prometheus_stats(&self) -> String {
         get(&format!(

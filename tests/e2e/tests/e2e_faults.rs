@@ -7,6 +7,7 @@
 //! `make test` runs a short budget; `make soak` (`MODELGATE_SOAK=1`) a long one and writes
 //! the rows to ROBUSTNESS.md.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ use serde_json::json;
 const MODEL: &str = "llama-3-8b";
 /// Heap growth allowed over a whole test (Envoy's own buffers, stats, VMs).
 const HEAP_GROWTH_LIMIT: u64 = 256 << 20;
+/// Flow control's TTL at the sidecar in these tests.
+const FLOW_TTL_MS: u64 = 2000;
 
 fn chat_body() -> serde_json::Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
@@ -93,27 +96,35 @@ fn recovery(what: &str, good: impl Fn() -> bool) -> u128 {
     start.elapsed().as_millis()
 }
 
-/// The shipped sidecar in front of `server`, which also plays the loader.
-fn sidecar(dir: &std::path::Path, server: &FaultServer, name: &str) -> (Envoy, u16) {
-    let envoy = Shipped::sidecar(Ports::free(), server.port, MODEL)
+/// The shipped sidecar in front of `server`, which also plays the loader. Flow control
+/// holds for seconds here, not the shipped 30 s: a scrape that reports a huge queue makes
+/// it hold every standard request for its whole TTL, and the matrix sends many. The
+/// shedder takes the client's criticality as sent (as behind the gateway), so the matrix
+/// can send critical requests.
+fn sidecar(dir: &Path, server: &FaultServer) -> Envoy {
+    Shipped::sidecar(Ports::free(), server.port, MODEL)
         .loader(server.port)
-        .start(dir, name);
-    let port = envoy.port;
-    (envoy, port)
+        .plugin_config("load_shedder", |c| {
+            c["trust_criticality_header"] = json!(true);
+            c["flow"]["standard"]["ttl"] = json!(format!("{FLOW_TTL_MS}ms"));
+            c["flow"]["sheddable"]["ttl"] = json!(format!("{FLOW_TTL_MS}ms"));
+        })
+        .start(dir, "sidecar")
 }
 
 /// The pod's chain (ml_metrics, readiness gate with a loader, load shedder) in front of a
 /// model server whose inference, metrics and loader endpoints fail one after another.
 #[test]
-#[ignore = "hangs since flow control is on in sidecar.yaml (held requests vs the hanging-server fault); run with --ignored, `make soak`"]
 fn sidecar_answers_every_upstream_fault_and_recovers() {
-    let budget = Budget::from_env();
-    let dir = scratch_dir("faults-sidecar");
-    let server = FaultServer::start(MODEL);
-    let (envoy, port) = sidecar(&dir, &server, "sidecar");
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let Fixture {
+        budget,
+        server,
+        envoy,
+        url,
+        ..
+    } = fixture("faults-sidecar", sidecar);
+    let port = envoy.port;
     let chat = |crit: &str| post_json(&url, &chat_body(), &[("x-modelgate-criticality", crit)]);
-    recovery("start", || chat("standard").status == 200);
     // Every worker's VMs have a scrape and a verdict before the baseline.
     std::thread::sleep(Duration::from_millis(500));
     let heap_before = envoy.memory_allocated();
@@ -125,8 +136,9 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
     });
     rows.push(baseline);
 
-    // The scrape fails or reports nonsense: standard requests may be shed (429, our JSON),
-    // critical ones never; nothing else.
+    // The scrape fails or reports nonsense: standard requests may be shed (429, our JSON:
+    // flow control holds them while the scrape reports a huge queue and refuses them at
+    // their TTL), critical ones never; nothing else.
     for (name, fault) in [
         (
             "metrics slow (2 s, scrape timeout 500 ms)",
@@ -151,6 +163,20 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
         row.recovered_ms = Some(recovery(name, || chat("standard").status == 200));
         rows.push(row);
     }
+
+    // Held requests were answered at their TTL (8 MiB of samples and 1e308 both read as
+    // a huge queue), not left hanging.
+    let expired = wait_until(Duration::from_secs(5), || {
+        envoy.prometheus_sum(
+            "modelgate_shedder_flow_requests_total",
+            &["outcome=\"expired\""],
+        ) >= 1.0
+    });
+    assert!(
+        expired,
+        "no held request expired:\n{}",
+        envoy.prometheus_stats()
+    );
 
     // The model server answers 500: passed through unchanged.
     server.set_model(ModelFault::Status500);
@@ -201,13 +227,24 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
     rows.push(row);
 
     // The loader's status endpoint goes down, then reports a version swap: the gate refuses
-    // (503, our JSON) until it is back.
-    for (name, fault) in [
-        ("loader status endpoint down", LoaderFault::Down),
-        ("loader swapping versions", LoaderFault::Updating),
+    // (503, our JSON) until it is back. Closed for this fault's reason: a worker that has
+    // not yet read the previous recovery still answers the previous fault's 503.
+    for (name, fault, gated_as) in [
+        (
+            "loader status endpoint down",
+            LoaderFault::Down,
+            "not_ready",
+        ),
+        (
+            "loader swapping versions",
+            LoaderFault::Updating,
+            "draining",
+        ),
     ] {
         server.set_loader(fault);
-        let gated = wait_until(Duration::from_secs(15), || chat("standard").status == 503);
+        let gated = wait_until(Duration::from_secs(15), || {
+            chat("standard").header("x-modelgate-gated") == Some(gated_as)
+        });
         assert!(gated, "{name}: the gate never closed");
         std::thread::sleep(Duration::from_millis(300));
         let mut row = FaultRow::new(&format!("sidecar: {name}"));
@@ -240,14 +277,39 @@ fn chat_request(body: &str) -> String {
 }
 
 /// The shipped gateway with `server` playing every pod.
-fn gateway(dir: &std::path::Path, server: &FaultServer) -> (Envoy, u16) {
+fn gateway(dir: &Path, server: &FaultServer) -> Envoy {
     let p = server.port;
-    let envoy = Shipped::gateway(Ports::free(), [p, p, p])
+    Shipped::gateway(Ports::free(), [p, p, p])
         // The endpoint picker refuses a pod listed twice.
         .picker_pool("llama-3-8b", &[p])
-        .start(dir, "gateway");
-    let port = envoy.port;
-    (envoy, port)
+        .start(dir, "gateway")
+}
+
+/// One fault test's setup: its budget, a fault server, and Envoy in front of it (started
+/// by `envoy`) serving a good request.
+struct Fixture {
+    budget: Budget,
+    server: FaultServer,
+    envoy: Envoy,
+    /// The chat completions URL.
+    url: String,
+    /// Scratch files (logs, configs); nothing to clean up on drop.
+    _dir: PathBuf,
+}
+
+fn fixture(tag: &str, envoy: fn(&Path, &FaultServer) -> Envoy) -> Fixture {
+    let dir = scratch_dir(tag);
+    let server = FaultServer::start(MODEL);
+    let envoy = envoy(&dir, &server);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", envoy.port);
+    recovery("start", || post_json(&url, &chat_body(), &[]).status == 200);
+    Fixture {
+        budget: Budget::from_env(),
+        server,
+        envoy,
+        url,
+        _dir: dir,
+    }
 }
 
 /// Hostile request bodies and headers at the gateway (router, metrics, shedder): each gets
@@ -255,13 +317,16 @@ fn gateway(dir: &std::path::Path, server: &FaultServer) -> (Envoy, u16) {
 /// sent alongside is unaffected.
 #[test]
 fn gateway_answers_hostile_bodies_and_headers() {
-    let budget = Budget::from_env();
-    let dir = scratch_dir("faults-gateway");
-    let server = FaultServer::start(MODEL);
-    let (envoy, port) = gateway(&dir, &server);
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    // The server must outlive the test: bound, not dropped with the rest.
+    let Fixture {
+        budget,
+        server: _server,
+        envoy,
+        url,
+        ..
+    } = fixture("faults-gateway", gateway);
+    let port = envoy.port;
     let good = || post_json(&url, &chat_body(), &[]);
-    recovery("start", || good().status == 200);
     let heap_before = envoy.memory_allocated();
     let json_ct = [("content-type", "application/json")];
     let body = chat_body().to_string();
@@ -438,13 +503,14 @@ fn gateway_answers_hostile_bodies_and_headers() {
 /// else, and the pod serves again after the last swap.
 #[test]
 fn concurrent_requests_while_the_model_is_swapped() {
-    let budget = Budget::from_env();
-    let dir = scratch_dir("faults-swap");
-    let server = FaultServer::start(MODEL);
-    let (envoy, port) = sidecar(&dir, &server, "sidecar");
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let Fixture {
+        budget,
+        server,
+        envoy,
+        url,
+        ..
+    } = fixture("faults-swap", sidecar);
     let chat = || post_json(&url, &chat_body(), &[]);
-    recovery("start", || chat().status == 200);
     let heap_before = envoy.memory_allocated();
     let stop = AtomicBool::new(false);
     let mut row = FaultRow::new("sidecar: model swapped every 300 ms under load");

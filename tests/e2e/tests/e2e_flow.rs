@@ -79,20 +79,9 @@ fn client(
     })
 }
 
-fn stat(envoy: &Envoy, name: &str, labels: &[&str]) -> f64 {
-    envoy
-        .prometheus_stats()
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Held requests that ended with `outcome` (held, released, expired, abandoned, refused).
 fn flow_outcome(envoy: &Envoy, outcome: &str) -> f64 {
-    stat(
-        envoy,
+    envoy.prometheus_sum(
         "modelgate_shedder_flow_requests_total",
         &[&format!("outcome=\"{outcome}\"")],
     )
@@ -212,7 +201,9 @@ fn overload_is_held_fairly_and_every_request_is_answered() {
     );
     assert!(flow_outcome(&pod.envoy, "released") >= 1.0, "{summary}");
     let drained = wait_until(Duration::from_secs(30), || {
-        stat(&pod.envoy, "modelgate_shedder_flow_queued", &[]) == 0.0
+        pod.envoy
+            .prometheus_sum("modelgate_shedder_flow_queued", &[])
+            == 0.0
     });
     assert!(drained, "requests still held once the load is gone");
 }
