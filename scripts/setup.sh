@@ -13,7 +13,9 @@ APT_PACKAGES=(prometheus skopeo docker-registry ca-certificates)
 
 log() { printf '[setup] %s\n' "$*"; }
 
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+# Outputs are captured before matching: `grep -q` exits at the first match and, under
+# pipefail, the writer's SIGPIPE would fail the check.
+if [[ $'\n'"$(rustup target list --installed 2>/dev/null)"$'\n' != *$'\n'wasm32-wasip1$'\n'* ]]; then
   log "rustup target add wasm32-wasip1"
   rustup target add wasm32-wasip1
 fi
@@ -35,7 +37,7 @@ print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))
 PY
 )
 ln -sf "$envoy_bin" "$TOOLS/envoy"
-"$TOOLS/envoy" --version | grep -q "$ENVOY_VERSION" || { echo "envoy is not $ENVOY_VERSION" >&2; exit 1; }
+[[ "$("$TOOLS/envoy" --version)" == *"$ENVOY_VERSION"* ]] || { echo "envoy is not $ENVOY_VERSION" >&2; exit 1; }
 
 # Azurite (the Azure Blob emulator the loader's tests use) from npm, into tools/azurite.
 AZURITE_VERSION=3.35.0
