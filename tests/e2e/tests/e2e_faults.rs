@@ -341,6 +341,23 @@ fn gateway_answers_hostile_bodies_and_headers() {
     let many_small: Vec<(String, String)> = (0..90)
         .map(|i| (format!("x-h-{i}"), "v".to_string()))
         .collect();
+    let with_headers = |headers: &[(String, String)]| {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        post_json(&url, &chat_body(), &h)
+    };
+    // A whole request written by hand.
+    let raw = |request: &str, body: RawBody, secs: u64| {
+        raw_http(
+            port,
+            request.as_bytes(),
+            &[],
+            body,
+            Duration::from_secs(secs),
+        )
+    };
     let truncated = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
         body.len() + 50,
@@ -385,15 +402,7 @@ fn gateway_answers_hostile_bodies_and_headers() {
         ),
         (
             "truncated body (client stops sending)",
-            Box::new(|| {
-                raw_http(
-                    port,
-                    truncated.as_bytes(),
-                    &[],
-                    RawBody::HalfClose,
-                    Duration::from_secs(5),
-                )
-            }),
+            Box::new(|| raw(&truncated, RawBody::HalfClose, 5)),
             Box::new(|r| r.status == 0 || r.status == 400),
         ),
         (
@@ -419,15 +428,7 @@ fn gateway_answers_hostile_bodies_and_headers() {
         ),
         (
             "chunked body in 5-byte pieces",
-            Box::new(|| {
-                raw_http(
-                    port,
-                    chunked.as_bytes(),
-                    &[],
-                    RawBody::Plain,
-                    Duration::from_secs(10),
-                )
-            }),
+            Box::new(|| raw(&chunked, RawBody::Plain, 10)),
             Box::new(|r| r.status == 200),
         ),
         (
@@ -444,24 +445,12 @@ fn gateway_answers_hostile_bodies_and_headers() {
         ),
         (
             "header flood (200 x 500 B)",
-            Box::new(|| {
-                let h: Vec<(&str, &str)> = flood
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                post_json(&url, &chat_body(), &h)
-            }),
+            Box::new(|| with_headers(&flood)),
             Box::new(|r| r.status == 431 || r.status == 0),
         ),
         (
             "90 small headers",
-            Box::new(|| {
-                let h: Vec<(&str, &str)> = many_small
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                post_json(&url, &chat_body(), &h)
-            }),
+            Box::new(|| with_headers(&many_small)),
             Box::new(|r| r.status == 200),
         ),
     ];
