@@ -164,8 +164,8 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
         rows.push(row);
     }
 
-    // Held requests were answered at their TTL (8 MiB of samples and 1e308 both read as
-    // a huge queue), not left hanging.
+    // Held requests were answered at their TTL (1e308 reads as a huge queue; a body cut
+    // at 4 MiB is no scrape at all), not left hanging.
     let expired = wait_until(Duration::from_secs(5), || {
         envoy.prometheus_sum(
             "modelgate_shedder_flow_requests_total",
