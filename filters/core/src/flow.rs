@@ -49,7 +49,7 @@ pub struct FlowConfig {
     pub tick_ms: u64,
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct FlowJson {
     pub enabled: Option<bool>,
@@ -66,7 +66,7 @@ pub struct FlowJson {
     pub tick: Option<DurationMs>,
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct BandJson {
     pub ttl: Option<DurationMs>,

@@ -3,9 +3,10 @@
 //! rendezvous hashing (the same ranking on every gateway replica, no shared index); the
 //! request goes to the highest-ranked pod that is not saturated and not busier than the
 //! least busy pod by more than `spill_slack`, so a prefix sticks to one pod until that pod
-//! is loaded and then spills in a fixed order. When every pod is saturated, sheddable
-//! requests are shed and the rest queue on the least busy pod. The proxy-wasm side is
-//! `filters/endpoint_picker`.
+//! is loaded and then spills in a fixed order. When every pod is saturated, standard and
+//! sheddable requests wait in the gateway (with a `flow` block: [`Pick::Wait`], released to
+//! the first pod with room) or, without one, sheddable requests are shed and the rest queue
+//! on the least busy pod. The proxy-wasm side is `filters/endpoint_picker`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 use crate::config::{ms_or, ConfigError, DurationMs, FilterConfig, FilterKind};
+use crate::flow::{FlowConfig, FlowJson};
 use crate::vocab::Criticality;
 
 /// Bounds on the configuration (label cardinality, per-request work).
@@ -44,6 +46,9 @@ pub struct PickerConfigJson {
     pub forget_after: Option<DurationMs>,
     #[serde(default)]
     pub explore_every: Option<u32>,
+    /// Flow control: hold standard and sheddable requests while every pod is saturated.
+    #[serde(default)]
+    pub flow: Option<FlowJson>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -103,6 +108,8 @@ pub struct PickerConfig {
     /// Every n-th request of a pool goes to the cluster's fallback policy (0 = never), so
     /// pods the picker does not know yet get traffic, report, and are discovered.
     pub explore_every: u32,
+    /// Flow control (the sidecar's `flow` block; room is the `saturation` thresholds).
+    pub flow: Option<FlowConfig>,
 }
 
 impl FilterConfig for PickerConfig {
@@ -182,6 +189,23 @@ impl FilterConfig for PickerConfig {
             return Err(ConfigError::new("tick", "must be positive"));
         }
         let forget_after_ms = ms_or(raw.forget_after, 30_000);
+        if let Some(f) = raw.flow.as_ref() {
+            // At the gateway a pod has room when it is not saturated: these sidecar knobs
+            // would be ignored, so they are refused.
+            if f.max_running.is_some() {
+                return Err(ConfigError::new(
+                    "flow.max_running",
+                    "is a sidecar knob: the picker releases to a pod below `saturation`",
+                ));
+            }
+            if f.target_queue.is_some() {
+                return Err(ConfigError::new(
+                    "flow.target_queue",
+                    "is a sidecar knob: the picker releases to a pod below `saturation`",
+                ));
+            }
+        }
+        let flow = FlowConfig::validate(raw.flow.as_ref())?;
         Ok(Self {
             pools,
             utilization_threshold,
@@ -192,6 +216,7 @@ impl FilterConfig for PickerConfig {
             tick_ms,
             forget_after_ms,
             explore_every: raw.explore_every.unwrap_or(0),
+            flow,
         })
     }
 }
@@ -248,8 +273,10 @@ pub enum Pick {
         index: usize,
         reason: PickReason,
     },
-    /// Every pod saturated and the request is sheddable.
+    /// Every pod saturated and the request is sheddable (no flow control).
     Shed,
+    /// Every pod saturated and flow control holds the request until a pod has room.
+    Wait,
     /// The pool has no pods (let the cluster's fallback policy choose).
     None,
 }
@@ -260,6 +287,11 @@ impl PickerConfig {
     pub fn busyness(&self, l: &PodLoad) -> f64 {
         let reported = l.utilization.map_or(0.0, |u| u * self.capacity);
         f64::from(l.in_flight).max(reported)
+    }
+
+    /// Whether some pod has room (is not saturated): held requests may go.
+    pub fn has_room(&self, loads: &[PodLoad]) -> bool {
+        loads.iter().any(|l| !self.saturated(l))
     }
 
     pub fn saturated(&self, l: &PodLoad) -> bool {
@@ -293,6 +325,7 @@ impl PickerConfig {
         let Some((least_i, min_busy)) = least else {
             return match least_any {
                 None => Pick::None,
+                Some(_) if self.flow.is_some() && class != Criticality::Critical => Pick::Wait,
                 Some(_) if class == Criticality::Sheddable => Pick::Shed,
                 Some((index, _)) => Pick::Pod {
                     index,

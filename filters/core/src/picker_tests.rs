@@ -174,6 +174,38 @@ fn saturated_pods_are_skipped_unless_all_are() {
 }
 
 #[test]
+fn with_flow_control_all_saturated_holds_standard_and_sheddable_never_critical() {
+    let cfg = config(r#", "saturation": {"in_flight": 2}, "flow": {}"#);
+    let pods = &cfg.pools[0].pods;
+    let mut loads = vec![
+        PodLoad {
+            in_flight: 2,
+            utilization: None
+        };
+        4
+    ];
+    assert!(!cfg.has_room(&loads));
+    for class in [Criticality::Standard, Criticality::Sheddable] {
+        assert_eq!(cfg.pick(Some(7), pods, &loads, class), Pick::Wait);
+    }
+    assert!(matches!(
+        cfg.pick(Some(7), pods, &loads, Criticality::Critical),
+        Pick::Pod {
+            reason: PickReason::Queued,
+            ..
+        }
+    ));
+    // One pod gets room: the held request goes to it, whatever its prefix prefers.
+    loads[3].in_flight = 1;
+    assert!(cfg.has_room(&loads));
+    for h in 0..20 {
+        assert_eq!(pod_of(cfg.pick(Some(h), pods, &loads, Criticality::Sheddable)), 3);
+    }
+    // No pods at all: the fallback policy, as without flow control.
+    assert_eq!(cfg.pick(None, &[], &[], Criticality::Standard), Pick::None);
+}
+
+#[test]
 fn without_a_prefix_the_least_busy_pod_wins() {
     let cfg = config("");
     let pods = &cfg.pools[0].pods;
@@ -233,6 +265,25 @@ fn config_errors_name_the_field() {
         "forget_after"
     );
     assert_eq!(err(&format!(r#"{one}, "colour": 1}}"#)), "colour");
+    // The flow block is the sidecar's, validated the same way; its pod-capacity knobs are
+    // the sidecar's alone (room at the gateway is the saturation filter).
+    assert_eq!(
+        err(&format!(r#"{one}, "flow": {{"standard": {{"ttl": "0s"}}}}}}"#)),
+        "flow.standard.ttl"
+    );
+    assert_eq!(err(&format!(r#"{one}, "flow": {{"bogus": 1}}}}"#)), "flow.bogus");
+    assert_eq!(
+        err(&format!(r#"{one}, "flow": {{"max_running": 4}}}}"#)),
+        "flow.max_running"
+    );
+    assert_eq!(
+        err(&format!(r#"{one}, "flow": {{"target_queue": 0}}}}"#)),
+        "flow.target_queue"
+    );
+    assert!(config("").flow.is_none());
+    assert!(config(r#", "flow": {"enabled": false}"#).flow.is_none());
+    let f = config(r#", "flow": {"sheddable": {"ttl": "3s"}}"#).flow.unwrap();
+    assert_eq!(f.bands[1].ttl_ms, 3000);
 }
 
 #[test]

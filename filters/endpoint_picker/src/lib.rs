@@ -9,6 +9,12 @@
 //! `x-gateway-destination-endpoint` for the cluster's `override_host` policy (or answers
 //! 429 when every pod is saturated and the request is sheddable). The pod's in-flight count
 //! is held until the stream ends.
+//!
+//! Flow control (`flow` block): when every pod is saturated, a standard or sheddable
+//! request is held (paused) in its pool's `FlowQueue`; on the tick and whenever a stream
+//! the picker routed ends, held requests past their TTL are answered and the rest are
+//! released, best first, to a pod picked again then (one with room), steered through the
+//! same header.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -17,8 +23,11 @@ use std::time::Duration;
 
 use modelgate_core::config::FilterKind;
 use modelgate_core::error::ApiError;
+use modelgate_core::flow::{self as core_flow, Entry, FlowQueue, Push};
 use modelgate_core::metrics::encode_stat_name;
 use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig};
+use modelgate_core::shed::ShedReason;
+use modelgate_core::shed_monitor::FlowOutcome;
 use modelgate_core::shed_tables::PoolTable;
 use modelgate_core::vocab::{
     Criticality, CRITICALITY_HEADER, DESTINATION_HEADER, MODEL_HEADER, POOL_KEY,
@@ -27,6 +36,9 @@ use modelgate_core::vocab::{
 use modelgate_glue::headers::header_bytes;
 use modelgate_glue::host::{self, now_ns};
 use modelgate_glue::log;
+
+mod flow;
+use flow::{FlowCounts, FlowMetrics, Hold, HoldState};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
@@ -60,6 +72,36 @@ struct VmState {
     /// Requests per pool since the last one left to the fallback policy (`explore_every`).
     since_explore: Vec<u32>,
     latency_ns: u64,
+    /// Flow control, [pool]: held requests and their outcomes since the flush.
+    flow: Vec<FlowQueue>,
+    flow_counts: Vec<FlowCounts>,
+    /// Each held stream's state by context id (until the stream ends).
+    holds: BTreeMap<u32, Hold>,
+    /// (pool, request) displaced by a higher band: answered on the next pump.
+    evicted: Vec<(usize, Entry)>,
+}
+
+impl VmState {
+    fn holding(&self) -> bool {
+        !self.evicted.is_empty() || self.flow.iter().any(|q| !q.is_empty())
+    }
+}
+
+fn count_pick(c: &mut Counts, key: u64, reason: PickReason) {
+    match c.picks.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => {
+            if let Some(n) = n.get_mut(reason.index()) {
+                *n += 1;
+            }
+        }
+        None => {
+            let mut n = [0; REASONS];
+            if let Some(n) = n.get_mut(reason.index()) {
+                *n = 1;
+            }
+            c.picks.push((key, n));
+        }
+    }
 }
 
 /// Metric ids of one pool; pick counters are defined when a pod is first counted.
@@ -164,6 +206,10 @@ struct Active {
     config: Rc<PickerConfig>,
     vm: Rc<RefCell<VmState>>,
     metrics: Metrics,
+    /// [pool], with flow control.
+    flow_metrics: Vec<FlowMetrics>,
+    /// The tick period in force (faster while requests are held).
+    tick_ms: u64,
 }
 
 #[derive(Default)]
@@ -204,9 +250,23 @@ impl RootContext for PickerRoot {
             counts: config.pools.iter().map(|_| Counts::default()).collect(),
             since_explore: vec![0; config.pools.len()],
             latency_ns: 0,
+            flow: config.pools.iter().map(|_| FlowQueue::default()).collect(),
+            flow_counts: config.pools.iter().map(|_| FlowCounts::default()).collect(),
+            holds: BTreeMap::new(),
+            evicted: Vec::new(),
+        };
+        let flow_metrics = match config.flow {
+            Some(_) => config
+                .pools
+                .iter()
+                .map(|p| FlowMetrics::define(&p.name))
+                .collect(),
+            None => Vec::new(),
         };
         self.active = Some(Active {
             metrics: Metrics::define(&config),
+            flow_metrics,
+            tick_ms: config.tick_ms,
             config: Rc::new(config),
             vm: Rc::new(RefCell::new(vm)),
         });
@@ -219,12 +279,15 @@ impl RootContext for PickerRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let a = self.active.as_ref()?;
         Some(Box::new(PickerHttp {
+            id: context_id,
             config: a.config.clone(),
             vm: a.vm.clone(),
             picked: None,
+            held: false,
+            finished: false,
         }))
     }
 
@@ -265,14 +328,189 @@ impl Active {
                 let _ = host::record_metric(id, saturated as u64);
             }
         }
+        drop(guard);
+        let Some(fc) = self.config.flow.as_ref() else {
+            return;
+        };
+        pump(&self.config, &self.vm, now);
+        let Ok(mut guard) = self.vm.try_borrow_mut() else {
+            return;
+        };
+        let vm = &mut *guard;
+        for ((m, c), q) in self
+            .flow_metrics
+            .iter_mut()
+            .zip(vm.flow_counts.iter_mut())
+            .zip(vm.flow.iter())
+        {
+            m.flush(c, flow::held(q));
+        }
+        // Tick fast while requests are held: a pod's room from another worker's stream or
+        // a fresh report is only seen here.
+        let want = if vm.holding() {
+            fc.tick_ms.min(self.config.tick_ms)
+        } else {
+            self.config.tick_ms
+        };
+        drop(guard);
+        if want != self.tick_ms && host::set_tick_period(Duration::from_millis(want)).is_ok() {
+            self.tick_ms = want;
+        }
+    }
+}
+
+/// The 429 (or, with no pod at all, 503) a request flow control could not serve gets.
+fn flow_error(pool: &str, reason: ShedReason, no_pods: bool) -> ApiError {
+    if no_pods {
+        return ApiError::unavailable(
+            "no_capacity",
+            format!(
+                "No model server of `{pool}` is known while the request waited. Retry after \
+                 {RETRY_AFTER_S} s."
+            ),
+            RETRY_AFTER_S,
+        );
+    }
+    let what = if reason == ShedReason::FlowTimeout {
+        "waited too long for a model server"
+    } else {
+        "found too many requests already waiting"
+    };
+    ApiError::rate_limited(
+        format!(
+            "Overloaded: every model server of `{pool}` is saturated and the request {what}. \
+             Retry after {RETRY_AFTER_S} s."
+        ),
+        RETRY_AFTER_S,
+    )
+}
+
+/// Flow control, on the tick and when a stream the picker routed ends: answers the held
+/// requests that were displaced or waited past their TTL, then releases held requests,
+/// best first, to a pod picked for each while one has room. Host calls on streams are made
+/// with no borrow of the VM state held: a local reply runs the stream's callbacks at once.
+fn pump(cfg: &PickerConfig, state: &RefCell<VmState>, now: u64) {
+    let Some(fc) = cfg.flow.as_ref() else {
+        return;
+    };
+    let mut refuse: Vec<(u32, ApiError, ShedReason)> = Vec::new();
+    let mut resume: Vec<(u32, String)> = Vec::new();
+    {
+        let Ok(mut guard) = state.try_borrow_mut() else {
+            return;
+        };
+        let vm = &mut *guard;
+        if !vm.holding() {
+            return;
+        }
+        let mut out: Vec<(usize, Entry, bool)> =
+            vm.evicted.drain(..).map(|(p, e)| (p, e, false)).collect();
+        let mut expired = Vec::new();
+        let pools = vm
+            .flow
+            .iter_mut()
+            .zip(vm.members.iter_mut())
+            .zip(vm.counts.iter_mut())
+            .zip(vm.flow_counts.iter_mut())
+            .enumerate();
+        for (pool, (((q, members), counts), fcounts)) in pools {
+            q.expire(fc, now, &mut expired);
+            out.extend(expired.drain(..).map(|e| (pool, e, true)));
+            while !q.is_empty() && cfg.has_room(&members.loads) {
+                let Some(e) = q.pop() else { break };
+                let prefix = vm.holds.get(&e.id).and_then(|h| h.prefix);
+                let Pick::Pod { index, reason } =
+                    cfg.pick(prefix, &members.pods, &members.loads, e.class)
+                else {
+                    // Not while a pod has room; the request keeps its place in line.
+                    let _ = q.push(fc, e);
+                    break;
+                };
+                let (Some(pod), Some(load)) =
+                    (members.pods.get(index), members.loads.get_mut(index))
+                else {
+                    break;
+                };
+                load.in_flight = load.in_flight.saturating_add(1);
+                count_pick(counts, pod.key(), reason);
+                if let Some(h) = vm.holds.get_mut(&e.id) {
+                    h.state = HoldState::Released(pod.key());
+                }
+                fcounts.count(e.class, FlowOutcome::Released);
+                fcounts.wait(e.class, now.saturating_sub(e.since_ms));
+                resume.push((e.id, pod.address.clone()));
+            }
+        }
+        for (pool, e, timed_out) in out {
+            // A displaced request whose client has gone since is no longer tracked.
+            let Some(h) = vm.holds.get_mut(&e.id) else {
+                continue;
+            };
+            h.state = HoldState::Refused;
+            let reason = if timed_out {
+                ShedReason::FlowTimeout
+            } else {
+                ShedReason::FlowFull
+            };
+            if let Some(c) = vm.flow_counts.get_mut(pool) {
+                if timed_out {
+                    c.count(e.class, FlowOutcome::Expired);
+                    c.wait(e.class, now.saturating_sub(e.since_ms));
+                }
+            }
+            let name = cfg.pools.get(pool).map_or("", |p| p.name.as_str());
+            let no_pods = timed_out && vm.members.get(pool).is_none_or(|m| m.pods.is_empty());
+            refuse.push((e.id, flow_error(name, reason, no_pods), reason));
+        }
+    }
+    for (id, err, reason) in &refuse {
+        modelgate_glue::stream::reply(*id, err, &[(SHED_HEADER, reason.as_str())]);
+    }
+    for (id, address) in &resume {
+        let resumed = modelgate_glue::stream::enter(*id) && {
+            let _ = host::set_header(
+                MapType::HttpRequestHeaders,
+                DESTINATION_HEADER,
+                Some(address.as_bytes()),
+            );
+            host::resume_request().is_ok()
+        };
+        if !resumed {
+            // The stream is gone (its end will not be seen here): give the pod back.
+            if let Ok(mut vm) = state.try_borrow_mut() {
+                if let Some(Hold {
+                    pool,
+                    state: HoldState::Released(key),
+                    ..
+                }) = vm.holds.remove(id)
+                {
+                    release_pod(&mut vm, pool, key);
+                }
+            }
+        }
+    }
+}
+
+/// One of this proxy's requests to pod `key` of `pool` is over.
+fn release_pod(vm: &mut VmState, pool: usize, key: u64) {
+    if let Some(m) = vm.members.get_mut(pool) {
+        if let Some(l) = m.index_of(key).and_then(|i| m.loads.get_mut(i)) {
+            l.in_flight = l.in_flight.saturating_sub(1);
+        }
     }
 }
 
 struct PickerHttp {
+    /// This stream's context id (how the root context finds it to resume it).
+    id: u32,
     config: Rc<PickerConfig>,
     vm: Rc<RefCell<VmState>>,
     /// (pool, pod key) counted in flight until the stream ends.
     picked: Option<(usize, u64)>,
+    /// Held by flow control (its state is in `VmState::holds`).
+    held: bool,
+    /// `finish` has run.
+    finished: bool,
 }
 
 impl Context for PickerHttp {}
@@ -300,6 +538,9 @@ impl HttpContext for PickerHttp {
             return Action::Continue;
         };
         let vm = &mut *guard;
+        // Arrivals do not overtake held requests of their band or a higher one.
+        let behind = self.config.flow.is_some()
+            && vm.flow.get(pool_i).is_some_and(|q| q.has_ahead(class));
         let (Some(members), Some(counts), Some(since)) = (
             vm.members.get_mut(pool_i),
             vm.counts.get_mut(pool_i),
@@ -309,7 +550,9 @@ impl HttpContext for PickerHttp {
         };
         *since = since.saturating_add(1);
         let explore = self.config.explore_every > 0 && *since >= self.config.explore_every;
-        let pick = if explore {
+        let pick = if behind {
+            Pick::Wait
+        } else if explore {
             *since = 0;
             Pick::None
         } else {
@@ -328,20 +571,7 @@ impl HttpContext for PickerHttp {
                 };
                 load.in_flight = load.in_flight.saturating_add(1);
                 let key = pod.key();
-                match counts.picks.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, c)) => {
-                        if let Some(n) = c.get_mut(reason.index()) {
-                            *n += 1;
-                        }
-                    }
-                    None => {
-                        let mut c = [0; REASONS];
-                        if let Some(n) = c.get_mut(reason.index()) {
-                            *n = 1;
-                        }
-                        counts.picks.push((key, c));
-                    }
-                }
+                count_pick(counts, key, reason);
                 self.picked = Some((pool_i, key));
                 let _ = host::set_header(
                     MapType::HttpRequestHeaders,
@@ -350,14 +580,28 @@ impl HttpContext for PickerHttp {
                 );
                 Action::Continue
             }
+            Pick::Wait => {
+                match hold(&self.config, self.id, vm, pool_i, prefix, class) {
+                    Some(Push::Held | Push::HeldEvicting(_)) => {
+                        self.held = true;
+                        return Action::Pause;
+                    }
+                    Some(Push::Refused(_)) => {}
+                    None => return Action::Continue,
+                }
+                drop(guard);
+                let name = self.pool_name(pool_i);
+                let reason = ShedReason::FlowFull;
+                modelgate_glue::send_error(
+                    &flow_error(name, reason, false),
+                    &[(SHED_HEADER, reason.as_str())],
+                );
+                Action::Pause
+            }
             Pick::Shed => {
                 counts.shed += 1;
                 drop(guard);
-                let name = self
-                    .config
-                    .pools
-                    .get(pool_i)
-                    .map_or("", |p| p.name.as_str());
+                let name = self.pool_name(pool_i);
                 let err = ApiError::rate_limited(
                     format!(
                         "Overloaded: every model server of `{name}` is saturated; sheddable \
@@ -375,19 +619,138 @@ impl HttpContext for PickerHttp {
             }
         }
     }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // Envoy would pass the headers on with the first body chunk let through.
+        if self.is_held() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.is_held() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_log(&mut self) {
+        // A pod freed by this stream goes to the next held request now, not at the tick.
+        if self.finish() {
+            pump(&self.config, &self.vm, modelgate_glue::now_ms());
+        }
+    }
+}
+
+impl PickerHttp {
+    fn pool_name(&self, pool: usize) -> &str {
+        self.config.pools.get(pool).map_or("", |p| p.name.as_str())
+    }
+
+    fn is_held(&self) -> bool {
+        self.held
+            && self.vm.try_borrow().is_ok_and(|vm| {
+                vm.holds
+                    .get(&self.id)
+                    .is_some_and(|h| h.state == HoldState::Held)
+            })
+    }
+
+    /// The stream is over: out of the queue if still held, its pod's in-flight count
+    /// freed if it was routed. True when held requests may take the freed room.
+    fn finish(&mut self) -> bool {
+        if std::mem::replace(&mut self.finished, true) {
+            return false;
+        }
+        let Ok(mut guard) = self.vm.try_borrow_mut() else {
+            return false;
+        };
+        let vm = &mut *guard;
+        if self.held {
+            match vm.holds.remove(&self.id) {
+                // The client gave up while held: out of the queue at once.
+                Some(Hold {
+                    pool,
+                    state: HoldState::Held,
+                    ..
+                }) => {
+                    let gone = vm.flow.get_mut(pool).and_then(|q| q.remove(self.id));
+                    if let (Some(e), Some(c)) = (gone, vm.flow_counts.get_mut(pool)) {
+                        c.count(e.class, FlowOutcome::Abandoned);
+                    }
+                }
+                Some(Hold {
+                    pool,
+                    state: HoldState::Released(key),
+                    ..
+                }) => self.picked = Some((pool, key)),
+                Some(_) | None => {}
+            }
+        }
+        let Some((pool, key)) = self.picked.take() else {
+            return false;
+        };
+        release_pod(vm, pool, key);
+        vm.holding()
+    }
 }
 
 impl Drop for PickerHttp {
     fn drop(&mut self) {
-        let Some((pool, key)) = self.picked else {
-            return;
-        };
-        if let Ok(mut vm) = self.vm.try_borrow_mut() {
-            if let Some(m) = vm.members.get_mut(pool) {
-                if let Some(l) = m.index_of(key).and_then(|i| m.loads.get_mut(i)) {
-                    l.in_flight = l.in_flight.saturating_sub(1);
-                }
-            }
-        }
+        // Normally done in `on_log`; a stream Envoy never logs still frees its pod.
+        self.finish();
     }
+}
+
+/// Flow control: holds request `id` in its pool's queue (paused until the root
+/// context resumes or answers it). `None` without flow control.
+fn hold(
+    cfg: &PickerConfig,
+    id: u32,
+    vm: &mut VmState,
+    pool: usize,
+    prefix: Option<u64>,
+    class: Criticality,
+) -> Option<Push> {
+    let fc = cfg.flow.as_ref()?;
+    let tenant_raw = header_bytes(MapType::HttpRequestHeaders, &fc.tenant_header);
+    let tenant = core_flow::tenant_of(
+        tenant_raw
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok()),
+    );
+    let bytes = header_bytes(MapType::HttpRequestHeaders, "content-length")
+        .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let entry = Entry {
+        id,
+        class,
+        tenant: tenant.to_string(),
+        bytes,
+        since_ms: modelgate_glue::now_ms(),
+    };
+    let push = vm.flow.get_mut(pool)?.push(fc, entry);
+    let counts = vm.flow_counts.get_mut(pool)?;
+    match &push {
+        Push::Held | Push::HeldEvicting(_) => counts.count(class, FlowOutcome::Held),
+        Push::Refused(_) => counts.count(class, FlowOutcome::Refused),
+    }
+    if let Push::HeldEvicting(e) = &push {
+        counts.count(e.class, FlowOutcome::Refused);
+        vm.evicted.push((pool, e.clone()));
+    }
+    if matches!(push, Push::Held | Push::HeldEvicting(_)) {
+        vm.holds.insert(
+            id,
+            Hold {
+                pool,
+                prefix,
+                state: HoldState::Held,
+            },
+        );
+    }
+    Some(push)
 }

@@ -1,0 +1,142 @@
+//! Flow control at the gateway: the picker's stats of held requests (counted per VM, flushed
+//! on the tick) and the state of each held stream. The queue itself is
+//! `modelgate_core::flow::FlowQueue`, one per pool.
+
+use modelgate_core::metrics::{encode_stat_name, MetricHost, MetricKind};
+use modelgate_core::shed_monitor::FlowOutcome;
+use modelgate_core::vocab::Criticality;
+use modelgate_glue::host;
+use modelgate_glue::stats::EnvoyStats;
+
+/// Bands of flow control (critical is never held), in the order of their stats.
+const BANDS: [Criticality; 2] = [Criticality::Standard, Criticality::Sheddable];
+const OUTCOMES: usize = FlowOutcome::ALL.len();
+/// Wait times kept between two ticks; more are dropped from the histogram only.
+const MAX_WAITS: usize = 4096;
+
+fn band(class: Criticality) -> Option<usize> {
+    BANDS.iter().position(|b| *b == class)
+}
+
+/// Where a held request stands; the root context moves it on, its HTTP context reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldState {
+    Held,
+    /// Resumed towards the pod with this key (counted in its in-flight).
+    Released(u64),
+    /// Answered locally (expired, or displaced by a higher band).
+    Refused,
+}
+
+/// One held stream: what its release needs to pick again.
+#[derive(Debug, Clone, Copy)]
+pub struct Hold {
+    pub pool: usize,
+    pub prefix: Option<u64>,
+    pub state: HoldState,
+}
+
+/// Flow outcomes and waits of one pool since the last flush.
+#[derive(Debug, Default)]
+pub struct FlowCounts {
+    outcomes: [[u64; 2]; OUTCOMES],
+    waits: Vec<(usize, u64)>,
+}
+
+impl FlowCounts {
+    pub fn count(&mut self, class: Criticality, outcome: FlowOutcome) {
+        let o = FlowOutcome::ALL.iter().position(|x| *x == outcome);
+        if let Some(n) = o
+            .and_then(|o| self.outcomes.get_mut(o))
+            .zip(band(class))
+            .and_then(|(row, b)| row.get_mut(b))
+        {
+            *n += 1;
+        }
+    }
+
+    /// How long a request waited before it was released or expired.
+    pub fn wait(&mut self, class: Criticality, ms: u64) {
+        if let (Some(b), true) = (band(class), self.waits.len() < MAX_WAITS) {
+            self.waits.push((b, ms));
+        }
+    }
+}
+
+/// Stat ids of one pool's flow control.
+pub struct FlowMetrics {
+    outcomes: [[Option<u32>; 2]; OUTCOMES],
+    waits: [Option<u32>; 2],
+    /// (gauge id, this VM's share as last added): every worker VM adds its own.
+    queued: [(Option<u32>, u64); 2],
+}
+
+impl FlowMetrics {
+    pub fn define(model: &str) -> Self {
+        let mut name = String::with_capacity(128);
+        let mut def = |kind: MetricKind, metric: &str, labels: &[(&str, &str)]| {
+            encode_stat_name(&mut name, metric, labels);
+            EnvoyStats.define(kind, &name)
+        };
+        let mut m = Self {
+            outcomes: [[None; 2]; OUTCOMES],
+            waits: [None; 2],
+            queued: [(None, 0); 2],
+        };
+        for (b, class) in BANDS.iter().enumerate() {
+            let labels = [("model_name", model), ("criticality", class.as_str())];
+            for (o, outcome) in FlowOutcome::ALL.iter().enumerate() {
+                if let Some(slot) = m.outcomes.get_mut(o).and_then(|r| r.get_mut(b)) {
+                    *slot = def(
+                        MetricKind::Counter,
+                        "ml_picker_flow_requests_total",
+                        &[labels[0], labels[1], ("outcome", outcome.as_str())],
+                    );
+                }
+            }
+            if let Some(slot) = m.waits.get_mut(b) {
+                *slot = def(
+                    MetricKind::Histogram,
+                    "ml_picker_flow_wait_milliseconds",
+                    &labels,
+                );
+            }
+            if let Some(slot) = m.queued.get_mut(b) {
+                slot.0 = def(MetricKind::Gauge, "ml_picker_flow_queued", &labels);
+            }
+        }
+        m
+    }
+
+    /// Flushes `c` (and zeroes it); `held` is this VM's held requests per band.
+    pub fn flush(&mut self, c: &mut FlowCounts, held: [u32; 2]) {
+        for (ids, ns) in self.outcomes.iter().zip(c.outcomes.iter_mut()) {
+            for (id, n) in ids.iter().zip(ns.iter_mut()) {
+                if let (Some(id), true) = (id, *n > 0) {
+                    EnvoyStats.increment(*id, *n);
+                }
+                *n = 0;
+            }
+        }
+        for (b, ms) in c.waits.drain(..) {
+            if let Some(Some(id)) = self.waits.get(b) {
+                EnvoyStats.record(*id, ms);
+            }
+        }
+        for ((id, last), n) in self.queued.iter_mut().zip(held) {
+            let n = u64::from(n);
+            if let (Some(id), true) = (id, n != *last) {
+                let delta = i64::try_from(n).unwrap_or(i64::MAX)
+                    - i64::try_from(*last).unwrap_or(i64::MAX);
+                if host::add_to_metric(*id, delta).is_ok() {
+                    *last = n;
+                }
+            }
+        }
+    }
+}
+
+/// This VM's held requests of `q` per band, in the order of the stats.
+pub fn held(q: &modelgate_core::flow::FlowQueue) -> [u32; 2] {
+    BANDS.map(|c| q.band_len(c))
+}
