@@ -204,6 +204,12 @@ impl FilterConfig for PickerConfig {
                     "is a sidecar knob: the picker releases to a pod below `saturation`",
                 ));
             }
+            if f.max_tenant_labels.is_some() {
+                return Err(ConfigError::new(
+                    "flow.max_tenant_labels",
+                    "is a sidecar knob: the picker has no per-tenant stats",
+                ));
+            }
         }
         let flow = FlowConfig::validate(raw.flow.as_ref())?;
         Ok(Self {

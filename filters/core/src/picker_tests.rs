@@ -280,6 +280,10 @@ fn config_errors_name_the_field() {
         err(&format!(r#"{one}, "flow": {{"target_queue": 0}}}}"#)),
         "flow.target_queue"
     );
+    assert_eq!(
+        err(&format!(r#"{one}, "flow": {{"max_tenant_labels": 4}}}}"#)),
+        "flow.max_tenant_labels"
+    );
     assert!(config("").flow.is_none());
     assert!(config(r#", "flow": {"enabled": false}"#).flow.is_none());
     let f = config(r#", "flow": {"sheddable": {"ttl": "3s"}}"#).flow.unwrap();

@@ -1,13 +1,14 @@
 //! The endpoint picker in the shipped gateway (envoy/gateway.yaml) with real Envoy: the
 //! llama-3-8b pool's cluster uses override_host on the picker's header. A prefix stays on
 //! one pod, prefixes spread over both, a client-sent destination header cannot steer, and
-//! the decisions show up in /stats/prometheus.
+//! the decisions show up in /stats/prometheus. With flow control (issue 16), a pool whose
+//! pods are all saturated holds a request at the gateway and serves it when a pod has room.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use modelgate_e2e::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[test]
 fn the_picker_keeps_prefixes_on_pods_and_clients_cannot_steer() {
@@ -82,4 +83,71 @@ fn the_picker_keeps_prefixes_on_pods_and_clients_cannot_steer() {
             "no picks for {series}:\n{stats}"
         );
     }
+}
+
+/// Six slow requests at once, with one request in flight saturating a pod: whichever way
+/// Envoy's two workers split them (each counts its own in-flight), one worker has three
+/// or more, so at least one request finds both pods saturated. It is held, then sent to
+/// the first pod that finishes, and every request is served.
+#[test]
+fn a_saturated_pool_holds_a_request_then_serves_it() {
+    let dir = scratch_dir("e2e-picker-flow");
+    let slow = |pod: &str, model: &str| {
+        Sim::start(
+            &dir,
+            &format!("sim-{pod}"),
+            &[
+                "--served-model-name",
+                model,
+                "--pod-name",
+                pod,
+                "--ttft-ms",
+                "2000",
+                "--itl-ms",
+                "1",
+                "--max-num-seqs",
+                "64",
+            ],
+        )
+    };
+    let sims = [
+        slow("a", "llama-3-8b"),
+        slow("b", "llama-3-8b"),
+        Sim::fast(&dir, "c", "qwen-2-7b"),
+    ];
+    let envoy = Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port])
+        // Standard (critical is never held), and one request in flight saturates a pod.
+        .plugin_config("model_router", |c| {
+            c["models"][0]["criticality"] = json!("standard");
+        })
+        .plugin_config("endpoint_picker", |c| {
+            c["saturation"]["in_flight"] = json!(1);
+        })
+        .start(&dir, "gateway");
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", envoy.port);
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = conversation(&system_prompt(&format!("user {i}")), "hi");
+                let r = post_json(&url, &body, &[("x-modelgate-tenant", "t")]);
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    for c in clients {
+        let (status, text) = c.join().expect("client thread");
+        assert_eq!(status, 200, "{text}");
+    }
+    let flow = |outcome: &str| {
+        envoy.prometheus_sum(
+            "ml_picker_flow_requests_total",
+            &[&format!("outcome=\"{outcome}\""), "criticality=\"standard\""],
+        )
+    };
+    let counted = wait_until(Duration::from_secs(20), || flow("released") >= 1.0);
+    let stats = envoy.prometheus_stats();
+    assert!(counted, "no request was held and released:\n{stats}");
+    assert_eq!(flow("held"), flow("released"), "{stats}");
+    assert_eq!(flow("expired") + flow("refused"), 0.0, "{stats}");
 }
