@@ -199,7 +199,10 @@ fn with_flow_control_all_saturated_holds_standard_and_sheddable_never_critical()
     loads[3].in_flight = 1;
     assert!(cfg.has_room(&loads));
     for h in 0..20 {
-        assert_eq!(pod_of(cfg.pick(Some(h), pods, &loads, Criticality::Sheddable)), 3);
+        assert_eq!(
+            pod_of(cfg.pick(Some(h), pods, &loads, Criticality::Sheddable)),
+            3
+        );
     }
     // No pods at all: the fallback policy, as without flow control.
     assert_eq!(cfg.pick(None, &[], &[], Criticality::Standard), Pick::None);
@@ -268,10 +271,15 @@ fn config_errors_name_the_field() {
     // The flow block is the sidecar's, validated the same way; its pod-capacity knobs are
     // the sidecar's alone (room at the gateway is the saturation filter).
     assert_eq!(
-        err(&format!(r#"{one}, "flow": {{"standard": {{"ttl": "0s"}}}}}}"#)),
+        err(&format!(
+            r#"{one}, "flow": {{"standard": {{"ttl": "0s"}}}}}}"#
+        )),
         "flow.standard.ttl"
     );
-    assert_eq!(err(&format!(r#"{one}, "flow": {{"bogus": 1}}}}"#)), "flow.bogus");
+    assert_eq!(
+        err(&format!(r#"{one}, "flow": {{"bogus": 1}}}}"#)),
+        "flow.bogus"
+    );
     assert_eq!(
         err(&format!(r#"{one}, "flow": {{"max_running": 4}}}}"#)),
         "flow.max_running"
@@ -286,7 +294,9 @@ fn config_errors_name_the_field() {
     );
     assert!(config("").flow.is_none());
     assert!(config(r#", "flow": {"enabled": false}"#).flow.is_none());
-    let f = config(r#", "flow": {"sheddable": {"ttl": "3s"}}"#).flow.unwrap();
+    let f = config(r#", "flow": {"sheddable": {"ttl": "3s"}}"#)
+        .flow
+        .unwrap();
     assert_eq!(f.bands[1].ttl_ms, 3000);
 }
 

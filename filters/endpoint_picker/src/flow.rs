@@ -126,8 +126,8 @@ impl FlowMetrics {
         for ((id, last), n) in self.queued.iter_mut().zip(held) {
             let n = u64::from(n);
             if let (Some(id), true) = (id, n != *last) {
-                let delta = i64::try_from(n).unwrap_or(i64::MAX)
-                    - i64::try_from(*last).unwrap_or(i64::MAX);
+                let delta =
+                    i64::try_from(n).unwrap_or(i64::MAX) - i64::try_from(*last).unwrap_or(i64::MAX);
                 if host::add_to_metric(*id, delta).is_ok() {
                     *last = n;
                 }

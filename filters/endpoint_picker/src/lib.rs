@@ -539,8 +539,8 @@ impl HttpContext for PickerHttp {
         };
         let vm = &mut *guard;
         // Arrivals do not overtake held requests of their band or a higher one.
-        let behind = self.config.flow.is_some()
-            && vm.flow.get(pool_i).is_some_and(|q| q.has_ahead(class));
+        let behind =
+            self.config.flow.is_some() && vm.flow.get(pool_i).is_some_and(|q| q.has_ahead(class));
         let (Some(members), Some(counts), Some(since)) = (
             vm.members.get_mut(pool_i),
             vm.counts.get_mut(pool_i),

@@ -263,7 +263,8 @@ fn a_saturated_pool_holds_requests_and_releases_each_to_the_pod_that_gets_room()
     let (std_id, action, dest) = open(&mut vm, "a", "standard", "00000000000000aa");
     assert_eq!((action, dest), (Action::Pause, None));
     assert_eq!(
-        vm.stream(std_id).request_body(b"{\"model\":\"m\"}      ", true),
+        vm.stream(std_id)
+            .request_body(b"{\"model\":\"m\"}      ", true),
         Action::Pause,
         "the body waits too"
     );
@@ -271,13 +272,21 @@ fn a_saturated_pool_holds_requests_and_releases_each_to_the_pod_that_gets_room()
     assert_eq!(action, Action::Pause);
     assert_eq!(vm.stream(shed_id).local_reply(), None, "held, not shed");
     vm.advance_and_tick();
-    assert_eq!(vm.stream(std_id).request_resumed(), 0, "no pod has room yet");
+    assert_eq!(
+        vm.stream(std_id).request_resumed(),
+        0,
+        "no pod has room yet"
+    );
     // A stream ends: its pod takes the standard request at once (no tick in between).
     let (done, freed) = busy[1].clone();
     vm.stream(done).finish();
     assert_eq!(vm.stream(std_id).request_resumed(), 1);
     assert_eq!(vm.stream(std_id).request_header(DEST), Some(freed.clone()));
-    assert_eq!(vm.stream(shed_id).request_resumed(), 0, "standard went first");
+    assert_eq!(
+        vm.stream(shed_id).request_resumed(),
+        0,
+        "standard went first"
+    );
     // The next pod to free up takes the sheddable one.
     let (done, freed) = busy[2].clone();
     vm.stream(done).finish();
@@ -291,7 +300,10 @@ fn a_saturated_pool_holds_requests_and_releases_each_to_the_pod_that_gets_room()
         host.metric_value("model_name=.=m;.;criticality=.=standard;.;ml_picker_flow_queued"),
         0
     );
-    assert_eq!(host.metric_value("model_name=.=m;.;ml_picker_shed_total"), 0);
+    assert_eq!(
+        host.metric_value("model_name=.=m;.;ml_picker_shed_total"),
+        0
+    );
 }
 
 #[test]
@@ -384,10 +396,16 @@ fn bounds_refuse_the_flooding_tenant_and_the_lowest_band_first() {
     let host = Host::new();
     let mut vm = flow_picker(&host, r#", "tenant_max_requests": 1, "max_requests": 2"#);
     saturate(&mut vm);
-    assert_eq!(open(&mut vm, "a", "standard", "00000000000000a1").1, Action::Pause);
+    assert_eq!(
+        open(&mut vm, "a", "standard", "00000000000000a1").1,
+        Action::Pause
+    );
     let (flood, action, _) = open(&mut vm, "a", "standard", "00000000000000a2");
     assert_eq!(action, Action::Pause);
-    let reply = vm.stream(flood).local_reply().expect("tenant a holds its maximum");
+    let reply = vm
+        .stream(flood)
+        .local_reply()
+        .expect("tenant a holds its maximum");
     assert_eq!(reply.status, 429);
     assert_eq!(shed_header(&reply).as_deref(), Some("flow_full"));
     let (s, _, _) = open(&mut vm, "b", "sheddable", "00000000000000b1");

@@ -142,7 +142,10 @@ fn a_saturated_pool_holds_a_request_then_serves_it() {
     let flow = |outcome: &str| {
         envoy.prometheus_sum(
             "ml_picker_flow_requests_total",
-            &[&format!("outcome=\"{outcome}\""), "criticality=\"standard\""],
+            &[
+                &format!("outcome=\"{outcome}\""),
+                "criticality=\"standard\"",
+            ],
         )
     };
     let counted = wait_until(Duration::from_secs(20), || flow("released") >= 1.0);
