@@ -44,4 +44,23 @@ pub trait MetricHost {
     fn increment(&mut self, id: u32, delta: u64);
     fn set_gauge(&mut self, id: u32, value: u64);
     fn record(&mut self, id: u32, value: u64);
+
+    /// Defines `metric` with `labels` encoded into its stat name ([`encode_stat_name`]).
+    fn define_labeled(
+        &mut self,
+        kind: MetricKind,
+        metric: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<u32> {
+        let mut name = String::with_capacity(128);
+        encode_stat_name(&mut name, metric, labels);
+        self.define(kind, &name)
+    }
+
+    /// Adds `n` to a counter that was defined (`Some`); nothing when `n` is 0.
+    fn add(&mut self, id: Option<u32>, n: u64) {
+        if let (Some(id), true) = (id, n > 0) {
+            self.increment(id, n);
+        }
+    }
 }
