@@ -2,7 +2,7 @@
 //! the queue and KV cache, client criticality, concurrency shared between workers, stale
 //! snapshots, ORCA reports in the sidecar and pool saturation in the gateway.
 
-use modelgate_abi_tests::{Action, CallOutcome, Host, HttpCall, LocalReply, Vm};
+use modelgate_abi_tests::{Action, CallOutcome, Host, HttpCall, HttpStream, LocalReply, Vm};
 
 const CRIT: &str = "x-modelgate-criticality";
 
@@ -299,6 +299,28 @@ fn the_sidecar_reports_orca_load_on_responses() {
     assert!(orca.contains("rps_fractional="), "{orca}");
 }
 
+/// Gateway: a standard request to `pool_a` answered by pod `10.0.0.{pod}:8000` reporting
+/// utilisation `util` (ORCA text, plus `extra` response headers); the stream is left open.
+fn pod_reports<'a>(
+    vm: &'a mut Vm,
+    pod: usize,
+    util: &str,
+    extra: &[(&str, &str)],
+) -> HttpStream<'a> {
+    let mut req = vm.http();
+    req.property(&["xds", "cluster_name"], b"pool_a");
+    req.property(
+        &["upstream", "address"],
+        format!("10.0.0.{pod}:8000").as_bytes(),
+    );
+    req.request_headers(&[(":path", "/v1/completions"), (CRIT, "standard")], true);
+    let orca = format!("TEXT application_utilization={util}, rps_fractional=5");
+    let mut headers = vec![(":status", "200"), ("endpoint-load-metrics", orca.as_str())];
+    headers.extend_from_slice(extra);
+    req.response_headers(&headers, false);
+    req
+}
+
 #[test]
 fn the_gateway_sheds_sheddable_when_the_pool_is_saturated() {
     let host = Host::new();
@@ -307,18 +329,7 @@ fn the_gateway_sheds_sheddable_when_the_pool_is_saturated() {
     let mut vm = shedder(&host, cfg);
     vm.tick();
     for (i, util) in ["0.95", "0.9"].iter().enumerate() {
-        let mut req = vm.http();
-        req.property(&["xds", "cluster_name"], b"pool_a");
-        req.property(
-            &["upstream", "address"],
-            format!("10.0.0.{i}:8000").as_bytes(),
-        );
-        req.request_headers(&[(":path", "/v1/completions"), (CRIT, "standard")], true);
-        let orca = format!("TEXT application_utilization={util}, rps_fractional=5");
-        req.response_headers(
-            &[(":status", "200"), ("endpoint-load-metrics", orca.as_str())],
-            false,
-        );
+        let req = pod_reports(&mut vm, i, util, &[]);
         assert_eq!(
             req.response_header("endpoint-load-metrics"),
             None,
@@ -481,21 +492,11 @@ fn one_pod_reporting_absurd_load_does_not_saturate_the_pool() {
     let mut vm = shedder(&host, cfg);
     vm.tick();
     for (i, util) in ["1000", "0.3", "0.3"].iter().enumerate() {
-        let mut req = vm.http();
-        req.property(&["xds", "cluster_name"], b"pool_a");
-        req.property(
-            &["upstream", "address"],
-            format!("10.0.0.{i}:8000").as_bytes(),
-        );
-        req.request_headers(&[(":path", "/v1/completions"), (CRIT, "standard")], true);
-        let orca = format!("TEXT application_utilization={util}, rps_fractional=5");
-        req.response_headers(
-            &[
-                (":status", "200"),
-                ("endpoint-load-metrics", orca.as_str()),
-                ("endpoint-load-metrics-bin", "CgQIARAB"),
-            ],
-            false,
+        let req = pod_reports(
+            &mut vm,
+            i,
+            util,
+            &[("endpoint-load-metrics-bin", "CgQIARAB")],
         );
         assert!(
             req.response_headers_now()
