@@ -35,17 +35,20 @@ start_sidecar() {
   scripts/render.py envoy/sidecar.yaml "$WORK/$mode.yaml" LISTEN_PORT="$port" \
     ADMIN_PORT="$admin" SIM_PORT="$SIM_PORT" LOADER_PORT=1 WASM_DIR="$ROOT/dist" \
     MODEL=sim-model READINESS_LOADER=null READINESS_PERIOD=500ms
-  if [ "$mode" = shed ]; then
-    python3 - "$WORK/$mode.yaml" <<'PY'
+  python3 - "$WORK/$mode.yaml" "$mode" <<'PY'
 import re, sys
-p = sys.argv[1]
+p, mode = sys.argv[1:3]
 text = open(p).read()
-# Drops `"flow": {...}` (two lines in the template) and the comma before it.
-text, n = re.subn(r',\s*"flow": \{[^{}]*(\{[^{}]*\}[^{}]*)*\}', "", text)
-assert n == 1, "flow block not found in envoy/sidecar.yaml"
+# The pod stands behind a gateway it trusts (over mTLS in istio/): the client's
+# criticality is honoured, so critical requests are critical in both modes.
+text, n = re.subn(r'("default_criticality": "standard",)', r'\1 "trust_criticality_header": true,', text)
+assert n == 1, "default_criticality not found in envoy/sidecar.yaml"
+if mode == "shed":
+    # Drops `"flow": {...}` (two lines in the template) and the comma before it.
+    text, n = re.subn(r',\s*"flow": \{[^{}]*(\{[^{}]*\}[^{}]*)*\}', "", text)
+    assert n == 1, "flow block not found in envoy/sidecar.yaml"
 open(p, "w").write(text)
 PY
-  fi
   "$ENVOY" -c "$WORK/$mode.yaml" --disable-hot-restart --concurrency 2 -l warning \
     >"$WORK/envoy-$mode.log" 2>&1 &
   PIDS+=($!)

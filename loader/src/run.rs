@@ -13,10 +13,10 @@ use tokio::task::JoinSet;
 
 use crate::cli::Args;
 use crate::digest::parse_manifest;
-use crate::fetch::{fetch_file, DiskGuard, FetchCtx};
+use crate::fetch::{fetch_file, io_fail, DiskGuard, FetchCtx};
 use crate::progress::Progress;
 use crate::retry::{Failure, RetryPolicy};
-use crate::source::{build_store, Filters, Listing, RemoteFile, Source, SourceSpec};
+use crate::source::{build_store, ArchiveKind, Filters, Listing, RemoteFile, Source, SourceSpec};
 use crate::status::{Phase, Status, METRICS};
 use crate::versions::{
     append_done, link_or_copy, read_done, read_manifest, write_atomic_mode, write_manifest, Layout,
@@ -50,82 +50,16 @@ fn mib(b: u64) -> f64 {
 
 impl Loader {
     pub fn new(args: Args, status: Arc<Status>) -> Result<Self, String> {
-        let spec = SourceSpec::parse(&args.source, args.revision.as_deref())?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(args.connect_timeout)
-            .read_timeout(args.read_timeout)
-            .user_agent(concat!("modelgate-loader/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
-        let (store, store_prefix) = match &spec {
-            SourceSpec::Store { url } => {
-                let (s, p) = build_store(url, args.connect_timeout)?;
-                (Some(s), p)
-            }
-            _ => (None, object_store::path::Path::default()),
-        };
-        let manifest = match &args.manifest {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| format!("manifest: {}: {e}", p.display()))?;
-                Some(
-                    parse_manifest(&text)
-                        .map_err(|e| format!("manifest: {e}"))?
-                        .into_iter()
-                        .collect(),
-                )
-            }
-            None => None,
-        };
-        if let Some(s) = &args.sha256 {
-            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err("sha256: expected 64 hex digits".into());
-            }
-        }
-        let token = args
-            .hf_token
-            .clone()
-            .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
-            .filter(|t| !t.is_empty())
-            .map(Arc::from);
-        let source = Source {
-            spec,
-            client,
-            hf_endpoint: args.hf_endpoint.clone(),
-            token,
-            filters: Filters::new(&args.include, &args.exclude)?,
-            manifest,
-            sha256: args.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
-            store,
-            store_prefix,
-        };
-        if args.dest.as_os_str().is_empty() {
-            return Err("dest: empty (set --dest or MODEL_DIR)".into());
-        }
-        let dest = std::path::absolute(&args.dest).map_err(|e| format!("dest: {e}"))?;
-        let versions = match &args.versions_dir {
-            Some(v) => std::path::absolute(v).map_err(|e| format!("versions-dir: {e}"))?,
-            None => {
-                let name = dest
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                dest.parent()
-                    .unwrap_or(Path::new("/"))
-                    .join(format!(".{name}.versions"))
-            }
-        };
-        if versions.starts_with(&dest) {
-            return Err("versions-dir: must not be inside dest".into());
-        }
+        let source = build_source(&args)?;
+        let layout = build_layout(&args)?;
         let ready_file = args
             .ready_file
             .clone()
-            .unwrap_or_else(|| dest.join(".ready"));
+            .unwrap_or_else(|| layout.dest.join(".ready"));
         let metadata_file = args
             .metadata_file
             .clone()
-            .unwrap_or_else(|| dest.join("metadata.json"));
+            .unwrap_or_else(|| layout.dest.join("metadata.json"));
         if args.parallel_files == 0 || args.parallel_ranges == 0 || args.connections == 0 {
             return Err(
                 "parallel-files, parallel-ranges and connections must be at least 1".into(),
@@ -140,7 +74,7 @@ impl Loader {
             max_delay: args.retry_max,
         };
         Ok(Self {
-            layout: Layout { dest, versions },
+            layout,
             source,
             retry,
             status,
@@ -302,6 +236,7 @@ impl Loader {
         }
     }
 
+    /// Builds revision `listing` in its partial directory, then moves it into place.
     async fn download(
         &self,
         listing: &Listing,
@@ -311,16 +246,49 @@ impl Loader {
         let rev = &listing.revision;
         let partial = self.layout.partial_dir(rev);
         let parts = partial.join(PARTS_DIR);
-        let io = |p: &Path, e: std::io::Error| Failure::Fatal(format!("{}: {e}", p.display()));
         // Frees space held by old partial downloads before checking what is free.
         self.layout.prune(
             self.args.keep.max(1),
             current.map_or("", |m| m.revision.as_str()),
             Some(rev),
         );
-        std::fs::create_dir_all(&parts).map_err(|e| io(&parts, e))?;
+        std::fs::create_dir_all(&parts).map_err(|e| io_fail(&parts, e))?;
 
-        let done: HashMap<String, ManifestEntry> = read_done(&partial)
+        let plan = self.plan(listing, current, &partial, &parts);
+        let total = self.check_space(&plan.to_fetch, &partial, &parts, rev)?;
+        let n_fetch = plan.to_fetch.len();
+        let mut entries = plan.kept;
+        entries.extend(
+            self.fetch_all(plan.to_fetch, total, listing, &partial, &parts)
+                .await?,
+        );
+        if let (Some(kind), Some(f)) = (&listing.archive, listing.files.first()) {
+            entries = self
+                .unpack(part_path(&parts, f), kind.clone(), &partial)
+                .await?;
+        }
+        let manifest = self.commit(rev, entries, &partial, &parts)?;
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        info!(
+            "revision {rev} verified: {} file(s); downloaded {n_fetch} file(s), {:.1} MiB in {secs:.2}s ({:.1} MiB/s); reused {}",
+            manifest.files.len(),
+            mib(total),
+            mib(total) / secs,
+            plan.reused_files
+        );
+        Ok(manifest)
+    }
+
+    /// Decides per file: already verified by an earlier run, hardlinked from the serving
+    /// revision, or to fetch.
+    fn plan(
+        &self,
+        listing: &Listing,
+        current: Option<&Manifest>,
+        partial: &Path,
+        parts: &Path,
+    ) -> Plan {
+        let done: HashMap<String, ManifestEntry> = read_done(partial)
             .into_iter()
             .map(|e| (e.path.clone(), e))
             .collect();
@@ -328,66 +296,56 @@ impl Loader {
         let serving: HashMap<&str, &ManifestEntry> = current
             .map(|m| m.files.iter().map(|e| (e.path.as_str(), e)).collect())
             .unwrap_or_default();
-
-        let mut entries: Vec<ManifestEntry> = Vec::new();
-        let mut to_fetch: Vec<RemoteFile> = Vec::new();
-        let (mut reused_files, mut reused_bytes) = (0u64, 0u64);
+        let mut plan = Plan::default();
+        let mut reused_bytes = 0u64;
         for f in &listing.files {
-            let target = f.path.under(&partial);
             if listing.archive.is_none() {
-                if let Some(d) = done.get(f.path.as_str()) {
-                    // Killed between logging a verified file and moving it into place.
-                    let part = part_path(&parts, f);
-                    if !target.exists() && std::fs::metadata(&part).is_ok_and(|m| m.len() == d.size)
-                    {
-                        if let Some(p) = target.parent() {
-                            let _ = std::fs::create_dir_all(p);
-                        }
-                        let _ = std::fs::rename(&part, &target);
-                    }
-                    let on_disk = std::fs::metadata(&target).map(|m| m.len()).ok();
-                    if on_disk == Some(d.size) && still_current(d, f) {
-                        entries.push(d.clone());
-                        continue;
-                    }
+                if let Some(e) = done
+                    .get(f.path.as_str())
+                    .and_then(|d| resumed(d, f, partial, parts))
+                {
+                    plan.kept.push(e);
+                    continue;
                 }
-                if let (Some(s), Some(dir)) = (serving.get(f.path.as_str()), &serving_dir) {
-                    if reusable(s, f) {
-                        let from = f.path.under(dir);
-                        if link_or_copy(&from, &target).is_ok() {
-                            let e = ManifestEntry {
-                                id: f.id.clone().or(s.id.clone()),
-                                ..(*s).clone()
-                            };
-                            let _ = append_done(&partial, &e);
-                            entries.push(e);
-                            reused_files += 1;
-                            reused_bytes += s.size;
-                            continue;
-                        }
-                    }
+                let from_serving = serving.get(f.path.as_str()).zip(serving_dir.as_ref());
+                if let Some(e) = from_serving.and_then(|(s, dir)| reuse(s, f, dir, partial)) {
+                    plan.reused_files += 1;
+                    reused_bytes += e.size;
+                    plan.kept.push(e);
+                    continue;
                 }
             }
-            to_fetch.push(f.clone());
+            plan.to_fetch.push(f.clone());
         }
-        METRICS.files_reused.add(reused_files);
+        METRICS.files_reused.add(plan.reused_files);
         METRICS.bytes_reused.add(reused_bytes);
-        if reused_files > 0 {
+        if plan.reused_files > 0 {
             info!(
-                "reusing {reused_files} unchanged file(s), {:.1} MiB, from the serving revision",
+                "reusing {} unchanged file(s), {:.1} MiB, from the serving revision",
+                plan.reused_files,
                 mib(reused_bytes)
             );
         }
+        plan
+    }
 
-        // Free space: what is left to fetch, less what partial files already hold.
+    /// Refuses a revision that would not fit: what is left to fetch, less what partial files
+    /// already hold, plus the reserve. Returns the bytes to fetch.
+    fn check_space(
+        &self,
+        to_fetch: &[RemoteFile],
+        partial: &Path,
+        parts: &Path,
+        rev: &str,
+    ) -> Result<u64, Failure> {
         let total = total_size(to_fetch.iter().filter_map(|f| f.expected.size))?;
         let held: u64 = to_fetch
             .iter()
-            .filter_map(|f| std::fs::metadata(part_path(&parts, f)).ok())
+            .filter_map(|f| std::fs::metadata(part_path(parts, f)).ok())
             .map(|m| m.blocks() * 512)
             .sum();
         let need = total.saturating_sub(held);
-        let avail = fs4::available_space(&partial).map_err(|e| io(&partial, e))?;
+        let avail = fs4::available_space(partial).map_err(|e| io_fail(partial, e))?;
         if avail < need.saturating_add(self.args.min_free) {
             return Err(Failure::Fatal(format!(
                 "not enough free space in {}: revision {rev} needs {need} more bytes (+{} reserve), {avail} available",
@@ -395,14 +353,25 @@ impl Loader {
                 self.args.min_free
             )));
         }
+        Ok(total)
+    }
 
+    /// Downloads `to_fetch` (`parallel_files` at a time); the first failure stops the rest.
+    async fn fetch_all(
+        &self,
+        to_fetch: Vec<RemoteFile>,
+        total: u64,
+        listing: &Listing,
+        partial: &Path,
+        parts: &Path,
+    ) -> Result<Vec<ManifestEntry>, Failure> {
         let progress = if to_fetch.is_empty() {
             Progress::quiet()
         } else {
             Progress::start(
                 self.args.progress,
                 total,
-                &format!("download {rev}"),
+                &format!("download {}", listing.revision),
                 self.args.progress_interval,
             )
         };
@@ -414,66 +383,33 @@ impl Loader {
             read_timeout: self.args.read_timeout,
             connections: Arc::new(Semaphore::new(self.args.connections)),
             progress: progress.clone(),
-            disk: Arc::new(DiskGuard::new(&partial, self.args.min_free)),
+            disk: Arc::new(DiskGuard::new(partial, self.args.min_free)),
         });
         let file_slots = Arc::new(Semaphore::new(self.args.parallel_files));
         let done_log = Arc::new(Mutex::new(()));
         let mut set = JoinSet::new();
-        let downloaded_bytes = total;
-        let n_fetch = to_fetch.len();
         for f in to_fetch {
-            let ctx = ctx.clone();
+            let job = FileJob {
+                ctx: ctx.clone(),
+                partial: partial.to_path_buf(),
+                part: part_path(parts, &f),
+                done_log: done_log.clone(),
+                is_archive: listing.archive.is_some(),
+                file: f,
+            };
             let slots = file_slots.clone();
-            let partial = partial.clone();
-            let part = part_path(&parts, &f);
-            let done_log = done_log.clone();
-            let is_archive = listing.archive.is_some();
             set.spawn(async move {
                 let _slot = slots
                     .acquire()
                     .await
                     .map_err(|_| Failure::Fatal("shutdown".into()))?;
-                if let Some(p) = part.parent() {
-                    std::fs::create_dir_all(p)
-                        .map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
-                }
-                let name = f.path.to_string();
-                let c = fetch_file(&ctx, &f.remote, &f.expected, &part, &name).await?;
-                METRICS.files_downloaded.inc();
-                if is_archive {
-                    return Ok(None);
-                }
-                let target = f.path.under(&partial);
-                if let Some(p) = target.parent() {
-                    std::fs::create_dir_all(p)
-                        .map_err(|e| Failure::Fatal(format!("{}: {e}", p.display())))?;
-                }
-                // Logged first, then moved: a kill between the two loses nothing (the next
-                // run finds the verified .part and moves it).
-                let e = ManifestEntry {
-                    path: name,
-                    size: c.len,
-                    sha256: c.sha256,
-                    id: f.id.clone(),
-                };
-                {
-                    let _g = done_log.lock();
-                    append_done(&partial, &e)
-                        .map_err(|e| Failure::Fatal(format!("done log: {e}")))?;
-                }
-                std::fs::rename(&part, &target)
-                    .map_err(|e| Failure::Fatal(format!("{}: {e}", target.display())))?;
-                let _ = std::fs::remove_file(crate::fetch::state_path(&part));
-                Ok::<_, Failure>(Some(e))
+                job.run().await
             });
         }
+        let mut entries = Vec::new();
         let mut first_err = None;
         while let Some(r) = set.join_next().await {
-            let r = match r {
-                Ok(r) => r,
-                Err(e) => Err(Failure::Fatal(format!("download task: {e}"))),
-            };
-            match r {
+            match r.unwrap_or_else(|e| Err(Failure::Fatal(format!("download task: {e}")))) {
                 Ok(Some(e)) => entries.push(e),
                 Ok(None) => {}
                 Err(e) => {
@@ -485,64 +421,70 @@ impl Loader {
             }
         }
         progress.finish();
-        if let Some(e) = first_err {
-            return Err(e);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(entries),
         }
+    }
 
-        if let (Some(kind), Some(f)) = (&listing.archive, listing.files.first()) {
-            let archive = part_path(&parts, f);
-            let dest = partial.clone();
-            let kind = kind.clone();
-            let limits = crate::archive::Limits {
-                max_entries: self.args.max_archive_entries,
-                max_bytes: self.args.max_unpacked,
-                min_free: self.args.min_free,
-            };
-            let unpacked = tokio::task::spawn_blocking(move || {
-                // A previous run may have died mid-unpack: start from an empty directory.
-                if let Ok(rd) = std::fs::read_dir(&dest) {
-                    for e in rd.flatten() {
-                        if e.file_name() != PARTS_DIR {
-                            let p = e.path();
-                            let _ = if p.is_dir() {
-                                std::fs::remove_dir_all(&p)
-                            } else {
-                                std::fs::remove_file(&p)
-                            };
-                        }
+    /// Unpacks the downloaded archive into `dest` (emptied first: a previous run may have
+    /// died mid-unpack).
+    async fn unpack(
+        &self,
+        archive: PathBuf,
+        kind: ArchiveKind,
+        dest: &Path,
+    ) -> Result<Vec<ManifestEntry>, Failure> {
+        let dest = dest.to_path_buf();
+        let limits = crate::archive::Limits {
+            max_entries: self.args.max_archive_entries,
+            max_bytes: self.args.max_unpacked,
+            min_free: self.args.min_free,
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Ok(rd) = std::fs::read_dir(&dest) {
+                for e in rd.flatten() {
+                    if e.file_name() != PARTS_DIR {
+                        let p = e.path();
+                        let _ = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
                     }
                 }
-                crate::archive::unpack(&archive, &kind, &dest, &limits)
-            })
-            .await
-            .map_err(|e| Failure::Fatal(format!("unpack: {e}")))?
-            .map_err(Failure::Fatal)?;
-            entries = unpacked;
-        }
+            }
+            crate::archive::unpack(&archive, &kind, &dest, &limits)
+        })
+        .await
+        .map_err(|e| Failure::Fatal(format!("unpack: {e}")))?
+        .map_err(Failure::Fatal)
+    }
 
+    /// Writes the manifest and renames the partial directory to the revision's directory.
+    fn commit(
+        &self,
+        rev: &str,
+        mut entries: Vec<ManifestEntry>,
+        partial: &Path,
+        parts: &Path,
+    ) -> Result<Manifest, Failure> {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let manifest = Manifest {
-            revision: rev.clone(),
+            revision: rev.to_string(),
             source: self.source.spec.display(),
             completed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             files: entries,
         };
-        let _ = std::fs::remove_dir_all(&parts);
+        let _ = std::fs::remove_dir_all(parts);
         let _ = std::fs::remove_file(partial.join(crate::versions::DONE_LOG));
-        write_manifest(&partial, &manifest).map_err(|e| io(&partial, e))?;
+        write_manifest(partial, &manifest).map_err(|e| io_fail(partial, e))?;
         let vdir = self.layout.version_dir(rev);
         if vdir.exists() {
             let _ = std::fs::remove_dir_all(&vdir);
         }
-        std::fs::rename(&partial, &vdir).map_err(|e| io(&vdir, e))?;
+        std::fs::rename(partial, &vdir).map_err(|e| io_fail(&vdir, e))?;
         crate::versions::sync_dir(&self.layout.versions);
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        info!(
-            "revision {rev} verified: {} file(s); downloaded {n_fetch} file(s), {:.1} MiB in {secs:.2}s ({:.1} MiB/s); reused {reused_files}",
-            manifest.files.len(),
-            mib(downloaded_bytes),
-            mib(downloaded_bytes) / secs
-        );
         Ok(manifest)
     }
 
@@ -757,6 +699,180 @@ fn stop(status: &Status, sig: &str, once: bool) -> i32 {
         1
     } else {
         0
+    }
+}
+
+/// The source named by the flags, with its client, credentials and expected hashes.
+fn build_source(args: &Args) -> Result<Source, String> {
+    let spec = SourceSpec::parse(&args.source, args.revision.as_deref())?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(args.connect_timeout)
+        .read_timeout(args.read_timeout)
+        .user_agent(concat!("modelgate-loader/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let (store, store_prefix) = match &spec {
+        SourceSpec::Store { url } => {
+            let (s, p) = build_store(url, args.connect_timeout)?;
+            (Some(s), p)
+        }
+        _ => (None, object_store::path::Path::default()),
+    };
+    let gcs = match &spec {
+        SourceSpec::Gcs { url } => Some(crate::gcs::Bucket::from_env(url)?),
+        _ => None,
+    };
+    let manifest = match &args.manifest {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("manifest: {}: {e}", p.display()))?;
+            Some(
+                parse_manifest(&text)
+                    .map_err(|e| format!("manifest: {e}"))?
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    if let Some(s) = &args.sha256 {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("sha256: expected 64 hex digits".into());
+        }
+    }
+    let token = args
+        .hf_token
+        .clone()
+        .or_else(|| std::env::var("HUGGING_FACE_HUB_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+        .map(Arc::from);
+    Ok(Source {
+        spec,
+        client,
+        hf_endpoint: args.hf_endpoint.clone(),
+        token,
+        filters: Filters::new(&args.include, &args.exclude)?,
+        manifest,
+        sha256: args.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+        store,
+        store_prefix,
+        gcs,
+    })
+}
+
+/// The served path and its versions directory (by default `.<name>.versions` beside it).
+fn build_layout(args: &Args) -> Result<Layout, String> {
+    if args.dest.as_os_str().is_empty() {
+        return Err("dest: empty (set --dest or MODEL_DIR)".into());
+    }
+    let dest = std::path::absolute(&args.dest).map_err(|e| format!("dest: {e}"))?;
+    let versions = match &args.versions_dir {
+        Some(v) => std::path::absolute(v).map_err(|e| format!("versions-dir: {e}"))?,
+        None => {
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            dest.parent()
+                .unwrap_or(Path::new("/"))
+                .join(format!(".{name}.versions"))
+        }
+    };
+    if versions.starts_with(&dest) {
+        return Err("versions-dir: must not be inside dest".into());
+    }
+    Ok(Layout { dest, versions })
+}
+
+/// What a revision needs: files already in place, and files to fetch.
+#[derive(Default)]
+struct Plan {
+    kept: Vec<ManifestEntry>,
+    to_fetch: Vec<RemoteFile>,
+    reused_files: u64,
+}
+
+/// A file an earlier run verified: still valid when on disk at its size and unchanged at the
+/// source. Finishes a move a kill interrupted (logged, then moved).
+fn resumed(
+    d: &ManifestEntry,
+    f: &RemoteFile,
+    partial: &Path,
+    parts: &Path,
+) -> Option<ManifestEntry> {
+    let target = f.path.under(partial);
+    let part = part_path(parts, f);
+    if !target.exists() && std::fs::metadata(&part).is_ok_and(|m| m.len() == d.size) {
+        if let Some(p) = target.parent() {
+            let _ = std::fs::create_dir_all(p);
+        }
+        let _ = std::fs::rename(&part, &target);
+    }
+    let on_disk = std::fs::metadata(&target).map(|m| m.len()).ok();
+    (on_disk == Some(d.size) && still_current(d, f)).then(|| d.clone())
+}
+
+/// An unchanged file of the serving revision, hardlinked (or copied) and logged as done.
+fn reuse(
+    s: &ManifestEntry,
+    f: &RemoteFile,
+    serving_dir: &Path,
+    partial: &Path,
+) -> Option<ManifestEntry> {
+    if !reusable(s, f) || link_or_copy(&f.path.under(serving_dir), &f.path.under(partial)).is_err()
+    {
+        return None;
+    }
+    let e = ManifestEntry {
+        id: f.id.clone().or(s.id.clone()),
+        ..s.clone()
+    };
+    let _ = append_done(partial, &e);
+    Some(e)
+}
+
+/// One file's download: fetched and verified into its `.part`, logged as done, then moved
+/// into place (an archive stays a `.part` for unpacking).
+struct FileJob {
+    ctx: Arc<FetchCtx>,
+    file: RemoteFile,
+    partial: PathBuf,
+    part: PathBuf,
+    done_log: Arc<Mutex<()>>,
+    is_archive: bool,
+}
+
+impl FileJob {
+    async fn run(self) -> Result<Option<ManifestEntry>, Failure> {
+        let mkdir = |p: &Path| match p.parent() {
+            Some(d) => std::fs::create_dir_all(d).map_err(|e| io_fail(d, e)),
+            None => Ok(()),
+        };
+        mkdir(&self.part)?;
+        let f = &self.file;
+        let name = f.path.to_string();
+        let c = fetch_file(&self.ctx, &f.remote, &f.expected, &self.part, &name).await?;
+        METRICS.files_downloaded.inc();
+        if self.is_archive {
+            return Ok(None);
+        }
+        let target = f.path.under(&self.partial);
+        mkdir(&target)?;
+        // Logged first, then moved: a kill between the two loses nothing (the next run finds
+        // the verified .part and moves it).
+        let e = ManifestEntry {
+            path: name,
+            size: c.len,
+            sha256: c.sha256,
+            id: f.id.clone(),
+        };
+        {
+            let _g = self.done_log.lock();
+            append_done(&self.partial, &e).map_err(|e| Failure::Fatal(format!("done log: {e}")))?;
+        }
+        std::fs::rename(&self.part, &target).map_err(|e| io_fail(&target, e))?;
+        let _ = std::fs::remove_file(crate::fetch::state_path(&self.part));
+        Ok(Some(e))
     }
 }
 

@@ -1,5 +1,5 @@
 //! Sources: where a model comes from and how to list one revision of it.
-//! `hf://org/name[@rev]`, `s3://` `gs://` `az://` (object_store), `http(s)://` single files or
+//! `hf://org/name[@rev]`, `s3://` `az://` (object_store), `gs://` (gcs.rs), `http(s)://` single files or
 //! `.tar`/`.tar.gz` archives, `file://` and plain paths.
 
 use std::collections::HashMap;
@@ -28,7 +28,12 @@ pub enum SourceSpec {
         repo: String,
         revision: String,
     },
+    /// `s3://` and `az://` through object_store.
     Store {
+        url: String,
+    },
+    /// `gs://` through the GCS JSON API.
+    Gcs {
         url: String,
     },
     Http {
@@ -49,7 +54,12 @@ impl SourceSpec {
         if let Some(rest) = raw.strip_prefix("hf://") {
             return Self::hf(rest, revision);
         }
-        for scheme in ["s3://", "gs://", "az://", "abfs://", "abfss://"] {
+        if raw.starts_with("gs://") {
+            return Ok(Self::Gcs {
+                url: raw.to_string(),
+            });
+        }
+        for scheme in ["s3://", "az://", "abfs://", "abfss://"] {
             if raw.starts_with(scheme) {
                 return Ok(Self::Store {
                     url: raw.to_string(),
@@ -117,8 +127,47 @@ impl SourceSpec {
     pub fn display(&self) -> String {
         match self {
             Self::Hf { repo, revision } => format!("hf://{repo}@{revision}"),
-            Self::Store { url } | Self::Http { url, .. } => crate::log::redact_url(url),
+            Self::Store { url } | Self::Gcs { url } | Self::Http { url, .. } => {
+                crate::log::redact_url(url)
+            }
             Self::Local(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// How requests are authorised.
+#[derive(Clone)]
+pub enum Auth {
+    None,
+    /// A fixed token (the Hub's `HF_TOKEN`).
+    Bearer(Arc<str>),
+    /// Google's credential chain; tokens are cached and refreshed before they expire.
+    Google(object_store::gcp::GcpCredentialProvider),
+}
+
+impl Auth {
+    /// Adds the `Authorization` header, fetching a fresh Google token when needed.
+    pub async fn apply(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::RequestBuilder, Failure> {
+        match self {
+            Self::None => Ok(req),
+            // reqwest drops Authorization on cross-host redirects (CDN), as it must.
+            Self::Bearer(t) => Ok(req.bearer_auth(t)),
+            Self::Google(p) => {
+                let cred = p
+                    .get_credential()
+                    .await
+                    .map_err(|e| map_store(e, &format!("{what}: credentials")))?;
+                // `disable_oauth` service accounts yield an empty token: send none.
+                Ok(if cred.bearer.is_empty() {
+                    req
+                } else {
+                    req.bearer_auth(&cred.bearer)
+                })
+            }
         }
     }
 }
@@ -128,7 +177,7 @@ impl SourceSpec {
 pub enum Remote {
     Http {
         url: String,
-        bearer: Option<Arc<str>>,
+        auth: Auth,
     },
     Object {
         store: Arc<dyn ObjectStore>,
@@ -207,6 +256,7 @@ pub struct Source {
     pub sha256: Option<String>,
     pub store: Option<Arc<dyn ObjectStore>>,
     pub store_prefix: ObjPath,
+    pub gcs: Option<crate::gcs::Bucket>,
 }
 
 #[derive(Deserialize)]
@@ -231,7 +281,7 @@ struct HfLfs {
     size: Option<u64>,
 }
 
-fn map_reqwest(e: reqwest::Error, what: &str) -> Failure {
+pub(crate) fn map_reqwest(e: reqwest::Error, what: &str) -> Failure {
     // Connection, timeout and body errors are all transient from our side.
     let kind = if e.is_timeout() {
         "timeout"
@@ -255,8 +305,8 @@ pub fn map_store(e: object_store::Error, what: &str) -> Failure {
     }
 }
 
-/// Builds the object store for `s3://` `gs://` `az://` URLs from the usual environment
-/// (`AWS_*`, `GOOGLE_*`, `AZURE_*`). Retries and total timeouts are ours, not the store's.
+/// Builds the object store for `s3://` and `az://` URLs from the usual environment
+/// (`AWS_*`, `AZURE_*`). Retries and total timeouts are ours, not the store's.
 pub fn build_store(
     url: &str,
     connect_timeout: std::time::Duration,
@@ -287,18 +337,6 @@ pub fn build_store(
                     .map_err(err)?,
             )
         }
-        "gs" => {
-            use object_store::gcp::GoogleConfigKey as K;
-            Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .with_config(K::Client(C::ConnectTimeout), &connect)
-                    .with_config(K::Client(C::Timeout), total)
-                    .with_retry(retry)
-                    .build()
-                    .map_err(err)?,
-            )
-        }
         _ => {
             use object_store::azure::AzureConfigKey as K;
             Arc::new(
@@ -320,6 +358,15 @@ impl Source {
         let mut listing = match &self.spec {
             SourceSpec::Hf { repo, revision } => self.list_hf(repo, revision, retry).await?,
             SourceSpec::Store { url } => self.list_store(url, retry).await?,
+            SourceSpec::Gcs { url } => {
+                let bucket = self
+                    .gcs
+                    .as_ref()
+                    .ok_or_else(|| Failure::Fatal("gcs: not configured".into()))?;
+                bucket
+                    .list(&self.client, retry, &crate::log::redact_url(url))
+                    .await?
+            }
             SourceSpec::Http { url, archive } => {
                 self.list_http(url, archive.clone(), retry).await?
             }
@@ -456,7 +503,7 @@ impl Source {
                 id,
                 remote: Remote::Http {
                     url,
-                    bearer: self.token.clone(),
+                    auth: self.token.clone().map_or(Auth::None, Auth::Bearer),
                 },
             });
         }
@@ -620,7 +667,7 @@ impl Source {
                 id,
                 remote: Remote::Http {
                     url: url.to_string(),
-                    bearer: None,
+                    auth: Auth::None,
                 },
             }],
             archive,
@@ -633,7 +680,7 @@ const MAX_LISTING_BYTES: usize = 64 << 20;
 
 /// Reads a response body, refusing one larger than `cap` (the declared length or the bytes
 /// actually sent).
-async fn read_capped(
+pub(crate) async fn read_capped(
     mut resp: reqwest::Response,
     cap: usize,
     what: &str,
@@ -722,14 +769,14 @@ fn list_local_blocking(root: &Path) -> Result<Listing, Failure> {
     })
 }
 
-fn short_rev(fingerprint: &str) -> String {
+pub(crate) fn short_rev(fingerprint: &str) -> String {
     sha256_hex(fingerprint.as_bytes())
         .chars()
         .take(16)
         .collect()
 }
 
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

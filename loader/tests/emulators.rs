@@ -1,92 +1,19 @@
-//! Loader against a real Azure Blob emulator on loopback (Azurite from npm, installed by
-//! scripts/setup.sh into tools/): listing, ranged reads, resume after SIGKILL, sha256
-//! verification, credentials from the usual env vars. (`gcp-storage-emulator` cannot stand
-//! in for GCS: it serves only the JSON API, and object_store's GCS client lists and reads
-//! through the XML API; see docs/loader.md.)
-// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+//! Loader against real storage emulators on loopback, installed by scripts/setup.sh into
+//! tools/: Azure Blob (Azurite from npm) and GCS (`gcp-storage-emulator` from PyPI). Each
+//! covers listing, ranged reads, resume after SIGKILL, sha256 verification and credentials
+//! from the usual env vars.
+// Test code throughout: its helpers may panic (clippy.toml's allow-*-in-tests).
+#![cfg(test)]
 
 mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use sha2::{Digest, Sha256};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tool(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tools")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} missing (run scripts/setup.sh)", p.display());
-        None
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.0 request: (status, body). Status 0 when nothing answered.
-fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
-        return (0, String::new());
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 fn manifest(dir: &Path, files: &[(&str, Vec<u8>)]) -> PathBuf {
     let p = dir.join("SHA256SUMS");
@@ -354,4 +281,141 @@ fn azure_source_via_azurite() {
         ),
     ];
     exercise("az://models/llama", &env, &files, "w/model.bin");
+}
+
+/// A service account key as Google issues it (a fresh RSA key; `token_uri` is never called:
+/// object_store signs a JWT locally for GCS).
+fn service_account(dir: &Path) -> PathBuf {
+    let pem = dir.join("key.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&pem)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey failed");
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "test",
+        "private_key_id": "k1",
+        "private_key": std::fs::read_to_string(&pem).unwrap(),
+        "client_email": "loader@test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "http://127.0.0.1:9/token",
+    });
+    let p = dir.join("sa.json");
+    std::fs::write(&p, key.to_string()).unwrap();
+    p
+}
+
+/// Accepts one request on a free port, answers 403, and returns its head.
+fn capture_one() -> (u16, std::thread::JoinHandle<String>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    (port, h)
+}
+
+#[test]
+fn gcs_source_via_gcp_storage_emulator() {
+    let Some(bin) = tool("venv/bin/gcp-storage-emulator") else {
+        return;
+    };
+    let port = free_port();
+    let work = tmp();
+    let _srv = Server(
+        Command::new(bin)
+            .arg("--data-dir")
+            .arg(work.path())
+            .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--default-bucket", "models", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // A fresh venv compiles every module on first start: wait for a real answer.
+    wait_until(
+        "gcp-storage-emulator answering",
+        Duration::from_secs(120),
+        || request(port, "GET", "/storage/v1/b/models", &[], b"").0 == 200,
+    );
+    let files = model_files();
+    for (name, d) in &files {
+        let path = format!(
+            "/upload/storage/v1/b/models/o?uploadType=media&name=llama%2F{}",
+            name.replace('/', "%2F")
+        );
+        let (code, body) = request(port, "POST", &path, &[], d);
+        assert_eq!(code, 200, "{body}");
+    }
+    // Anonymous, as Google's client libraries are with STORAGE_EMULATOR_HOST.
+    let env = [("STORAGE_EMULATOR_HOST", format!("127.0.0.1:{port}"))];
+    exercise("gs://models/llama", &env, &files, "w/model.bin");
+
+    // A service account key from GOOGLE_APPLICATION_CREDENTIALS signs every request.
+    let t = tmp();
+    let sa = service_account(t.path());
+    let (cport, head) = capture_one();
+    let with_sa = |base: u16, c: &mut Command| {
+        c.env("GOOGLE_APPLICATION_CREDENTIALS", &sa)
+            .env("GOOGLE_BASE_URL", format!("http://127.0.0.1:{base}"));
+    };
+    let mut c = loader(None, "gs://models/llama", &t.path().join("denied"));
+    c.args(["--once", "--retries", "0"]);
+    with_sa(cport, &mut c);
+    let (out, err) = run(c);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("HTTP 403"), "{err}");
+    let head = head.join().unwrap();
+    assert!(
+        head.starts_with("GET /storage/v1/b/models/o?prefix=llama%2F "),
+        "{head}"
+    );
+    let jwt = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("authorization: bearer ")
+                .then(|| l["authorization: bearer ".len()..].to_string())
+        })
+        .unwrap_or_else(|| panic!("no bearer token sent:\n{head}"));
+    let claims = unb64(
+        &jwt.split('.')
+            .nth(1)
+            .unwrap()
+            .replace('-', "+")
+            .replace('_', "/"),
+    );
+    let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+    assert_eq!(claims["iss"], "loader@test.iam.gserviceaccount.com");
+    assert!(!err.contains(&jwt), "token logged: {err}");
+
+    // The same credentials against the emulator; the URL names one object.
+    let dest = t.path().join("one");
+    let mut c = loader(None, "gs://models/llama/config.json", &dest);
+    c.arg("--once");
+    with_sa(port, &mut c);
+    let (out, err) = run(c);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(std::fs::read(dest.join("config.json")).unwrap(), files[0].1);
 }

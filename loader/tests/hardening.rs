@@ -1,12 +1,7 @@
 //! Loader against hostile or broken sources and shared volumes (issue 11's review findings):
 //! bounded memory and bytes, hooks on a shared volume, secrets at rest, resume checks.
-// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+// Test code throughout: its helpers may panic (clippy.toml's allow-*-in-tests).
+#![cfg(test)]
 
 mod common;
 
@@ -16,8 +11,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
-
-const REPO: &str = "org/model";
 
 #[test]
 fn server_ignoring_range_is_streamed_with_bounded_memory() {

@@ -1,48 +1,19 @@
 //! Loader against a full disk (a small tmpfs) and against a real S3 API (moto's server).
-// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+// Test code throughout: its helpers may panic (clippy.toml's allow-*-in-tests).
+#![cfg(test)]
 
 mod common;
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(Mount(dir.to_path_buf()))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
 
 #[test]
 fn full_disk_is_refused_before_download_and_keeps_serving_the_old_revision() {
     let t = tmp();
     let vol = t.path().join("vol");
-    let _mount = match mount_tmpfs(&vol, "4m") {
+    let _mount = match Tmpfs::mount(&vol, "4m") {
         Ok(m) => m,
         Err(e) => {
             eprintln!("SKIPPED full_disk test: cannot mount a tmpfs here ({e})");
@@ -86,54 +57,13 @@ fn full_disk_is_refused_before_download_and_keeps_serving_the_old_revision() {
     );
 }
 
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One request with a short read timeout; None when nothing answered.
-fn try_request(port: u16, req: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    (!out.is_empty()).then_some(out)
-}
-
-fn raw_request(port: u16, req: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 #[test]
 fn s3_source_via_moto() {
-    let moto_bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/venv/bin/moto_server");
-    if !moto_bin.exists() {
-        eprintln!(
-            "SKIPPED s3 test: {} missing (run scripts/setup.sh)",
-            moto_bin.display()
-        );
+    let Some(moto_bin) = tool("venv/bin/moto_server") else {
         return;
-    }
+    };
     let port = free_port();
-    let _moto = Moto(
+    let _moto = Server(
         Command::new(&moto_bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -144,17 +74,10 @@ fn s3_source_via_moto() {
     // A fresh venv's moto takes many seconds to answer its first request (it compiles every
     // module on first import): wait for a real answer, not an open port.
     wait_until("moto answering", Duration::from_secs(120), || {
-        try_request(
-            port,
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        )
-        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        request(port, "GET", "/", &[], b"").0 == 200
     });
-    let created = raw_request(
-        port,
-        "PUT /models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    );
-    assert!(created.starts_with("HTTP/1.1 200"), "{created}");
+    let (code, body) = request(port, "PUT", "/models", &[], b"");
+    assert_eq!(code, 200, "{body}");
 
     let big = data(5 * 1024 * 1024 + 7, 30);
     let files: Vec<(&str, Vec<u8>)> = vec![

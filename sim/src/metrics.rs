@@ -1,5 +1,6 @@
 //! Prometheus text for `/metrics`: the engine state under vLLM's names, or (with
-//! `--metrics-flavor`) under SGLang's, TGI's or Triton/TensorRT-LLM's.
+//! `--metrics-flavor`) under SGLang's, TGI's or Triton/TensorRT-LLM's. Each flavour is a
+//! table of metric families; one renderer writes them all.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -15,295 +16,392 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The engine state read once per scrape.
+struct State<'a> {
+    engine: &'a Engine,
+    running: f64,
+    waiting: f64,
+    kv: f64,
+    kv_used: f64,
+    reserved: f64,
+    prefilling: f64,
+    prompt: f64,
+    generated: f64,
+    finished: f64,
+    stop: f64,
+    length: f64,
+    requests: f64,
+    kv_max: f64,
+    max_seqs: f64,
+}
+
+impl<'a> State<'a> {
+    fn read(engine: &'a Engine) -> Self {
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let stop = n(&engine.success_stop);
+        let length = n(&engine.success_length);
+        Self {
+            running: n(&engine.running),
+            waiting: n(&engine.waiting),
+            kv: engine.kv_usage(),
+            kv_used: n(&engine.kv_tokens),
+            reserved: n(&engine.reserved_tokens),
+            prefilling: n(&engine.prefilling),
+            prompt: n(&engine.prompt_tokens_total),
+            generated: n(&engine.generation_tokens_total),
+            finished: stop + length,
+            stop,
+            length,
+            requests: n(&engine.requests_total),
+            kv_max: engine.config.kv_cache_tokens as f64,
+            max_seqs: f64::from(engine.config.max_num_seqs),
+            engine,
+        }
+    }
+
+    /// Blocks of 16 tokens, TensorRT-LLM's usual page size: (max, used).
+    fn blocks(&self) -> (f64, f64) {
+        let max = (self.kv_max / BLOCK).floor().max(1.0);
+        (max, (self.kv_used / BLOCK).ceil().min(max))
+    }
+}
+
+const BLOCK: f64 = 16.0;
+
+type Read = fn(&State) -> f64;
+
+#[derive(Clone, Copy)]
+enum Hist {
+    Ttft,
+    E2e,
+    Queue,
+}
+
+enum Samples {
+    One(Read),
+    /// One sample per value of the label.
+    By(&'static str, &'static [(&'static str, Read)]),
+    Histogram(Hist),
+}
+
+/// One metric family as a server of the flavour exposes it.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    /// Empty: no `# HELP` line (TGI writes none).
+    help: &'static str,
+    samples: Samples,
+}
+
+const fn gauge(name: &'static str, help: &'static str, read: Read) -> Family {
+    Family {
+        name,
+        kind: "gauge",
+        help,
+        samples: Samples::One(read),
+    }
+}
+
+const fn counter(name: &'static str, help: &'static str, read: Read) -> Family {
+    Family {
+        name,
+        kind: "counter",
+        help,
+        samples: Samples::One(read),
+    }
+}
+
+const fn histogram(name: &'static str, help: &'static str, h: Hist) -> Family {
+    Family {
+        name,
+        kind: "histogram",
+        help,
+        samples: Samples::Histogram(h),
+    }
+}
+
+/// A server flavour: the labels on every sample (`{model}` is the served model's name) and
+/// its families, in the order the server writes them.
+struct Flavor {
+    labels: &'static [(&'static str, &'static str)],
+    families: &'static [Family],
+}
+
+const VLLM: Flavor = Flavor {
+    labels: &[("model_name", "{model}")],
+    families: &[
+        gauge(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            |s| s.running,
+        ),
+        gauge(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            |s| s.waiting,
+        ),
+        gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            |s| s.kv,
+        ),
+        gauge(
+            "vllm:gpu_cache_usage_perc",
+            "GPU KV-cache usage. 1 means 100 percent usage.",
+            |s| s.kv,
+        ),
+        counter(
+            "vllm:num_preemptions_total",
+            "Cumulative number of preemption from the engine.",
+            |_| 0.0,
+        ),
+        counter(
+            "vllm:prompt_tokens_total",
+            "Number of prefill tokens processed.",
+            |s| s.prompt,
+        ),
+        counter(
+            "vllm:prefix_cache_queries_total",
+            "Prefix-cache queries, in terms of number of queried tokens.",
+            |s| s.engine.prefix_queries_total.load(Ordering::Relaxed) as f64,
+        ),
+        counter(
+            "vllm:prefix_cache_hits_total",
+            "Prefix-cache hits, in terms of number of cached tokens.",
+            |s| s.engine.prefix_hits_total.load(Ordering::Relaxed) as f64,
+        ),
+        counter(
+            "vllm:generation_tokens_total",
+            "Number of generation tokens processed.",
+            |s| s.generated,
+        ),
+        Family {
+            name: "vllm:request_success_total",
+            kind: "counter",
+            help: "Count of successfully processed requests.",
+            samples: Samples::By(
+                "finished_reason",
+                &[("stop", |s| s.stop), ("length", |s| s.length)],
+            ),
+        },
+        histogram(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            Hist::Ttft,
+        ),
+        histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            Hist::E2e,
+        ),
+        histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            Hist::Queue,
+        ),
+    ],
+};
+
+const SGLANG: Flavor = Flavor {
+    labels: &[("model_name", "{model}")],
+    families: &[
+        gauge(
+            "sglang:num_running_reqs",
+            "The number of running requests.",
+            |s| s.running,
+        ),
+        gauge(
+            "sglang:num_queue_reqs",
+            "The number of requests in the waiting queue.",
+            |s| s.waiting,
+        ),
+        gauge(
+            "sglang:num_used_tokens",
+            "The number of used tokens.",
+            |s| s.kv_used,
+        ),
+        gauge("sglang:token_usage", "The token usage.", |s| s.kv),
+        gauge(
+            "sglang:max_total_num_tokens",
+            "Maximum total number of tokens.",
+            |s| s.kv_max,
+        ),
+        counter(
+            "sglang:prompt_tokens_total",
+            "Number of prefill tokens processed.",
+            |s| s.prompt,
+        ),
+        counter(
+            "sglang:generation_tokens_total",
+            "Number of generation tokens processed.",
+            |s| s.generated,
+        ),
+        counter(
+            "sglang:num_requests_total",
+            "Number of requests processed.",
+            |s| s.finished,
+        ),
+        histogram(
+            "sglang:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            Hist::Ttft,
+        ),
+        histogram(
+            "sglang:e2e_request_latency_seconds",
+            "Histogram of End-to-end request latency in seconds",
+            Hist::E2e,
+        ),
+    ],
+};
+
+/// TGI's exporter writes TYPE lines only and no labels.
+const TGI: Flavor = Flavor {
+    labels: &[],
+    families: &[
+        gauge("tgi_queue_size", "", |s| s.waiting),
+        gauge("tgi_batch_current_size", "", |s| s.running),
+        // The token budget the current batch has reserved (prompts + max new tokens).
+        gauge("tgi_batch_current_max_tokens", "", |s| s.reserved),
+        counter("tgi_request_count", "", |s| s.requests),
+        counter("tgi_request_success", "", |s| s.finished),
+        counter("tgi_request_input_count", "", |s| s.prompt),
+        counter("tgi_request_generated_tokens_count", "", |s| s.generated),
+    ],
+};
+
+const TRITON: Flavor = Flavor {
+    labels: &[("model", "{model}"), ("version", "1")],
+    families: &[
+        gauge(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model.",
+            |s| s.waiting,
+        ),
+        counter(
+            "nv_inference_request_success",
+            "Number of successful inference requests, all batch sizes",
+            |s| s.finished,
+        ),
+        counter(
+            "nv_inference_count",
+            "Number of inferences performed (does not include cached requests)",
+            |s| s.finished,
+        ),
+        Family {
+            name: "nv_trt_llm_request_metrics",
+            kind: "gauge",
+            help: "TRT LLM request metrics",
+            samples: Samples::By(
+                "request_type",
+                &[
+                    ("waiting", |s| s.waiting),
+                    ("context", |s| s.prefilling),
+                    ("scheduled", |s| s.running),
+                    ("max", |s| s.max_seqs),
+                    // TensorRT-LLM counts queued requests as active too.
+                    ("active", |s| s.running + s.waiting),
+                ],
+            ),
+        },
+        Family {
+            name: "nv_trt_llm_kv_cache_block_metrics",
+            kind: "gauge",
+            help: "TRT LLM KV cache block metrics",
+            samples: Samples::By(
+                "kv_cache_block_type",
+                &[
+                    ("max", |s| s.blocks().0),
+                    ("free", |s| s.blocks().0 - s.blocks().1),
+                    ("used", |s| s.blocks().1),
+                    ("tokens_per", |_| BLOCK),
+                    ("fraction", |s| s.kv),
+                ],
+            ),
+        },
+    ],
+};
+
 struct Out {
     text: String,
-    /// `model_name="..."` (or the flavor's equivalent); empty for unlabelled flavors.
-    labels: String,
+    /// The flavour's labels with their values, sorted by name as the servers write them.
+    labels: Vec<(&'static str, String)>,
 }
 
 impl Out {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        if !help.is_empty() {
-            let _ = writeln!(self.text, "# HELP {name} {help}");
+    fn header(&mut self, f: &Family) {
+        if !f.help.is_empty() {
+            let _ = writeln!(self.text, "# HELP {} {}", f.name, f.help);
         }
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        let _ = writeln!(self.text, "# TYPE {} {}", f.name, f.kind);
     }
 
-    fn sample(&mut self, name: &str, extra: &str, value: f64) {
-        let sep = if extra.is_empty() || self.labels.is_empty() {
-            ""
-        } else {
-            ","
-        };
-        if extra.is_empty() && self.labels.is_empty() {
-            let _ = writeln!(self.text, "{name} {value:?}");
-        } else {
-            let _ = writeln!(self.text, "{name}{{{extra}{sep}{}}} {value:?}", self.labels);
+    /// One sample; `extra` joins the flavour's labels, all sorted by name.
+    fn sample(&mut self, name: &str, suffix: &str, extra: Option<(&str, &str)>, value: f64) {
+        let mut labels: Vec<(&str, &str)> =
+            self.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        labels.extend(extra);
+        labels.sort_by_key(|(k, _)| *k);
+        let _ = write!(self.text, "{name}{suffix}");
+        if !labels.is_empty() {
+            let body: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let _ = write!(self.text, "{{{}}}", body.join(","));
+        }
+        let _ = writeln!(self.text, " {value:?}");
+    }
+
+    fn family(&mut self, f: &Family, s: &State) {
+        self.header(f);
+        match &f.samples {
+            Samples::One(read) => self.sample(f.name, "", None, read(s)),
+            Samples::By(label, values) => {
+                for (v, read) in values.iter() {
+                    self.sample(f.name, "", Some((label, v)), read(s));
+                }
+            }
+            Samples::Histogram(h) => {
+                let h = match h {
+                    Hist::Ttft => &s.engine.ttft,
+                    Hist::E2e => &s.engine.e2e_latency,
+                    Hist::Queue => &s.engine.queue_time,
+                };
+                self.histogram(f.name, h);
+            }
         }
     }
 
-    fn metric(&mut self, name: &str, kind: &str, help: &str, value: f64) {
-        self.header(name, kind, help);
-        self.sample(name, "", value);
-    }
-
-    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.header(name, "histogram", help);
+    fn histogram(&mut self, name: &str, h: &Histogram) {
         let (cumulative, sum) = h.snapshot();
         let total = cumulative.last().copied().unwrap_or(0);
-        self.sample(&format!("{name}_sum"), "", sum);
+        self.sample(name, "_sum", None, sum);
         for (bound, count) in h.bounds.iter().zip(&cumulative) {
-            self.sample(
-                &format!("{name}_bucket"),
-                &format!("le=\"{bound:?}\""),
-                *count as f64,
-            );
+            let le = format!("{bound:?}");
+            self.sample(name, "_bucket", Some(("le", &le)), *count as f64);
         }
-        self.sample(&format!("{name}_bucket"), "le=\"+Inf\"", total as f64);
-        self.sample(&format!("{name}_count"), "", total as f64);
+        self.sample(name, "_bucket", Some(("le", "+Inf")), total as f64);
+        self.sample(name, "_count", None, total as f64);
     }
 }
 
 /// Renders the current engine state.
 pub fn render(engine: &Engine) -> String {
-    let cfg = &engine.config;
-    let model = escape(cfg.primary_model());
-    let running = engine.running.load(Ordering::Relaxed) as f64;
-    let waiting = engine.waiting.load(Ordering::Relaxed) as f64;
-    let kv = engine.kv_usage();
-    let kv_used = engine.kv_tokens.load(Ordering::Relaxed) as f64;
-    let reserved = engine.reserved_tokens.load(Ordering::Relaxed) as f64;
-    let prefilling = engine.prefilling.load(Ordering::Relaxed) as f64;
-    let prompt = engine.prompt_tokens_total.load(Ordering::Relaxed) as f64;
-    let generated = engine.generation_tokens_total.load(Ordering::Relaxed) as f64;
-    let stop = engine.success_stop.load(Ordering::Relaxed) as f64;
-    let length = engine.success_length.load(Ordering::Relaxed) as f64;
-    let requests = engine.requests_total.load(Ordering::Relaxed) as f64;
-
+    let flavor = match engine.config.metrics_flavor {
+        MetricsFlavor::Vllm => &VLLM,
+        MetricsFlavor::Sglang => &SGLANG,
+        MetricsFlavor::Tgi => &TGI,
+        MetricsFlavor::Triton => &TRITON,
+    };
+    let model = escape(engine.config.primary_model());
     let mut o = Out {
         text: String::with_capacity(8192),
-        labels: String::new(),
+        labels: flavor
+            .labels
+            .iter()
+            .map(|(k, v)| (*k, v.replace("{model}", &model)))
+            .collect(),
     };
-    match cfg.metrics_flavor {
-        MetricsFlavor::Vllm => {
-            o.labels = format!("model_name=\"{model}\"");
-            o.metric(
-                "vllm:num_requests_running",
-                "gauge",
-                "Number of requests in model execution batches.",
-                running,
-            );
-            o.metric(
-                "vllm:num_requests_waiting",
-                "gauge",
-                "Number of requests waiting to be processed.",
-                waiting,
-            );
-            o.metric(
-                "vllm:kv_cache_usage_perc",
-                "gauge",
-                "KV-cache usage. 1 means 100 percent usage.",
-                kv,
-            );
-            o.metric(
-                "vllm:gpu_cache_usage_perc",
-                "gauge",
-                "GPU KV-cache usage. 1 means 100 percent usage.",
-                kv,
-            );
-            o.metric(
-                "vllm:num_preemptions_total",
-                "counter",
-                "Cumulative number of preemption from the engine.",
-                0.0,
-            );
-            o.metric(
-                "vllm:prompt_tokens_total",
-                "counter",
-                "Number of prefill tokens processed.",
-                prompt,
-            );
-            o.metric(
-                "vllm:prefix_cache_queries_total",
-                "counter",
-                "Prefix-cache queries, in terms of number of queried tokens.",
-                engine.prefix_queries_total.load(Ordering::Relaxed) as f64,
-            );
-            o.metric(
-                "vllm:prefix_cache_hits_total",
-                "counter",
-                "Prefix-cache hits, in terms of number of cached tokens.",
-                engine.prefix_hits_total.load(Ordering::Relaxed) as f64,
-            );
-            o.metric(
-                "vllm:generation_tokens_total",
-                "counter",
-                "Number of generation tokens processed.",
-                generated,
-            );
-            o.header(
-                "vllm:request_success_total",
-                "counter",
-                "Count of successfully processed requests.",
-            );
-            o.sample(
-                "vllm:request_success_total",
-                "finished_reason=\"stop\"",
-                stop,
-            );
-            o.sample(
-                "vllm:request_success_total",
-                "finished_reason=\"length\"",
-                length,
-            );
-            o.histogram(
-                "vllm:time_to_first_token_seconds",
-                "Histogram of time to first token in seconds.",
-                &engine.ttft,
-            );
-            o.histogram(
-                "vllm:e2e_request_latency_seconds",
-                "Histogram of e2e request latency in seconds.",
-                &engine.e2e_latency,
-            );
-            o.histogram(
-                "vllm:request_queue_time_seconds",
-                "Histogram of time spent in WAITING phase for request.",
-                &engine.queue_time,
-            );
-        }
-        MetricsFlavor::Sglang => {
-            o.labels = format!("model_name=\"{model}\"");
-            o.metric(
-                "sglang:num_running_reqs",
-                "gauge",
-                "The number of running requests.",
-                running,
-            );
-            o.metric(
-                "sglang:num_queue_reqs",
-                "gauge",
-                "The number of requests in the waiting queue.",
-                waiting,
-            );
-            o.metric(
-                "sglang:num_used_tokens",
-                "gauge",
-                "The number of used tokens.",
-                kv_used,
-            );
-            o.metric("sglang:token_usage", "gauge", "The token usage.", kv);
-            o.metric(
-                "sglang:max_total_num_tokens",
-                "gauge",
-                "Maximum total number of tokens.",
-                cfg.kv_cache_tokens as f64,
-            );
-            o.metric(
-                "sglang:prompt_tokens_total",
-                "counter",
-                "Number of prefill tokens processed.",
-                prompt,
-            );
-            o.metric(
-                "sglang:generation_tokens_total",
-                "counter",
-                "Number of generation tokens processed.",
-                generated,
-            );
-            o.metric(
-                "sglang:num_requests_total",
-                "counter",
-                "Number of requests processed.",
-                stop + length,
-            );
-            o.histogram(
-                "sglang:time_to_first_token_seconds",
-                "Histogram of time to first token in seconds.",
-                &engine.ttft,
-            );
-            o.histogram(
-                "sglang:e2e_request_latency_seconds",
-                "Histogram of End-to-end request latency in seconds",
-                &engine.e2e_latency,
-            );
-        }
-        MetricsFlavor::Tgi => {
-            // TGI's exporter writes TYPE lines only and no labels.
-            o.metric("tgi_queue_size", "gauge", "", waiting);
-            o.metric("tgi_batch_current_size", "gauge", "", running);
-            // TGI: the token budget the current batch has reserved (prompts + max new tokens).
-            o.metric("tgi_batch_current_max_tokens", "gauge", "", reserved);
-            o.metric("tgi_request_count", "counter", "", requests);
-            o.metric("tgi_request_success", "counter", "", stop + length);
-            o.metric("tgi_request_input_count", "counter", "", prompt);
-            o.metric(
-                "tgi_request_generated_tokens_count",
-                "counter",
-                "",
-                generated,
-            );
-        }
-        MetricsFlavor::Triton => {
-            o.labels = format!("model=\"{model}\",version=\"1\"");
-            o.metric(
-                "nv_inference_pending_request_count",
-                "gauge",
-                "Instantaneous number of pending requests awaiting execution per-model.",
-                waiting,
-            );
-            o.metric(
-                "nv_inference_request_success",
-                "counter",
-                "Number of successful inference requests, all batch sizes",
-                stop + length,
-            );
-            o.metric(
-                "nv_inference_count",
-                "counter",
-                "Number of inferences performed (does not include cached requests)",
-                stop + length,
-            );
-            // Triton sorts labels by name: model < request_type < version.
-            let labels = std::mem::take(&mut o.labels);
-            o.header(
-                "nv_trt_llm_request_metrics",
-                "gauge",
-                "TRT LLM request metrics",
-            );
-            let max = f64::from(cfg.max_num_seqs);
-            for (kind, v) in [
-                ("waiting", waiting),
-                ("context", prefilling),
-                ("scheduled", running),
-                ("max", max),
-                // TensorRT-LLM counts queued requests as active too.
-                ("active", running + waiting),
-            ] {
-                let series = format!("model=\"{model}\",request_type=\"{kind}\",version=\"1\"");
-                o.sample("nv_trt_llm_request_metrics", &series, v);
-            }
-            o.labels = labels;
-            // Blocks of 16 tokens, TensorRT-LLM's usual page size.
-            const BLOCK: f64 = 16.0;
-            let max_blocks = (cfg.kv_cache_tokens as f64 / BLOCK).floor().max(1.0);
-            let used_blocks = (kv_used / BLOCK).ceil().min(max_blocks);
-            o.header(
-                "nv_trt_llm_kv_cache_block_metrics",
-                "gauge",
-                "TRT LLM KV cache block metrics",
-            );
-            for (kind, v) in [
-                ("max", max_blocks),
-                ("free", max_blocks - used_blocks),
-                ("used", used_blocks),
-                ("tokens_per", BLOCK),
-                ("fraction", kv),
-            ] {
-                let series = format!("kv_cache_block_type=\"{kind}\"");
-                o.sample("nv_trt_llm_kv_cache_block_metrics", &series, v);
-            }
-        }
+    let state = State::read(engine);
+    for f in flavor.families {
+        o.family(f, &state);
     }
     o.text
 }

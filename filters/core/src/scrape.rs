@@ -198,7 +198,8 @@ pub enum ScrapeError {
     Connect,
     /// An HTTP status other than 200.
     Status(u16),
-    /// No load metric within `max_body_bytes`.
+    /// The body went past `max_body_bytes`: a partial body is not a load (it may sum a
+    /// fraction of the series, or garbage), so none of it counts.
     TooLarge,
     /// The body is not Prometheus text (no sample line at all).
     Parse,
@@ -414,19 +415,22 @@ impl MetricsReader {
         parser.feed(chunk, &mut |s| extractor.observe(s))
     }
 
-    /// The load, or why there is none: `TooLarge` when the limit cut the body before any
-    /// load metric, `Parse` when nothing was Prometheus text.
+    /// The load, or why there is none: `TooLarge` when the limit cut the body, `Parse`
+    /// when nothing was Prometheus text.
     pub fn finish(self) -> (Result<ServerLoad, ScrapeError>, ParseStats) {
         let Self {
             parser,
             mut extractor,
         } = self;
         let stats = parser.finish(&mut |s| extractor.observe(s));
-        let result = extractor.finish().map_err(|e| match e {
-            ScrapeError::NoMetrics if stats.truncated => ScrapeError::TooLarge,
-            ScrapeError::NoMetrics if stats.samples == 0 => ScrapeError::Parse,
-            other => other,
-        });
+        let result = if stats.truncated {
+            Err(ScrapeError::TooLarge)
+        } else {
+            extractor.finish().map_err(|e| match e {
+                ScrapeError::NoMetrics if stats.samples == 0 => ScrapeError::Parse,
+                other => other,
+            })
+        };
         (result, stats)
     }
 }
@@ -636,18 +640,19 @@ mod tests {
     }
 
     #[test]
-    fn huge_body_without_load_metrics_is_too_large() {
+    fn a_body_cut_at_the_limit_is_too_large_whatever_it_held() {
         let c = cfg(r#"{"cluster":"l","max_body_bytes":65536}"#);
         let mut body = "python_gc_objects_collected_total{generation=\"0\"} 1\n".repeat(10_000);
         body.push_str("vllm:num_requests_waiting 3\n");
         let (r, stats) = extract(&c, body.as_bytes().chunks(8192));
         assert_eq!(r, Err(ScrapeError::TooLarge));
         assert!(stats.truncated);
-        // Metrics before the cut still count.
-        let body = format!("vllm:num_requests_waiting 3\n{}", "x 1\n".repeat(100_000));
+        // Load metrics before the cut do not count either: an enormous body of repeated
+        // samples would otherwise read as a huge queue.
+        let body = "vllm:num_requests_waiting 3\n".repeat(100_000);
         assert_eq!(
-            extract(&c, body.as_bytes().chunks(8192)).0.unwrap().waiting,
-            3.0
+            extract(&c, body.as_bytes().chunks(8192)).0,
+            Err(ScrapeError::TooLarge)
         );
     }
 

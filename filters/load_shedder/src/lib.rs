@@ -279,6 +279,7 @@ impl RootContext for ShedRoot {
             shed: false,
             held: false,
             responded: false,
+            finished: false,
         }))
     }
 
@@ -331,7 +332,7 @@ impl Active {
             }
         }
         if self.config.flow.is_some() {
-            self.pump(now);
+            pump(&self.config, &self.vm, now);
         }
         let mut vm = self.vm.borrow_mut();
         let mut counts = std::mem::take(&mut vm.counts);
@@ -359,83 +360,6 @@ impl Active {
         drop(vm);
         if want != self.tick_ms && host::set_tick_period(Duration::from_millis(want)).is_ok() {
             self.tick_ms = want;
-        }
-    }
-
-    /// Flow control on the tick: answers the held requests that were displaced or
-    /// waited past their TTL, then resumes held requests, best first, while the server
-    /// has room. Host calls on streams are made with no borrow of the VM state held: a
-    /// local reply may run the stream's response callbacks at once.
-    fn pump(&self, now: u64) {
-        let Some(fc) = self.config.flow.as_ref() else {
-            return;
-        };
-        let cfg = &self.config;
-        let ttl = worker_ttl_ms(cfg);
-        let mut refuse: Vec<(Entry, bool)> = Vec::new();
-        let mut resume: Vec<Entry> = Vec::new();
-        {
-            let mut vm = self.vm.borrow_mut();
-            refuse.extend(vm.evicted.drain(..).map(|e| (e, false)));
-            let mut expired = Vec::new();
-            vm.flow.expire(fc, now, &mut expired);
-            refuse.extend(expired.into_iter().map(|e| (e, true)));
-            while let Some(class) = vm.flow.peek_class() {
-                let view = vm.view;
-                let room = flow::room(fc, vm.proxy_in_flight(), vm.scraped_waiting);
-                if room == 0 || cfg.decide(class, &view, 0) != Decision::Admit {
-                    break;
-                }
-                if vm.sync_workers(now, ttl, cap(cfg, class)) != Slot::Taken {
-                    break;
-                }
-                match vm.flow.pop() {
-                    Some(e) => {
-                        vm.holds.insert(e.id, Hold::Released);
-                        vm.counts.flow(e.class, FlowOutcome::Released);
-                        vm.counts.admit(e.class);
-                        vm.counts.wait(e.class, now.saturating_sub(e.since_ms));
-                        resume.push(e);
-                    }
-                    None => {
-                        vm.in_flight = vm.in_flight.saturating_sub(1);
-                        break;
-                    }
-                }
-            }
-            // An evicted request whose client has gone since is no longer tracked.
-            refuse.retain(|(e, _)| vm.holds.contains_key(&e.id));
-            for (e, expired) in &refuse {
-                vm.holds.insert(e.id, Hold::Refused);
-                let reason = if *expired {
-                    vm.counts.flow(e.class, FlowOutcome::Expired);
-                    vm.counts.wait(e.class, now.saturating_sub(e.since_ms));
-                    ShedReason::FlowTimeout
-                } else {
-                    ShedReason::FlowFull
-                };
-                vm.counts.shed(e.class, reason);
-            }
-        }
-        let server = self.vm.borrow().view.server;
-        for (e, expired) in &refuse {
-            let (err, reason) = if *expired {
-                (cfg.expired_error(e.class, server), ShedReason::FlowTimeout)
-            } else {
-                (
-                    cfg.shed_error(e.class, ShedReason::FlowFull),
-                    ShedReason::FlowFull,
-                )
-            };
-            modelgate_glue::stream::reply(e.id, &err, &[(SHED_HEADER, reason.as_str())]);
-        }
-        for e in &resume {
-            if !modelgate_glue::stream::resume_request(e.id) {
-                // The stream is gone (its end will not be seen here): give the slot back.
-                let mut vm = self.vm.borrow_mut();
-                vm.holds.remove(&e.id);
-                vm.in_flight = vm.in_flight.saturating_sub(1);
-            }
         }
     }
 
@@ -475,6 +399,8 @@ struct ShedHttp {
     held: bool,
     /// The upstream answered (counts toward the ORCA request rate).
     responded: bool,
+    /// `finish` has run.
+    finished: bool,
 }
 
 impl Context for ShedHttp {}
@@ -603,6 +529,89 @@ impl HttpContext for ShedHttp {
         }
         Action::Continue
     }
+    fn on_log(&mut self) {
+        // A freed slot goes to the next held request now, not at the next tick.
+        if self.finish() {
+            let now = self.vm.try_borrow().map_or(0, |vm| vm.clock());
+            pump(&self.config, &self.vm, now);
+        }
+    }
+}
+
+/// Flow control, on the tick and when a stream frees its slot: answers the held requests
+/// that were displaced or waited past their TTL, then resumes held requests, best first,
+/// while the server has room. Host calls on streams are made with no borrow of the VM state held: a
+/// local reply may run the stream's response callbacks at once.
+fn pump(cfg: &ShedConfig, state: &RefCell<VmState>, now: u64) {
+    let Some(fc) = cfg.flow.as_ref() else {
+        return;
+    };
+    let ttl = worker_ttl_ms(cfg);
+    let mut refuse: Vec<(Entry, bool)> = Vec::new();
+    let mut resume: Vec<Entry> = Vec::new();
+    {
+        let mut vm = state.borrow_mut();
+        refuse.extend(vm.evicted.drain(..).map(|e| (e, false)));
+        let mut expired = Vec::new();
+        vm.flow.expire(fc, now, &mut expired);
+        refuse.extend(expired.into_iter().map(|e| (e, true)));
+        while let Some(class) = vm.flow.peek_class() {
+            let view = vm.view;
+            let room = flow::room(fc, vm.proxy_in_flight(), vm.scraped_waiting);
+            if room == 0 || cfg.decide(class, &view, 0) != Decision::Admit {
+                break;
+            }
+            if vm.sync_workers(now, ttl, cap(cfg, class)) != Slot::Taken {
+                break;
+            }
+            match vm.flow.pop() {
+                Some(e) => {
+                    vm.holds.insert(e.id, Hold::Released);
+                    vm.counts.flow(e.class, FlowOutcome::Released);
+                    vm.counts.admit(e.class);
+                    vm.counts.wait(e.class, now.saturating_sub(e.since_ms));
+                    resume.push(e);
+                }
+                None => {
+                    vm.in_flight = vm.in_flight.saturating_sub(1);
+                    break;
+                }
+            }
+        }
+        // An evicted request whose client has gone since is no longer tracked.
+        refuse.retain(|(e, _)| vm.holds.contains_key(&e.id));
+        for (e, expired) in &refuse {
+            vm.holds.insert(e.id, Hold::Refused);
+            let reason = if *expired {
+                vm.counts.flow(e.class, FlowOutcome::Expired);
+                vm.counts.wait(e.class, now.saturating_sub(e.since_ms));
+                ShedReason::FlowTimeout
+            } else {
+                ShedReason::FlowFull
+            };
+            vm.counts.shed(e.class, reason);
+        }
+    }
+    let server = state.borrow().view.server;
+    for (e, expired) in &refuse {
+        let (err, reason) = if *expired {
+            (cfg.expired_error(e.class, server), ShedReason::FlowTimeout)
+        } else {
+            (
+                cfg.shed_error(e.class, ShedReason::FlowFull),
+                ShedReason::FlowFull,
+            )
+        };
+        modelgate_glue::stream::reply(e.id, &err, &[(SHED_HEADER, reason.as_str())]);
+    }
+    for e in &resume {
+        if !modelgate_glue::stream::resume_request(e.id) {
+            // The stream is gone (its end will not be seen here): give the slot back.
+            let mut vm = state.borrow_mut();
+            vm.holds.remove(&e.id);
+            vm.in_flight = vm.in_flight.saturating_sub(1);
+        }
+    }
 }
 
 /// The decision with an exact in-flight count: thresholds on the cached view, then a slot
@@ -720,10 +729,15 @@ impl ShedHttp {
     }
 }
 
-impl Drop for ShedHttp {
-    fn drop(&mut self) {
+impl ShedHttp {
+    /// The stream is over: out of the queue if still held, its slot freed if admitted.
+    /// Returns true when requests are held that the freed slot may let through.
+    fn finish(&mut self) -> bool {
+        if std::mem::replace(&mut self.finished, true) {
+            return false;
+        }
         let Ok(mut vm) = self.vm.try_borrow_mut() else {
-            return;
+            return false;
         };
         let mut admitted = self.admitted;
         if self.held {
@@ -738,17 +752,26 @@ impl Drop for ShedHttp {
                 Some(Hold::Refused) | None => {}
             }
         }
-        if admitted {
-            vm.in_flight = vm.in_flight.saturating_sub(1);
-            if self.responded {
-                vm.completed = vm.completed.saturating_add(1);
-            }
-            if exact(&self.config) {
-                // Free the slot for the other workers now, not at our next tick.
-                let now = vm.clock();
-                let _ = vm.sync_workers(now, worker_ttl_ms(&self.config), None);
-            }
+        if !admitted {
+            return false;
         }
+        vm.in_flight = vm.in_flight.saturating_sub(1);
+        if self.responded {
+            vm.completed = vm.completed.saturating_add(1);
+        }
+        if exact(&self.config) {
+            // Free the slot for the other workers now, not at our next tick.
+            let now = vm.clock();
+            let _ = vm.sync_workers(now, worker_ttl_ms(&self.config), None);
+        }
+        !vm.flow.is_empty()
+    }
+}
+
+impl Drop for ShedHttp {
+    fn drop(&mut self) {
+        // Normally done in `on_log`; a stream Envoy never logs still frees its slot.
+        self.finish();
     }
 }
 

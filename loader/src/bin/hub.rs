@@ -323,26 +323,14 @@ async fn api_revision(
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
     let Some((commit, files)) = hub.resolve(repo, rev) else {
-        return (
-            StatusCode::NOT_FOUND,
-            "{\"error\":\"Repository or revision not found\"}",
-        )
-            .into_response();
+        return revision_not_found();
     };
     let siblings: Vec<serde_json::Value> = files
         .iter()
         .map(|f| {
-            let mut v =
+            let v =
                 serde_json::json!({ "rfilename": f.path, "size": f.size, "blobId": f.blob_sha1 });
-            if f.size >= hub.args.lfs_threshold {
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert(
-                        "lfs".into(),
-                        serde_json::json!({ "sha256": f.sha256, "size": f.size, "pointerSize": 134 }),
-                    );
-                }
-            }
-            v
+            with_lfs(hub.args.lfs_threshold, f, v, "sha256")
         })
         .collect();
     let mut siblings = siblings;
@@ -364,29 +352,44 @@ async fn api_revision(
         .into_response()
 }
 
+fn revision_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "{\"error\":\"Repository or revision not found\"}",
+    )
+        .into_response()
+}
+
+/// Adds the `lfs` block (the sha256 under `sha_key`) to a file stored in LFS.
+fn with_lfs(
+    threshold: u64,
+    f: &FileEntry,
+    mut v: serde_json::Value,
+    sha_key: &str,
+) -> serde_json::Value {
+    if f.size >= threshold {
+        if let Some(obj) = v.as_object_mut() {
+            let mut lfs = serde_json::json!({ "size": f.size, "pointerSize": 134 });
+            if let Some(l) = lfs.as_object_mut() {
+                l.insert(sha_key.into(), f.sha256.clone().into());
+            }
+            obj.insert("lfs".into(), lfs);
+        }
+    }
+    v
+}
+
 fn api_tree(hub: &Hub, repo: &str, rev: &str) -> Response {
     let Some((_, files)) = hub.resolve(repo, rev) else {
-        return (
-            StatusCode::NOT_FOUND,
-            "{\"error\":\"Repository or revision not found\"}",
-        )
-            .into_response();
+        return revision_not_found();
     };
     let items: Vec<serde_json::Value> = files
         .iter()
         .map(|f| {
-            let mut v = serde_json::json!({
+            let v = serde_json::json!({
                 "type": "file", "path": f.path, "size": f.size, "oid": f.blob_sha1,
             });
-            if f.size >= hub.args.lfs_threshold {
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert(
-                        "lfs".into(),
-                        serde_json::json!({ "oid": f.sha256, "size": f.size, "pointerSize": 134 }),
-                    );
-                }
-            }
-            v
+            with_lfs(hub.args.lfs_threshold, f, v, "oid")
         })
         .collect();
     (

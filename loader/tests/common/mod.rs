@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 pub const HUB: &str = env!("CARGO_BIN_EXE_modelgate-hub");
 pub const LOADER: &str = env!("CARGO_BIN_EXE_modelgate-loader");
+/// The Hub repo most tests publish to.
+pub const REPO: &str = "org/model";
 
 /// Deterministic pseudo-random bytes (xorshift), so mismatches show up at any offset.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -39,8 +41,40 @@ pub fn publish(root: &Path, repo: &str, commit: &str, files: &[(&str, Vec<u8>)])
     std::fs::rename(tmp, refs.join("main")).unwrap();
 }
 
+/// A server process this test started, killed by pid when dropped.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A test tool installed by scripts/setup.sh under tools/; None (and a SKIPPED line) when
+/// missing.
+pub fn tool(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tools")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: {} missing (run scripts/setup.sh)", p.display());
+        None
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Hub {
-    child: Child,
+    _server: Server,
     pub port: u16,
 }
 
@@ -63,7 +97,10 @@ impl Hub {
         wait_until("hub answering", Duration::from_secs(120), || {
             http_get(port, "/_hub/stats").0 == 200
         });
-        Hub { child, port }
+        Hub {
+            _server: Server(child),
+            port,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -73,13 +110,6 @@ impl Hub {
     pub fn stats(&self) -> serde_json::Value {
         let body = http_get(self.port, "/_hub/stats").1;
         serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -114,20 +144,42 @@ pub fn run(mut c: Command) -> (Output, String) {
 
 /// Minimal HTTP/1.0 GET (no client dependency): (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    request(port, "GET", path, &[], b"")
+}
+
+/// One HTTP/1.0 request: (status, body). Status 0 when nothing answered.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
     use std::io::Write;
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    let status = buf
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf
+    let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
@@ -215,6 +267,20 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Waits (bounded) for the loader to exit: (success, its log).
+    pub fn wait_exit(&mut self, timeout: Duration) -> (bool, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s.success(), self.log());
+            }
+            assert!(Instant::now() < deadline, "no exit: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -238,4 +304,48 @@ pub fn tmp() -> tempfile::TempDir {
 pub fn versions_of(dest: &Path) -> PathBuf {
     let name = dest.file_name().unwrap().to_string_lossy();
     dest.parent().unwrap().join(format!(".{name}.versions"))
+}
+
+/// Bytes of `file` a partial download of `rev` holds on disk, from its resume state (0 when
+/// there is none yet).
+pub fn held_bytes(dest: &Path, rev: &str, file: &str) -> u64 {
+    let state = versions_of(dest)
+        .join(format!(".partial-{rev}"))
+        .join(".modelgate-parts")
+        .join(format!("{file}.part.state"));
+    std::fs::read(state)
+        .ok()
+        .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+        .and_then(|v| {
+            v["got"]
+                .as_array()
+                .map(|g| g.iter().filter_map(|x| x.as_u64()).sum::<u64>())
+        })
+        .unwrap_or(0)
+}
+
+/// A tmpfs of `size` at a directory, unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Err (mount's message) where mounting is not allowed (it needs CAP_SYS_ADMIN).
+    pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(Tmpfs(dir.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }

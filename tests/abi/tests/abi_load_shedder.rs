@@ -604,6 +604,25 @@ fn held_requests_go_by_band_then_tenant_turn_as_slots_free() {
     assert_eq!(flow_count(&vm, "sheddable", "released"), 1);
 }
 
+/// The slot an ending stream frees goes to the next held request at once: waiting for
+/// the tick would cap a pod's throughput at a batch per tick.
+#[test]
+fn a_freed_slot_resumes_the_next_held_request_without_waiting_for_a_tick() {
+    let host = Host::new();
+    let mut vm = shedder(&host, &flow(""));
+    scrape(&mut vm, load(0.0, 0.1));
+    let (a1, _) = open(&mut vm, "a", "standard");
+    open(&mut vm, "a", "standard");
+    let (b1, held) = open(&mut vm, "b", "standard");
+    let (b2, _) = open(&mut vm, "b", "standard");
+    assert_eq!(held, Action::Pause);
+    complete(&mut vm, a1);
+    assert_eq!(resumed(&mut vm, &[b1, b2]), vec![b1], "no tick in between");
+    assert!(vm.stream(b1).request_forwarded());
+    complete(&mut vm, b1);
+    assert_eq!(resumed(&mut vm, &[b2]), vec![b2]);
+}
+
 #[test]
 fn a_held_request_past_its_ttl_gets_429_or_503_without_a_server() {
     let host = Host::new();

@@ -7,7 +7,9 @@ use std::fs;
 
 use serde_json::{json, Value};
 
-use crate::e2e::{render, repo_root, wasm};
+use std::path::Path;
+
+use crate::e2e::{render, repo_root, wasm, wasm_dir, with_fresh_ports, Envoy, Ports};
 
 /// `envoy/stats-tags.yaml` as shipped (a top-level `stats_config` block).
 pub fn stats_tags_yaml() -> String {
@@ -15,35 +17,234 @@ pub fn stats_tags_yaml() -> String {
 }
 
 /// Renders `envoy/<file>` with `vars` (`{{KEY}}` placeholders), its `stats_config` replaced
-/// by `envoy/stats-tags.yaml`. Tests may edit the text further before starting Envoy.
+/// by `envoy/stats-tags.yaml`. For a test's changes use [`Shipped`].
 pub fn shipped(file: &str, vars: &[(&str, String)]) -> String {
-    let path = repo_root().join("envoy").join(file);
-    let template = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let rendered = render(&template, vars);
-    assert!(
-        !rendered.contains("{{"),
-        "{file}: placeholder left unrendered"
-    );
-    format!("{}{}", without_stats_config(&rendered), stats_tags_yaml())
+    Shipped::new(file, vars).yaml()
 }
 
-/// Drops a top-level `stats_config:` block (up to the next top-level key).
-fn without_stats_config(yaml: &str) -> String {
-    let mut out = String::with_capacity(yaml.len());
-    let mut skipping = false;
-    for line in yaml.lines() {
-        if line.starts_with("stats_config:") {
-            skipping = true;
-            continue;
+/// A change [`Shipped`] makes to the rendered config (as JSON, before it is written).
+type Edit = Box<dyn Fn(&mut Value)>;
+
+/// A shipped config from `envoy/` (what `make run` and users deploy) rendered for a test,
+/// with the test's changes made on the parsed config by name (a plugin's configuration,
+/// a filter field, a connection manager field), never by editing the rendered text.
+pub struct Shipped {
+    file: String,
+    vars: Vec<(String, String)>,
+    edits: Vec<Edit>,
+}
+
+impl Shipped {
+    /// `envoy/<file>` with `vars` for its `{{KEY}}` placeholders.
+    pub fn new(file: &str, vars: &[(&str, String)]) -> Self {
+        Self {
+            file: file.to_string(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            edits: Vec::new(),
         }
-        let nested = line.is_empty() || line.starts_with([' ', '#']);
-        if skipping && nested {
-            continue;
-        }
-        skipping = false;
-        out.push_str(line);
-        out.push('\n');
     }
+
+    /// `envoy/sidecar.yaml` on `ports` in front of the model server on `model_server`,
+    /// serving `model`: no loader check (its cluster points at port 1, where nothing
+    /// listens), readiness polled every 500 ms.
+    pub fn sidecar(ports: Ports, model_server: u16, model: &str) -> Self {
+        Self::new(
+            "sidecar.yaml",
+            &[
+                ("LISTEN_PORT", ports.listen.to_string()),
+                ("ADMIN_PORT", ports.admin.to_string()),
+                ("SIM_PORT", model_server.to_string()),
+                ("LOADER_PORT", "1".to_string()),
+                ("WASM_DIR", wasm_dir()),
+                ("MODEL", model.to_string()),
+                ("READINESS_LOADER", "null".to_string()),
+                ("READINESS_PERIOD", "500ms".to_string()),
+            ],
+        )
+    }
+
+    /// `envoy/gateway.yaml` on `ports` in front of pods a, b (llama-3-8b) and c (qwen-2-7b).
+    pub fn gateway(ports: Ports, pods: [u16; 3]) -> Self {
+        Self::new(
+            "gateway.yaml",
+            &[
+                ("LISTEN_PORT", ports.listen.to_string()),
+                ("ADMIN_PORT", ports.admin.to_string()),
+                ("WASM_DIR", wasm_dir()),
+                ("POD_A_PORT", pods[0].to_string()),
+                ("POD_B_PORT", pods[1].to_string()),
+                ("POD_C_PORT", pods[2].to_string()),
+            ],
+        )
+    }
+
+    /// Sets placeholder `key`.
+    pub fn var(mut self, key: &str, value: impl ToString) -> Self {
+        let value = value.to_string();
+        match self.vars.iter_mut().find(|(k, _)| k == key) {
+            Some(v) => v.1 = value,
+            None => self.vars.push((key.to_string(), value)),
+        }
+        self
+    }
+
+    /// Sidecar: the readiness gate also requires the loader's `/ready` on `port`.
+    pub fn loader(self, port: u16) -> Self {
+        self.var("LOADER_PORT", port).var(
+            "READINESS_LOADER",
+            r#"{"cluster": "loader", "path": "/ready"}"#,
+        )
+    }
+
+    /// Sidecar: the readiness gate's poll period.
+    pub fn readiness_period(self, period: &str) -> Self {
+        self.var("READINESS_PERIOD", period)
+    }
+
+    /// Changes the configuration (JSON) of the wasm filter of `module` (its root id).
+    pub fn plugin_config(mut self, module: &str, edit: impl Fn(&mut Value) + 'static) -> Self {
+        let module = module.to_string();
+        self.edits.push(Box::new(move |root| {
+            for filter in wasm_filters(root, &module) {
+                let value = &mut filter["typed_config"]["config"]["configuration"]["value"];
+                let mut config: Value = value
+                    .as_str()
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or_else(|| panic!("{module}: configuration is not JSON"));
+                edit(&mut config);
+                *value = json!(config.to_string());
+            }
+        }));
+        self
+    }
+
+    /// Sidecar: the load shedder refuses at once instead of holding (flow control off).
+    pub fn flow_control(self, on: bool) -> Self {
+        self.plugin_config("load_shedder", move |c| {
+            if let Some(flow) = c.get_mut("flow").and_then(Value::as_object_mut) {
+                flow.insert("enabled".into(), json!(on));
+            }
+        })
+    }
+
+    /// Gateway: the endpoint picker's pool of `model` is these ports on 127.0.0.1.
+    pub fn picker_pool(self, model: &str, ports: &[u16]) -> Self {
+        let model = model.to_string();
+        let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        self.plugin_config("endpoint_picker", move |c| {
+            c["pools"][&model] = json!(hosts);
+        })
+    }
+
+    /// Sets a field of the wasm filter of `module`'s `config` (its `PluginConfig`), e.g.
+    /// `allow_on_headers_stop_iteration`.
+    pub fn filter_field(mut self, module: &str, key: &str, value: Value) -> Self {
+        let (module, key) = (module.to_string(), key.to_string());
+        self.edits.push(Box::new(move |root| {
+            for filter in wasm_filters(root, &module) {
+                filter["typed_config"]["config"][&key] = value.clone();
+            }
+        }));
+        self
+    }
+
+    /// Sets an HttpConnectionManager field of every listener, e.g. `stream_idle_timeout`.
+    pub fn hcm(mut self, key: &str, value: Value) -> Self {
+        let key = key.to_string();
+        self.edits.push(Box::new(move |root| {
+            for hcm in connection_managers(root) {
+                hcm[&key] = value.clone();
+            }
+        }));
+        self
+    }
+
+    /// The config as YAML, `envoy/stats-tags.yaml` in place of its `stats_config`.
+    pub fn yaml(&self) -> String {
+        let path = repo_root().join("envoy").join(&self.file);
+        let template =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let vars: Vec<(&str, String)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let rendered = render(&template, &vars);
+        assert!(
+            !rendered.contains("{{"),
+            "{}: placeholder left unrendered",
+            self.file
+        );
+        let mut root: Value = serde_yaml::from_str(&rendered)
+            .unwrap_or_else(|e| panic!("{}: not YAML: {e}", self.file));
+        let tags: Value = serde_yaml::from_str(&stats_tags_yaml()).expect("stats-tags YAML");
+        root["stats_config"] = tags["stats_config"].clone();
+        for edit in &self.edits {
+            edit(&mut root);
+        }
+        serde_yaml::to_string(&root).expect("bootstrap YAML")
+    }
+
+    /// Writes the config to `<dir>/<name>.yaml` and starts Envoy on it; when a port was
+    /// taken meanwhile, again on fresh `LISTEN_PORT` and `ADMIN_PORT`. The ports in use are
+    /// the returned Envoy's `port` and `admin_port`.
+    pub fn start(mut self, dir: &Path, name: &str) -> Envoy {
+        let mut first = true;
+        with_fresh_ports(name, || {
+            if !std::mem::take(&mut first) {
+                let ports = Ports::free();
+                self = std::mem::replace(&mut self, Shipped::new("", &[]))
+                    .var("LISTEN_PORT", ports.listen)
+                    .var("ADMIN_PORT", ports.admin);
+            }
+            let port = |key: &str| -> u16 {
+                self.vars
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let mut envoy = Envoy::try_start(dir, name, &self.yaml(), port("ADMIN_PORT"))?;
+            envoy.port = port("LISTEN_PORT");
+            Ok(envoy)
+        })
+    }
+}
+
+/// Every HttpConnectionManager config of the static listeners.
+fn connection_managers(root: &mut Value) -> Vec<&mut Value> {
+    let mut out = Vec::new();
+    let listeners = root["static_resources"]["listeners"].as_array_mut();
+    for listener in listeners.into_iter().flatten() {
+        let chains = listener["filter_chains"].as_array_mut();
+        for chain in chains.into_iter().flatten() {
+            let filters = chain["filters"].as_array_mut();
+            for f in filters.into_iter().flatten() {
+                if f["name"] == "envoy.filters.network.http_connection_manager" {
+                    out.push(&mut f["typed_config"]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The HTTP filters of wasm module `module` (by root id) in every listener; panics when
+/// there is none, so a test never edits a filter that is not there.
+fn wasm_filters<'a>(root: &'a mut Value, module: &str) -> Vec<&'a mut Value> {
+    let mut out = Vec::new();
+    for hcm in connection_managers(root) {
+        let filters = hcm["http_filters"].as_array_mut();
+        for f in filters.into_iter().flatten() {
+            if f["typed_config"]["config"]["root_id"] == module {
+                out.push(f);
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no {module} filter in the config");
     out
 }
 
@@ -298,17 +499,65 @@ mod tests {
     }
 
     #[test]
-    fn shipped_configs_carry_the_shipped_stats_tags() {
+    fn shipped_configs_carry_the_shipped_stats_tags_and_the_tests_changes() {
         let expected = stats_config(&stats_tags_yaml());
         assert!(expected["stats_tags"]
             .as_sequence()
             .is_some_and(|s| !s.is_empty()));
-        let stripped = without_stats_config(
-            "admin: {}\n# note\nstats_config:\n  stats_tags:\n  - {}\n\n  # c\nstatic_resources: {}\n",
+        let ports = Ports {
+            listen: 10,
+            admin: 11,
+        };
+        let yaml = Shipped::gateway(ports, [1, 1, 2])
+            .picker_pool("llama-3-8b", &[1])
+            .filter_field(
+                "model_router",
+                "allow_on_headers_stop_iteration",
+                json!(false),
+            )
+            .hcm("stream_idle_timeout", json!("2s"))
+            .yaml();
+        assert_eq!(stats_config(&yaml), expected);
+        let doc: Value = serde_yaml::from_str(&yaml).expect("YAML");
+        let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert_eq!(hcm["stream_idle_timeout"], "2s");
+        let filter = |root: &str| {
+            hcm["http_filters"]
+                .as_array()
+                .and_then(|fs| {
+                    fs.iter()
+                        .find(|f| f["typed_config"]["config"]["root_id"] == root)
+                })
+                .map(|f| f["typed_config"]["config"].clone())
+                .expect(root)
+        };
+        assert_eq!(
+            filter("model_router")["allow_on_headers_stop_iteration"],
+            false
         );
-        assert_eq!(stripped, "admin: {}\n# note\nstatic_resources: {}\n");
-        let rendered = format!("{stripped}{}", stats_tags_yaml());
-        assert_eq!(stats_config(&rendered), expected);
+        let picker: Value = serde_json::from_str(
+            filter("endpoint_picker")["configuration"]["value"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(picker["pools"]["llama-3-8b"], json!(["127.0.0.1:1"]));
+        let sidecar: Value =
+            serde_yaml::from_str(&Shipped::sidecar(ports, 3, "m").flow_control(false).yaml())
+                .unwrap();
+        let shedder = sidecar["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"]
+            .as_array()
+            .and_then(|fs| {
+                fs.iter()
+                    .find(|f| f["typed_config"]["config"]["root_id"] == "load_shedder")
+            })
+            .map(|f| f["typed_config"]["config"]["configuration"]["value"].clone())
+            .unwrap();
+        let shedder: Value = serde_json::from_str(shedder.as_str().unwrap()).unwrap();
+        assert_eq!(shedder["flow"]["enabled"], false);
+        assert_eq!(shedder["flow"]["max_running"], 4);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! End-to-end support: start Envoy and modelgate-sim as plain processes on free loopback
 //! ports, talk HTTP to them, and stop exactly the processes we started (by pid) on drop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The repository root (two levels above `tests/e2e`).
@@ -19,10 +20,50 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// A port nobody listens on right now (bound to 127.0.0.1:0, then released).
+/// A port nobody listens on right now (bound to 127.0.0.1:0, then released), never one
+/// this process handed out before: tests running in parallel threads cannot be given the
+/// same port between its release and their server's bind. Another process may still take
+/// it in that gap; servers started here retry on a fresh port when their bind fails.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A server's listening and admin ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub listen: u16,
+    pub admin: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports {
+            listen: free_port(),
+            admin: free_port(),
+        }
+    }
+}
+
+/// Tries to start a server up to three times on fresh ports: `start` returns `Err(log)`
+/// when the server exited; only a failed bind (another process took the port between
+/// [`free_port`] and the server's bind) is retried.
+pub fn with_fresh_ports<T>(what: &str, mut start: impl FnMut() -> Result<T, String>) -> T {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match start() {
+            Ok(t) => return t,
+            Err(log) if log.contains("ddress already in use") => last = log,
+            Err(log) => panic!("{what} did not start:\n{log}"),
+        }
+    }
+    panic!("{what}: its port was taken three times:\n{last}")
 }
 
 /// A fresh scratch directory for one test (under the system temp dir).
@@ -36,6 +77,14 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create scratch dir");
     dir
+}
+
+/// `dist/`, where the built wasm modules are (the shipped configs' `WASM_DIR`).
+pub fn wasm_dir() -> String {
+    wasm("load_shedder")
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 /// Path of a built wasm module in `dist/` (from `make build`).
@@ -197,12 +246,17 @@ pub struct Sim {
 impl Sim {
     /// Starts `target/release/modelgate-sim --port <free> <args>` and waits until it answers.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Sim {
-        Self::start_on(dir, name, free_port(), args)
+        with_fresh_ports(name, || Self::try_start(dir, name, free_port(), args))
     }
 
     /// Starts the sim on a port chosen in advance and waits until `GET /health` answers
     /// (any status: a sim with `--startup-delay-ms` answers 503 until it is ready).
     pub fn start_on(dir: &Path, name: &str, port: u16, args: &[&str]) -> Sim {
+        Self::try_start(dir, name, port, args)
+            .unwrap_or_else(|log| panic!("{name} did not answer on {port}:\n{log}"))
+    }
+
+    fn try_start(dir: &Path, name: &str, port: u16, args: &[&str]) -> Result<Sim, String> {
         let mut cmd = Command::new(release_bin("modelgate-sim"));
         cmd.arg("--host")
             .arg("127.0.0.1")
@@ -214,14 +268,10 @@ impl Sim {
         let up = wait_until(START_TIMEOUT, || {
             get(&health).status != 0 || proc.try_exit().is_some()
         });
-        if !up || proc.try_exit().is_some() {
-            let exit = proc.try_exit();
-            panic!(
-                "{name} did not answer on {port} ({exit:?}):\n{}",
-                proc.log_text()
-            );
+        match proc.try_exit() {
+            None if up => Ok(Sim { port, proc }),
+            exit => Err(format!("{exit:?}\n{}", proc.log_text())),
         }
-        Sim { port, proc }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -247,6 +297,8 @@ impl HotRestart {
 /// A running Envoy from a rendered bootstrap.
 pub struct Envoy {
     pub admin_port: u16,
+    /// The listener's port when started from a [`crate::Shipped`] config, else 0.
+    pub port: u16,
     pub config: PathBuf,
     pub proc: Proc,
 }
@@ -255,19 +307,15 @@ impl Envoy {
     /// Writes `yaml` to `<dir>/<name>.yaml`, starts the pinned Envoy on it and waits for the
     /// admin `/ready` to say LIVE. `admin_port` must be the one the YAML uses.
     pub fn start(dir: &Path, name: &str, yaml: &str, admin_port: u16) -> Envoy {
-        let mut envoy = Self::spawn(dir, name, yaml);
-        let ready = wait_until(START_TIMEOUT, || {
-            get(&format!("http://127.0.0.1:{admin_port}/ready")).status == 200
-                || envoy.proc.try_exit().is_some()
-        });
-        if !ready || envoy.proc.try_exit().is_some() {
-            panic!(
-                "envoy {name} did not become ready:\n{}",
-                envoy.proc.log_text()
-            );
-        }
-        envoy.admin_port = admin_port;
-        envoy
+        Self::spawn_with(dir, name, yaml, None)
+            .ready(admin_port)
+            .unwrap_or_else(|log| panic!("envoy {name} did not become ready:\n{log}"))
+    }
+
+    /// Like [`Envoy::start`]; `Err(log)` when Envoy exited (e.g. a port was taken), for
+    /// [`with_fresh_ports`].
+    pub fn try_start(dir: &Path, name: &str, yaml: &str, admin_port: u16) -> Result<Envoy, String> {
+        Self::spawn_with(dir, name, yaml, None).ready(admin_port)
     }
 
     /// Starts Envoy without waiting (for tests that expect it to reject its config).
@@ -285,19 +333,23 @@ impl Envoy {
         admin_port: u16,
         hot: HotRestart,
     ) -> Envoy {
-        let mut envoy = Self::spawn_with(dir, name, yaml, Some(hot));
+        Self::spawn_with(dir, name, yaml, Some(hot))
+            .ready(admin_port)
+            .unwrap_or_else(|log| panic!("envoy {name} did not become ready:\n{log}"))
+    }
+
+    /// Waits until the admin `/ready` on `admin_port` says LIVE; `Err(log)` when Envoy
+    /// exited or never got there.
+    fn ready(mut self, admin_port: u16) -> Result<Envoy, String> {
         let ready = wait_until(START_TIMEOUT, || {
             get(&format!("http://127.0.0.1:{admin_port}/ready")).status == 200
-                || envoy.proc.try_exit().is_some()
+                || self.proc.try_exit().is_some()
         });
-        if !ready || envoy.proc.try_exit().is_some() {
-            panic!(
-                "envoy {name} did not become ready:\n{}",
-                envoy.proc.log_text()
-            );
+        if !ready || self.proc.try_exit().is_some() {
+            return Err(self.proc.log_text());
         }
-        envoy.admin_port = admin_port;
-        envoy
+        self.admin_port = admin_port;
+        Ok(self)
     }
 
     fn spawn_with(dir: &Path, name: &str, yaml: &str, hot: Option<HotRestart>) -> Envoy {
@@ -324,6 +376,7 @@ impl Envoy {
         let proc = Proc::spawn(name, cmd, dir);
         Envoy {
             admin_port: 0,
+            port: 0,
             config,
             proc,
         }
@@ -371,6 +424,17 @@ impl Envoy {
         reloads.max(0) as u64 + traps as u64
     }
 
+    /// The sum of the Prometheus series `name` whose labels include each of `labels`
+    /// (`key="value"`).
+    pub fn prometheus_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.prometheus_stats()
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Envoy's Prometheus stats text.
     pub fn prometheus_stats(&self) -> String {
         get(&format!(
@@ -407,10 +471,15 @@ impl Response {
     }
 }
 
+/// How long a client waits for a whole answer: longer than the longest time the shipped
+/// sidecar holds a request (flow control's standard TTL, 30 s), so a held request's 429
+/// arrives before the client gives up.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
+
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
+        .timeout(CLIENT_TIMEOUT)
         .redirects(0)
         .build()
 }
@@ -456,4 +525,153 @@ pub fn post_json(url: &str, body: &serde_json::Value, headers: &[(&str, &str)]) 
     h.extend_from_slice(headers);
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     request("POST", url, &h, Some(&bytes))
+}
+
+impl Sim {
+    /// A fast sim for routing tests: serving `model` as pod `pod` (its `x-sim-pod`), 1 ms
+    /// per token, 64 running, room for big prompts.
+    pub fn fast(dir: &Path, pod: &str, model: &str) -> Sim {
+        Sim::start(
+            dir,
+            &format!("sim-{pod}"),
+            &[
+                "--served-model-name",
+                model,
+                "--pod-name",
+                pod,
+                "--ttft-ms",
+                "1",
+                "--itl-ms",
+                "1",
+                "--max-num-seqs",
+                "64",
+                "--kv-cache-tokens",
+                "10000000",
+            ],
+        )
+    }
+}
+
+/// A system prompt naming `who`, longer than the gateway's prefix-affinity window
+/// (`prefix_affinity.chars` of envoy/gateway.yaml's router): requests that share it share
+/// the hashed prefix whatever follows, and prompts for different `who` differ inside it.
+pub fn system_prompt(who: &str) -> String {
+    format!(
+        "You are {who}. {}",
+        "Answer precisely, cite the document you were given, say so when you do not know, \
+         and keep every answer short unless asked for detail. "
+            .repeat(3)
+    )
+}
+
+/// A llama-3-8b chat: `system`, an opening question and answer, then the user's `later`.
+pub fn conversation(system: &str, later: &str) -> serde_json::Value {
+    serde_json::json!({"model": "llama-3-8b", "max_tokens": 1, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Summarise this document for me."},
+        {"role": "assistant", "content": "Sure."},
+        {"role": "user", "content": later}]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_prompts_outgrow_the_shipped_prefix_affinity_window() {
+        let yaml = crate::Shipped::gateway(
+            Ports {
+                listen: 1,
+                admin: 2,
+            },
+            [3, 4, 5],
+        )
+        .yaml();
+        let doc: serde_json::Value = serde_yaml::from_str(&yaml).expect("YAML");
+        let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let router = hcm["http_filters"]
+            .as_array()
+            .and_then(|fs| {
+                fs.iter()
+                    .find(|f| f["typed_config"]["config"]["root_id"] == "model_router")
+            })
+            .and_then(|f| f["typed_config"]["config"]["configuration"]["value"].as_str())
+            .expect("router config");
+        let config: serde_json::Value = serde_json::from_str(router).expect("JSON");
+        let chars = config["prefix_affinity"]["chars"].as_u64().expect("chars");
+        assert!(system_prompt("a").chars().count() as u64 > chars);
+        // Prompts for different names differ within the window.
+        assert!(("You are a.".len() as u64) < chars);
+    }
+}
+
+/// How [`raw_http`] writes the body pieces after the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawBody {
+    /// As they are (the head says how long the body is, or it is in the head already).
+    Plain,
+    /// Each as one chunk of `transfer-encoding: chunked`, then the last chunk.
+    Chunked,
+    /// As they are, then the write side is shut: a client that stops sending.
+    HalfClose,
+}
+
+/// A request written by hand on a connection of its own: `head` (request line, headers,
+/// maybe the body), then `pieces` 20 ms apart (so Envoy calls the filters once per piece).
+/// Reads until the server closes or `timeout` passes; status 0 when nothing came back.
+pub fn raw_http(
+    port: u16,
+    head: &[u8],
+    pieces: &[&[u8]],
+    body: RawBody,
+    timeout: Duration,
+) -> Response {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return Response::default();
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.write_all(head);
+    for p in pieces {
+        std::thread::sleep(Duration::from_millis(20));
+        let sent = match body {
+            RawBody::Chunked => s
+                .write_all(format!("{:x}\r\n", p.len()).as_bytes())
+                .and_then(|()| s.write_all(p))
+                .and_then(|()| s.write_all(b"\r\n")),
+            _ => s.write_all(p),
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    match body {
+        RawBody::Chunked => {
+            let _ = s.write_all(b"0\r\n\r\n");
+        }
+        RawBody::HalfClose => {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        RawBody::Plain => {}
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.as_bytes().to_vec(),
+    }
 }

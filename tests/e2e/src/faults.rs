@@ -387,14 +387,16 @@ impl FaultRow {
         }
     }
 
-    /// Records one answer; `ok` says whether it was expected under this fault.
-    pub fn record(&mut self, status: u16, ok: bool, what: impl FnOnce() -> String) {
+    /// Records one answer; `ok` says whether it was expected under this fault. An
+    /// unexpected one is kept as an example: `label`, its status and the start of its body.
+    pub fn record(&mut self, r: &crate::e2e::Response, ok: bool, label: &str) {
         self.requests += 1;
-        *self.statuses.entry(status).or_default() += 1;
+        *self.statuses.entry(r.status).or_default() += 1;
         if !ok {
             self.unexpected += 1;
             if self.examples.len() < 3 {
-                self.examples.push(what());
+                let body: String = r.text().chars().take(160).collect();
+                self.examples.push(format!("{label}{} {body}", r.status));
             }
         }
     }
@@ -457,6 +459,25 @@ pub fn report(test: &str, rows: &[FaultRow], vm_failures: u64, memory: (u64, u64
             let _ = writeln!(f, "{text}<!-- {} -->", total.trim_end());
         }
     }
+}
+
+/// Prints `rows` as the report of `test` (see [`report`]) with `envoys`' VM failures and
+/// `heap` (bytes before, after), and asserts that every row saw answers, all of them
+/// expected, and that no VM failed.
+pub fn report_and_check(
+    test: &str,
+    rows: &[FaultRow],
+    envoys: &[&crate::e2e::Envoy],
+    heap: (u64, u64),
+) {
+    let failures: u64 = envoys.iter().map(|e| e.vm_failures()).sum();
+    report(test, rows, failures, heap);
+    for r in rows {
+        assert!(r.requests > 0, "{}: no request was sent", r.fault);
+        assert_eq!(r.unexpected, 0, "{}: {:?}", r.fault, r.examples);
+    }
+    let logs: Vec<String> = envoys.iter().map(|e| e.proc.log_text()).collect();
+    assert_eq!(failures, 0, "a VM failed:\n{}", logs.join("\n"));
 }
 
 /// A minimal gzip member (one stored deflate block), for a gzip-encoded request body.

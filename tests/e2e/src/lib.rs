@@ -5,5 +5,7 @@
 pub mod bootstrap;
 pub mod e2e;
 pub mod faults;
-pub use bootstrap::{shipped, stats_tags_yaml, Bootstrap, Listener, WasmFilter};
+pub mod prometheus;
+pub use bootstrap::{shipped, stats_tags_yaml, Bootstrap, Listener, Shipped, WasmFilter};
 pub use e2e::*;
+pub use prometheus::{Prometheus, Target};

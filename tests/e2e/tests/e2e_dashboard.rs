@@ -7,7 +7,7 @@
 //! return at least one series.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,17 +22,6 @@ struct Pod {
     _envoy: Envoy,
 }
 
-fn template(name: &str) -> String {
-    fs::read_to_string(repo_root().join("envoy").join(name)).expect("envoy template")
-}
-
-fn wasm_dir() -> String {
-    wasm("ml_metrics")
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
-
 fn start_pod(
     dir: &Path,
     name: &'static str,
@@ -43,28 +32,15 @@ fn start_pod(
     let mut args = vec!["--served-model-name", model, "--pod-name", name];
     args.extend_from_slice(sim_args);
     let sim = Sim::start(dir, &format!("sim-{name}"), &args);
-    let (port, admin) = (free_port(), free_port());
-    let readiness_loader = match loader {
-        Some(_) => r#"{"cluster": "loader", "path": "/ready"}"#.to_string(),
-        None => "null".to_string(),
-    };
-    let yaml = render(
-        &template("sidecar.yaml"),
-        &[
-            ("LISTEN_PORT", port.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("SIM_PORT", sim.port.to_string()),
-            ("LOADER_PORT", loader.unwrap_or(1).to_string()),
-            ("WASM_DIR", wasm_dir()),
-            ("MODEL", model.to_string()),
-            ("READINESS_LOADER", readiness_loader),
-            ("READINESS_PERIOD", "500ms".to_string()),
-        ],
-    );
-    // Shed at once (flow control off): the shed panels need 429s within seconds, not after
-    // a TTL; flow control has its own test (e2e_flow).
-    let yaml = yaml.replace(r#""flow": {"#, r#""flow": {"enabled": false, "#);
-    let envoy = Envoy::start(dir, &format!("sidecar-{name}"), &yaml, admin);
+    let mut sidecar = Shipped::sidecar(Ports::free(), sim.port, model)
+        // Shed at once: the shed panels need 429s within seconds, not after a TTL; flow
+        // control has its own test (e2e_flow).
+        .flow_control(false);
+    if let Some(loader) = loader {
+        sidecar = sidecar.loader(loader);
+    }
+    let envoy = sidecar.start(dir, &format!("sidecar-{name}"));
+    let (port, admin) = (envoy.port, envoy.admin_port);
     Pod {
         name,
         sim,
@@ -101,61 +77,6 @@ fn start_loader(dir: &Path) -> (u16, Proc) {
         proc.log_text()
     );
     (port, proc)
-}
-
-fn rules_file(dir: &Path) -> PathBuf {
-    let text = fs::read_to_string(repo_root().join("istio/alerts.yaml")).expect("alerts.yaml");
-    let rule: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts yaml");
-    let mut out = serde_yaml::Mapping::new();
-    out.insert("groups".into(), rule["spec"]["groups"].clone());
-    let path = dir.join("rules.yaml");
-    fs::write(&path, serde_yaml::to_string(&out).expect("rules")).expect("write rules");
-    path
-}
-
-fn start_prometheus(dir: &Path, targets: &[(String, &str, &str, &str)]) -> (u16, Proc) {
-    let port = free_port();
-    let mut scrape = String::new();
-    for (i, (addr, path, namespace, pod)) in targets.iter().enumerate() {
-        scrape.push_str(&format!(
-            "- job_name: t{i}\n  metrics_path: {path}\n  static_configs:\n  - targets: [\"{addr}\"]\n    labels: {{namespace: {namespace}, pod: {pod}}}\n"
-        ));
-    }
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nscrape_configs:\n{scrape}",
-        rules_file(dir).display()
-    );
-    let cfg = dir.join("prometheus.yml");
-    fs::write(&cfg, config).expect("prometheus.yml");
-    let mut cmd = Command::new("prometheus");
-    cmd.arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn");
-    let mut proc = Proc::spawn("prometheus", cmd, dir);
-    let ready = wait_until(Duration::from_secs(60), || {
-        get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200 || proc.try_exit().is_some()
-    });
-    assert!(
-        ready && proc.try_exit().is_none(),
-        "prometheus:\n{}",
-        proc.log_text()
-    );
-    (port, proc)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Every query of the dashboard, with Grafana's variables as an "All" selection would set
@@ -223,42 +144,40 @@ fn every_dashboard_query_returns_data_after_traffic() {
         start_pod(&dir, "pod-b", "llama-3-8b", &fast, None),
         start_pod(&dir, "pod-c", "qwen-2-7b", &slow, None),
     ];
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = render(
-        &template("gateway.yaml"),
-        &[
-            ("LISTEN_PORT", listen.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("WASM_DIR", wasm_dir()),
-            ("POD_A_PORT", pods[0].port.to_string()),
-            ("POD_B_PORT", pods[1].port.to_string()),
-            ("POD_C_PORT", pods[2].port.to_string()),
-        ],
-    );
-    let _gateway = Envoy::start(&dir, "gateway", &yaml, admin);
+    let gateway = Shipped::gateway(Ports::free(), [pods[0].port, pods[1].port, pods[2].port])
+        .start(&dir, "gateway");
+    let (listen, admin) = (gateway.port, gateway.admin_port);
     let gw = format!("http://127.0.0.1:{listen}");
 
-    let mut targets = vec![(
+    let target = |addr: String, path, namespace: &'static str, pod: &str| Target {
+        addr,
+        path,
+        labels: vec![
+            ("namespace", namespace.to_string()),
+            ("pod", pod.to_string()),
+        ],
+    };
+    let mut targets = vec![target(
         format!("127.0.0.1:{admin}"),
         "/stats/prometheus",
         "istio-system",
         "gateway",
     )];
     for p in &pods {
-        targets.push((
+        targets.push(target(
             format!("127.0.0.1:{}", p.admin),
             "/stats/prometheus",
             "models",
             p.name,
         ));
     }
-    targets.push((
+    targets.push(target(
         format!("127.0.0.1:{loader_port}"),
         "/metrics",
         "models",
         "pod-a",
     ));
-    let (prom, _prometheus) = start_prometheus(&dir, &targets);
+    let prom = Prometheus::start(&dir, &targets);
 
     // Every pod ready (the gates poll every 500 ms).
     let ready = wait_until(Duration::from_secs(60), || {
@@ -333,21 +252,9 @@ fn every_dashboard_query_returns_data_after_traffic() {
     // Every query parses and returns data (scrape 1 s, Envoy stats flush 5 s, rules 1 s).
     let mut missing = Vec::new();
     for (title, expr) in dashboard_queries() {
-        let url = format!(
-            "http://127.0.0.1:{prom}/api/v1/query?query={}",
-            urlencode(&expr)
-        );
-        let mut last = Value::Null;
-        let ok = wait_until(Duration::from_secs(60), || {
-            last = get(&url).json();
-            assert_eq!(
-                last["status"], "success",
-                "{title}: {expr} does not parse: {last}"
-            );
-            last["data"]["result"]
-                .as_array()
-                .is_some_and(|r| !r.is_empty())
-        });
+        let ok = prom
+            .wait_for_series(&expr, Duration::from_secs(60))
+            .is_some();
         println!("{title}: {expr} -> {}", if ok { "data" } else { "EMPTY" });
         if !ok {
             missing.push(format!("{title}: {expr}"));

@@ -7,14 +7,14 @@
 //! `make test` runs a short budget; `make soak` (`MODELGATE_SOAK=1`) a long one and writes
 //! the rows to ROBUSTNESS.md.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use modelgate_e2e::faults::{
-    gzip_stored, report, Budget, FaultRow, FaultServer, LoaderFault, MetricsFault, ModelFault,
+    gzip_stored, report_and_check, Budget, FaultRow, FaultServer, LoaderFault, MetricsFault,
+    ModelFault,
 };
 use modelgate_e2e::*;
 use serde_json::json;
@@ -22,6 +22,8 @@ use serde_json::json;
 const MODEL: &str = "llama-3-8b";
 /// Heap growth allowed over a whole test (Envoy's own buffers, stats, VMs).
 const HEAP_GROWTH_LIMIT: u64 = 256 << 20;
+/// Flow control's TTL at the sidecar in these tests.
+const FLOW_TTL_MS: u64 = 2000;
 
 fn chat_body() -> serde_json::Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
@@ -53,13 +55,7 @@ fn load(
                 }
                 let r = send(i);
                 let good = ok(i, &r);
-                shared.lock().unwrap().record(r.status, good, || {
-                    format!(
-                        "#{i}: {} {}",
-                        r.status,
-                        r.text().chars().take(160).collect::<String>()
-                    )
-                });
+                shared.lock().unwrap().record(&r, good, &format!("#{i}: "));
             });
         }
     });
@@ -82,13 +78,7 @@ fn load_for(
                 while Instant::now() < until {
                     let r = send();
                     let good = ok(&r);
-                    shared.lock().unwrap().record(r.status, good, || {
-                        format!(
-                            "{} {}",
-                            r.status,
-                            r.text().chars().take(160).collect::<String>()
-                        )
-                    });
+                    shared.lock().unwrap().record(&r, good, "");
                 }
             });
         }
@@ -106,44 +96,35 @@ fn recovery(what: &str, good: impl Fn() -> bool) -> u128 {
     start.elapsed().as_millis()
 }
 
-fn sidecar(dir: &std::path::Path, server: &FaultServer, name: &str) -> (Envoy, u16) {
-    let (listen, admin) = (free_port(), free_port());
-    let wasm_dir = wasm("readiness_gate")
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let yaml = shipped(
-        "sidecar.yaml",
-        &[
-            ("LISTEN_PORT", listen.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("SIM_PORT", server.port.to_string()),
-            ("LOADER_PORT", server.port.to_string()),
-            ("WASM_DIR", wasm_dir),
-            ("MODEL", MODEL.to_string()),
-            (
-                "READINESS_LOADER",
-                r#"{"cluster": "loader", "path": "/ready"}"#.to_string(),
-            ),
-            ("READINESS_PERIOD", "500ms".to_string()),
-        ],
-    );
-    (Envoy::start(dir, name, &yaml, admin), listen)
+/// The shipped sidecar in front of `server`, which also plays the loader. Flow control
+/// holds for seconds here, not the shipped 30 s: a scrape that reports a huge queue makes
+/// it hold every standard request for its whole TTL, and the matrix sends many. The
+/// shedder takes the client's criticality as sent (as behind the gateway), so the matrix
+/// can send critical requests.
+fn sidecar(dir: &Path, server: &FaultServer) -> Envoy {
+    Shipped::sidecar(Ports::free(), server.port, MODEL)
+        .loader(server.port)
+        .plugin_config("load_shedder", |c| {
+            c["trust_criticality_header"] = json!(true);
+            c["flow"]["standard"]["ttl"] = json!(format!("{FLOW_TTL_MS}ms"));
+            c["flow"]["sheddable"]["ttl"] = json!(format!("{FLOW_TTL_MS}ms"));
+        })
+        .start(dir, "sidecar")
 }
 
 /// The pod's chain (ml_metrics, readiness gate with a loader, load shedder) in front of a
 /// model server whose inference, metrics and loader endpoints fail one after another.
 #[test]
-#[ignore = "hangs since flow control is on in sidecar.yaml (held requests vs the hanging-server fault); run with --ignored, `make soak`"]
 fn sidecar_answers_every_upstream_fault_and_recovers() {
-    let budget = Budget::from_env();
-    let dir = scratch_dir("faults-sidecar");
-    let server = FaultServer::start(MODEL);
-    let (envoy, port) = sidecar(&dir, &server, "sidecar");
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let Fixture {
+        budget,
+        server,
+        envoy,
+        url,
+        ..
+    } = fixture("faults-sidecar", sidecar);
+    let port = envoy.port;
     let chat = |crit: &str| post_json(&url, &chat_body(), &[("x-modelgate-criticality", crit)]);
-    recovery("start", || chat("standard").status == 200);
     // Every worker's VMs have a scrape and a verdict before the baseline.
     std::thread::sleep(Duration::from_millis(500));
     let heap_before = envoy.memory_allocated();
@@ -155,8 +136,9 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
     });
     rows.push(baseline);
 
-    // The scrape fails or reports nonsense: standard requests may be shed (429, our JSON),
-    // critical ones never; nothing else.
+    // The scrape fails or reports nonsense: standard requests may be shed (429, our JSON:
+    // flow control holds them while the scrape reports a huge queue and refuses them at
+    // their TTL), critical ones never; nothing else.
     for (name, fault) in [
         (
             "metrics slow (2 s, scrape timeout 500 ms)",
@@ -181,6 +163,20 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
         row.recovered_ms = Some(recovery(name, || chat("standard").status == 200));
         rows.push(row);
     }
+
+    // Held requests were answered at their TTL (1e308 reads as a huge queue; a body cut
+    // at 4 MiB is no scrape at all), not left hanging.
+    let expired = wait_until(Duration::from_secs(5), || {
+        envoy.prometheus_sum(
+            "modelgate_shedder_flow_requests_total",
+            &["outcome=\"expired\""],
+        ) >= 1.0
+    });
+    assert!(
+        expired,
+        "no held request expired:\n{}",
+        envoy.prometheus_stats()
+    );
 
     // The model server answers 500: passed through unchanged.
     server.set_model(ModelFault::Status500);
@@ -216,9 +212,11 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
         &mut row,
         hang_budget,
         &|_| {
-            raw_request(
+            raw_http(
                 port,
-                &chat_request(&chat_body().to_string()),
+                chat_request(&chat_body().to_string()).as_bytes(),
+                &[],
+                RawBody::Plain,
                 Duration::from_secs(1),
             )
         },
@@ -229,13 +227,24 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
     rows.push(row);
 
     // The loader's status endpoint goes down, then reports a version swap: the gate refuses
-    // (503, our JSON) until it is back.
-    for (name, fault) in [
-        ("loader status endpoint down", LoaderFault::Down),
-        ("loader swapping versions", LoaderFault::Updating),
+    // (503, our JSON) until it is back. Closed for this fault's reason: a worker that has
+    // not yet read the previous recovery still answers the previous fault's 503.
+    for (name, fault, gated_as) in [
+        (
+            "loader status endpoint down",
+            LoaderFault::Down,
+            "not_ready",
+        ),
+        (
+            "loader swapping versions",
+            LoaderFault::Updating,
+            "draining",
+        ),
     ] {
         server.set_loader(fault);
-        let gated = wait_until(Duration::from_secs(15), || chat("standard").status == 503);
+        let gated = wait_until(Duration::from_secs(15), || {
+            chat("standard").header("x-modelgate-gated") == Some(gated_as)
+        });
         assert!(gated, "{name}: the gate never closed");
         std::thread::sleep(Duration::from_millis(300));
         let mut row = FaultRow::new(&format!("sidecar: {name}"));
@@ -248,12 +257,12 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
     }
 
     let heap_after = envoy.memory_allocated();
-    let failures = envoy.vm_failures();
-    report("sidecar faults", &rows, failures, (heap_before, heap_after));
-    for r in &rows {
-        assert_eq!(r.unexpected, 0, "{}: {:?}", r.fault, r.examples);
-    }
-    assert_eq!(failures, 0, "a VM failed:\n{}", envoy.proc.log_text());
+    report_and_check(
+        "sidecar faults",
+        &rows,
+        &[&envoy],
+        (heap_before, heap_after),
+    );
     assert!(
         heap_after < heap_before + HEAP_GROWTH_LIMIT,
         "Envoy heap grew from {heap_before} to {heap_after}"
@@ -267,59 +276,40 @@ fn chat_request(body: &str) -> String {
     )
 }
 
-/// Writes raw bytes, reads until close or `timeout`; status 0 when nothing came back.
-fn raw_request(port: u16, request: &str, timeout: Duration) -> Response {
-    raw_bytes(port, request.as_bytes(), timeout, false)
+/// The shipped gateway with `server` playing every pod.
+fn gateway(dir: &Path, server: &FaultServer) -> Envoy {
+    let p = server.port;
+    Shipped::gateway(Ports::free(), [p, p, p])
+        // The endpoint picker refuses a pod listed twice.
+        .picker_pool("llama-3-8b", &[p])
+        .start(dir, "gateway")
 }
 
-/// Like [`raw_request`]; `half_close` shuts the write side after sending (a client that
-/// stops sending mid-body).
-fn raw_bytes(port: u16, request: &[u8], timeout: Duration, half_close: bool) -> Response {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return Response::default();
-    };
-    let _ = s.set_read_timeout(Some(timeout));
-    let _ = s.write_all(request);
-    if half_close {
-        let _ = s.shutdown(std::net::Shutdown::Write);
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.as_bytes().to_vec())
-        .unwrap_or_default();
-    Response {
-        status,
-        body,
-        ..Response::default()
-    }
+/// One fault test's setup: its budget, a fault server, and Envoy in front of it (started
+/// by `envoy`) serving a good request.
+struct Fixture {
+    budget: Budget,
+    server: FaultServer,
+    envoy: Envoy,
+    /// The chat completions URL.
+    url: String,
+    /// Scratch files (logs, configs); nothing to clean up on drop.
+    _dir: PathBuf,
 }
 
-fn gateway(dir: &std::path::Path, server: &FaultServer) -> (Envoy, u16) {
-    let (listen, admin) = (free_port(), free_port());
-    let wasm_dir = wasm("model_router").parent().unwrap().display().to_string();
-    let p = server.port.to_string();
-    let yaml = shipped(
-        "gateway.yaml",
-        &[
-            ("LISTEN_PORT", listen.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("WASM_DIR", wasm_dir),
-            ("POD_A_PORT", p.clone()),
-            ("POD_B_PORT", p.clone()),
-            ("POD_C_PORT", p.clone()),
-        ],
-    );
-    // One server plays every pod: the endpoint picker refuses a pod listed twice.
-    let yaml = yaml.replace(&format!(r#", "127.0.0.1:{p}"]"#), "]");
-    (Envoy::start(dir, "gateway", &yaml, admin), listen)
+fn fixture(tag: &str, envoy: fn(&Path, &FaultServer) -> Envoy) -> Fixture {
+    let dir = scratch_dir(tag);
+    let server = FaultServer::start(MODEL);
+    let envoy = envoy(&dir, &server);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", envoy.port);
+    recovery("start", || post_json(&url, &chat_body(), &[]).status == 200);
+    Fixture {
+        budget: Budget::from_env(),
+        server,
+        envoy,
+        url,
+        _dir: dir,
+    }
 }
 
 /// Hostile request bodies and headers at the gateway (router, metrics, shedder): each gets
@@ -327,13 +317,16 @@ fn gateway(dir: &std::path::Path, server: &FaultServer) -> (Envoy, u16) {
 /// sent alongside is unaffected.
 #[test]
 fn gateway_answers_hostile_bodies_and_headers() {
-    let budget = Budget::from_env();
-    let dir = scratch_dir("faults-gateway");
-    let server = FaultServer::start(MODEL);
-    let (envoy, port) = gateway(&dir, &server);
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    // The server must outlive the test: bound, not dropped with the rest.
+    let Fixture {
+        budget,
+        server: _server,
+        envoy,
+        url,
+        ..
+    } = fixture("faults-gateway", gateway);
+    let port = envoy.port;
     let good = || post_json(&url, &chat_body(), &[]);
-    recovery("start", || good().status == 200);
     let heap_before = envoy.memory_allocated();
     let json_ct = [("content-type", "application/json")];
     let body = chat_body().to_string();
@@ -348,6 +341,23 @@ fn gateway_answers_hostile_bodies_and_headers() {
     let many_small: Vec<(String, String)> = (0..90)
         .map(|i| (format!("x-h-{i}"), "v".to_string()))
         .collect();
+    let with_headers = |headers: &[(String, String)]| {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        post_json(&url, &chat_body(), &h)
+    };
+    // A whole request written by hand.
+    let raw = |request: &str, body: RawBody, secs: u64| {
+        raw_http(
+            port,
+            request.as_bytes(),
+            &[],
+            body,
+            Duration::from_secs(secs),
+        )
+    };
     let truncated = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
         body.len() + 50,
@@ -392,7 +402,7 @@ fn gateway_answers_hostile_bodies_and_headers() {
         ),
         (
             "truncated body (client stops sending)",
-            Box::new(|| raw_bytes(port, truncated.as_bytes(), Duration::from_secs(5), true)),
+            Box::new(|| raw(&truncated, RawBody::HalfClose, 5)),
             Box::new(|r| r.status == 0 || r.status == 400),
         ),
         (
@@ -418,7 +428,7 @@ fn gateway_answers_hostile_bodies_and_headers() {
         ),
         (
             "chunked body in 5-byte pieces",
-            Box::new(|| raw_request(port, &chunked, Duration::from_secs(10))),
+            Box::new(|| raw(&chunked, RawBody::Plain, 10)),
             Box::new(|r| r.status == 200),
         ),
         (
@@ -435,24 +445,12 @@ fn gateway_answers_hostile_bodies_and_headers() {
         ),
         (
             "header flood (200 x 500 B)",
-            Box::new(|| {
-                let h: Vec<(&str, &str)> = flood
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                post_json(&url, &chat_body(), &h)
-            }),
+            Box::new(|| with_headers(&flood)),
             Box::new(|r| r.status == 431 || r.status == 0),
         ),
         (
             "90 small headers",
-            Box::new(|| {
-                let h: Vec<(&str, &str)> = many_small
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                post_json(&url, &chat_body(), &h)
-            }),
+            Box::new(|| with_headers(&many_small)),
             Box::new(|r| r.status == 200),
         ),
     ];
@@ -477,12 +475,12 @@ fn gateway_answers_hostile_bodies_and_headers() {
         rows.push(row);
     }
     let heap_after = envoy.memory_allocated();
-    let failures = envoy.vm_failures();
-    report("gateway faults", &rows, failures, (heap_before, heap_after));
-    for r in &rows {
-        assert_eq!(r.unexpected, 0, "{}: {:?}", r.fault, r.examples);
-    }
-    assert_eq!(failures, 0, "a VM failed:\n{}", envoy.proc.log_text());
+    report_and_check(
+        "gateway faults",
+        &rows,
+        &[&envoy],
+        (heap_before, heap_after),
+    );
     assert!(
         heap_after < heap_before + HEAP_GROWTH_LIMIT,
         "Envoy heap grew from {heap_before} to {heap_after}"
@@ -494,13 +492,14 @@ fn gateway_answers_hostile_bodies_and_headers() {
 /// else, and the pod serves again after the last swap.
 #[test]
 fn concurrent_requests_while_the_model_is_swapped() {
-    let budget = Budget::from_env();
-    let dir = scratch_dir("faults-swap");
-    let server = FaultServer::start(MODEL);
-    let (envoy, port) = sidecar(&dir, &server, "sidecar");
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let Fixture {
+        budget,
+        server,
+        envoy,
+        url,
+        ..
+    } = fixture("faults-swap", sidecar);
     let chat = || post_json(&url, &chat_body(), &[]);
-    recovery("start", || chat().status == 200);
     let heap_before = envoy.memory_allocated();
     let stop = AtomicBool::new(false);
     let mut row = FaultRow::new("sidecar: model swapped every 300 ms under load");
@@ -533,10 +532,8 @@ fn concurrent_requests_while_the_model_is_swapped() {
     row.recovered_ms = Some(recovery("swaps", || chat().status == 200));
     println!("{} swaps", swaps.load(Ordering::SeqCst));
     let heap_after = envoy.memory_allocated();
-    let failures = envoy.vm_failures();
     let rows = [row];
-    report("model swap", &rows, failures, (heap_before, heap_after));
-    assert_eq!(rows[0].unexpected, 0, "{:?}", rows[0].examples);
+    report_and_check("model swap", &rows, &[&envoy], (heap_before, heap_after));
     assert!(
         rows[0].statuses.get(&200).copied().unwrap_or(0) > 0,
         "nothing was served"
@@ -545,5 +542,4 @@ fn concurrent_requests_while_the_model_is_swapped() {
         rows[0].statuses.get(&503).copied().unwrap_or(0) > 0,
         "no swap was seen"
     );
-    assert_eq!(failures, 0, "a VM failed:\n{}", envoy.proc.log_text());
 }

@@ -11,9 +11,6 @@
 //! dist/ (it feeds `ml_model_healthy` and the health-check latency).
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use modelgate_e2e::*;
@@ -84,105 +81,6 @@ fn bootstrap(admin: u16, main: u16, broken: u16, sim: u16, dead: u16, gate: bool
         .yaml()
 }
 
-/// The rule groups of `istio/alerts.yaml` (a PrometheusRule) as a plain rules file.
-fn rules_file(dir: &Path) -> std::path::PathBuf {
-    let text =
-        fs::read_to_string(repo_root().join("istio/alerts.yaml")).expect("istio/alerts.yaml");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts.yaml is YAML");
-    let groups = doc["spec"]["groups"].clone();
-    let mut out = serde_yaml::Mapping::new();
-    out.insert("groups".into(), groups);
-    let path = dir.join("rules.yaml");
-    fs::write(&path, serde_yaml::to_string(&out).expect("rules yaml")).expect("write rules");
-    path
-}
-
-struct Prometheus {
-    port: u16,
-    _proc: Proc,
-}
-
-impl Prometheus {
-    fn start(dir: &Path, admin_port: u16) -> Prometheus {
-        let port = free_port();
-        let rules = rules_file(dir);
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             rule_files: [\"{}\"]\n\
-             scrape_configs:\n- job_name: envoy\n  metrics_path: /stats/prometheus\n  \
-             static_configs:\n  - targets: [\"127.0.0.1:{admin_port}\"]\n",
-            rules.display()
-        );
-        let cfg = dir.join("prometheus.yml");
-        fs::write(&cfg, config).expect("write prometheus.yml");
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn");
-        let mut proc = Proc::spawn("prometheus", cmd, dir);
-        let ready = wait_until(START_TIMEOUT, || {
-            get(&format!("http://127.0.0.1:{port}/-/ready")).status == 200
-                || proc.try_exit().is_some()
-        });
-        assert!(
-            ready && proc.try_exit().is_none(),
-            "prometheus did not start:\n{}",
-            proc.log_text()
-        );
-        Prometheus { port, _proc: proc }
-    }
-
-    /// The value of an instant query that returns one sample (`None`: no sample yet).
-    fn scalar(&self, promql: &str) -> Option<f64> {
-        let url = format!(
-            "http://127.0.0.1:{}/api/v1/query?query={}",
-            self.port,
-            urlencode(promql)
-        );
-        let v = get(&url).json();
-        assert_eq!(v["status"], "success", "{promql}: {v}");
-        let result = v["data"]["result"].as_array()?.clone();
-        assert!(
-            result.len() <= 1,
-            "{promql} returned {} series: {v}",
-            result.len()
-        );
-        result.first()?["value"][1].as_str()?.parse().ok()
-    }
-
-    /// Waits (up to 30 s: scrape, flush and rule intervals) until `promql` has a value
-    /// that satisfies `ok`, then returns it; panics with the last value otherwise.
-    fn wait_for(&self, promql: &str, ok: impl Fn(f64) -> bool) -> f64 {
-        let mut last = None;
-        let done = wait_until(Duration::from_secs(30), || {
-            last = self.scalar(promql);
-            last.is_some_and(&ok)
-        });
-        assert!(done, "{promql}: last value {last:?}");
-        last.unwrap_or_default()
-    }
-
-    fn expect(&self, promql: &str, expected: f64) {
-        let v = self.wait_for(promql, |v| (v - expected).abs() < 1e-9);
-        println!("{promql} = {v}");
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `usage` of a JSON response or of the final chunk of an SSE stream.
 fn usage_of(resp: &Response) -> (u64, u64) {
     let usage = if resp
@@ -237,7 +135,14 @@ fn prometheus_sees_every_metric_with_the_right_values() {
             envoy.proc.log_text()
         );
     }
-    let prom = Prometheus::start(&dir, admin);
+    let prom = Prometheus::start(
+        &dir,
+        &[Target {
+            addr: format!("127.0.0.1:{admin}"),
+            path: "/stats/prometheus",
+            labels: Vec::new(),
+        }],
+    );
 
     // Traffic, spread over a few seconds so Prometheus scrapes while it flows.
     let chat = |model: &str, stream: bool| {

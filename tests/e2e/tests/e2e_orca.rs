@@ -21,10 +21,6 @@ const CLIENTS: usize = 8;
 /// pool, (8 / 3 pods) / capacity 32 = 0.08 average utilisation, twice this.
 const SATURATION: &str = "0.04";
 
-fn wasm_dir() -> String {
-    wasm("load_shedder").parent().unwrap().display().to_string()
-}
-
 /// A pod: sim + sidecar from the shipped envoy/sidecar.yaml.
 struct Pod {
     name: &'static str,
@@ -50,21 +46,9 @@ fn start_pod(dir: &Path, name: &'static str, itl_ms: &str) -> Pod {
             "8",
         ],
     );
-    let (port, admin) = (free_port(), free_port());
-    let yaml = shipped(
-        "sidecar.yaml",
-        &[
-            ("LISTEN_PORT", port.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("SIM_PORT", sim.port.to_string()),
-            ("LOADER_PORT", "1".to_string()),
-            ("WASM_DIR", wasm_dir()),
-            ("MODEL", MODEL.to_string()),
-            ("READINESS_LOADER", "null".to_string()),
-            ("READINESS_PERIOD", "500ms".to_string()),
-        ],
-    );
-    let envoy = Envoy::start(dir, &format!("sidecar-{name}"), &yaml, admin);
+    let envoy =
+        Shipped::sidecar(Ports::free(), sim.port, MODEL).start(dir, &format!("sidecar-{name}"));
+    let port = envoy.port;
     Pod {
         name,
         port,
@@ -149,20 +133,21 @@ fn slow_pod_gets_less_traffic_with_orca_than_with_round_robin() {
             p.name
         );
     }
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = shipped(
+    let ports = Ports::free();
+    let gateway = Shipped::new(
         "orca-gateway.yaml",
         &[
-            ("LISTEN_PORT", listen.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
+            ("LISTEN_PORT", ports.listen.to_string()),
+            ("ADMIN_PORT", ports.admin.to_string()),
             ("WASM_DIR", wasm_dir()),
             ("POD_A_PORT", pods[0].port.to_string()),
             ("POD_B_PORT", pods[1].port.to_string()),
             ("POD_C_PORT", pods[2].port.to_string()),
             ("SATURATION", SATURATION.to_string()),
         ],
-    );
-    let gateway = Envoy::start(&dir, "gateway", &yaml, admin);
+    )
+    .start(&dir, "gateway");
+    let listen = gateway.port;
 
     let rr = run_load(listen, "rr", Duration::from_secs(6));
     println!("round robin:      {}", split(&rr));

@@ -15,27 +15,8 @@ fn every_spelling_of_an_inference_path_is_gated_while_not_ready() {
         "sim",
         &["--served-model-name", "m", "--startup-delay-ms", "600000"],
     );
-    let (port, admin) = (free_port(), free_port());
-    let template = std::fs::read_to_string(repo_root().join("envoy/sidecar.yaml"))
-        .expect("envoy/sidecar.yaml");
-    let wasm_dir = wasm("readiness_gate")
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let yaml = render(
-        &template,
-        &[
-            ("LISTEN_PORT", port.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("SIM_PORT", sim.port.to_string()),
-            ("LOADER_PORT", "1".to_string()),
-            ("WASM_DIR", wasm_dir),
-            ("MODEL", "m".to_string()),
-            ("READINESS_LOADER", "null".to_string()),
-            ("READINESS_PERIOD", "500ms".to_string()),
-        ],
-    );
-    let _envoy = Envoy::start(&dir, "sidecar", &yaml, admin);
+    let envoy = Shipped::sidecar(Ports::free(), sim.port, "m").start(&dir, "sidecar");
+    let port = envoy.port;
     let body = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}]}"#;
     for path in [
         "/v1/chat/completions",

@@ -18,42 +18,6 @@ const MODEL: &str = "sim-model";
 const PERIOD: &str = "500ms";
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Ports {
-    listen: u16,
-    admin: u16,
-}
-
-fn sidecar_yaml(sim_port: u16, loader: Option<u16>, period: &str) -> (String, Ports) {
-    let ports = Ports {
-        listen: free_port(),
-        admin: free_port(),
-    };
-    let loader_block = match loader {
-        Some(_) => r#"{"cluster": "loader", "path": "/ready"}"#.to_string(),
-        None => "null".to_string(),
-    };
-    let wasm_dir = wasm("readiness_gate")
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let yaml = shipped(
-        "sidecar.yaml",
-        &[
-            ("LISTEN_PORT", ports.listen.to_string()),
-            ("ADMIN_PORT", ports.admin.to_string()),
-            ("SIM_PORT", sim_port.to_string()),
-            // Nothing listens on port 1: the loader cluster exists but is unused.
-            ("LOADER_PORT", loader.unwrap_or(1).to_string()),
-            ("WASM_DIR", wasm_dir),
-            ("MODEL", MODEL.to_string()),
-            ("READINESS_LOADER", loader_block),
-            ("READINESS_PERIOD", period.to_string()),
-        ],
-    );
-    (yaml, ports)
-}
-
 fn chat(port: u16) -> Response {
     let body =
         json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
@@ -155,9 +119,10 @@ fn gates_until_ready_and_again_when_unhealthy() {
     // Envoy first, so the sim's start-up delay is not used up while Envoy compiles the
     // module on a busy machine.
     let sim_port = free_port();
-    let (yaml, ports) = sidecar_yaml(sim_port, None, PERIOD);
-    let envoy = Envoy::start(&dir, "envoy", &yaml, ports.admin);
-    let p = ports.listen;
+    let envoy = Shipped::sidecar(Ports::free(), sim_port, MODEL)
+        .readiness_period(PERIOD)
+        .start(&dir, "envoy");
+    let p = envoy.port;
 
     // Nothing behind the gate yet: refused by the gate itself.
     let message = assert_gated(&chat(p), "model_not_ready");
@@ -230,9 +195,10 @@ fn gates_until_ready_and_again_when_unhealthy() {
 fn unlisted_model_keeps_the_gate_closed() {
     let dir = scratch_dir("readiness-model");
     let sim = Sim::start(&dir, "sim", &["--served-model-name", "another-model"]);
-    let (yaml, ports) = sidecar_yaml(sim.port, None, PERIOD);
-    let envoy = Envoy::start(&dir, "envoy", &yaml, ports.admin);
-    let p = ports.listen;
+    let envoy = Shipped::sidecar(Ports::free(), sim.port, MODEL)
+        .readiness_period(PERIOD)
+        .start(&dir, "envoy");
+    let p = envoy.port;
 
     let expected = format!("models: `{MODEL}` is not listed yet");
     wait_probe(p, "reason", &expected);
@@ -328,9 +294,11 @@ fn loader_loading_and_draining_refuse_requests() {
     let dir = scratch_dir("readiness-loader");
     let loader = FakeLoader::start();
     let sim = Sim::start(&dir, "sim", &["--served-model-name", MODEL]);
-    let (yaml, ports) = sidecar_yaml(sim.port, Some(loader.port), PERIOD);
-    let envoy = Envoy::start(&dir, "envoy", &yaml, ports.admin);
-    let p = ports.listen;
+    let envoy = Shipped::sidecar(Ports::free(), sim.port, MODEL)
+        .loader(loader.port)
+        .readiness_period(PERIOD)
+        .start(&dir, "envoy");
+    let p = envoy.port;
 
     // Server ready, loader still loading: not ready.
     wait_probe(p, "status", "not_ready");
@@ -387,7 +355,9 @@ fn loader_loading_and_draining_refuse_requests() {
 #[test]
 fn bad_config_is_rejected_naming_the_field() {
     let dir = scratch_dir("readiness-bad");
-    let (yaml, _) = sidecar_yaml(free_port(), None, "soon");
+    let yaml = Shipped::sidecar(Ports::free(), free_port(), MODEL)
+        .readiness_period("soon")
+        .yaml();
     let mut envoy = Envoy::spawn(&dir, "envoy", &yaml);
     let exit = envoy.proc.wait_exit(Duration::from_secs(30));
     let log = envoy.proc.log_text();
@@ -399,11 +369,10 @@ fn bad_config_is_rejected_naming_the_field() {
     );
 
     // Also a semantic error caught by validation, not by serde.
-    let (yaml, _) = sidecar_yaml(free_port(), None, "5s");
-    let yaml = yaml.replace(
-        r#""probe_path": "/modelgate/ready""#,
-        r#""probe_path": "ready""#,
-    );
+    let yaml = Shipped::sidecar(Ports::free(), free_port(), MODEL)
+        .readiness_period("5s")
+        .plugin_config("readiness_gate", |c| c["probe_path"] = json!("ready"))
+        .yaml();
     let mut envoy = Envoy::spawn(&dir, "envoy2", &yaml);
     let exit = envoy.proc.wait_exit(Duration::from_secs(30));
     let log = envoy.proc.log_text();

@@ -6,9 +6,7 @@
 //! model list, pass-through, a rejected config, and the official Python client.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -24,58 +22,17 @@ struct Gateway {
     _dir: PathBuf,
 }
 
-fn wasm_dir() -> String {
-    wasm("model_router").parent().unwrap().display().to_string()
-}
-
-fn gateway_yaml(listen: u16, admin: u16, pods: [u16; 3]) -> String {
-    shipped(
-        "gateway.yaml",
-        &[
-            ("LISTEN_PORT", listen.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("WASM_DIR", wasm_dir()),
-            ("POD_A_PORT", pods[0].to_string()),
-            ("POD_B_PORT", pods[1].to_string()),
-            ("POD_C_PORT", pods[2].to_string()),
-        ],
-    )
-}
-
-/// Fast sims: 1 ms per token, room for big prompts and many concurrent requests.
-fn start_sim(dir: &Path, pod: &str, model: &str) -> Sim {
-    Sim::start(
-        dir,
-        &format!("sim-{pod}"),
-        &[
-            "--served-model-name",
-            model,
-            "--pod-name",
-            pod,
-            "--ttft-ms",
-            "1",
-            "--itl-ms",
-            "1",
-            "--max-num-seqs",
-            "64",
-            "--kv-cache-tokens",
-            "10000000",
-        ],
-    )
-}
-
 fn start(tag: &str) -> Gateway {
     let dir = scratch_dir(tag);
     let sims = vec![
-        start_sim(&dir, "a", "llama-3-8b"),
-        start_sim(&dir, "b", "llama-3-8b"),
-        start_sim(&dir, "c", "qwen-2-7b"),
+        Sim::fast(&dir, "a", "llama-3-8b"),
+        Sim::fast(&dir, "b", "llama-3-8b"),
+        Sim::fast(&dir, "c", "qwen-2-7b"),
     ];
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = gateway_yaml(listen, admin, [sims[0].port, sims[1].port, sims[2].port]);
-    let envoy = Envoy::start(&dir, "gateway", &yaml, admin);
+    let envoy = Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port])
+        .start(&dir, "gateway");
     Gateway {
-        port: listen,
+        port: envoy.port,
         _envoy: envoy,
         _sims: sims,
         _dir: dir,
@@ -121,41 +78,18 @@ fn assert_api_error(r: &Response, status: u16, code: &str) -> Value {
     v
 }
 
-/// Sends a raw HTTP/1.1 request (optionally with a chunked body written in pieces with
-/// pauses, so Envoy calls the filter once per piece) and returns status and raw response.
-fn raw_http(port: u16, head: &str, pieces: &[&[u8]], chunked: bool) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let _ = s.write_all(head.as_bytes());
-    for p in pieces {
-        std::thread::sleep(Duration::from_millis(20));
-        let ok = if chunked {
-            s.write_all(format!("{:x}\r\n", p.len()).as_bytes())
-                .and_then(|()| s.write_all(p))
-                .and_then(|()| s.write_all(b"\r\n"))
-        } else {
-            s.write_all(p)
-        };
-        if ok.is_err() {
-            break;
-        }
-    }
-    if chunked {
-        let _ = s.write_all(b"0\r\n\r\n");
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+/// `head` then `pieces` as chunks, 20 ms apart (so Envoy calls the filter once per piece).
+fn chunked(port: u16, head: &str, pieces: &[&[u8]]) -> Response {
+    raw_http(
+        port,
+        head.as_bytes(),
+        pieces,
+        RawBody::Chunked,
+        Duration::from_secs(20),
+    )
 }
 
 #[test]
-#[ignore = "prefix-affinity expectation predates the streaming prefix hash (shared prefix shorter than `chars`); to fix"]
 fn routes_by_model_alias_and_weight() {
     let gw = start("router-routes");
 
@@ -208,10 +142,10 @@ fn routes_by_model_alias_and_weight() {
         br#"{"messages":[{"role":"user","content":"hello there"}],"max_tokens":2,"model":"qwen"}"#;
     let pieces: Vec<&[u8]> = body.chunks(7).collect();
     let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
-    let (status, text) = raw_http(gw.port, head, &pieces, true);
-    assert_eq!(status, 200, "{text}");
-    assert!(text.contains("x-sim-pod: c"), "{text}");
-    assert!(text.contains(r#""model":"qwen-2-7b""#), "{text}");
+    let r = chunked(gw.port, head, &pieces);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-sim-pod"), Some("c"), "{r:?}");
+    assert!(r.text().contains(r#""model":"qwen-2-7b""#), "{}", r.text());
 
     // A large body (300 KB prompt, model at the very end) is buffered and rewritten.
     let big = json!({"messages": [{"role": "user", "content": "x ".repeat(150_000)}], "max_tokens": 1, "model": "qwen"});
@@ -234,9 +168,9 @@ fn routes_by_model_alias_and_weight() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["model"], "qwen-2-7b");
     let pieces: Vec<&[u8]> = body.as_bytes().chunks(16 * 1024).collect();
-    let (status, text) = raw_http(gw.port, head, &pieces, true);
-    assert_eq!(status, 200, "{text}");
-    assert!(text.contains(r#""model":"qwen-2-7b""#), "{text}");
+    let r = chunked(gw.port, head, &pieces);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(r#""model":"qwen-2-7b""#), "{}", r.text());
 
     // Weighted split: "chat" is llama-3-8b:3 / qwen-2-7b:1.
     let n = 1000;
@@ -291,22 +225,14 @@ fn routes_by_model_alias_and_weight() {
     assert_eq!(crit("qwen-2-7b", Some("critical")), "standard");
     assert_eq!(crit("llama-3-8b", Some("urgent!")), "critical");
 
-    // Prefix affinity: the same system prompt + first user turn lands on the same llama pod
-    // whatever comes later; different prefixes spread over both pods.
-    let convo = |system: &str, later: &str| {
-        json!({"model": "llama-3-8b", "max_tokens": 1, "messages": [
-            {"role": "system", "content": system},
-            {"role": "user", "content": "Summarise this document for me."},
-            {"role": "assistant", "content": "Sure."},
-            {"role": "user", "content": later}]})
-    };
+    // Prefix affinity: requests sharing a prefix longer than the hashed window (a long
+    // system prompt) land on the same llama pod whatever comes later; different prefixes
+    // spread over both pods.
+    let analyst = system_prompt("a careful analyst");
     let mut same = HashMap::<String, usize>::new();
     let mut hashes = std::collections::HashSet::new();
     for i in 0..20 {
-        let r = gw.chat(
-            &convo("You are a careful analyst.", &format!("question {i}")),
-            &[],
-        );
+        let r = gw.chat(&conversation(&analyst, &format!("question {i}")), &[]);
         assert_eq!(r.status, 200, "{}", r.text());
         hashes.insert(r.header("x-modelgate-prefix-hash").unwrap().to_string());
         *same.entry(pod(&r)).or_default() += 1;
@@ -315,7 +241,10 @@ fn routes_by_model_alias_and_weight() {
     assert_eq!(same.len(), 1, "one prefix, several pods: {same:?}");
     let mut spread = HashMap::<String, usize>::new();
     for i in 0..40 {
-        let r = gw.chat(&convo(&format!("You are assistant number {i}."), "q"), &[]);
+        let r = gw.chat(
+            &conversation(&system_prompt(&format!("assistant number {i}")), "q"),
+            &[],
+        );
         *spread.entry(pod(&r)).or_default() += 1;
     }
     eprintln!("prefix affinity: same prefix {same:?}, 40 prefixes {spread:?}");
@@ -444,17 +373,23 @@ fn errors_models_and_pass_through() {
 
     // 413 from content-length alone (the body is never read) ...
     let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 5000000\r\nconnection: close\r\n\r\n";
-    let (status, text) = raw_http(gw.port, head, &[], false);
-    assert_eq!(status, 413, "{text}");
-    assert!(text.contains("request_too_large"), "{text}");
+    let r = raw_http(
+        gw.port,
+        head.as_bytes(),
+        &[],
+        RawBody::Plain,
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("request_too_large"), "{}", r.text());
     // ... and from a chunked body that grows past the limit while it is buffered.
     let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
     let filler = vec![b' '; 256 * 1024];
     let mut pieces: Vec<&[u8]> = vec![b"{\"model\":\"qwen\",\"prompt\":\""];
     pieces.extend(std::iter::repeat_n(filler.as_slice(), 18));
-    let (status, text) = raw_http(gw.port, head, &pieces, true);
-    assert_eq!(status, 413, "{text}");
-    assert!(text.contains("request_too_large"), "{text}");
+    let r = chunked(gw.port, head, &pieces);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("request_too_large"), "{}", r.text());
 
     // /v1/models from the config, in OpenAI's list shape; retrieve one; unknown is 404.
     let r = get(&gw.url("/v1/models"));
@@ -536,12 +471,13 @@ fn openai_python_client() {
 #[test]
 fn bad_config_is_rejected() {
     let dir = scratch_dir("router-badcfg");
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = gateway_yaml(listen, admin, [1, 1, 1]).replace(
-        r#"{"name": "qwen-2-7b", "aliases": ["qwen"]}"#,
-        r#"{"name": "qwen-2-7b", "aliases": ["qwen"], "weight": 2}"#,
-    );
-    assert!(yaml.contains(r#""weight": 2}"#));
+    // A weight on a model without targets.
+    let yaml = Shipped::gateway(Ports::free(), [1, 2, 3])
+        .plugin_config("model_router", |c| {
+            assert_eq!(c["models"][1]["name"], "qwen-2-7b");
+            c["models"][1]["weight"] = json!(2);
+        })
+        .yaml();
     let mut envoy = Envoy::spawn(&dir, "gateway", &yaml);
     let exited = envoy.proc.wait_exit(Duration::from_secs(30));
     let log = envoy.proc.log_text();
@@ -559,20 +495,21 @@ fn bad_config_is_rejected() {
 /// router's pause in request headers into StopAll, the body callback never runs, and an
 /// inference request stalls until the stream times out. Header-only requests still work.
 #[test]
-#[ignore = "its hand-edited gateway no longer starts with the endpoint picker in gateway.yaml; to fix"]
 fn without_allow_on_headers_stop_iteration_requests_stall() {
     let dir = scratch_dir("router-noknob");
-    let sim = start_sim(&dir, "c", "qwen-2-7b");
-    let (listen, admin) = (free_port(), free_port());
-    let yaml = gateway_yaml(listen, admin, [sim.port, sim.port, sim.port])
-        .replace(
-            "allow_on_headers_stop_iteration: true",
-            "allow_on_headers_stop_iteration: false",
+    let sim = Sim::fast(&dir, "c", "qwen-2-7b");
+    let p = sim.port;
+    let envoy = Shipped::gateway(Ports::free(), [p, p, p])
+        // One sim plays every pod: the endpoint picker refuses a pod listed twice.
+        .picker_pool("llama-3-8b", &[p])
+        .filter_field(
+            "model_router",
+            "allow_on_headers_stop_iteration",
+            json!(false),
         )
-        .replace("stream_idle_timeout: 300s", "stream_idle_timeout: 2s");
-    assert!(yaml.contains("allow_on_headers_stop_iteration: false"));
-    let _envoy = Envoy::start(&dir, "gateway", &yaml, admin);
-    let url = format!("http://127.0.0.1:{listen}");
+        .hcm("stream_idle_timeout", json!("2s"))
+        .start(&dir, "gateway");
+    let url = format!("http://127.0.0.1:{}", envoy.port);
     assert_eq!(get(&format!("{url}/v1/models")).status, 200);
     let started = std::time::Instant::now();
     let r = post_json(
