@@ -602,7 +602,10 @@ fn pump(cfg: &ShedConfig, state: &RefCell<VmState>, now: u64) {
                 ShedReason::FlowFull,
             )
         };
-        modelgate_glue::stream::reply(e.id, &err, &[(SHED_HEADER, reason.as_str())]);
+        if !modelgate_glue::stream::reply(e.id, &err, &[(SHED_HEADER, reason.as_str())]) {
+            // Unanswerable (the host refused the reply): let it go on rather than hang.
+            let _ = modelgate_glue::stream::resume_request(e.id);
+        }
     }
     for e in &resume {
         if !modelgate_glue::stream::resume_request(e.id) {

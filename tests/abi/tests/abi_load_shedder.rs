@@ -651,6 +651,36 @@ fn a_held_request_past_its_ttl_gets_429_or_503_without_a_server() {
 }
 
 #[test]
+fn a_held_request_whose_reply_the_host_refuses_goes_on_instead_of_hanging() {
+    let host = Host::new();
+    let mut vm = shedder(&host, &flow(""));
+    scrape(&mut vm, load(0.0, 0.1));
+    open(&mut vm, "a", "standard");
+    open(&mut vm, "a", "standard");
+    let (s, held) = open(&mut vm, "b", "sheddable");
+    assert_eq!(held, Action::Pause);
+    vm.refuse("proxy_send_local_response", 10);
+    for _ in 0..5 {
+        scrape(&mut vm, load(0.0, 0.1));
+    }
+    assert_eq!(flow_count(&vm, "sheddable", "expired"), 1);
+    assert_eq!(vm.stream(s).local_reply(), None);
+    assert_eq!(
+        vm.stream(s).request_resumed(),
+        1,
+        "resumed, not left paused"
+    );
+    // The host answers again: the next expired request gets its 429.
+    vm.allow("proxy_send_local_response");
+    let (t, _) = open(&mut vm, "b", "sheddable");
+    for _ in 0..5 {
+        scrape(&mut vm, load(0.0, 0.1));
+    }
+    let reply = vm.stream(t).local_reply();
+    assert_eq!(shed_reason(&reply).as_deref(), Some("flow_timeout"));
+}
+
+#[test]
 fn a_client_that_gives_up_leaves_the_queue_at_once() {
     let host = Host::new();
     let mut vm = shedder(&host, &flow(""));
