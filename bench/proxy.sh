@@ -5,14 +5,14 @@
 # Interleaved rounds; wrk (HTTP/1.1, bench/post.lua) and h2load (HTTP/2) at 1 KB and 100 KB.
 # Prints a markdown section on stdout, progress on stderr.
 #
-# Env: BENCH_SECONDS (per run, default 3), BENCH_ROUNDS (default 3), BENCH_VARIANTS (subset,
+# Env: BENCH_SECONDS (per run, default 2), BENCH_ROUNDS (default 3), BENCH_VARIANTS (subset,
 # space-separated), MODELGATE_DIST (modules, default dist/), MODELGATE_ENVOY.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ENVOY=${MODELGATE_ENVOY:-$ROOT/tools/envoy}
 DIST=${MODELGATE_DIST:-$ROOT/dist}
 PY=${PYTHON:-$ROOT/tools/venv/bin/python}
-SECONDS_PER_RUN=${BENCH_SECONDS:-3}
+SECONDS_PER_RUN=${BENCH_SECONDS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
 VARIANTS=(${BENCH_VARIANTS:-none noop noop3 lua router metrics shedder gate gateway sidecar})
 SIZES=(1k 100k)

@@ -17,26 +17,15 @@ struct Outcome {
 
 fn scan(pieces: &[&[u8]]) -> Outcome {
     let mut s = ModelScanner::new();
-    let mut error = None;
-    'body: for piece in pieces {
-        let mut rest = *piece;
-        while !rest.is_empty() {
-            match s.feed(rest) {
-                Ok(0) => panic!("feed consumed nothing of {} bytes", rest.len()),
-                Ok(n) => rest = &rest[n..],
-                Err(e) => {
-                    error = Some(e);
-                    break 'body;
-                }
-            }
+    for piece in pieces {
+        match s.feed_all(piece) {
+            Ok(n) => assert_eq!(n, piece.len(), "feed consumed nothing"),
+            Err(_) => break,
         }
     }
-    let result = match error {
-        Some(e) => Err(e),
-        None => s.finish(),
-    };
+    // An error is sticky: `finish` reports the first one.
     Outcome {
-        result,
+        result: s.finish(),
         model: s.model().map(str::to_string),
         span: s.model_span(),
         object_start: s.object_start(),

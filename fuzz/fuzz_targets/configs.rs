@@ -5,6 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use modelgate_core::config::{parse_json, FilterConfig};
 use modelgate_core::metrics::MetricsConfig;
+use modelgate_core::picker::PickerConfig;
 use modelgate_core::readiness::ReadinessConfig;
 use modelgate_core::router::Router;
 use modelgate_core::scrape::{ScrapeConfig, ScrapeConfigJson};
@@ -14,11 +15,12 @@ fuzz_target!(|input: &[u8]| {
     let Some((&which, data)) = input.split_first() else {
         return;
     };
-    let error = match which % 5 {
+    let error = match which % 6 {
         0 => Router::parse(data).err(),
         1 => ReadinessConfig::parse(data).err(),
         2 => ShedConfig::parse(data).err(),
         3 => MetricsConfig::parse(data).err(),
+        5 => PickerConfig::parse(data).err(),
         _ => match parse_json::<ScrapeConfigJson>(data) {
             Ok(raw) => ScrapeConfig::validate(&raw, "scrape").err(),
             Err(e) => Some(e),

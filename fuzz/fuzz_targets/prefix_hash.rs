@@ -9,10 +9,7 @@ use modelgate_fuzz::seed_and_data;
 /// The prefix-affinity hash the router's scanner computes over a whole body.
 fn prefix_hash(body: &[u8], chars: usize) -> Option<u64> {
     let mut s = ModelScanner::with_prefix_hash(chars);
-    let mut rest = body;
-    while let Ok(n @ 1..) = s.feed(rest) {
-        rest = rest.get(n..).unwrap_or_default();
-    }
+    let _ = s.feed_all(body);
     s.prefix_hash()
 }
 

@@ -1,4 +1,4 @@
-//! The model router's body decision (the gateway's shipped config): any chunking, as Envoy
+//! The model router's body decision (the gateway's models): any chunking, as Envoy
 //! buffers it, gives the same route, body rewrite, prefix hash or error as the whole body.
 #![no_main]
 
@@ -8,17 +8,8 @@ use modelgate_core::prng::Prng;
 use modelgate_core::router::{BodyRouting, BodyStep, Router};
 use modelgate_fuzz::{chunks, seed_and_data};
 
-const CONFIG: &str = r#"{
-  "models": [
-    {"name": "llama-3-8b", "criticality": "critical",
-     "aliases": ["llama3", "meta-llama/Meta-Llama-3-8B-Instruct"]},
-    {"name": "qwen-2-7b", "aliases": ["qwen"]},
-    {"name": "chat", "aliases": ["gpt-4o-mini"], "criticality": "sheddable",
-     "targets": [{"name": "llama-3-8b", "weight": 3}, {"name": "qwen-2-7b", "weight": 1}]}
-  ],
-  "default_model": "qwen",
-  "prefix_affinity": {"chars": 64}
-}"#;
+/// The gateway's models, shared with core's property tests (`tests/split_properties.rs`).
+const CONFIG: &str = include_str!("../../filters/core/tests/data/router.json");
 
 fn decide(router: &Router, pieces: &[&[u8]]) -> String {
     let mut rng = Prng::new(7);

@@ -232,9 +232,18 @@ pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let prefix = format!(".{name}.tmp-");
+    // A loader killed between create and rename left its temp file (another pid): the
+    // volume lock makes this process the only writer, so every one is stale.
+    if let Ok(rd) = std::fs::read_dir(parent) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
     {
-        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -290,6 +299,20 @@ pub fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_atomic_clears_the_temp_file_of_a_killed_writer() {
+        let d = tempfile::tempdir().unwrap();
+        let stale = d.path().join("..ready.tmp-999999");
+        std::fs::write(&stale, "half").unwrap();
+        write_atomic(&d.path().join(".ready"), b"c9\n").unwrap();
+        assert!(!stale.exists());
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(".ready")]);
+    }
 
     #[test]
     fn switch_is_a_relative_symlink_and_prune_keeps_serving() {

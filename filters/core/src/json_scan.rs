@@ -323,6 +323,21 @@ impl ModelScanner {
         Ok(i)
     }
 
+    /// Feeds all of `chunk`, reading on past the points where [`Self::feed`] stops (the
+    /// model string, the final prefix hash): for a caller that wants every answer of the
+    /// body, not the earliest. Returns the bytes consumed — all of `chunk`, unless the
+    /// scanner stopped making progress (a scanner bug, reported rather than looped on).
+    pub fn feed_all(&mut self, chunk: &[u8]) -> Result<usize, ScanError> {
+        let mut done = 0;
+        while let Some(rest @ [_, ..]) = chunk.get(done..) {
+            match self.feed(rest)? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+
     /// Declares the end of the body: the document must be complete.
     pub fn finish(&mut self) -> Result<(), ScanError> {
         if let Some(e) = self.error {
@@ -814,11 +829,7 @@ mod tests {
         let mut s = ModelScanner::new();
         let mut start = 0;
         for &end in cuts {
-            let mut piece = &body[start..end];
-            while !piece.is_empty() {
-                let n = s.feed(piece)?;
-                piece = &piece[n..];
-            }
+            assert_eq!(s.feed_all(&body[start..end])?, end - start, "scanner stuck");
             start = end;
         }
         s.finish()?;
@@ -1002,6 +1013,19 @@ mod tests {
         assert!(!s.is_complete());
         assert_eq!(s.feed(&body[n..]).unwrap(), body.len() - n);
         s.finish().unwrap();
+    }
+
+    #[test]
+    fn feed_all_reads_past_the_model_and_the_final_prefix_hash() {
+        let body = br#"{"model":"m","prompt":"abcdefgh","n":1}"#;
+        let mut s = ModelScanner::with_prefix_hash(2);
+        assert_eq!(s.feed_all(body).unwrap(), body.len());
+        assert_eq!(s.model(), Some("m"));
+        assert!(s.prefix_hash().is_some() && !s.prefix_pending());
+        s.finish().unwrap();
+        let mut bad = ModelScanner::new();
+        assert!(bad.feed_all(br#"{"model":"m",x"#).is_err());
+        assert_eq!(bad.feed_all(b"}"), bad.finish().map(|()| 0));
     }
 
     #[test]

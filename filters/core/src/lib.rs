@@ -24,3 +24,4 @@ pub mod sse;
 pub mod state;
 pub mod usage;
 pub mod vocab;
+pub mod wire;

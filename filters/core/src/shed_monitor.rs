@@ -468,7 +468,7 @@ impl ShedMonitor {
 }
 
 /// Moves this VM's share of a gauge summed over VMs from `*last` to `now`.
-fn add_share<H: ShedHost>(host: &mut H, id: Option<u32>, last: &mut u64, now: u64) {
+pub fn add_share<H: ShedHost>(host: &mut H, id: Option<u32>, last: &mut u64, now: u64) {
     if let (Some(id), true) = (id, now != *last) {
         let delta =
             i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(*last).unwrap_or(i64::MAX);

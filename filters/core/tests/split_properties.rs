@@ -25,16 +25,8 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Value};
 
-const ROUTER: &str = r#"{
-  "models": [
-    {"name": "llama-3-8b", "criticality": "critical", "aliases": ["llama3", "meta-llama/Meta-Llama-3-8B-Instruct"]},
-    {"name": "qwen-2-7b", "aliases": ["qwen"]},
-    {"name": "chat", "aliases": ["gpt-4o-mini"], "criticality": "sheddable",
-     "targets": [{"name": "llama-3-8b", "weight": 3}, {"name": "qwen-2-7b", "weight": 1}]}
-  ],
-  "default_model": "qwen",
-  "prefix_affinity": {"chars": 32}
-}"#;
+/// The router configuration the property tests and the `router_body` fuzz target share.
+const ROUTER: &str = include_str!("data/router.json");
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -169,37 +161,21 @@ struct Scan {
 /// The prefix-affinity hash the router's scanner computes over a whole body.
 fn prefix_hash(body: &[u8], chars: usize) -> Option<u64> {
     let mut s = ModelScanner::with_prefix_hash(chars);
-    let mut rest = body;
-    while let Ok(n @ 1..) = s.feed(rest) {
-        rest = rest.get(n..).unwrap_or_default();
-    }
+    let _ = s.feed_all(body);
     s.prefix_hash()
 }
 
 fn scan(pieces: &[&[u8]]) -> Scan {
     let mut s = ModelScanner::new();
-    let mut error = None;
-    'body: for piece in pieces {
-        let mut rest = *piece;
-        while !rest.is_empty() {
-            match s.feed(rest) {
-                Ok(n) => {
-                    assert!(n > 0, "feed consumed nothing");
-                    rest = &rest[n..];
-                }
-                Err(e) => {
-                    error = Some(e);
-                    break 'body;
-                }
-            }
+    for piece in pieces {
+        match s.feed_all(piece) {
+            Ok(n) => assert_eq!(n, piece.len(), "feed consumed nothing"),
+            Err(_) => break,
         }
     }
-    let result = match error {
-        Some(e) => Err(e),
-        None => s.finish(),
-    };
+    // An error is sticky: `finish` reports the first one.
     Scan {
-        result,
+        result: s.finish(),
         model: s.model().map(str::to_string),
         span: s.model_span(),
     }

@@ -2,10 +2,9 @@
 //! on the tick) and the state of each held stream. The queue itself is
 //! `modelgate_core::flow::FlowQueue`, one per pool.
 
-use modelgate_core::metrics::{encode_stat_name, MetricHost, MetricKind};
-use modelgate_core::shed_monitor::FlowOutcome;
+use modelgate_core::metrics::{MetricHost, MetricKind};
+use modelgate_core::shed_monitor::{add_share, FlowOutcome};
 use modelgate_core::vocab::Criticality;
-use modelgate_glue::host;
 use modelgate_glue::stats::EnvoyStats;
 
 /// Bands of flow control (critical is never held), in the order of their stats.
@@ -73,11 +72,8 @@ pub struct FlowMetrics {
 
 impl FlowMetrics {
     pub fn define(model: &str) -> Self {
-        let mut name = String::with_capacity(128);
-        let mut def = |kind: MetricKind, metric: &str, labels: &[(&str, &str)]| {
-            encode_stat_name(&mut name, metric, labels);
-            EnvoyStats.define(kind, &name)
-        };
+        let def =
+            |kind, metric, labels: &[(&str, &str)]| EnvoyStats.define_labeled(kind, metric, labels);
         let mut m = Self {
             outcomes: [[None; 2]; OUTCOMES],
             waits: [None; 2],
@@ -112,10 +108,7 @@ impl FlowMetrics {
     pub fn flush(&mut self, c: &mut FlowCounts, held: [u32; 2]) {
         for (ids, ns) in self.outcomes.iter().zip(c.outcomes.iter_mut()) {
             for (id, n) in ids.iter().zip(ns.iter_mut()) {
-                if let (Some(id), true) = (id, *n > 0) {
-                    EnvoyStats.increment(*id, *n);
-                }
-                *n = 0;
+                EnvoyStats.add(*id, std::mem::take(n));
             }
         }
         for (b, ms) in c.waits.drain(..) {
@@ -124,14 +117,7 @@ impl FlowMetrics {
             }
         }
         for ((id, last), n) in self.queued.iter_mut().zip(held) {
-            let n = u64::from(n);
-            if let (Some(id), true) = (id, n != *last) {
-                let delta =
-                    i64::try_from(n).unwrap_or(i64::MAX) - i64::try_from(*last).unwrap_or(i64::MAX);
-                if host::add_to_metric(*id, delta).is_ok() {
-                    *last = n;
-                }
-            }
+            add_share(&mut EnvoyStats, *id, last, u64::from(n));
         }
     }
 }

@@ -19,12 +19,12 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::Duration;
 
 use modelgate_core::config::FilterKind;
 use modelgate_core::error::ApiError;
 use modelgate_core::flow::{self as core_flow, Entry, FlowQueue, Push};
-use modelgate_core::metrics::encode_stat_name;
+use modelgate_core::metrics::MetricHost;
+use modelgate_core::metrics::MetricKind::{Counter, Gauge};
 use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig};
 use modelgate_core::shed::ShedReason;
 use modelgate_core::shed_monitor::FlowOutcome;
@@ -36,11 +36,12 @@ use modelgate_core::vocab::{
 use modelgate_glue::headers::header_bytes;
 use modelgate_glue::host::{self, now_ns};
 use modelgate_glue::log;
+use modelgate_glue::stats::EnvoyStats;
 
 mod flow;
 use flow::{FlowCounts, FlowMetrics, Hold, HoldState};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -120,12 +121,6 @@ struct Metrics {
     latency: Option<u32>,
 }
 
-fn define(kind: MetricType, metric: &str, labels: &[(&str, &str)]) -> Option<u32> {
-    let mut name = String::with_capacity(128);
-    encode_stat_name(&mut name, metric, labels);
-    host::define_metric(kind, &name).ok()
-}
-
 impl Metrics {
     fn define(cfg: &PickerConfig) -> Self {
         let pools = cfg
@@ -137,19 +132,19 @@ impl Metrics {
                     name: pool.name.clone(),
                     cluster: pool.cluster.clone(),
                     picks: BTreeMap::new(),
-                    shed: define(MetricType::Counter, "ml_picker_shed_total", &model),
-                    fallback: define(MetricType::Counter, "ml_picker_fallback_total", &model),
-                    saturated: define(MetricType::Gauge, "ml_picker_saturated_pods", &model),
+                    shed: EnvoyStats.define_labeled(Counter, "ml_picker_shed_total", &model),
+                    fallback: EnvoyStats.define_labeled(
+                        Counter,
+                        "ml_picker_fallback_total",
+                        &model,
+                    ),
+                    saturated: EnvoyStats.define_labeled(Gauge, "ml_picker_saturated_pods", &model),
                 }
             })
             .collect();
         Self {
             pools,
-            latency: define(
-                MetricType::Counter,
-                "ml_picker_latency_nanoseconds_total",
-                &[],
-            ),
+            latency: EnvoyStats.define_labeled(Counter, "ml_picker_latency_nanoseconds_total", &[]),
         }
     }
 }
@@ -166,8 +161,8 @@ impl PoolMetrics {
             "other"
         };
         let ids = PickReason::ALL.map(|r| {
-            define(
-                MetricType::Counter,
+            EnvoyStats.define_labeled(
+                Counter,
                 "ml_picker_picks_total",
                 &[
                     ("model_name", self.name.as_str()),
@@ -188,17 +183,11 @@ impl PoolMetrics {
             };
             let ids = self.picks(&pod.address.clone());
             for (id, n) in ids.iter().zip(counts) {
-                add(*id, n);
+                EnvoyStats.add(*id, n);
             }
         }
-        add(self.shed, std::mem::take(&mut c.shed));
-        add(self.fallback, std::mem::take(&mut c.fallback));
-    }
-}
-
-fn add(id: Option<u32>, n: u64) {
-    if let (Some(id), true) = (id, n > 0) {
-        let _ = host::increment_metric(id, n);
+        EnvoyStats.add(self.shed, std::mem::take(&mut c.shed));
+        EnvoyStats.add(self.fallback, std::mem::take(&mut c.fallback));
     }
 }
 
@@ -229,19 +218,14 @@ impl RootContext for PickerRoot {
         let Some(config) = modelgate_glue::configure::<PickerConfig>(size) else {
             return false;
         };
-        if host::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
-            log(
-                LogLevel::Error,
-                "endpoint_picker: cannot set the tick period",
-            );
+        if !modelgate_glue::start_ticks(FilterKind::EndpointPicker, config.tick_ms) {
             return false;
         }
         let pods: usize = config.pools.iter().map(|p| p.pods.len()).sum();
         log(
             LogLevel::Info,
             &format!(
-                "endpoint_picker {}: configured ({} pools, {pods} pods)",
-                env!("CARGO_PKG_VERSION"),
+                "endpoint_picker: configured ({} pools, {pods} pods)",
                 config.pools.len()
             ),
         );
@@ -305,7 +289,7 @@ impl Active {
             return;
         };
         let vm = &mut *guard;
-        add(self.metrics.latency, std::mem::take(&mut vm.latency_ns));
+        EnvoyStats.add(self.metrics.latency, std::mem::take(&mut vm.latency_ns));
         for ((members, counts), pm) in vm
             .members
             .iter_mut()
@@ -325,7 +309,7 @@ impl Active {
                 .filter(|l| self.config.saturated(l))
                 .count();
             if let Some(id) = pm.saturated {
-                let _ = host::record_metric(id, saturated as u64);
+                EnvoyStats.set_gauge(id, saturated as u64);
             }
         }
         drop(guard);
@@ -353,7 +337,9 @@ impl Active {
             self.config.tick_ms
         };
         drop(guard);
-        if want != self.tick_ms && host::set_tick_period(Duration::from_millis(want)).is_ok() {
+        if want != self.tick_ms
+            && host::set_tick_period(std::time::Duration::from_millis(want)).is_ok()
+        {
             self.tick_ms = want;
         }
     }
@@ -609,8 +595,7 @@ impl HttpContext for PickerHttp {
                     ),
                     RETRY_AFTER_S,
                 );
-                modelgate_glue::send_error(&err, &[(SHED_HEADER, "pool_saturated")]);
-                Action::Pause
+                modelgate_glue::send_error(&err, &[(SHED_HEADER, "pool_saturated")])
             }
             // No known pod, or this request explores: the cluster's fallback policy picks.
             Pick::None => {

@@ -1,6 +1,6 @@
 //! Header reads that cannot trap: `None` when the header is absent, when the map is not
 //! available in this phase (Envoy answers an error), or on any other host error; invalid
-//! UTF-8 never panics. Writes go through [`crate::host::set_header`] / `add_header`.
+//! UTF-8 never panics. Writes go through [`crate::host::set_header`].
 
 use proxy_wasm::types::MapType;
 

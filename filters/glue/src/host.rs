@@ -9,6 +9,7 @@
 use std::ptr::{null, null_mut};
 use std::time::Duration;
 
+use modelgate_core::wire;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
 /// A host call answered with a status other than `Ok` (the ABI's number: 1 NotFound,
@@ -49,14 +50,6 @@ extern "C" {
     ) -> u32;
     #[link_name = "proxy_replace_header_map_value"]
     fn abi_replace_header(
-        map: u32,
-        key: *const u8,
-        key_len: usize,
-        value: *const u8,
-        value_len: usize,
-    ) -> u32;
-    #[link_name = "proxy_add_header_map_value"]
-    fn abi_add_header(
         map: u32,
         key: *const u8,
         key_len: usize,
@@ -207,29 +200,9 @@ pub fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), 
     })
 }
 
-/// Adds a value of header `name` to `map`, keeping the ones there.
-pub fn add_header(map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
-    // SAFETY: as in `set_header`.
-    status(unsafe {
-        abi_add_header(
-            map as u32,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    })
-}
-
 /// The property at `path` (`["xds", "cluster_name"]`); `None` when absent or on error.
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    let mut key = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
-    for (i, part) in path.iter().enumerate() {
-        if i > 0 {
-            key.push(0);
-        }
-        key.extend_from_slice(part.as_bytes());
-    }
+    let key = wire::property_key(path);
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: as in `buffer`.
     unsafe {
@@ -271,35 +244,13 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), 
     })
 }
 
-/// Serialises header pairs the way the ABI wants them: count, lengths, NUL-ended bytes.
-fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    let size = 4 + pairs
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 10)
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&len(pairs.len()));
-    for (k, v) in pairs {
-        out.extend_from_slice(&len(k.len()));
-        out.extend_from_slice(&len(v.len()));
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
-}
-
 /// Answers the current request locally with `status`, `headers` and `body`.
 pub fn send_response(
     status_code: u16,
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> Result<(), HostError> {
-    let headers = serialize_pairs(headers);
+    let headers = wire::encode_pairs(headers);
     // SAFETY: the host only reads the slices for the duration of the call.
     status(unsafe {
         abi_send_local_response(
@@ -365,20 +316,4 @@ pub fn dispatch_http_call(
 ) -> Result<u32, HostError> {
     proxy_wasm::hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout)
         .map_err(|s| HostError(s as u32))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pairs_serialize_as_the_abi_expects() {
-        let out = serialize_pairs(&[("a", b"xy"), ("bc", b"")]);
-        let mut want = Vec::new();
-        for n in [2u32, 1, 2, 2, 0] {
-            want.extend_from_slice(&n.to_le_bytes());
-        }
-        want.extend_from_slice(b"a\0xy\0bc\0\0");
-        assert_eq!(out, want);
-    }
 }

@@ -14,7 +14,7 @@ pub mod stream;
 use modelgate_core::config::{FilterConfig, FilterKind};
 use modelgate_core::error::ApiError;
 use modelgate_core::{lease, state, vocab};
-use proxy_wasm::types::{BufferType, LogLevel};
+use proxy_wasm::types::{Action, BufferType, LogLevel};
 
 pub use host::HostError;
 
@@ -51,13 +51,42 @@ pub fn configure<C: FilterConfig>(size: usize) -> Option<C> {
     }
 }
 
+/// Sets the tick period from `on_configure`; when the host refuses, logs it and returns
+/// `false` (the filter then rejects the configuration).
+pub fn start_ticks(filter: FilterKind, period_ms: u64) -> bool {
+    let ok = host::set_tick_period(std::time::Duration::from_millis(period_ms)).is_ok();
+    if !ok {
+        log(
+            LogLevel::Error,
+            &format!("{}: cannot set the tick period", filter.name()),
+        );
+    }
+    ok
+}
+
 /// Wall-clock milliseconds from the host (0 if the host cannot tell).
 pub fn now_ms() -> u64 {
     host::now_ns() / 1_000_000
 }
 
-/// Answers the request locally with an OpenAI-shaped error (and `Retry-After` when set).
-pub fn send_error(err: &ApiError, extra_headers: &[(&str, &str)]) {
+/// Answers the request locally and returns what the callback must return: `Pause` once
+/// answered; `Continue` when the host refused the reply, so that the request goes on
+/// rather than hang with no answer.
+pub fn reply(status: u16, headers: &[(&str, &[u8])], body: &[u8]) -> Action {
+    match host::send_response(status, headers, body) {
+        Ok(()) => Action::Pause,
+        Err(e) => {
+            log(
+                LogLevel::Warn,
+                &format!("cannot send the {status} reply ({e:?}); the request goes on"),
+            );
+            Action::Continue
+        }
+    }
+}
+
+/// [`reply`] with an OpenAI-shaped error (and `Retry-After` when set).
+pub fn send_error(err: &ApiError, extra_headers: &[(&str, &str)]) -> Action {
     let retry;
     let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(extra_headers.len() + 2);
     headers.push(("content-type", b"application/json"));
@@ -66,12 +95,7 @@ pub fn send_error(err: &ApiError, extra_headers: &[(&str, &str)]) {
         headers.push(("retry-after", retry.as_bytes()));
     }
     headers.extend(extra_headers.iter().map(|(k, v)| (*k, v.as_bytes())));
-    if let Err(e) = host::send_response(err.status, &headers, &err.body()) {
-        log(
-            LogLevel::Warn,
-            &format!("cannot send the {} reply: {e:?}", err.status),
-        );
-    }
+    reply(err.status, &headers, &err.body())
 }
 
 /// True when this VM claimed the poll lease `purpose` for the period starting now.

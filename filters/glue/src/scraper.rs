@@ -21,14 +21,16 @@
 
 use std::time::Duration;
 
+use modelgate_core::metrics::{MetricHost, MetricKind};
 use modelgate_core::scrape::{self, MetricsReader, ScrapeConfig, ScrapeError};
 use modelgate_core::state::QueueSnapshot;
 use modelgate_core::vocab::QUEUE_KEY;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
 use crate::host;
 use crate::log;
 use crate::poll::SnapshotReader;
+use crate::stats::EnvoyStats;
 
 /// Lease purpose shared by every embedding filter.
 pub const LEASE_PURPOSE: &str = "scrape";
@@ -45,24 +47,24 @@ struct ScrapeMetrics {
 
 impl ScrapeMetrics {
     fn define() -> Self {
-        let counter = |name: &str| host::define_metric(MetricType::Counter, name).ok();
+        let counter = |name: &str, labels: &[(&str, &str)]| {
+            EnvoyStats.define_labeled(MetricKind::Counter, name, labels)
+        };
         Self {
-            attempts: counter("modelgate_scrape_attempts_total"),
+            attempts: counter("modelgate_scrape_attempts_total", &[]),
             failures: ScrapeError::KINDS
                 .iter()
-                .map(|k| counter(&format!("reason=.={k};.;modelgate_scrape_failures_total")))
+                .map(|k| counter("modelgate_scrape_failures_total", &[("reason", k)]))
                 .collect(),
         }
     }
 
     fn count(&self, outcome: &Result<(), ScrapeError>) {
-        if let Some(id) = self.attempts {
-            let _ = host::increment_metric(id, 1);
-        }
+        EnvoyStats.add(self.attempts, 1);
         if let Err(e) = outcome {
             let i = ScrapeError::KINDS.iter().position(|k| *k == e.kind());
-            if let Some(Some(id)) = i.and_then(|i| self.failures.get(i)) {
-                let _ = host::increment_metric(*id, 1);
+            if let Some(id) = i.and_then(|i| self.failures.get(i)) {
+                EnvoyStats.add(*id, 1);
             }
         }
     }

@@ -1,7 +1,9 @@
-//! Envoy's stats behind `modelgate_core::metrics::MetricHost`, so a filter's metric logic
-//! lives in core and is tested there against a mock.
+//! Envoy's stats (and log) behind `modelgate_core::metrics::MetricHost` and
+//! `modelgate_core::shed_monitor::ShedHost`: the one way a filter defines and updates
+//! stats, so its metric logic can live in core and be tested there against a mock.
 
 use modelgate_core::metrics::{MetricHost, MetricKind};
+use modelgate_core::shed_monitor::{self, ShedHost};
 use proxy_wasm::types::{LogLevel, MetricType};
 
 use crate::host;
@@ -35,5 +37,19 @@ impl MetricHost for EnvoyStats {
 
     fn record(&mut self, id: u32, value: u64) {
         let _ = host::record_metric(id, value);
+    }
+}
+
+impl ShedHost for EnvoyStats {
+    fn log(&mut self, level: shed_monitor::LogLevel, msg: &str) {
+        let level = match level {
+            shed_monitor::LogLevel::Info => LogLevel::Info,
+            shed_monitor::LogLevel::Warn => LogLevel::Warn,
+        };
+        crate::log(level, msg);
+    }
+
+    fn add_gauge(&mut self, id: u32, delta: i64) {
+        let _ = host::add_to_metric(id, delta);
     }
 }

@@ -5,6 +5,7 @@
 //! worker that accepted it, so only that VM's root context can act on it.
 
 use modelgate_core::error::ApiError;
+use proxy_wasm::types::Action;
 
 use crate::host;
 
@@ -19,11 +20,8 @@ pub fn resume_request(context_id: u32) -> bool {
     enter(context_id) && host::resume_request().is_ok()
 }
 
-/// Answers paused stream `context_id` locally with `err`.
+/// Answers paused stream `context_id` locally with `err`; false when the stream is gone or
+/// the host refused the reply.
 pub fn reply(context_id: u32, err: &ApiError, extra_headers: &[(&str, &str)]) -> bool {
-    if !enter(context_id) {
-        return false;
-    }
-    crate::send_error(err, extra_headers);
-    true
+    enter(context_id) && crate::send_error(err, extra_headers) == Action::Pause
 }

@@ -21,12 +21,9 @@ use std::time::Duration;
 
 use modelgate_core::config::FilterKind;
 use modelgate_core::flow::{self, Entry, FlowQueue, Push};
-use modelgate_core::metrics::{MetricHost, MetricKind};
 use modelgate_core::orca::{self, OrcaReporter};
 use modelgate_core::shed::{Decision, LoadView, ServerView, ShedConfig, ShedReason};
-use modelgate_core::shed_monitor::{
-    self, FlowOutcome, ShedCounts, ShedHost, ShedMonitor, TickState,
-};
+use modelgate_core::shed_monitor::{FlowOutcome, ShedCounts, ShedMonitor, TickState};
 use modelgate_core::shed_tables::{
     saturated_clusters, HostReport, PoolLoad, PoolTable, WorkerLoad, WorkerTable,
 };
@@ -46,41 +43,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ShedRoot::default()) });
 }}
-
-/// Envoy's stats (through the glue's [`EnvoyStats`]) and log.
-struct Host;
-
-impl MetricHost for Host {
-    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
-        EnvoyStats.define(kind, name)
-    }
-
-    fn increment(&mut self, id: u32, delta: u64) {
-        EnvoyStats.increment(id, delta);
-    }
-
-    fn set_gauge(&mut self, id: u32, value: u64) {
-        EnvoyStats.set_gauge(id, value);
-    }
-
-    fn record(&mut self, id: u32, value: u64) {
-        EnvoyStats.record(id, value);
-    }
-}
-
-impl ShedHost for Host {
-    fn log(&mut self, level: shed_monitor::LogLevel, msg: &str) {
-        let level = match level {
-            shed_monitor::LogLevel::Info => LogLevel::Info,
-            shed_monitor::LogLevel::Warn => LogLevel::Warn,
-        };
-        log(level, msg);
-    }
-
-    fn add_gauge(&mut self, id: u32, delta: i64) {
-        let _ = host::add_to_metric(id, delta);
-    }
-}
 
 /// Attempts at a compare-and-swap write of the worker table before giving up.
 const CAS_TRIES: usize = 4;
@@ -266,8 +228,7 @@ impl RootContext for ShedRoot {
         };
         let scraper = config.scrape.clone().map(Scraper::new);
         let orca = config.orca.map(OrcaReporter::new);
-        if host::set_tick_period(Duration::from_millis(config.tick_ms)).is_err() {
-            log(LogLevel::Error, "load_shedder: cannot set the tick period");
+        if !modelgate_glue::start_ticks(FilterKind::LoadShedder, config.tick_ms) {
             return false;
         }
         log(
@@ -289,7 +250,7 @@ impl RootContext for ShedRoot {
                 config.trusted_principals.len(),
             ),
         );
-        let monitor = ShedMonitor::new(&mut Host, &config, modelgate_glue::now_ms());
+        let monitor = ShedMonitor::new(&mut EnvoyStats, &config, modelgate_glue::now_ms());
         self.active = Some(Active {
             tick_ms: config.tick_ms,
             config: Rc::new(config),
@@ -388,7 +349,7 @@ impl Active {
             flow: self.config.flow.as_ref().map(|_| &vm.flow),
         };
         self.monitor
-            .on_tick(&mut Host, &self.config, &t, &mut counts);
+            .on_tick(&mut EnvoyStats, &self.config, &t, &mut counts);
         vm.counts = counts;
         // Tick fast while requests are held: a slot freed by another worker is only
         // seen here.
@@ -510,8 +471,7 @@ impl HttpContext for ShedHttp {
                 drop(vm);
                 self.shed = true;
                 let err = cfg.shed_error(class, reason);
-                modelgate_glue::send_error(&err, &[(SHED_HEADER, reason.as_str())]);
-                Action::Pause
+                modelgate_glue::send_error(&err, &[(SHED_HEADER, reason.as_str())])
             }
         }
     }
@@ -642,7 +602,10 @@ fn pump(cfg: &ShedConfig, state: &RefCell<VmState>, now: u64) {
                 ShedReason::FlowFull,
             )
         };
-        modelgate_glue::stream::reply(e.id, &err, &[(SHED_HEADER, reason.as_str())]);
+        if !modelgate_glue::stream::reply(e.id, &err, &[(SHED_HEADER, reason.as_str())]) {
+            // Unanswerable (the host refused the reply): let it go on rather than hang.
+            let _ = modelgate_glue::stream::resume_request(e.id);
+        }
     }
     for e in &resume {
         if !modelgate_glue::stream::resume_request(e.id) {

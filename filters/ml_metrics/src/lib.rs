@@ -6,7 +6,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use modelgate_core::config::FilterKind;
 use modelgate_core::metrics::{Cursor, MetricsConfig, Registry, RequestOutcome, RequestTracker};
@@ -16,10 +15,10 @@ use modelgate_core::vocab::{
     SHED_HEADER,
 };
 use modelgate_glue::headers::{header, header_bytes};
+use modelgate_glue::host;
 use modelgate_glue::poll::SnapshotReader;
 use modelgate_glue::scraper::Scraper;
 use modelgate_glue::stats::EnvoyStats;
-use modelgate_glue::{host, log};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
@@ -84,7 +83,6 @@ impl RootContext for MetricsRoot {
         let tick_ms = scraper.as_ref().map_or(config.tick_period_ms, |s| {
             s.period_ms().min(config.tick_period_ms)
         });
-        let tick = Duration::from_millis(tick_ms);
         let registry = RefCell::new(Registry::new(&config));
         self.active = Some(Active {
             shared: Rc::new(Shared { config, registry }),
@@ -92,11 +90,7 @@ impl RootContext for MetricsRoot {
             queue: SnapshotReader::new(QUEUE_KEY),
             scraper,
         });
-        if host::set_tick_period(tick).is_err() {
-            log(LogLevel::Error, "ml_metrics: cannot set the tick period");
-            return false;
-        }
-        true
+        modelgate_glue::start_ticks(FilterKind::MlMetrics, tick_ms)
     }
 
     fn on_tick(&mut self) {

@@ -146,18 +146,9 @@ impl HttpContext for RouterHttp {
             }
             HeadersAction::Reply(status, body) => {
                 let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
-                if let Err(e) = host::send_response(status, &headers, &body) {
-                    modelgate_glue::log(
-                        LogLevel::Warn,
-                        &format!("model_router: cannot reply: {e:?}"),
-                    );
-                }
-                Action::Pause
+                modelgate_glue::reply(status, &headers, &body)
             }
-            HeadersAction::Error(err) => {
-                send_error(&err, &[]);
-                Action::Pause
-            }
+            HeadersAction::Error(err) => send_error(&err, &[]),
             HeadersAction::ReadBody => {
                 self.phase = Phase::Reading;
                 self.content_length = content_length.and_then(|v| v.trim().parse().ok());
@@ -176,8 +167,7 @@ impl HttpContext for RouterHttp {
                 None => Action::Continue,
                 Some(err) => {
                     self.phase = Phase::Headers;
-                    send_error(&err, &[]);
-                    Action::Pause
+                    send_error(&err, &[])
                 }
             },
         }
@@ -225,8 +215,7 @@ impl RouterHttp {
             BodyStep::NeedMore => Action::Pause,
             BodyStep::Error(err) => {
                 self.phase = Phase::Headers;
-                send_error(&err, &[]);
-                Action::Pause
+                send_error(&err, &[])
             }
             BodyStep::Route(route) => {
                 // A chunked body is measured as it streams; a declared length was checked.

@@ -5,7 +5,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use modelgate_core::config::FilterKind;
 use modelgate_core::readiness::{
@@ -15,8 +14,8 @@ use modelgate_core::readiness::{
 use modelgate_core::state::ReadinessSnapshot;
 use modelgate_core::vocab::{GATED_HEADER, READINESS_KEY};
 use modelgate_glue::headers::header_bytes;
+use modelgate_glue::log;
 use modelgate_glue::poll::{CallResponse, InFlight, SnapshotReader};
-use modelgate_glue::{host, log};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
@@ -83,8 +82,7 @@ impl RootContext for GateRoot {
         let Some(config) = modelgate_glue::configure::<ReadinessConfig>(size).map(Rc::new) else {
             return false;
         };
-        if host::set_tick_period(Duration::from_millis(config.tick_ms())).is_err() {
-            log(LogLevel::Error, "cannot set the tick period");
+        if !modelgate_glue::start_ticks(FilterKind::ReadinessGate, config.tick_ms()) {
             return false;
         }
         let gate = GateState::new(readiness::verdict(None, 0, config.max_age_ms), &config);
@@ -212,19 +210,13 @@ impl HttpContext for GateRequest {
                     ("content-type", b"application/json"),
                     ("cache-control", b"no-store"),
                 ];
-                if let Err(e) = host::send_response(g.probe_status, &headers, &g.probe_body) {
-                    log(LogLevel::Warn, &format!("cannot answer the probe: {e:?}"));
-                }
-                Action::Pause
+                modelgate_glue::reply(g.probe_status, &headers, &g.probe_body)
             }
             PathAction::Gate => {
                 let g = gate.borrow();
                 match &g.rejection {
                     None => Action::Continue,
-                    Some(err) => {
-                        modelgate_glue::send_error(err, &[(GATED_HEADER, g.gated_reason)]);
-                        Action::Pause
-                    }
+                    Some(err) => modelgate_glue::send_error(err, &[(GATED_HEADER, g.gated_reason)]),
                 }
             }
         }

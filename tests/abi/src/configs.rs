@@ -186,3 +186,14 @@ pub fn plugins() -> Vec<Plugin> {
     }
     out
 }
+
+/// [`plugins`] whose module is built (in `dist/`), each distinct (module, configuration)
+/// pair once.
+pub fn built_plugins() -> Vec<Plugin> {
+    let mut seen = std::collections::BTreeSet::new();
+    plugins()
+        .into_iter()
+        .filter(|p| crate::module_path(&p.module).exists())
+        .filter(|p| seen.insert((p.module.clone(), p.configuration.clone())))
+        .collect()
+}

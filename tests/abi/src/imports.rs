@@ -55,6 +55,28 @@ pub const ENVOY_ENV_FUNCTIONS: &[&str] = &[
     "emscripten_notify_memory_growth",
 ];
 
+/// The `env` imports a test can make the host refuse at run time ([`crate::Vm::refuse`]):
+/// those that Envoy may answer with an error status and the filters call.
+pub const REFUSABLE: &[&str] = &[
+    "proxy_get_header_map_value",
+    "proxy_replace_header_map_value",
+    "proxy_remove_header_map_value",
+    "proxy_add_header_map_value",
+    "proxy_get_buffer_bytes",
+    "proxy_set_buffer_bytes",
+    "proxy_send_local_response",
+    "proxy_define_metric",
+    "proxy_increment_metric",
+    "proxy_record_metric",
+    "proxy_get_shared_data",
+    "proxy_set_shared_data",
+    "proxy_http_call",
+    "proxy_get_property",
+    "proxy_set_tick_period_milliseconds",
+    "proxy_set_effective_context",
+    "proxy_continue_stream",
+];
+
 /// cpp-host's `FOR_ALL_WASI_FUNCTIONS`, registered under both `wasi_snapshot_preview1` and
 /// `wasi_unstable`. Notably absent: `poll_oneoff`, `sched_yield`, `fd_filestat_get`,
 /// `path_*` except `path_open`, `sock_*`, `thread-spawn`.
@@ -144,7 +166,12 @@ const WASI_EFAULT: i32 = 21;
 type C<'a> = Caller<'a, State>;
 
 fn memory(c: &mut C) -> Option<Memory> {
-    c.get_export("memory")?.into_memory()
+    // A refusable import's real function is called from the host, not from the module:
+    // its caller has no exports, so the memory comes from the state then.
+    match c.get_export("memory") {
+        Some(e) => e.into_memory(),
+        None => c.data().memory,
+    }
 }
 
 fn read(c: &mut C, ptr: i32, len: i32) -> Option<Vec<u8>> {

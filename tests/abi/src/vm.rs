@@ -189,11 +189,14 @@ pub struct State {
     pub(crate) next_metric_seq: u32,
     pub(crate) properties: HashMap<Vec<u8>, Vec<u8>>,
     pub(crate) malloc: Option<TypedFunc<i32, i32>>,
+    pub(crate) memory: Option<wasmtime::Memory>,
     pub(crate) done_called: bool,
     pub(crate) foreign_calls: Vec<String>,
     /// Set by `send_local_response`: Envoy turns the callback's result into a stop.
     pub(crate) stop_next_iteration: bool,
     pub(crate) restricted_violation: Option<String>,
+    /// `env` imports answered with a fixed status for now (see [`Vm::refuse`]).
+    pub(crate) refused: HashMap<String, i32>,
 }
 
 impl State {
@@ -358,7 +361,8 @@ impl VmBuilder {
     }
 
     /// Makes the host answer every call of the `env` import `name` with `status` (e.g. 10,
-    /// InternalFailure) and do nothing else, as Envoy does for a call it refuses. A module
+    /// InternalFailure) and do nothing else, as Envoy does for a call it refuses, from the
+    /// start (`_initialize` on); [`Vm::refuse`] and [`Vm::allow`] change it later. A module
     /// must not trap on it.
     pub fn host_call_status(mut self, name: &str, status: i32) -> Self {
         self.host_call_statuses.push((name.to_string(), status));
@@ -445,27 +449,46 @@ impl VmBuilder {
             next_metric_seq: 1,
             properties: props,
             malloc: None,
+            memory: None,
             done_called: false,
             foreign_calls: Vec::new(),
             stop_next_iteration: false,
             restricted_violation: None,
+            refused: self.host_call_statuses.iter().cloned().collect(),
         };
         let mut store = Store::new(engine(), state);
         let mut linker = Linker::new(engine());
         imports::define(&mut linker)?;
+        // Each refusable import answers its status while refused, else does its work.
         linker.allow_shadowing(true);
-        for (name, status) in &self.host_call_statuses {
-            let ty = module
-                .imports()
-                .find(|i| i.module() == "env" && i.name() == name)
-                .and_then(|i| i.ty().func().cloned());
-            let Some(ty) = ty else { continue };
-            let status = *status;
-            linker.func_new("env", name, ty, move |_, _, results| {
-                if let Some(r) = results.first_mut() {
-                    *r = Val::I32(status);
+        for imp in module.imports().filter(|i| i.module() == "env") {
+            let name = imp.name().to_string();
+            let refusable = imports::REFUSABLE.contains(&name.as_str())
+                || self.host_call_statuses.iter().any(|(n, _)| *n == name);
+            let (true, Some(ty)) = (refusable, imp.ty().func().cloned()) else {
+                continue;
+            };
+            let Some(real) = linker
+                .get(&mut store, "env", &name)
+                .ok()
+                .and_then(|e| e.into_func())
+            else {
+                continue;
+            };
+            linker.func_new("env", &name.clone(), ty, move |mut c, params, results| {
+                // Envoy refuses a context switch only to a context it no longer knows;
+                // the root context lives as long as the VM (the SDK unwraps that one).
+                let to_root = name == "proxy_set_effective_context"
+                    && params.first().and_then(Val::i32) == Some(c.data().root_ctx as i32);
+                match c.data().refused.get(&name).filter(|_| !to_root) {
+                    Some(&status) => {
+                        if let Some(r) = results.first_mut() {
+                            *r = Val::I32(status);
+                        }
+                        Ok(())
+                    }
+                    None => real.call(&mut c, params, results),
                 }
-                Ok(())
             })?;
         }
         let instance = linker
@@ -479,6 +502,7 @@ impl VmBuilder {
             })
             .map_err(|_| anyhow!("Wasm module is missing malloc function"))?;
         store.data_mut().malloc = Some(malloc);
+        store.data_mut().memory = instance.get_memory(&mut store, "memory");
         let mut vm = Vm {
             store,
             instance,
@@ -819,6 +843,21 @@ impl Vm {
     }
 
     /// Ends the plugin like Envoy on shutdown: `proxy_on_done(root)`, then `proxy_on_delete`.
+    /// From now on the host answers every call of the `env` import `name` with `status` and
+    /// does nothing else (as Envoy does for a call it refuses); `name` must be in
+    /// [`imports::REFUSABLE`] or have been refused with [`VmBuilder::host_call_status`].
+    pub fn refuse(&mut self, name: &str, status: i32) {
+        self.store
+            .data_mut()
+            .refused
+            .insert(name.to_string(), status);
+    }
+
+    /// Ends a [`Vm::refuse`]: calls of `name` work again.
+    pub fn allow(&mut self, name: &str) {
+        self.store.data_mut().refused.remove(name);
+    }
+
     pub fn shutdown(&mut self) -> bool {
         let root = self.root_ctx();
         let done = self

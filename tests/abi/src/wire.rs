@@ -1,30 +1,10 @@
-//! The byte formats of the proxy-wasm ABI: header-map pairs and property paths.
+//! The byte formats of the proxy-wasm ABI: header-map pairs and property paths (the
+//! encoders are the glue's own, from `modelgate_core::wire`).
+
+pub use modelgate_core::wire::{encode_pairs, property_key};
 
 /// A header map as Envoy keeps it: ordered, lower-case keys, repeated keys allowed.
 pub type Pairs = Vec<(String, Vec<u8>)>;
-
-/// Serialises pairs the way proxy-wasm-cpp-host's `marshalPairs` does:
-/// `u32 count`, then `u32 key_len, u32 value_len` per pair, then each key and value
-/// followed by a NUL byte. All integers little-endian.
-pub fn encode_pairs(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let size = 4 + pairs
-        .iter()
-        .map(|(k, v)| 8 + k.len() + v.len() + 2)
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
-}
 
 /// Parses pairs sent by a module; like cpp-host's `toPairs`, a truncated or malformed
 /// buffer yields no pairs at all.
@@ -60,11 +40,6 @@ pub fn decode_pairs(buf: &[u8]) -> Pairs {
         out.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
     }
     out
-}
-
-/// Property paths travel as their parts joined by NUL (`["node", "id"]` → `node\0id`).
-pub fn property_key(parts: &[&str]) -> Vec<u8> {
-    parts.join("\0").into_bytes()
 }
 
 /// Converts `&[(&str, &str)]` (test input) into lower-cased pairs, as Envoy stores them.

@@ -6,10 +6,8 @@
 //! the router forwards the same body and headers (or the same error) for any cut of the
 //! body. Proptest with a fixed seed and case count: deterministic and fast (`make test`).
 
-use std::collections::BTreeSet;
-
-use modelgate_abi_tests::configs::{plugins, Plugin};
-use modelgate_abi_tests::{module_path, Action, CallOutcome, Host, Vm};
+use modelgate_abi_tests::configs::{built_plugins, Plugin};
+use modelgate_abi_tests::{Action, CallOutcome, Host, Vm};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngAlgorithm, TestRng, TestRunner};
 
@@ -22,16 +20,6 @@ fn runner(cases: u32) -> TestRunner {
         ..Config::default()
     };
     TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha))
-}
-
-/// Shipped (module, configuration) pairs whose module is built.
-fn shipped() -> Vec<Plugin> {
-    let mut seen = BTreeSet::new();
-    plugins()
-        .into_iter()
-        .filter(|p| module_path(&p.module).exists())
-        .filter(|p| seen.insert((p.module.clone(), p.configuration.clone())))
-        .collect()
 }
 
 const HEADER_SETS: &[&[(&str, &[u8])]] = &[
@@ -188,29 +176,17 @@ fn script() -> impl Strategy<Value = Script> {
         any::<bool>(),
         prop::option::weighted(0.2, 0usize..12),
     )
-        .prop_map(
-            |(
-                headers,
-                body,
-                req_cuts,
-                req_trailers,
-                status,
-                response,
-                resp_cuts,
-                resp_trailers,
-                abandon_after,
-            )| Script {
-                headers,
-                body,
-                req_cuts,
-                req_trailers,
-                status,
-                response,
-                resp_cuts,
-                resp_trailers,
-                abandon_after,
-            },
-        )
+        .prop_map(|t| Script {
+            headers: t.0,
+            body: t.1,
+            req_cuts: t.2,
+            req_trailers: t.3,
+            status: t.4,
+            response: t.5,
+            resp_cuts: t.6,
+            resp_trailers: t.7,
+            abandon_after: t.8,
+        })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -397,7 +373,7 @@ fn run(plugin: &Plugin, ops: &[Op]) {
 
 #[test]
 fn no_module_traps_in_any_callback_order() {
-    let plugins = shipped();
+    let plugins = built_plugins();
     assert!(
         !plugins.is_empty(),
         "no shipped module with a shipped configuration"
@@ -412,17 +388,8 @@ fn no_module_traps_in_any_callback_order() {
     }
 }
 
-const ROUTER: &str = r#"{
-  "models": [
-    {"name": "llama-3-8b", "criticality": "critical", "aliases": ["llama3"]},
-    {"name": "qwen-2-7b", "aliases": ["qwen"]},
-    {"name": "chat", "criticality": "sheddable",
-     "targets": [{"name": "llama-3-8b", "weight": 3}, {"name": "qwen-2-7b", "weight": 1}]}
-  ],
-  "default_model": "qwen",
-  "max_body_bytes": 30000,
-  "prefix_affinity": {"chars": 64}
-}"#;
+/// The gateway's models, as in core's property tests and the `router_body` fuzz target.
+const ROUTER: &str = include_str!("../../../filters/core/tests/data/router.json");
 
 /// What the upstream (or the client, for an error) gets from the router.
 fn routed(body: &[u8], cuts: &[usize]) -> String {

@@ -299,14 +299,15 @@ fn the_sidecar_reports_orca_load_on_responses() {
     assert!(orca.contains("rps_fractional="), "{orca}");
 }
 
-#[test]
-fn the_gateway_sheds_sheddable_when_the_pool_is_saturated() {
-    let host = Host::new();
+/// A gateway shedder after pods `10.0.0.{i}:8000` of `pool_a` reported `utils[i]` (ORCA
+/// text, plus `extra` response headers) on standard requests, then a tick; every report is
+/// stripped before the client.
+fn gateway_with_reports(host: &Host, utils: &[&str], extra: &[(&str, &str)]) -> Vm {
     let cfg =
         r#"{"gateway": {"utilization_threshold": 0.8, "report_ttl": "10s"}, "tick": "100ms"}"#;
-    let mut vm = shedder(&host, cfg);
+    let mut vm = shedder(host, cfg);
     vm.tick();
-    for (i, util) in ["0.95", "0.9"].iter().enumerate() {
+    for (i, util) in utils.iter().enumerate() {
         let mut req = vm.http();
         req.property(&["xds", "cluster_name"], b"pool_a");
         req.property(
@@ -315,19 +316,26 @@ fn the_gateway_sheds_sheddable_when_the_pool_is_saturated() {
         );
         req.request_headers(&[(":path", "/v1/completions"), (CRIT, "standard")], true);
         let orca = format!("TEXT application_utilization={util}, rps_fractional=5");
-        req.response_headers(
-            &[(":status", "200"), ("endpoint-load-metrics", orca.as_str())],
-            false,
-        );
-        assert_eq!(
-            req.response_header("endpoint-load-metrics"),
-            None,
+        let mut headers = vec![(":status", "200"), ("endpoint-load-metrics", orca.as_str())];
+        headers.extend_from_slice(extra);
+        req.response_headers(&headers, false);
+        assert!(
+            req.response_headers_now()
+                .iter()
+                .all(|(k, _)| !k.starts_with("endpoint-load-metrics")),
             "stripped before the client"
         );
         req.finish();
     }
     host.advance_ms(100);
     vm.tick();
+    vm
+}
+
+#[test]
+fn the_gateway_sheds_sheddable_when_the_pool_is_saturated() {
+    let host = Host::new();
+    let mut vm = gateway_with_reports(&host, &["0.95", "0.9"], &[]);
     let mut req = vm.http();
     req.property(&["xds", "cluster_name"], b"pool_a");
     req.request_headers(&[(":path", "/v1/completions"), (CRIT, "sheddable")], true);
@@ -476,37 +484,8 @@ fn the_sidecar_replaces_a_servers_own_orca_report() {
 #[test]
 fn one_pod_reporting_absurd_load_does_not_saturate_the_pool() {
     let host = Host::new();
-    let cfg =
-        r#"{"gateway": {"utilization_threshold": 0.8, "report_ttl": "10s"}, "tick": "100ms"}"#;
-    let mut vm = shedder(&host, cfg);
-    vm.tick();
-    for (i, util) in ["1000", "0.3", "0.3"].iter().enumerate() {
-        let mut req = vm.http();
-        req.property(&["xds", "cluster_name"], b"pool_a");
-        req.property(
-            &["upstream", "address"],
-            format!("10.0.0.{i}:8000").as_bytes(),
-        );
-        req.request_headers(&[(":path", "/v1/completions"), (CRIT, "standard")], true);
-        let orca = format!("TEXT application_utilization={util}, rps_fractional=5");
-        req.response_headers(
-            &[
-                (":status", "200"),
-                ("endpoint-load-metrics", orca.as_str()),
-                ("endpoint-load-metrics-bin", "CgQIARAB"),
-            ],
-            false,
-        );
-        assert!(
-            req.response_headers_now()
-                .iter()
-                .all(|(k, _)| !k.starts_with("endpoint-load-metrics")),
-            "stripped before the client"
-        );
-        req.finish();
-    }
-    host.advance_ms(100);
-    vm.tick();
+    let bin = [("endpoint-load-metrics-bin", "CgQIARAB")];
+    let mut vm = gateway_with_reports(&host, &["1000", "0.3", "0.3"], &bin);
     let mut req = vm.http();
     req.property(&["xds", "cluster_name"], b"pool_a");
     assert_eq!(
@@ -546,6 +525,22 @@ fn complete(vm: &mut Vm, id: u32) {
     let mut req = vm.stream(id);
     req.response_headers(&[(":status", "200")], true);
     req.finish();
+}
+
+/// A flow-control VM whose two running slots tenant `a` holds; the first request's id.
+fn both_slots_taken(host: &Host) -> (Vm, u32) {
+    let mut vm = shedder(host, &flow(""));
+    scrape(&mut vm, load(0.0, 0.1));
+    let (first, _) = open(&mut vm, "a", "standard");
+    open(&mut vm, "a", "standard");
+    (vm, first)
+}
+
+/// Fresh scrapes for 1.3 s: the sheddable TTL (1 s) passes.
+fn past_sheddable_ttl(vm: &mut Vm) {
+    for _ in 0..5 {
+        scrape(vm, load(0.0, 0.1));
+    }
 }
 
 fn resumed(vm: &mut Vm, ids: &[u32]) -> Vec<u32> {
@@ -608,10 +603,7 @@ fn held_requests_go_by_band_then_tenant_turn_as_slots_free() {
 #[test]
 fn a_freed_slot_resumes_the_next_held_request_without_waiting_for_a_tick() {
     let host = Host::new();
-    let mut vm = shedder(&host, &flow(""));
-    scrape(&mut vm, load(0.0, 0.1));
-    let (a1, _) = open(&mut vm, "a", "standard");
-    open(&mut vm, "a", "standard");
+    let (mut vm, a1) = both_slots_taken(&host);
     let (b1, held) = open(&mut vm, "b", "standard");
     let (b2, _) = open(&mut vm, "b", "standard");
     assert_eq!(held, Action::Pause);
@@ -625,15 +617,9 @@ fn a_freed_slot_resumes_the_next_held_request_without_waiting_for_a_tick() {
 #[test]
 fn a_held_request_past_its_ttl_gets_429_or_503_without_a_server() {
     let host = Host::new();
-    let mut vm = shedder(&host, &flow(""));
-    scrape(&mut vm, load(0.0, 0.1));
-    open(&mut vm, "a", "standard");
-    open(&mut vm, "a", "standard");
+    let (mut vm, _) = both_slots_taken(&host);
     let (s, _) = open(&mut vm, "b", "sheddable");
-    // Fresh scrapes for 1.3 s: the sheddable TTL (1 s) passes.
-    for _ in 0..5 {
-        scrape(&mut vm, load(0.0, 0.1));
-    }
+    past_sheddable_ttl(&mut vm);
     let reply = vm.stream(s).local_reply();
     assert_eq!(shed_reason(&reply).as_deref(), Some("flow_timeout"));
     assert_eq!(flow_count(&vm, "sheddable", "expired"), 1);
@@ -650,12 +636,32 @@ fn a_held_request_past_its_ttl_gets_429_or_503_without_a_server() {
 }
 
 #[test]
+fn a_held_request_whose_reply_the_host_refuses_goes_on_instead_of_hanging() {
+    let host = Host::new();
+    let (mut vm, _) = both_slots_taken(&host);
+    let (s, held) = open(&mut vm, "b", "sheddable");
+    assert_eq!(held, Action::Pause);
+    vm.refuse("proxy_send_local_response", 10);
+    past_sheddable_ttl(&mut vm);
+    assert_eq!(flow_count(&vm, "sheddable", "expired"), 1);
+    assert_eq!(vm.stream(s).local_reply(), None);
+    assert_eq!(
+        vm.stream(s).request_resumed(),
+        1,
+        "resumed, not left paused"
+    );
+    // The host answers again: the next expired request gets its 429.
+    vm.allow("proxy_send_local_response");
+    let (t, _) = open(&mut vm, "b", "sheddable");
+    past_sheddable_ttl(&mut vm);
+    let reply = vm.stream(t).local_reply();
+    assert_eq!(shed_reason(&reply).as_deref(), Some("flow_timeout"));
+}
+
+#[test]
 fn a_client_that_gives_up_leaves_the_queue_at_once() {
     let host = Host::new();
-    let mut vm = shedder(&host, &flow(""));
-    scrape(&mut vm, load(0.0, 0.1));
-    let (a1, _) = open(&mut vm, "a", "standard");
-    open(&mut vm, "a", "standard");
+    let (mut vm, a1) = both_slots_taken(&host);
     let (quitter, _) = open(&mut vm, "q", "standard");
     let (next, _) = open(&mut vm, "b", "standard");
     vm.stream(quitter).finish();

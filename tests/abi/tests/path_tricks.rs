@@ -1,7 +1,7 @@
 //! Path spellings a server reads as `/v1/...` are gated and counted like `/v1/...` (issue 11,
 //! finding 8): doubled slashes, percent-encoded unreserved characters and dot segments.
 
-use modelgate_abi_tests::{Action, Host};
+use modelgate_abi_tests::{Action, Host, Vm};
 
 const TRICKS: &[&str] = &[
     "//v1/chat/completions",
@@ -10,13 +10,16 @@ const TRICKS: &[&str] = &[
     "/health/../v1/chat/completions",
 ];
 
+fn configured(host: &Host, filter: &str, config: &str) -> Vm {
+    host.vm(filter)
+        .root_id(filter)
+        .configure(config)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 #[test]
 fn the_readiness_gate_refuses_every_spelling_of_a_gated_path() {
-    let mut vm = Host::new()
-        .vm("readiness_gate")
-        .root_id("readiness_gate")
-        .configure(r#"{"model": "m"}"#)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut vm = configured(&Host::new(), "readiness_gate", r#"{"model": "m"}"#);
     for path in TRICKS {
         let mut req = vm.http();
         let action = req.request_headers(
@@ -33,11 +36,7 @@ fn the_readiness_gate_refuses_every_spelling_of_a_gated_path() {
 #[test]
 fn ml_metrics_counts_every_spelling_of_a_counted_path() {
     let host = Host::new();
-    let mut vm = host
-        .vm("ml_metrics")
-        .root_id("ml_metrics")
-        .configure(r#"{"models": ["m"]}"#)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut vm = configured(&host, "ml_metrics", r#"{"models": ["m"]}"#);
     for path in TRICKS {
         let mut req = vm.http();
         req.request_headers(

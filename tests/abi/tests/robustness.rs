@@ -4,11 +4,10 @@
 //! or answer garbage. A trap kills the VM for every later request on that worker, so each
 //! scenario that traps is listed with the module's message.
 
-use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use modelgate_abi_tests::configs::{plugins, Plugin};
-use modelgate_abi_tests::{module_path, CallOutcome, Host, Vm};
+use modelgate_abi_tests::configs::built_plugins;
+use modelgate_abi_tests::{CallOutcome, Host, Vm};
 
 type Scenario = (&'static str, fn(&mut Vm));
 
@@ -177,12 +176,7 @@ fn first_lines(msg: &str) -> String {
 
 #[test]
 fn no_shipped_module_traps_on_hostile_input() {
-    let mut seen = BTreeSet::new();
-    let configs: Vec<Plugin> = plugins()
-        .into_iter()
-        .filter(|p| module_path(&p.module).exists())
-        .filter(|p| seen.insert((p.module.clone(), p.configuration.clone())))
-        .collect();
+    let configs = built_plugins();
     assert!(
         !configs.is_empty(),
         "no shipped module with a shipped configuration"

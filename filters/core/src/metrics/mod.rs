@@ -44,4 +44,65 @@ pub trait MetricHost {
     fn increment(&mut self, id: u32, delta: u64);
     fn set_gauge(&mut self, id: u32, value: u64);
     fn record(&mut self, id: u32, value: u64);
+
+    /// Defines `metric` with `labels` encoded into its stat name ([`encode_stat_name`]).
+    fn define_labeled(
+        &mut self,
+        kind: MetricKind,
+        metric: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<u32> {
+        let mut name = String::with_capacity(128);
+        encode_stat_name(&mut name, metric, labels);
+        self.define(kind, &name)
+    }
+
+    /// Adds `n` to a counter that was defined (`Some`); nothing when `n` is 0.
+    fn add(&mut self, id: Option<u32>, n: u64) {
+        if let (Some(id), true) = (id, n > 0) {
+            self.increment(id, n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the trait's provided methods ask of the host.
+    #[derive(Default)]
+    struct Recorder {
+        names: Vec<String>,
+        increments: Vec<(u32, u64)>,
+    }
+
+    impl MetricHost for Recorder {
+        fn define(&mut self, _kind: MetricKind, name: &str) -> Option<u32> {
+            self.names.push(name.to_string());
+            Some(self.names.len() as u32)
+        }
+        fn increment(&mut self, id: u32, delta: u64) {
+            self.increments.push((id, delta));
+        }
+        fn set_gauge(&mut self, _id: u32, _value: u64) {}
+        fn record(&mut self, _id: u32, _value: u64) {}
+    }
+
+    #[test]
+    fn labels_go_into_the_stat_name_and_empty_or_undefined_adds_are_skipped() {
+        let mut h = Recorder::default();
+        let id = h.define_labeled(
+            MetricKind::Counter,
+            "ml_picker_picks_total",
+            &[("model_name", "m"), ("pod", "10.0.0.1:8000")],
+        );
+        assert_eq!(
+            h.names,
+            ["model_name=.=m;.;pod=.=10.0.0.1:8000;.;ml_picker_picks_total"]
+        );
+        h.add(id, 3);
+        h.add(id, 0);
+        h.add(None, 5);
+        assert_eq!(h.increments, [(1, 3)]);
+    }
 }
