@@ -22,7 +22,7 @@ use std::rc::Rc;
 
 use modelgate_core::config::FilterKind;
 use modelgate_core::error::ApiError;
-use modelgate_core::flow::{self as core_flow, Entry, FlowQueue, Push};
+use modelgate_core::flow::{Entry, FlowQueue, Push};
 use modelgate_core::metrics::MetricHost;
 use modelgate_core::metrics::MetricKind::{Counter, Gauge};
 use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig};
@@ -701,15 +701,7 @@ fn hold(
     class: Criticality,
 ) -> Option<Push> {
     let fc = cfg.flow.as_ref()?;
-    let tenant_raw = header_bytes(MapType::HttpRequestHeaders, &fc.tenant_header);
-    let tenant = core_flow::tenant_of(
-        tenant_raw
-            .as_deref()
-            .and_then(|b| std::str::from_utf8(b).ok()),
-    );
-    let bytes = header_bytes(MapType::HttpRequestHeaders, "content-length")
-        .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let (tenant, bytes) = modelgate_glue::headers::flow_tenant_and_bytes(&fc.tenant_header);
     let entry = Entry {
         id,
         class,

@@ -19,3 +19,15 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     })
 }
+
+/// Flow control's view of the request being held: its tenant (`flow::tenant_of` the
+/// value of `tenant_header`) and its declared size (`content-length`, 0 when absent).
+pub fn flow_tenant_and_bytes(tenant_header: &str) -> (String, u64) {
+    let raw = header_bytes(MapType::HttpRequestHeaders, tenant_header);
+    let tenant =
+        modelgate_core::flow::tenant_of(raw.as_deref().and_then(|b| std::str::from_utf8(b).ok()));
+    let bytes = header_bytes(MapType::HttpRequestHeaders, "content-length")
+        .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    (tenant.to_string(), bytes)
+}

@@ -666,22 +666,14 @@ fn decide_exact(
 /// it). `None` when there is no flow control.
 fn hold(cfg: &ShedConfig, id: u32, vm: &mut VmState, class: Criticality) -> Option<Push> {
     let fc = cfg.flow.as_ref()?;
-    let tenant_raw = header_bytes(MapType::HttpRequestHeaders, &fc.tenant_header);
-    let tenant = flow::tenant_of(
-        tenant_raw
-            .as_deref()
-            .and_then(|b| std::str::from_utf8(b).ok()),
-    );
-    let bytes = header_bytes(MapType::HttpRequestHeaders, "content-length")
-        .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let (tenant, bytes) = modelgate_glue::headers::flow_tenant_and_bytes(&fc.tenant_header);
     let now = vm.clock();
     let push = vm.flow.push(
         fc,
         Entry {
             id,
             class,
-            tenant: tenant.to_string(),
+            tenant,
             bytes,
             since_ms: now,
         },
