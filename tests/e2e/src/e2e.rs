@@ -531,6 +531,11 @@ impl Sim {
     /// A fast sim for routing tests: serving `model` as pod `pod` (its `x-sim-pod`), 1 ms
     /// per token, 64 running, room for big prompts.
     pub fn fast(dir: &Path, pod: &str, model: &str) -> Sim {
+        Sim::fast_with_ttft(dir, pod, model, 1)
+    }
+
+    /// [`Sim::fast`] with `ttft_ms` before the first token (requests stay in flight).
+    pub fn fast_with_ttft(dir: &Path, pod: &str, model: &str, ttft_ms: u32) -> Sim {
         Sim::start(
             dir,
             &format!("sim-{pod}"),
@@ -540,7 +545,7 @@ impl Sim {
                 "--pod-name",
                 pod,
                 "--ttft-ms",
-                "1",
+                &ttft_ms.to_string(),
                 "--itl-ms",
                 "1",
                 "--max-num-seqs",

@@ -92,27 +92,9 @@ fn the_picker_keeps_prefixes_on_pods_and_clients_cannot_steer() {
 #[test]
 fn a_saturated_pool_holds_a_request_then_serves_it() {
     let dir = scratch_dir("e2e-picker-flow");
-    let slow = |pod: &str, model: &str| {
-        Sim::start(
-            &dir,
-            &format!("sim-{pod}"),
-            &[
-                "--served-model-name",
-                model,
-                "--pod-name",
-                pod,
-                "--ttft-ms",
-                "2000",
-                "--itl-ms",
-                "1",
-                "--max-num-seqs",
-                "64",
-            ],
-        )
-    };
     let sims = [
-        slow("a", "llama-3-8b"),
-        slow("b", "llama-3-8b"),
+        Sim::fast_with_ttft(&dir, "a", "llama-3-8b", 2000),
+        Sim::fast_with_ttft(&dir, "b", "llama-3-8b", 2000),
         Sim::fast(&dir, "c", "qwen-2-7b"),
     ];
     let envoy = Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port])
