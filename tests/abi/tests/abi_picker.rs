@@ -300,6 +300,10 @@ fn a_saturated_pool_holds_requests_and_releases_each_to_the_pod_that_gets_room()
         host.metric_value("model_name=.=m;.;criticality=.=standard;.;ml_picker_flow_queued"),
         0
     );
+    let waited = host
+        .metric("model_name=.=m;.;criticality=.=standard;.;ml_picker_flow_wait_milliseconds")
+        .expect("wait histogram");
+    assert_eq!(waited.samples, vec![100], "held for one 100 ms tick");
     assert_eq!(
         host.metric_value("model_name=.=m;.;ml_picker_shed_total"),
         0
