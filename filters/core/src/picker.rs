@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 use crate::config::{ms_or, ConfigError, DurationMs, FilterConfig, FilterKind};
-use crate::flow::{FlowConfig, FlowJson};
+use crate::flow::{Entry, FlowConfig, FlowJson, FlowQueue};
 use crate::vocab::Criticality;
 
 /// Bounds on the configuration (label cardinality, per-request work).
@@ -293,6 +293,40 @@ impl PickerConfig {
     pub fn busyness(&self, l: &PodLoad) -> f64 {
         let reported = l.utilization.map_or(0.0, |u| u * self.capacity);
         f64::from(l.in_flight).max(reported)
+    }
+
+    /// Flow control: takes held requests from `queue`, best first, while some pod of
+    /// `members` has room, picks a pod for each (its prefix from `prefix_of`) and counts it
+    /// in flight there. The released go to `out` with their pod's index and the reason.
+    pub fn release(
+        &self,
+        queue: &mut FlowQueue,
+        members: &mut Members,
+        prefix_of: impl Fn(u32) -> Option<u64>,
+        out: &mut Vec<(Entry, usize, PickReason)>,
+    ) {
+        let Some(fc) = self.flow.as_ref() else {
+            return;
+        };
+        while !queue.is_empty() && self.has_room(&members.loads) {
+            let Some(e) = queue.pop() else { break };
+            let pick = self.pick(prefix_of(e.id), &members.pods, &members.loads, e.class);
+            let load = match pick {
+                Pick::Pod { index, .. } => members.loads.get_mut(index),
+                _ => None,
+            };
+            match (pick, load) {
+                (Pick::Pod { index, reason }, Some(l)) => {
+                    l.in_flight = l.in_flight.saturating_add(1);
+                    out.push((e, index, reason));
+                }
+                // Not while a pod has room; the request keeps a place in line.
+                _ => {
+                    let _ = queue.push(fc, e);
+                    break;
+                }
+            }
+        }
     }
 
     /// Whether some pod has room (is not saturated): held requests may go.

@@ -209,6 +209,47 @@ fn with_flow_control_all_saturated_holds_standard_and_sheddable_never_critical()
 }
 
 #[test]
+fn held_requests_are_released_best_first_to_pods_with_room_and_counted_in_flight() {
+    use crate::flow::{Entry, FlowQueue, Push};
+    let cfg = config(r#", "saturation": {"in_flight": 1}, "flow": {}"#);
+    let mut members = Members::new(&cfg.pools[0]);
+    for l in &mut members.loads {
+        l.in_flight = 1;
+    }
+    let mut q = FlowQueue::default();
+    let fc = cfg.flow.as_ref().unwrap();
+    let held = [
+        (1, Criticality::Sheddable, "a"),
+        (2, Criticality::Standard, "a"),
+        (3, Criticality::Standard, "a"),
+        (4, Criticality::Standard, "b"),
+    ];
+    for (id, class, tenant) in held {
+        let e = Entry {
+            id,
+            class,
+            tenant: tenant.into(),
+            bytes: 0,
+            since_ms: 0,
+        };
+        assert_eq!(q.push(fc, e), Push::Held);
+    }
+    let mut out = Vec::new();
+    cfg.release(&mut q, &mut members, |_| Some(9), &mut out);
+    assert!(out.is_empty(), "every pod saturated");
+    // Two pods get room: the two best go (standard, tenants in turn), one to each pod.
+    members.loads[1].in_flight = 0;
+    members.loads[3].in_flight = 0;
+    cfg.release(&mut q, &mut members, |_| Some(9), &mut out);
+    let ids: Vec<u32> = out.iter().map(|(e, _, _)| e.id).collect();
+    let mut pods: Vec<usize> = out.iter().map(|(_, p, _)| *p).collect();
+    pods.sort();
+    assert_eq!((ids, pods), (vec![2, 4], vec![1, 3]));
+    assert!(!cfg.has_room(&members.loads), "counted in flight");
+    assert_eq!(q.len(), 2);
+}
+
+#[test]
 fn without_a_prefix_the_least_busy_pod_wins() {
     let cfg = config("");
     let pods = &cfg.pools[0].pods;

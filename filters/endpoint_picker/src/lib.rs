@@ -392,6 +392,7 @@ fn pump(cfg: &PickerConfig, state: &RefCell<VmState>, now: u64) {
         let mut out: Vec<(usize, Entry, bool)> =
             vm.evicted.drain(..).map(|(p, e)| (p, e, false)).collect();
         let mut expired = Vec::new();
+        let mut released = Vec::new();
         let pools = vm
             .flow
             .iter_mut()
@@ -402,22 +403,17 @@ fn pump(cfg: &PickerConfig, state: &RefCell<VmState>, now: u64) {
         for (pool, (((q, members), counts), fcounts)) in pools {
             q.expire(fc, now, &mut expired);
             out.extend(expired.drain(..).map(|e| (pool, e, true)));
-            while !q.is_empty() && cfg.has_room(&members.loads) {
-                let Some(e) = q.pop() else { break };
-                let prefix = vm.holds.get(&e.id).and_then(|h| h.prefix);
-                let Pick::Pod { index, reason } =
-                    cfg.pick(prefix, &members.pods, &members.loads, e.class)
-                else {
-                    // Not while a pod has room; the request keeps its place in line.
-                    let _ = q.push(fc, e);
-                    break;
+            let holds = &vm.holds;
+            cfg.release(
+                q,
+                members,
+                |id| holds.get(&id).and_then(|h| h.prefix),
+                &mut released,
+            );
+            for (e, index, reason) in released.drain(..) {
+                let Some(pod) = members.pods.get(index) else {
+                    continue;
                 };
-                let (Some(pod), Some(load)) =
-                    (members.pods.get(index), members.loads.get_mut(index))
-                else {
-                    break;
-                };
-                load.in_flight = load.in_flight.saturating_add(1);
                 count_pick(counts, pod.key(), reason);
                 if let Some(h) = vm.holds.get_mut(&e.id) {
                     h.state = HoldState::Released(pod.key());
