@@ -47,7 +47,13 @@ print("|---|---|---|---|")
 for name, vm, before, after in tests:
     print(f"| {name} | {vm} | {before} MiB | {after} MiB |")
 print("\n## Loader chaos\n")
-print(loader.strip() if loader.strip() else "scripts/soak-loader.sh is not in this tree: not run.")
+if loader.strip():
+    print("| fault | scale | cost | corrupt or mixed models served |")
+    print("|---|---|---|---|")
+    print(loader.strip())
+else:
+    print("scripts/soak-loader.sh is not in this tree: not run.")
+print("\nFuzzing (`make fuzz`, not part of this run): [fuzz/RESULTS.md](fuzz/RESULTS.md).")
 PY
 cat ROBUSTNESS.md
 exit "$status"
