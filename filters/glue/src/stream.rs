@@ -25,3 +25,13 @@ pub fn resume_request(context_id: u32) -> bool {
 pub fn reply(context_id: u32, err: &ApiError, extra_headers: &[(&str, &str)]) -> bool {
     enter(context_id) && crate::send_error(err, extra_headers) == Action::Pause
 }
+
+/// The body and trailers callbacks of a held request: they wait with its headers (Envoy
+/// would pass the headers on with the first body chunk let through).
+pub fn hold_while(held: bool) -> Action {
+    if held {
+        Action::Pause
+    } else {
+        Action::Continue
+    }
+}

@@ -477,20 +477,11 @@ impl HttpContext for ShedHttp {
     }
 
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        // Envoy would pass the headers on with the first body chunk we let through.
-        if self.is_held() {
-            Action::Pause
-        } else {
-            Action::Continue
-        }
+        modelgate_glue::stream::hold_while(self.is_held())
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.is_held() {
-            Action::Pause
-        } else {
-            Action::Continue
-        }
+        modelgate_glue::stream::hold_while(self.is_held())
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
