@@ -12,7 +12,7 @@ use crate::shed_tables::PoolLoad;
 use crate::vocab::Criticality;
 
 /// Bands of flow control (critical is never held), in the order of their stats.
-const FLOW_BANDS: [Criticality; 2] = [Criticality::Standard, Criticality::Sheddable];
+pub const FLOW_BANDS: [Criticality; 2] = [Criticality::Standard, Criticality::Sheddable];
 /// Wait times kept between two ticks; more are dropped from the histogram (not counted
 /// elsewhere: the counters still count every request).
 const MAX_WAITS: usize = 4096;
@@ -77,9 +77,56 @@ pub trait ShedHost: MetricHost {
 pub struct ShedCounts {
     admitted: [u64; CLASSES],
     shed: [[u64; CLASSES]; REASONS],
-    flow: [[u64; 2]; 5],
+    flow: FlowCounts,
+}
+
+/// Flow control's outcomes and waits since the last flush, per band (the load shedder's
+/// and the endpoint picker's).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FlowCounts {
+    outcomes: [[u64; 2]; FlowOutcome::ALL.len()],
     /// (band, milliseconds) of the requests that left the queue since the flush.
     waits: Vec<(usize, u64)>,
+}
+
+impl FlowCounts {
+    pub fn count(&mut self, class: Criticality, outcome: FlowOutcome) {
+        let o = FlowOutcome::ALL.iter().position(|x| *x == outcome);
+        if let Some(n) = o
+            .and_then(|o| self.outcomes.get_mut(o))
+            .zip(flow_band(class))
+            .and_then(|(row, b)| row.get_mut(b))
+        {
+            *n += 1;
+        }
+    }
+
+    /// How long a request waited before it was released or expired.
+    pub fn wait(&mut self, class: Criticality, ms: u64) {
+        if let (Some(b), true) = (flow_band(class), self.waits.len() < MAX_WAITS) {
+            self.waits.push((b, ms));
+        }
+    }
+
+    /// Adds the counts to the stats `ids` (per outcome and band) and `waits` (histograms
+    /// per band), and starts again from zero.
+    pub fn flush<H: MetricHost>(
+        &mut self,
+        host: &mut H,
+        ids: &[[Option<u32>; 2]; FlowOutcome::ALL.len()],
+        waits: &[Option<u32>; 2],
+    ) {
+        for (ids, ns) in ids.iter().zip(self.outcomes.iter_mut()) {
+            for (id, n) in ids.iter().zip(ns.iter_mut()) {
+                host.add(*id, std::mem::take(n));
+            }
+        }
+        for (b, ms) in self.waits.drain(..) {
+            if let Some(Some(id)) = waits.get(b) {
+                host.record(*id, ms);
+            }
+        }
+    }
 }
 
 impl ShedCounts {
@@ -100,21 +147,12 @@ impl ShedCounts {
     }
 
     pub fn flow(&mut self, class: Criticality, outcome: FlowOutcome) {
-        let o = FlowOutcome::ALL.iter().position(|x| *x == outcome);
-        if let Some(n) = o
-            .and_then(|o| self.flow.get_mut(o))
-            .zip(flow_band(class))
-            .and_then(|(row, b)| row.get_mut(b))
-        {
-            *n += 1;
-        }
+        self.flow.count(class, outcome);
     }
 
     /// How long a request waited before it was released or expired.
     pub fn wait(&mut self, class: Criticality, ms: u64) {
-        if let (Some(b), true) = (flow_band(class), self.waits.len() < MAX_WAITS) {
-            self.waits.push((b, ms));
-        }
+        self.flow.wait(class, ms);
     }
 
     fn total_shed(&self) -> u64 {
@@ -157,7 +195,7 @@ struct Ids {
 /// Flow-control stat ids and what this VM last added to the gauges.
 #[derive(Debug, Default)]
 struct FlowIds {
-    outcomes: [[Option<u32>; 2]; 5],
+    outcomes: [[Option<u32>; 2]; FlowOutcome::ALL.len()],
     waits: [Option<u32>; 2],
     queued: [(Option<u32>, u64); 2],
     /// Tenant label → (gauge id, this VM's share as last added).
@@ -326,22 +364,10 @@ impl ShedMonitor {
         queue: Option<&FlowQueue>,
     ) {
         let Some(f) = self.flow.as_mut() else {
-            counts.waits.clear();
+            counts.flow = FlowCounts::default();
             return;
         };
-        for (ids, ns) in f.outcomes.iter().zip(counts.flow.iter_mut()) {
-            for (id, n) in ids.iter().zip(ns.iter_mut()) {
-                if let (Some(id), true) = (id, *n > 0) {
-                    host.increment(*id, *n);
-                }
-                *n = 0;
-            }
-        }
-        for (b, ms) in counts.waits.drain(..) {
-            if let Some(Some(id)) = f.waits.get(b) {
-                host.record(*id, ms);
-            }
-        }
+        counts.flow.flush(host, &f.outcomes, &f.waits);
         let Some(q) = queue else { return };
         for ((id, last), class) in f.queued.iter_mut().zip(FLOW_BANDS) {
             add_share(host, *id, last, u64::from(q.band_len(class)));

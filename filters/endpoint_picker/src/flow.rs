@@ -1,21 +1,12 @@
-//! Flow control at the gateway: the picker's stats of held requests (counted per VM, flushed
-//! on the tick) and the state of each held stream. The queue itself is
-//! `modelgate_core::flow::FlowQueue`, one per pool.
+//! Flow control at the gateway: the picker's stats of held requests (counted per VM in
+//! core's `FlowCounts`, flushed on the tick) and the state of each held stream. The queue
+//! itself is `modelgate_core::flow::FlowQueue`, one per pool.
 
 use modelgate_core::metrics::{MetricHost, MetricKind};
-use modelgate_core::shed_monitor::{add_share, FlowOutcome};
-use modelgate_core::vocab::Criticality;
+use modelgate_core::shed_monitor::{add_share, FlowCounts, FlowOutcome, FLOW_BANDS};
 use modelgate_glue::stats::EnvoyStats;
 
-/// Bands of flow control (critical is never held), in the order of their stats.
-const BANDS: [Criticality; 2] = [Criticality::Standard, Criticality::Sheddable];
 const OUTCOMES: usize = FlowOutcome::ALL.len();
-/// Wait times kept between two ticks; more are dropped from the histogram only.
-const MAX_WAITS: usize = 4096;
-
-fn band(class: Criticality) -> Option<usize> {
-    BANDS.iter().position(|b| *b == class)
-}
 
 /// Where a held request stands; the root context moves it on, its HTTP context reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,33 +26,6 @@ pub struct Hold {
     pub state: HoldState,
 }
 
-/// Flow outcomes and waits of one pool since the last flush.
-#[derive(Debug, Default)]
-pub struct FlowCounts {
-    outcomes: [[u64; 2]; OUTCOMES],
-    waits: Vec<(usize, u64)>,
-}
-
-impl FlowCounts {
-    pub fn count(&mut self, class: Criticality, outcome: FlowOutcome) {
-        let o = FlowOutcome::ALL.iter().position(|x| *x == outcome);
-        if let Some(n) = o
-            .and_then(|o| self.outcomes.get_mut(o))
-            .zip(band(class))
-            .and_then(|(row, b)| row.get_mut(b))
-        {
-            *n += 1;
-        }
-    }
-
-    /// How long a request waited before it was released or expired.
-    pub fn wait(&mut self, class: Criticality, ms: u64) {
-        if let (Some(b), true) = (band(class), self.waits.len() < MAX_WAITS) {
-            self.waits.push((b, ms));
-        }
-    }
-}
-
 /// Stat ids of one pool's flow control.
 pub struct FlowMetrics {
     outcomes: [[Option<u32>; 2]; OUTCOMES],
@@ -79,7 +43,7 @@ impl FlowMetrics {
             waits: [None; 2],
             queued: [(None, 0); 2],
         };
-        for (b, class) in BANDS.iter().enumerate() {
+        for (b, class) in FLOW_BANDS.iter().enumerate() {
             let labels = [("model_name", model), ("criticality", class.as_str())];
             for (o, outcome) in FlowOutcome::ALL.iter().enumerate() {
                 if let Some(slot) = m.outcomes.get_mut(o).and_then(|r| r.get_mut(b)) {
@@ -106,16 +70,7 @@ impl FlowMetrics {
 
     /// Flushes `c` (and zeroes it); `held` is this VM's held requests per band.
     pub fn flush(&mut self, c: &mut FlowCounts, held: [u32; 2]) {
-        for (ids, ns) in self.outcomes.iter().zip(c.outcomes.iter_mut()) {
-            for (id, n) in ids.iter().zip(ns.iter_mut()) {
-                EnvoyStats.add(*id, std::mem::take(n));
-            }
-        }
-        for (b, ms) in c.waits.drain(..) {
-            if let Some(Some(id)) = self.waits.get(b) {
-                EnvoyStats.record(*id, ms);
-            }
-        }
+        c.flush(&mut EnvoyStats, &self.outcomes, &self.waits);
         for ((id, last), n) in self.queued.iter_mut().zip(held) {
             add_share(&mut EnvoyStats, *id, last, u64::from(n));
         }
@@ -124,5 +79,5 @@ impl FlowMetrics {
 
 /// This VM's held requests of `q` per band, in the order of the stats.
 pub fn held(q: &modelgate_core::flow::FlowQueue) -> [u32; 2] {
-    BANDS.map(|c| q.band_len(c))
+    FLOW_BANDS.map(|c| q.band_len(c))
 }

@@ -27,7 +27,7 @@ use modelgate_core::metrics::MetricHost;
 use modelgate_core::metrics::MetricKind::{Counter, Gauge};
 use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig};
 use modelgate_core::shed::ShedReason;
-use modelgate_core::shed_monitor::FlowOutcome;
+use modelgate_core::shed_monitor::{FlowCounts, FlowOutcome};
 use modelgate_core::shed_tables::PoolTable;
 use modelgate_core::vocab::{
     Criticality, CRITICALITY_HEADER, DESTINATION_HEADER, MODEL_HEADER, POOL_KEY,
@@ -39,7 +39,7 @@ use modelgate_glue::log;
 use modelgate_glue::stats::EnvoyStats;
 
 mod flow;
-use flow::{FlowCounts, FlowMetrics, Hold, HoldState};
+use flow::{FlowMetrics, Hold, HoldState};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
