@@ -3,7 +3,7 @@
 docker-registry on a free loopback port, pulled back with this file's own client (the
 registry HTTP API, as istio-agent reads it: manifest, last layer, `plugin.wasm` in a
 tar+gzip), compared byte for byte with dist/*.wasm, then loaded by a real Envoy that
-serves a request through all four filters. Part of `make test-manifests`.
+serves a request through all five filters. Part of `make test-manifests`.
 """
 import gzip
 import hashlib
@@ -21,7 +21,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OCI = os.path.join(ROOT, "dist", "oci")
-FILTERS = ["readiness_gate", "model_router", "load_shedder", "ml_metrics"]
+FILTERS = ["readiness_gate", "model_router", "load_shedder", "ml_metrics", "endpoint_picker"]
 TAG = "0.1.0"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -178,6 +178,7 @@ http: {{addr: 127.0.0.1:{cls.port}}}
                                "period": "1s", "gated_prefixes": ["/v1/"]},
             "model_router": {"models": [{"name": "m"}]},
             "load_shedder": {"gateway": {"utilization_threshold": 0.8}},
+            "endpoint_picker": {"pools": {"m": ["127.0.0.1:9"]}},
         }
         filters = [{
             "name": f"modelgate.{n}",
@@ -229,7 +230,7 @@ http: {{addr: 127.0.0.1:{cls.port}}}
                 _, _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=wasm")
                 created = [line for line in stats.decode().splitlines()
                            if line.startswith("wasm.envoy.wasm.runtime.v8.created:")]
-                self.assertTrue(created and int(created[0].split(":")[1]) >= 4, stats)
+                self.assertTrue(created and int(created[0].split(":")[1]) >= len(FILTERS), stats)
             finally:
                 stop(proc)
         with open(log_path) as fh:
