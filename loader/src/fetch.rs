@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::digest::{Computed, Expected, Hasher};
 use crate::progress::Progress;
-use crate::retry::{classify_status, Failure, RetryPolicy};
+use crate::retry::{classify_response, Failure, RetryPolicy};
 use crate::source::{map_store, Auth, Remote};
 use crate::status::METRICS;
 
@@ -82,12 +82,7 @@ async fn open_http(
         .await
         .map_err(|e| Failure::retryable(format!("GET {what}: {}", e.without_url())))?;
     let status = resp.status().as_u16();
-    let ra = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    if let Some(f) = classify_status(status, ra.as_deref(), &format!("GET {what}")) {
+    if let Some(f) = classify_response(&resp, &format!("GET {what}"), auth.hint()) {
         return Err(f);
     }
     if let Some(r) = &range {

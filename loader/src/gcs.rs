@@ -14,7 +14,7 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use serde::Deserialize;
 
 use crate::digest::Expected;
-use crate::retry::{classify_status, Failure, RetryPolicy};
+use crate::retry::{classify_response, Failure, RetryPolicy};
 use crate::safe_path::RelPath;
 use crate::source::{
     encode_segment, map_reqwest, read_capped, short_rev, Auth, Listing, Remote, RemoteFile,
@@ -147,12 +147,7 @@ impl Bucket {
         }
         let req = self.auth.apply(client.get(url), what).await?;
         let resp = req.send().await.map_err(|e| map_reqwest(e, what))?;
-        let ra = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if let Some(f) = classify_status(resp.status().as_u16(), ra.as_deref(), what) {
+        if let Some(f) = classify_response(&resp, what, self.auth.hint()) {
             return Err(f);
         }
         let body = read_capped(resp, MAX_PAGE_BYTES, what).await?;

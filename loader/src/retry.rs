@@ -123,8 +123,23 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// Classifies a response by its status and `Retry-After`; `None` when it is a success.
+/// `auth_hint` says what to check when the source answers 401 or 403.
+pub fn classify_response(resp: &reqwest::Response, what: &str, auth_hint: &str) -> Option<Failure> {
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok());
+    classify_status(resp.status().as_u16(), retry_after, what, auth_hint)
+}
+
 /// Classifies an HTTP status; `None` when it is a success.
-pub fn classify_status(status: u16, retry_after: Option<&str>, what: &str) -> Option<Failure> {
+pub fn classify_status(
+    status: u16,
+    retry_after: Option<&str>,
+    what: &str,
+    auth_hint: &str,
+) -> Option<Failure> {
     match status {
         200..=299 => None,
         429 | 500..=599 | 408 => Some(Failure::Retryable {
@@ -132,7 +147,7 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, what: &str) -> Op
             retry_after: retry_after.and_then(parse_retry_after),
         }),
         401 | 403 => Some(Failure::Fatal(format!(
-            "{what}: HTTP {status} (check the token / credentials; gated repos need HF_TOKEN)"
+            "{what}: HTTP {status} ({auth_hint})"
         ))),
         _ => Some(Failure::Fatal(format!("{what}: HTTP {status}"))),
     }
@@ -141,6 +156,14 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, what: &str) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_name_what_to_check() {
+        let Some(Failure::Fatal(msg)) = classify_status(403, None, "GET x", "check the key") else {
+            panic!("403 is fatal");
+        };
+        assert_eq!(msg, "GET x: HTTP 403 (check the key)");
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
@@ -175,20 +198,20 @@ mod tests {
 
     #[test]
     fn statuses_classified() {
-        assert!(classify_status(200, None, "x").is_none());
+        assert!(classify_status(200, None, "x", "-").is_none());
         assert!(matches!(
-            classify_status(503, None, "x"),
+            classify_status(503, None, "x", "-"),
             Some(Failure::Retryable { .. })
         ));
         assert!(matches!(
-            classify_status(429, Some("1"), "x"),
+            classify_status(429, Some("1"), "x", "-"),
             Some(Failure::Retryable {
                 retry_after: Some(_),
                 ..
             })
         ));
         assert!(matches!(
-            classify_status(404, None, "x"),
+            classify_status(404, None, "x", "-"),
             Some(Failure::Fatal(_))
         ));
     }

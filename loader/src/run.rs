@@ -536,7 +536,11 @@ impl Loader {
                         .send()
                         .await
                         .map_err(|e| Failure::retryable(format!("{what}: {}", e.without_url())))?;
-                    match crate::retry::classify_status(resp.status().as_u16(), None, &what) {
+                    match crate::retry::classify_response(
+                        &resp,
+                        &what,
+                        "the hook refused the request",
+                    ) {
                         Some(f) => Err(f),
                         None => Ok(()),
                     }

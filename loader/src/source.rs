@@ -13,7 +13,7 @@ use object_store::ObjectStore;
 use serde::Deserialize;
 
 use crate::digest::{sha256_hex, Expected};
-use crate::retry::{classify_status, Failure, RetryPolicy};
+use crate::retry::{classify_response, Failure, RetryPolicy};
 use crate::safe_path::RelPath;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,7 +145,21 @@ pub enum Auth {
     Google(object_store::gcp::GcpCredentialProvider),
 }
 
+/// What to check when the Hub's API answers 401 or 403.
+const HUB_AUTH_HINT: &str = "private and gated repos need HF_TOKEN, with access granted";
+
 impl Auth {
+    /// What to check when a source answers 401 or 403 to these credentials.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::None => "no credentials were sent",
+            Self::Bearer(_) => "check that the token (HF_TOKEN) has access",
+            Self::Google(_) => {
+                "check the Google credentials (GOOGLE_APPLICATION_CREDENTIALS) and the bucket's IAM"
+            }
+        }
+    }
+
     /// Adds the `Authorization` header, fetching a fresh Google token when needed.
     pub async fn apply(
         &self,
@@ -447,12 +461,7 @@ impl Source {
                     req = req.bearer_auth(t);
                 }
                 let resp = req.send().await.map_err(|e| map_reqwest(e, &what))?;
-                let ra = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                if let Some(f) = classify_status(resp.status().as_u16(), ra.as_deref(), &what) {
+                if let Some(f) = classify_response(&resp, &what, HUB_AUTH_HINT) {
                     return Err(f);
                 }
                 let commit = resp
@@ -613,16 +622,10 @@ impl Source {
                     .send()
                     .await
                     .map_err(|e| map_reqwest(e, &what))?;
-                let ra = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let status = resp.status().as_u16();
-                if status == 405 {
+                if resp.status().as_u16() == 405 {
                     return Ok((None, None, None));
                 }
-                if let Some(f) = classify_status(status, ra.as_deref(), &what) {
+                if let Some(f) = classify_response(&resp, &what, Auth::None.hint()) {
                     return Err(f);
                 }
                 let h = |n: &str| {

@@ -386,6 +386,9 @@ fn gcs_source_via_gcp_storage_emulator() {
     let (out, err) = run(c);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("HTTP 403"), "{err}");
+    // The hint names Google's credentials, not the Hub's token.
+    assert!(err.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{err}");
+    assert!(!err.contains("HF_TOKEN"), "{err}");
     let head = head.join().unwrap();
     assert!(
         head.starts_with("GET /storage/v1/b/models/o?prefix=llama%2F "),
