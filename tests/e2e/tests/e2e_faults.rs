@@ -263,9 +263,14 @@ fn sidecar_answers_every_upstream_fault_and_recovers() {
         &[&envoy],
         (heap_before, heap_after),
     );
+    assert_heap_bounded(heap_before, heap_after);
+}
+
+/// Envoy's heap after a fault matrix: load and faults must not leak (HEAP_GROWTH_LIMIT).
+fn assert_heap_bounded(before: u64, after: u64) {
     assert!(
-        heap_after < heap_before + HEAP_GROWTH_LIMIT,
-        "Envoy heap grew from {heap_before} to {heap_after}"
+        after < before + HEAP_GROWTH_LIMIT,
+        "Envoy heap grew from {before} to {after}"
     );
 }
 
@@ -481,10 +486,7 @@ fn gateway_answers_hostile_bodies_and_headers() {
         &[&envoy],
         (heap_before, heap_after),
     );
-    assert!(
-        heap_after < heap_before + HEAP_GROWTH_LIMIT,
-        "Envoy heap grew from {heap_before} to {heap_after}"
-    );
+    assert_heap_bounded(heap_before, heap_after);
 }
 
 /// Many concurrent requests while the loader swaps model versions over and over: every
