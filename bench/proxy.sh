@@ -14,7 +14,7 @@ DIST=${MODELGATE_DIST:-$ROOT/dist}
 PY=${PYTHON:-$ROOT/tools/venv/bin/python}
 SECONDS_PER_RUN=${BENCH_SECONDS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
-VARIANTS=(${BENCH_VARIANTS:-none noop noop3 lua router metrics shedder gate gateway sidecar})
+VARIANTS=(${BENCH_VARIANTS:-none noop noopmin noop3 lua router metrics shedder gate gateway sidecar})
 SIZES=(1k 100k)
 TOOLS=(wrk h2load)
 CONNS=32
@@ -36,11 +36,14 @@ for f in model_router ml_metrics load_shedder readiness_gate; do
   [ -f "$DIST/$f.wasm" ] || { echo "bench/proxy.sh: $DIST/$f.wasm missing (make wasm)" >&2; exit 1; }
 done
 
-# The no-op filter (bench/noop): what the Wasm callbacks cost by themselves.
-echo "[proxy] building bench/noop" >&2
-cargo build -q --release --target wasm32-wasip1 --manifest-path "$ROOT/bench/noop/Cargo.toml" \
-  --target-dir "$ROOT/target/bench-noop" >&2
-cp "$ROOT/target/bench-noop/wasm32-wasip1/release/bench_noop.wasm" "$W/"
+# The no-op filters: what the Wasm callbacks cost by themselves, through the SDK's dispatcher
+# (bench/noop, every callback exported) and with only request headers exported (bench/noop_min).
+for crate in noop noop_min; do
+  echo "[proxy] building bench/$crate" >&2
+  cargo build -q --release --target wasm32-wasip1 --manifest-path "$ROOT/bench/$crate/Cargo.toml" \
+    --target-dir "$ROOT/target/bench-noop" >&2
+  cp "$ROOT/target/bench-noop/wasm32-wasip1/release/bench_$crate.wasm" "$W/"
+done
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -185,6 +188,7 @@ variants = list(dict.fromkeys(k[2] for k in runs))
 label = {
     "none": "no filter (the limit)",
     "noop": "a Wasm filter that does nothing (`bench/noop`)",
+    "noopmin": "a Wasm filter that does nothing, exporting only request headers (modelgate's dispatcher)",
     "noop3": "three such no-op filters (one VM)",
     "lua": "Envoy Lua: pattern on the body for `model`, set header, clear route cache",
     "router": "`model_router` alone (gateway.yaml config)",
