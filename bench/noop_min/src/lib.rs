@@ -1,16 +1,27 @@
-//! The no-op filter of the proxy benchmark with only the exports Envoy needs and one stream
-//! callback: the host skips every callback a module does not export.
+//! The no-op filter of the proxy benchmark on modelgate's dispatcher: one stream callback,
+//! which continues.
 
-#[no_mangle]
-pub extern "C" fn proxy_abi_version_0_2_1() {}
+use modelgate_glue::dispatch::{Root, Stream};
 
-#[no_mangle]
-pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    Box::into_raw(vec![0u8; size].into_boxed_slice()).cast()
+modelgate_glue::export_filter!(Noop, [request_headers]);
+
+#[derive(Default)]
+struct Noop;
+
+impl Root for Noop {
+    type Stream = Noop;
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        true
+    }
+
+    fn new_stream(&mut self, _context_id: u32) -> Option<Noop> {
+        Some(Noop)
+    }
 }
 
-/// 0: Continue.
-#[no_mangle]
-pub extern "C" fn proxy_on_request_headers(_context_id: u32, _headers: usize, _eos: u32) -> u32 {
-    0
+impl Stream for Noop {
+    fn done(&self) -> bool {
+        true
+    }
 }
