@@ -209,6 +209,8 @@ pub struct CallCounts {
     pub callbacks: u64,
     /// `env` host functions the module called.
     pub host_calls: u64,
+    /// Calls of the module's allocator by the host, one per value a host call hands over.
+    pub allocations: u64,
 }
 
 impl std::ops::Sub for CallCounts {
@@ -217,6 +219,7 @@ impl std::ops::Sub for CallCounts {
         CallCounts {
             callbacks: self.callbacks - earlier.callbacks,
             host_calls: self.host_calls - earlier.host_calls,
+            allocations: self.allocations - earlier.allocations,
         }
     }
 }

@@ -179,8 +179,8 @@ fn one_bench_request_makes_few_calls_across_the_vm_boundary() {
         bench_request(&mut vm); // first use: lazily defined metrics, caches
         let (c, by_name) = bench_request(&mut vm);
         eprintln!(
-            "{module}: {} callbacks, {} host calls per request: {by_name:?}",
-            c.callbacks, c.host_calls
+            "{module}: {} callbacks, {} host calls, {} allocations per request: {by_name:?}",
+            c.callbacks, c.host_calls, c.allocations
         );
         let callbacks = stream.iter().filter(|c| !c.ends_with("trailers")).count() as u64;
         if c.callbacks != callbacks || c.host_calls > budget {
