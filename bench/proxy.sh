@@ -37,7 +37,8 @@ for f in model_router ml_metrics load_shedder readiness_gate; do
 done
 
 # The no-op filters: what the Wasm callbacks cost by themselves, through the SDK's dispatcher
-# (bench/noop, every callback exported) and with only request headers exported (bench/noop_min).
+# (bench/noop, every callback exported) and on modelgate's (bench/noop_min: context create and
+# request headers exported).
 for crate in noop noop_min; do
   echo "[proxy] building bench/$crate" >&2
   cargo build -q --release --target wasm32-wasip1 --manifest-path "$ROOT/bench/$crate/Cargo.toml" \
@@ -188,7 +189,7 @@ variants = list(dict.fromkeys(k[2] for k in runs))
 label = {
     "none": "no filter (the limit)",
     "noop": "a Wasm filter that does nothing (`bench/noop`)",
-    "noopmin": "a Wasm filter that does nothing, exporting only request headers (modelgate's dispatcher)",
+    "noopmin": "a Wasm filter that does nothing, exporting only context create and request headers (modelgate's dispatcher)",
     "noop3": "three such no-op filters (one VM)",
     "lua": "Envoy Lua: pattern on the body for `model`, set header, clear route cache",
     "router": "`model_router` alone (gateway.yaml config)",

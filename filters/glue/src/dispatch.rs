@@ -3,16 +3,15 @@
 //! (proxy-wasm-cpp-host) skips every callback a module does not export, so each one left out
 //! is one VM call less per request.
 //!
-//! A stream's state is created at its first exported callback (`Root::new_stream`) and
-//! dropped at `on_log` (the last callback Envoy makes, for every stream, when exported), or as
-//! soon as `Stream::done` says so, or — for a stream that ended without either — when more
-//! than [`MAX_STREAMS`] are kept, oldest first. `proxy_on_context_create`, `proxy_on_done`
-//! and `proxy_on_delete` are never exported: each would cost a VM call per request.
-//!
-//! Roots: one per plugin configuration in the VM, keyed by its context id. A stream cannot
-//! tell which root it belongs to without `proxy_on_context_create`, so it gets the newest
-//! configured one — right after a configuration update, and right when a VM has one
-//! configuration of the filter, as every shipped config has.
+//! Roots: one per plugin configuration in the VM (several listeners may configure one module
+//! differently under one `vm_id`), keyed by context id. `proxy_on_context_create` is the one
+//! callback that names a stream's root, so every module exports it and the dispatcher notes
+//! the pair. A stream's state is created by that root at the stream's first other callback
+//! (`Root::new_stream`) and dropped at `on_log` (the last callback Envoy makes, for every
+//! stream, when exported), or as soon as `Stream::done` says so; a stream is never given a
+//! second state. Notes and states of streams that ended without either are dropped oldest
+//! first past [`MAX_STREAMS`]. `proxy_on_done` and `proxy_on_delete` are never exported: each
+//! would cost a VM call per request.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -20,7 +19,7 @@ use std::thread::LocalKey;
 
 use crate::types::{Action, LogLevel};
 
-/// Most stream states one VM keeps; past it the oldest is dropped.
+/// Most stream states (and root notes) one VM keeps; past it the oldest is dropped.
 pub const MAX_STREAMS: usize = 16384;
 /// Most root contexts one VM keeps: a replaced configuration's root is never deleted (no
 /// `proxy_on_delete`), so old ones are dropped, oldest first.
@@ -37,8 +36,7 @@ pub trait Root: Default + 'static {
     fn on_configure(&mut self, size: usize) -> bool;
     fn on_tick(&mut self) {}
     fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize) {}
-    /// The state of stream `context_id`; `None` lets the stream pass untouched (asked again
-    /// at its next callback).
+    /// The state of stream `context_id`; `None` lets the stream pass untouched.
     fn new_stream(&mut self, context_id: u32) -> Option<Self::Stream>;
 }
 
@@ -73,6 +71,8 @@ pub struct Dispatcher<R: Root> {
     roots: Vec<(u32, R)>,
     /// Keyed by context id, which the host hands out in increasing order.
     streams: BTreeMap<u32, R::Stream>,
+    /// The root of each stream created but not yet seen by a stream callback.
+    parents: BTreeMap<u32, u32>,
     evicted: u64,
 }
 
@@ -87,6 +87,7 @@ impl<R: Root> Dispatcher<R> {
         Self {
             roots: Vec::new(),
             streams: BTreeMap::new(),
+            parents: BTreeMap::new(),
             evicted: 0,
         }
     }
@@ -119,6 +120,15 @@ impl<R: Root> Dispatcher<R> {
             .map(|(_, r)| r)
     }
 
+    /// A root context (`parent` 0) or a stream of root `parent`.
+    pub fn context_create(&mut self, id: u32, parent: u32) {
+        if parent == 0 {
+            let _ = self.root_or_new(id);
+        } else if bounded_insert(&mut self.parents, id, parent) {
+            self.evicted();
+        }
+    }
+
     pub fn vm_start(&mut self, id: u32) -> bool {
         self.root_or_new(id).is_some_and(|r| r.on_vm_start())
     }
@@ -144,7 +154,7 @@ impl<R: Root> Dispatcher<R> {
         }
     }
 
-    /// Runs a stream callback on stream `id`'s state, creating it first if needed.
+    /// Runs a stream callback on stream `id`'s state, created at its first callback.
     pub fn stream(&mut self, id: u32, f: impl FnOnce(&mut R::Stream) -> Action) -> Action {
         if let Some(s) = self.streams.get_mut(&id) {
             let action = f(s);
@@ -153,42 +163,47 @@ impl<R: Root> Dispatcher<R> {
             }
             return action;
         }
-        let Some((_, root)) = self.roots.last_mut() else {
+        let Some(parent) = self.parents.remove(&id) else {
             return Action::Continue;
         };
-        let Some(mut s) = root.new_stream(id) else {
+        let Some(mut s) = self.root(parent).and_then(|r| r.new_stream(id)) else {
             return Action::Continue;
         };
         let action = f(&mut s);
-        if !s.done() {
-            self.keep(id, s);
+        if !s.done() && bounded_insert(&mut self.streams, id, s) {
+            self.evicted();
         }
         action
     }
 
     /// `on_log`, then the stream's state is dropped.
     pub fn log(&mut self, id: u32) {
+        self.parents.remove(&id);
         if let Some(mut s) = self.streams.remove(&id) {
             s.on_log();
         }
     }
 
-    fn keep(&mut self, id: u32, s: R::Stream) {
-        if self.streams.len() >= MAX_STREAMS && self.streams.pop_first().is_some() {
-            self.evicted += 1;
-            if self.evicted.is_power_of_two() {
-                crate::log(
-                    LogLevel::Warn,
-                    &format!(
-                        "more than {MAX_STREAMS} streams open in this VM: dropped the oldest \
-                         stream's state ({} so far)",
-                        self.evicted
-                    ),
-                );
-            }
+    fn evicted(&mut self) {
+        self.evicted += 1;
+        if self.evicted.is_power_of_two() {
+            crate::log(
+                LogLevel::Warn,
+                &format!(
+                    "more than {MAX_STREAMS} streams open in this VM: dropped the oldest \
+                     ({} so far)",
+                    self.evicted
+                ),
+            );
         }
-        self.streams.insert(id, s);
     }
+}
+
+/// Inserts, first dropping the oldest entry when full; true when one was dropped.
+fn bounded_insert<V>(map: &mut BTreeMap<u32, V>, id: u32, value: V) -> bool {
+    let dropped = map.len() >= MAX_STREAMS && map.pop_first().is_some();
+    map.insert(id, value);
+    dropped
 }
 
 /// Runs `f` on the VM's dispatcher; `busy` if the host re-entered a callback (it does not).
@@ -212,8 +227,9 @@ pub fn allocate(size: usize) -> *mut u8 {
 
 /// Exports the ABI for filter root type `$root`, with exactly the stream callbacks listed
 /// (`request_headers`, `request_body`, `request_trailers`, `response_headers`,
-/// `response_body`, `log`); the root callbacks (`vm_start`, `configure`, `tick`,
-/// `http_call_response`) are always exported, as they cost nothing per request.
+/// `response_body`, `log`); `context_create` (a call per request, the one that names a
+/// stream's root) and the root callbacks (`vm_start`, `configure`, `tick`,
+/// `http_call_response`, no cost per request) are always exported.
 #[macro_export]
 macro_rules! export_filter {
     ($root:ty, [$($callback:ident),* $(,)?]) => {
@@ -241,6 +257,11 @@ macro_rules! export_filter {
         #[no_mangle]
         pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
             $crate::dispatch::allocate(size)
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_context_create(id: u32, parent: u32) {
+            $crate::dispatch::with(&DISPATCHER, (), |d| d.context_create(id, parent))
         }
 
         #[no_mangle]
