@@ -22,8 +22,8 @@ use crate::types::{Action, LogLevel};
 /// Most stream states (and root notes) one VM keeps; past it the oldest is dropped.
 pub const MAX_STREAMS: usize = 16384;
 /// Most root contexts one VM keeps: a replaced configuration's root is never deleted (no
-/// `proxy_on_delete`), so old ones are dropped, oldest first.
-const MAX_ROOTS: usize = 8;
+/// `proxy_on_delete`), so past this many the oldest is dropped.
+const MAX_ROOTS: usize = 64;
 
 /// A filter's root context: configuration, timers, HTTP calls, and the streams it starts.
 pub trait Root: Default + 'static {
@@ -111,6 +111,10 @@ impl<R: Root> Dispatcher<R> {
         if !self.roots.iter().any(|(i, _)| *i == id) {
             if self.roots.len() >= MAX_ROOTS {
                 self.roots.remove(0);
+                crate::log(
+                    LogLevel::Warn,
+                    &format!("more than {MAX_ROOTS} configurations in this VM: dropped the oldest"),
+                );
             }
             self.roots.push((id, R::default()));
         }
