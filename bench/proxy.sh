@@ -5,8 +5,9 @@
 # Interleaved rounds; wrk (HTTP/1.1, bench/post.lua) and h2load (HTTP/2) at 1 KB and 100 KB.
 # Prints a markdown section on stdout, progress on stderr.
 #
-# Env: BENCH_SECONDS (per run, default 2), BENCH_ROUNDS (default 3), BENCH_VARIANTS (subset,
-# space-separated), MODELGATE_DIST (modules, default dist/), MODELGATE_ENVOY.
+# Env: BENCH_SECONDS (per run, default 2), BENCH_ROUNDS (default 3), BENCH_VARIANTS,
+# BENCH_SIZES (1k 100k), BENCH_TOOLS (wrk h2load): subsets, space-separated;
+# MODELGATE_DIST (modules, default dist/), MODELGATE_ENVOY.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ENVOY=${MODELGATE_ENVOY:-$ROOT/tools/envoy}
@@ -15,8 +16,8 @@ PY=${PYTHON:-$ROOT/tools/venv/bin/python}
 SECONDS_PER_RUN=${BENCH_SECONDS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
 VARIANTS=(${BENCH_VARIANTS:-none noop noopmin noop3 lua router metrics shedder gate gateway sidecar})
-SIZES=(1k 100k)
-TOOLS=(wrk h2load)
+SIZES=(${BENCH_SIZES:-1k 100k})
+TOOLS=(${BENCH_TOOLS:-wrk h2load})
 CONNS=32
 W=$(mktemp -d /tmp/modelgate-bench-proxy.XXXXXX)
 PIDS=()
