@@ -505,7 +505,7 @@ impl VmBuilder {
             };
             linker.func_new("env", &name.clone(), ty, move |mut c, params, results| {
                 // Envoy refuses a context switch only to a context it no longer knows;
-                // the root context lives as long as the VM (the SDK unwraps that one).
+                // the root context lives as long as the VM.
                 let st = c.data_mut();
                 st.counts.host_calls += 1;
                 *st.host_calls.entry(name.clone()).or_default() += 1;
