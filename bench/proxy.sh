@@ -5,8 +5,9 @@
 # Interleaved rounds; wrk (HTTP/1.1, bench/post.lua) and h2load (HTTP/2) at 1 KB and 100 KB.
 # Prints a markdown section on stdout, progress on stderr.
 #
-# Env: BENCH_SECONDS (per run, default 2), BENCH_ROUNDS (default 3), BENCH_VARIANTS (subset,
-# space-separated), MODELGATE_DIST (modules, default dist/), MODELGATE_ENVOY.
+# Env: BENCH_SECONDS (per run, default 2), BENCH_ROUNDS (default 3), BENCH_VARIANTS,
+# BENCH_SIZES (1k 100k), BENCH_TOOLS (wrk h2load): subsets, space-separated;
+# MODELGATE_DIST (modules, default dist/), MODELGATE_ENVOY.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ENVOY=${MODELGATE_ENVOY:-$ROOT/tools/envoy}
@@ -14,9 +15,9 @@ DIST=${MODELGATE_DIST:-$ROOT/dist}
 PY=${PYTHON:-$ROOT/tools/venv/bin/python}
 SECONDS_PER_RUN=${BENCH_SECONDS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
-VARIANTS=(${BENCH_VARIANTS:-none noop noop3 lua router metrics shedder gate gateway sidecar})
-SIZES=(1k 100k)
-TOOLS=(wrk h2load)
+VARIANTS=(${BENCH_VARIANTS:-none noop noopmin noop3 lua router metrics shedder gate gateway sidecar})
+SIZES=(${BENCH_SIZES:-1k 100k})
+TOOLS=(${BENCH_TOOLS:-wrk h2load})
 CONNS=32
 W=$(mktemp -d /tmp/modelgate-bench-proxy.XXXXXX)
 PIDS=()
@@ -36,11 +37,15 @@ for f in model_router ml_metrics load_shedder readiness_gate; do
   [ -f "$DIST/$f.wasm" ] || { echo "bench/proxy.sh: $DIST/$f.wasm missing (make wasm)" >&2; exit 1; }
 done
 
-# The no-op filter (bench/noop): what the Wasm callbacks cost by themselves.
-echo "[proxy] building bench/noop" >&2
-cargo build -q --release --target wasm32-wasip1 --manifest-path "$ROOT/bench/noop/Cargo.toml" \
-  --target-dir "$ROOT/target/bench-noop" >&2
-cp "$ROOT/target/bench-noop/wasm32-wasip1/release/bench_noop.wasm" "$W/"
+# The no-op filters: what the Wasm callbacks cost by themselves, through the SDK's dispatcher
+# (bench/noop, every callback exported) and on modelgate's (bench/noop_min: context create and
+# request headers exported).
+for crate in noop noop_min; do
+  echo "[proxy] building bench/$crate" >&2
+  cargo build -q --release --target wasm32-wasip1 --manifest-path "$ROOT/bench/$crate/Cargo.toml" \
+    --target-dir "$ROOT/target/bench-noop" >&2
+  cp "$ROOT/target/bench-noop/wasm32-wasip1/release/bench_$crate.wasm" "$W/"
+done
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -185,6 +190,7 @@ variants = list(dict.fromkeys(k[2] for k in runs))
 label = {
     "none": "no filter (the limit)",
     "noop": "a Wasm filter that does nothing (`bench/noop`)",
+    "noopmin": "a Wasm filter that does nothing, exporting only context create and request headers (modelgate's dispatcher)",
     "noop3": "three such no-op filters (one VM)",
     "lua": "Envoy Lua: pattern on the body for `model`, set header, clear route cache",
     "router": "`model_router` alone (gateway.yaml config)",

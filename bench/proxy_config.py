@@ -93,15 +93,16 @@ def main():
     lua = {"name": "envoy.filters.http.lua", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
         "default_source_code": {"inline_string": open(os.path.join(ROOT, "bench", "route.lua")).read()}}}
-    def noop(i):
+    def noop(i, module="bench_noop"):
         return {"name": f"bench.noop{i}", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {"name": f"noop{i}", "root_id": "", "vm_config": {
                 "vm_id": "modelgate", "runtime": "envoy.wasm.runtime.v8",
-                "code": {"local": {"filename": os.path.join(out, "bench_noop.wasm")}}}}}}
+                "code": {"local": {"filename": os.path.join(out, f"{module}.wasm")}}}}}}
     chains = {
         "none": [],
         "noop": [noop(1)],
+        "noopmin": [noop(1, "bench_noop_min")],
         "noop3": [noop(1), noop(2), noop(3)],
         "lua": [lua],
         "router": [by_name["modelgate.model_router"]],

@@ -4,7 +4,7 @@
 //! pool table the gateway load shedder keeps from the pods' ORCA reports (shared data):
 //! each pod's utilisation (fresh reports only), pods discovered, silent ones forgotten.
 //!
-//! HTTP context (per request): removes any client-sent destination header, then, for a
+//! Stream (per request): removes any client-sent destination header, then, for a
 //! request the router routed to a configured pool, picks a pod from cached state and sets
 //! `x-gateway-destination-endpoint` for the cluster's `override_host` policy (or answers
 //! 429 when every pod is saturated and the request is sheddable). The pod's in-flight count
@@ -40,13 +40,14 @@ use modelgate_glue::stats::EnvoyStats;
 
 mod flow;
 use flow::{FlowMetrics, Hold, HoldState};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use modelgate_glue::dispatch::{Root, Stream};
+use modelgate_glue::types::{Action, LogLevel, MapType};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PickerRoot::default()) });
-}}
+// The request body and trailers wait while a request is held; nothing on the response.
+modelgate_glue::export_filter!(
+    PickerRoot,
+    [request_headers, request_body, request_trailers, log]
+);
 
 const REASONS: usize = PickReason::ALL.len();
 /// Seconds a shed client is told to wait.
@@ -206,10 +207,10 @@ struct PickerRoot {
     active: Option<Active>,
 }
 
-impl Context for PickerRoot {}
+impl Root for PickerRoot {
+    type Stream = PickerHttp;
 
-impl RootContext for PickerRoot {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
+    fn on_vm_start(&mut self) -> bool {
         modelgate_glue::log_start(FilterKind::EndpointPicker);
         true
     }
@@ -263,20 +264,16 @@ impl RootContext for PickerRoot {
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn new_stream(&mut self, context_id: u32) -> Option<PickerHttp> {
         let a = self.active.as_ref()?;
-        Some(Box::new(PickerHttp {
+        Some(PickerHttp {
             id: context_id,
             config: a.config.clone(),
             vm: a.vm.clone(),
             picked: None,
             held: false,
             finished: false,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -495,10 +492,8 @@ struct PickerHttp {
     finished: bool,
 }
 
-impl Context for PickerHttp {}
-
-impl HttpContext for PickerHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl Stream for PickerHttp {
+    fn on_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Only the picker steers: a client-sent destination is dropped before anything else.
         let _ = host::set_header(MapType::HttpRequestHeaders, DESTINATION_HEADER, None);
         let Some(model) = header_bytes(MapType::HttpRequestHeaders, MODEL_HEADER) else {
@@ -601,11 +596,11 @@ impl HttpContext for PickerHttp {
         }
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
         modelgate_glue::stream::hold_while(self.is_held())
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    fn on_request_trailers(&mut self, _num_trailers: usize) -> Action {
         modelgate_glue::stream::hold_while(self.is_held())
     }
 

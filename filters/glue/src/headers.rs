@@ -2,7 +2,7 @@
 //! available in this phase (Envoy answers an error), or on any other host error; invalid
 //! UTF-8 never panics. Writes go through [`crate::host::set_header`].
 
-use proxy_wasm::types::MapType;
+use crate::types::MapType;
 
 use crate::host;
 

@@ -1,16 +1,13 @@
 //! Every host call the filters make, straight to the proxy-wasm ABI with the status taken as a
-//! plain number. The SDK's `hostcalls` (and the `Context`/`HttpContext` methods built on them)
-//! panic on any status they do not expect — `define_metric`, `send_http_response`, the header
-//! setters, `set_shared_data`, `log` on anything but `Ok` — and a panic traps the VM, failing
-//! every later request. Here a failed call is an `Err(HostError)` or `None`, never a panic.
-//! `clippy.toml` bans the SDK's calls everywhere; this module is the one place that may use one
-//! (`dispatch_http_call`, see there).
+//! plain number: a failed call is an `Err(HostError)` or `None`, never a panic. (A panic traps
+//! the VM, failing every later request; the proxy-wasm Rust SDK's calls panic on statuses
+//! they do not expect, which is why no filter uses the SDK.)
 
 use std::ptr::{null, null_mut};
 use std::time::Duration;
 
+use crate::types::{BufferType, LogLevel, MapType, MetricType};
 use modelgate_core::wire;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 
 /// A host call answered with a status other than `Ok` (the ABI's number: 1 NotFound,
 /// 2 BadArgument, 8 CasMismatch, 10 InternalFailure, ...).
@@ -102,6 +99,19 @@ extern "C" {
     fn abi_set_effective_context(context_id: u32) -> u32;
     #[link_name = "proxy_continue_stream"]
     fn abi_continue_stream(stream_type: u32) -> u32;
+    #[link_name = "proxy_http_call"]
+    fn abi_http_call(
+        upstream: *const u8,
+        upstream_len: usize,
+        headers: *const u8,
+        headers_len: usize,
+        body: *const u8,
+        body_len: usize,
+        trailers: *const u8,
+        trailers_len: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
 }
 
 fn status(s: u32) -> Result<(), HostError> {
@@ -304,16 +314,30 @@ pub fn resume_request() -> Result<(), HostError> {
     status(unsafe { abi_continue_stream(0) })
 }
 
-/// `GET`-style call to `cluster`; the token names the answer in `on_http_call_response`.
-/// Through the SDK, because only its own call registers the token its dispatcher needs to
-/// route the answer; it panics only on statuses Envoy never returns for this call (Envoy
-/// answers `Ok`, `BadArgument` or `InternalFailure`).
-#[allow(clippy::disallowed_methods)]
+/// A body-less call to `cluster`; the token names its answer in `on_http_call_response`.
 pub fn dispatch_http_call(
     cluster: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<u32, HostError> {
-    proxy_wasm::hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout)
-        .map_err(|s| HostError(s as u32))
+    let headers = wire::encode_pairs(headers);
+    let trailers = wire::encode_pairs::<&str, &str>(&[]);
+    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut token = 0u32;
+    // SAFETY: the host reads the slices for the duration of the call and writes one u32.
+    status(unsafe {
+        abi_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            null(),
+            0,
+            trailers.as_ptr(),
+            trailers.len(),
+            ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
 }

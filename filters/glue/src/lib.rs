@@ -1,20 +1,23 @@
-//! modelgate-glue: the proxy-wasm side shared by every filter — the host calls that cannot
+//! modelgate-glue: the proxy-wasm side shared by every filter — the ABI's exports and
+//! per-stream state ([`dispatch`], [`export_filter!`]), the host calls that cannot
 //! panic ([`host`]), configuration at `on_configure` ([`configure`]), the start-up log line
 //! ([`log_start`]), local error replies, shared-data snapshots, the once-per-proxy poll lease,
 //! and the wall clock. Each function maps host failures to `None`/`false`/`Err` instead of
 //! panicking.
 
+pub mod dispatch;
 pub mod headers;
 pub mod host;
 pub mod poll;
 pub mod scraper;
 pub mod stats;
 pub mod stream;
+pub mod types;
 
+use crate::types::{Action, BufferType, LogLevel};
 use modelgate_core::config::{FilterConfig, FilterKind};
 use modelgate_core::error::ApiError;
 use modelgate_core::{lease, state, vocab};
-use proxy_wasm::types::{Action, BufferType, LogLevel};
 
 pub use host::HostError;
 

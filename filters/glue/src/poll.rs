@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
+use crate::types::{BufferType, MapType};
 use modelgate_core::config::Upstream;
-use proxy_wasm::types::{BufferType, MapType};
 
 use crate::host::{self, HostError};
 

@@ -21,11 +21,11 @@
 
 use std::time::Duration;
 
+use crate::types::{BufferType, LogLevel, MapType};
 use modelgate_core::metrics::{MetricHost, MetricKind};
 use modelgate_core::scrape::{self, MetricsReader, ScrapeConfig, ScrapeError};
 use modelgate_core::state::QueueSnapshot;
 use modelgate_core::vocab::QUEUE_KEY;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
 use crate::host;
 use crate::log;

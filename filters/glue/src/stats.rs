@@ -2,9 +2,9 @@
 //! `modelgate_core::shed_monitor::ShedHost`: the one way a filter defines and updates
 //! stats, so its metric logic can live in core and be tested there against a mock.
 
+use crate::types::{LogLevel, MetricType};
 use modelgate_core::metrics::{MetricHost, MetricKind};
 use modelgate_core::shed_monitor::{self, ShedHost};
-use proxy_wasm::types::{LogLevel, MetricType};
 
 use crate::host;
 

@@ -4,8 +4,8 @@
 //! Envoy runs one VM per worker thread, and a stream's context lives in the VM of the
 //! worker that accepted it, so only that VM's root context can act on it.
 
+use crate::types::Action;
 use modelgate_core::error::ApiError;
-use proxy_wasm::types::Action;
 
 use crate::host;
 

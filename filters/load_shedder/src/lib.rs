@@ -8,7 +8,7 @@
 //! control, held requests past their TTL are answered and held requests are resumed
 //! while the server has room. Counters are accumulated per VM and flushed here too.
 //!
-//! HTTP context (per request): one header read, a decision on cached state, and either
+//! Stream (per request): one header read, a decision on cached state, and either
 //! a local 429, a hold (flow control) or an admission. With an in-flight cap or flow
 //! control, admission takes a slot in the shared worker table (one CAS), so the cap
 //! holds across workers. Per response: the ORCA header written (sidecar) or read
@@ -32,22 +32,30 @@ use modelgate_core::vocab::{
     Criticality, CRITICALITY_HEADER, ORCA_BIN_HEADER, ORCA_HEADER, POOL_KEY, SHED_HEADER,
     WORKERS_KEY,
 };
+use modelgate_glue::dispatch::{Root, Stream};
 use modelgate_glue::headers::header_bytes;
 use modelgate_glue::scraper::Scraper;
 use modelgate_glue::stats::EnvoyStats;
+use modelgate_glue::types::{Action, LogLevel, MapType};
 use modelgate_glue::{host, log};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ShedRoot::default()) });
-}}
+// The request body and trailers wait while a request is held; the response body and trailers
+// carry nothing it reads.
+modelgate_glue::export_filter!(
+    ShedRoot,
+    [
+        request_headers,
+        request_body,
+        request_trailers,
+        response_headers,
+        log
+    ]
+);
 
 /// Attempts at a compare-and-swap write of the worker table before giving up.
 const CAS_TRIES: usize = 4;
 
-/// Where a held request stands; the root context moves it on, its HTTP context reads it.
+/// Where a held request stands; the root context moves it on, its stream reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hold {
     Held,
@@ -66,7 +74,7 @@ enum Slot {
     Unknown,
 }
 
-/// This VM's state shared between the root context and its HTTP contexts.
+/// This VM's state shared between the root context and its streams.
 struct VmState {
     view: LoadView,
     /// Gateway: clusters whose pool is saturated (usually none or one).
@@ -202,22 +210,16 @@ struct ShedRoot {
     active: Option<Active>,
 }
 
-impl Context for ShedRoot {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+impl Root for ShedRoot {
+    type Stream = ShedHttp;
+
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
         if let Some(s) = self.active.as_mut().and_then(|a| a.scraper.as_mut()) {
             s.on_http_call_response(token, num_headers, body_size);
         }
     }
-}
 
-impl RootContext for ShedRoot {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
+    fn on_vm_start(&mut self) -> bool {
         modelgate_glue::log_start(FilterKind::LoadShedder);
         true
     }
@@ -269,9 +271,9 @@ impl RootContext for ShedRoot {
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn new_stream(&mut self, context_id: u32) -> Option<ShedHttp> {
         let a = self.active.as_ref()?;
-        Some(Box::new(ShedHttp {
+        Some(ShedHttp {
             id: context_id,
             config: a.config.clone(),
             vm: a.vm.clone(),
@@ -280,11 +282,7 @@ impl RootContext for ShedRoot {
             held: false,
             responded: false,
             finished: false,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -403,10 +401,8 @@ struct ShedHttp {
     finished: bool,
 }
 
-impl Context for ShedHttp {}
-
-impl HttpContext for ShedHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl Stream for ShedHttp {
+    fn on_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Bytes: clients control this one. Not UTF-8 means not a class name: the default
         // applies.
         let raw = header_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER);
@@ -476,15 +472,15 @@ impl HttpContext for ShedHttp {
         }
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
         modelgate_glue::stream::hold_while(self.is_held())
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    fn on_request_trailers(&mut self, _num_trailers: usize) -> Action {
         modelgate_glue::stream::hold_while(self.is_held())
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.held {
             match self
                 .vm

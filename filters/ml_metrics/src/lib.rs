@@ -1,6 +1,6 @@
 //! ml_metrics filter: proxy-wasm glue only; the policy lives in `modelgate_core::metrics`.
 //! The root context refreshes the pod-level metrics from the shared snapshots on a tick;
-//! HTTP contexts feed one `RequestTracker` per request and hand the outcome to the
+//! each counted request's stream state feeds one `RequestTracker` and hands the outcome to the
 //! root's `Registry` at stream end (`on_log`). Place this filter first in the chain so it
 //! also sees the local replies of the gate, router and shedder.
 
@@ -14,18 +14,25 @@ use modelgate_core::vocab::{
     CRITICALITY_HEADER, GATED_HEADER, METRICS_CURSOR_KEY, MODEL_HEADER, QUEUE_KEY, READINESS_KEY,
     SHED_HEADER,
 };
+use modelgate_glue::dispatch::{Root, Stream};
 use modelgate_glue::headers::{header, header_bytes};
 use modelgate_glue::host;
 use modelgate_glue::poll::SnapshotReader;
 use modelgate_glue::scraper::Scraper;
 use modelgate_glue::stats::EnvoyStats;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use modelgate_glue::types::{Action, BufferType, MapType};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot::default()) });
-}}
+// Trailers carry nothing it counts.
+modelgate_glue::export_filter!(
+    MetricsRoot,
+    [
+        request_headers,
+        request_body,
+        response_headers,
+        response_body,
+        log
+    ]
+);
 
 /// Most request-body bytes copied into the VM per host call while looking for the model.
 const BODY_WINDOW: usize = 8192;
@@ -35,7 +42,7 @@ fn now_ns() -> u64 {
     host::now_ns()
 }
 
-/// What a configured root shares with its HTTP contexts.
+/// What a configured root shares with its streams.
 struct Shared {
     config: MetricsConfig,
     registry: RefCell<Registry>,
@@ -55,22 +62,16 @@ struct MetricsRoot {
     active: Option<Active>,
 }
 
-impl Context for MetricsRoot {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+impl Root for MetricsRoot {
+    type Stream = MetricsHttp;
+
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize) {
         if let Some(s) = self.active.as_mut().and_then(|a| a.scraper.as_mut()) {
             s.on_http_call_response(token, headers, body_size);
         }
     }
-}
 
-impl RootContext for MetricsRoot {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
+    fn on_vm_start(&mut self) -> bool {
         modelgate_glue::log_start(FilterKind::MlMetrics);
         true
     }
@@ -102,16 +103,12 @@ impl RootContext for MetricsRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn new_stream(&mut self, _context_id: u32) -> Option<MetricsHttp> {
         let shared = self.active.as_ref().map(|a| Rc::clone(&a.shared))?;
-        Some(Box::new(MetricsHttp {
+        Some(MetricsHttp {
             shared,
             tracker: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -155,10 +152,8 @@ struct MetricsHttp {
     tracker: Option<RequestTracker>,
 }
 
-impl Context for MetricsHttp {}
-
-impl HttpContext for MetricsHttp {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+impl Stream for MetricsHttp {
+    fn on_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let method = header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         let path = header_bytes(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         if self.shared.config.counts(&method, &path) {
@@ -167,7 +162,7 @@ impl HttpContext for MetricsHttp {
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
             // A window at a time: the model usually comes first, so a large chunk is not
             // copied whole into the VM just to find it.
@@ -184,7 +179,7 @@ impl HttpContext for MetricsHttp {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
             let status = header(MapType::HttpResponseHeaders, ":status")
                 .and_then(|s| s.parse::<u16>().ok())
@@ -195,7 +190,7 @@ impl HttpContext for MetricsHttp {
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(t) = self.tracker.as_mut() {
             if t.wants_response_body() && body_size > 0 {
                 if let Some(chunk) = host::buffer(BufferType::HttpResponseBody, 0, body_size) {
@@ -245,5 +240,10 @@ impl HttpContext for MetricsHttp {
             .registry
             .borrow_mut()
             .record_request(&mut EnvoyStats, &outcome);
+    }
+
+    /// A request that is not counted needs no further callback.
+    fn done(&self) -> bool {
+        self.tracker.is_none()
     }
 }

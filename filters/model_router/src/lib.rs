@@ -21,17 +21,18 @@ use modelgate_core::router::{
     Router,
 };
 use modelgate_core::vocab::{CRITICALITY_HEADER, MODEL_HEADER, PREFIX_HASH_HEADER};
+use modelgate_glue::dispatch::{Root, Stream};
+use modelgate_glue::types::{Action, BufferType, MapType};
 use modelgate_glue::{host, now_ms, send_error};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 /// Most body bytes copied into the VM per host call while looking for the model.
 const WINDOW: usize = 8192;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RouterRoot { router: None }) });
-}}
+// The request alone decides the route; nothing on the response or at the end.
+modelgate_glue::export_filter!(
+    RouterRoot,
+    [request_headers, request_body, request_trailers]
+);
 
 thread_local! {
     /// One PRNG per VM (a VM is single-threaded), seeded from the host on first use.
@@ -58,15 +59,16 @@ fn seed() -> u64 {
     }
 }
 
+#[derive(Default)]
 struct RouterRoot {
-    /// Shared with every HTTP context created after the last `on_configure`.
+    /// Shared with every stream started after the last `on_configure`.
     router: Option<Rc<Router>>,
 }
 
-impl Context for RouterRoot {}
+impl Root for RouterRoot {
+    type Stream = RouterHttp;
 
-impl RootContext for RouterRoot {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
+    fn on_vm_start(&mut self) -> bool {
         modelgate_glue::log_start(FilterKind::ModelRouter);
         true
     }
@@ -76,26 +78,23 @@ impl RootContext for RouterRoot {
         self.router.is_some()
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn new_stream(&mut self, _context_id: u32) -> Option<RouterHttp> {
         let router = self.router.clone()?;
-        Some(Box::new(RouterHttp {
+        Some(RouterHttp {
             body: BodyRouting::new(&router),
             router,
             phase: Phase::Headers,
             content_length: None,
             client_criticality: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
 /// Where a request is in the router.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Before the body, or not an inference request, or answered: body callbacks pass.
+    /// Not an inference request, answered, or the body has ended: body callbacks pass and
+    /// the stream's state is dropped.
     Headers,
     /// An inference request whose body is being read (headers paused).
     Reading,
@@ -113,10 +112,8 @@ struct RouterHttp {
     client_criticality: Option<String>,
 }
 
-impl Context for RouterHttp {}
-
-impl HttpContext for RouterHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+impl Stream for RouterHttp {
+    fn on_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let method = request_header(":method").unwrap_or_default();
         let path = request_header(":path").unwrap_or_default();
         let is_post = method == "POST";
@@ -158,13 +155,18 @@ impl HttpContext for RouterHttp {
         }
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.phase {
             Phase::Headers => Action::Continue,
             Phase::Reading => self.read_body(Some(body_size), end_of_stream),
             // Streaming now: `body_size` is this chunk alone.
             Phase::Counting => match self.body.streamed(&self.router, body_size) {
-                None => Action::Continue,
+                None => {
+                    if end_of_stream {
+                        self.phase = Phase::Headers;
+                    }
+                    Action::Continue
+                }
                 Some(err) => {
                     self.phase = Phase::Headers;
                     send_error(&err, &[])
@@ -175,11 +177,17 @@ impl HttpContext for RouterHttp {
 
     /// A body that ends with trailers never has `end_of_stream` in the body callback: the
     /// trailers mark its end.
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    fn on_request_trailers(&mut self, _num_trailers: usize) -> Action {
         if self.phase != Phase::Reading {
+            self.phase = Phase::Headers;
             return Action::Continue;
         }
         self.read_body(None, true)
+    }
+
+    /// The stream's state is dropped as soon as nothing is left to read or count.
+    fn done(&self) -> bool {
+        self.phase == Phase::Headers
     }
 }
 

@@ -1,7 +1,7 @@
 //! readiness_gate filter: proxy-wasm glue only; the policy lives in
 //! `modelgate_core::readiness`. The root context polls (lease holder only), publishes the
-//! snapshot and keeps this VM's [`GateState`]; HTTP contexts read that state and answer
-//! the probe path or a not-ready 503 themselves.
+//! snapshot and keeps this VM's [`GateState`]; each request's headers callback reads that
+//! state and answers the probe path or a not-ready 503 itself.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -13,21 +13,19 @@ use modelgate_core::readiness::{
 };
 use modelgate_core::state::ReadinessSnapshot;
 use modelgate_core::vocab::{GATED_HEADER, READINESS_KEY};
+use modelgate_glue::dispatch::{Root, Stream};
 use modelgate_glue::headers::header_bytes;
 use modelgate_glue::log;
 use modelgate_glue::poll::{CallResponse, InFlight, SnapshotReader};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use modelgate_glue::types::{Action, LogLevel, MapType};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(GateRoot::default()) });
-}}
+// Only the request's `:path` decides: no other stream callback.
+modelgate_glue::export_filter!(GateRoot, [request_headers]);
 
 /// Configured state of one VM's root context.
 struct Active {
     config: Rc<ReadinessConfig>,
-    /// This VM's view, shared with its HTTP contexts.
+    /// This VM's view, shared with its streams.
     gate: Rc<RefCell<GateState>>,
     calls: InFlight<Check>,
     round: Round,
@@ -40,14 +38,10 @@ struct GateRoot {
     active: Option<Active>,
 }
 
-impl Context for GateRoot {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+impl Root for GateRoot {
+    type Stream = GateRequest;
+
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
@@ -70,10 +64,8 @@ impl Context for GateRoot {
             a.finish_round(now);
         }
     }
-}
 
-impl RootContext for GateRoot {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
+    fn on_vm_start(&mut self) -> bool {
         modelgate_glue::log_start(FilterKind::ReadinessGate);
         true
     }
@@ -114,17 +106,13 @@ impl RootContext for GateRoot {
         a.refresh_gate(now);
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(GateRequest {
-            active: self
-                .active
-                .as_ref()
-                .map(|a| (a.config.clone(), a.gate.clone())),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    /// Unconfigured, every request passes.
+    fn new_stream(&mut self, _context_id: u32) -> Option<GateRequest> {
+        let a = self.active.as_ref()?;
+        Some(GateRequest {
+            config: a.config.clone(),
+            gate: a.gate.clone(),
+        })
     }
 }
 
@@ -189,23 +177,19 @@ impl Active {
 }
 
 struct GateRequest {
-    active: Option<(Rc<ReadinessConfig>, Rc<RefCell<GateState>>)>,
+    config: Rc<ReadinessConfig>,
+    gate: Rc<RefCell<GateState>>,
 }
 
-impl Context for GateRequest {}
-
-impl HttpContext for GateRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some((config, gate)) = &self.active else {
-            return Action::Continue;
-        };
+impl Stream for GateRequest {
+    fn on_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(path) = header_bytes(MapType::HttpRequestHeaders, ":path") else {
             return Action::Continue;
         };
-        match config.classify(&path) {
+        match self.config.classify(&path) {
             PathAction::Pass => Action::Continue,
             PathAction::Probe => {
-                let g = gate.borrow();
+                let g = self.gate.borrow();
                 let headers: [(&str, &[u8]); 2] = [
                     ("content-type", b"application/json"),
                     ("cache-control", b"no-store"),
@@ -213,12 +197,17 @@ impl HttpContext for GateRequest {
                 modelgate_glue::reply(g.probe_status, &headers, &g.probe_body)
             }
             PathAction::Gate => {
-                let g = gate.borrow();
+                let g = self.gate.borrow();
                 match &g.rejection {
                     None => Action::Continue,
                     Some(err) => modelgate_glue::send_error(err, &[(GATED_HEADER, g.gated_reason)]),
                 }
             }
         }
+    }
+
+    /// The request headers are its only callback.
+    fn done(&self) -> bool {
+        true
     }
 }

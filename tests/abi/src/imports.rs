@@ -214,6 +214,7 @@ fn copy_out(c: &mut C, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> Result<i32>
             .malloc
             .clone()
             .ok_or_else(|| anyhow!("module has no malloc"))?;
+        c.data_mut().counts.allocations += 1;
         addr = malloc.call(&mut *c, bytes.len() as i32)?;
         if addr == 0 || !write(c, addr, bytes) {
             return Ok(INVALID_MEMORY_ACCESS);

@@ -21,7 +21,9 @@ pub mod wire;
 
 pub use host::{Host, Metric, MetricKind};
 pub use http::{Action, HttpStream, LocalReply};
-pub use vm::{dist_dir, module_path, CallOutcome, HttpCall, LogLevel, LogLine, Vm, VmBuilder};
+pub use vm::{
+    dist_dir, module_path, CallCounts, CallOutcome, HttpCall, LogLevel, LogLine, Vm, VmBuilder,
+};
 
 /// Every way to cut a body of `len` bytes into two chunks (cut at 0..=len), for tests of
 /// streaming parsers. Add `[a, b]` pairs with [`two_cuts`] when three chunks matter.

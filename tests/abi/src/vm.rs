@@ -197,6 +197,31 @@ pub struct State {
     pub(crate) restricted_violation: Option<String>,
     /// `env` imports answered with a fixed status for now (see [`Vm::refuse`]).
     pub(crate) refused: HashMap<String, i32>,
+    pub(crate) counts: CallCounts,
+    /// Host calls so far, by import name.
+    pub(crate) host_calls: BTreeMap<String, u64>,
+}
+
+/// Calls across the VM boundary: each costs a VM entry or exit in Envoy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Callbacks the host made into the module (exported ones only, as Envoy).
+    pub callbacks: u64,
+    /// `env` host functions the module called.
+    pub host_calls: u64,
+    /// Calls of the module's allocator by the host, one per value a host call hands over.
+    pub allocations: u64,
+}
+
+impl std::ops::Sub for CallCounts {
+    type Output = CallCounts;
+    fn sub(self, earlier: CallCounts) -> CallCounts {
+        CallCounts {
+            callbacks: self.callbacks - earlier.callbacks,
+            host_calls: self.host_calls - earlier.host_calls,
+            allocations: self.allocations - earlier.allocations,
+        }
+    }
 }
 
 impl State {
@@ -455,17 +480,20 @@ impl VmBuilder {
             stop_next_iteration: false,
             restricted_violation: None,
             refused: self.host_call_statuses.iter().cloned().collect(),
+            counts: CallCounts::default(),
+            host_calls: BTreeMap::new(),
         };
         let mut store = Store::new(engine(), state);
         let mut linker = Linker::new(engine());
         imports::define(&mut linker)?;
-        // Each refusable import answers its status while refused, else does its work.
+        // Every `env` import is counted; a refusable one answers its status while refused,
+        // else does its work.
         linker.allow_shadowing(true);
         for imp in module.imports().filter(|i| i.module() == "env") {
             let name = imp.name().to_string();
             let refusable = imports::REFUSABLE.contains(&name.as_str())
                 || self.host_call_statuses.iter().any(|(n, _)| *n == name);
-            let (true, Some(ty)) = (refusable, imp.ty().func().cloned()) else {
+            let Some(ty) = imp.ty().func().cloned() else {
                 continue;
             };
             let Some(real) = linker
@@ -477,10 +505,18 @@ impl VmBuilder {
             };
             linker.func_new("env", &name.clone(), ty, move |mut c, params, results| {
                 // Envoy refuses a context switch only to a context it no longer knows;
-                // the root context lives as long as the VM (the SDK unwraps that one).
+                // the root context lives as long as the VM.
+                let st = c.data_mut();
+                st.counts.host_calls += 1;
+                *st.host_calls.entry(name.clone()).or_default() += 1;
                 let to_root = name == "proxy_set_effective_context"
                     && params.first().and_then(Val::i32) == Some(c.data().root_ctx as i32);
-                match c.data().refused.get(&name).filter(|_| !to_root) {
+                match c
+                    .data()
+                    .refused
+                    .get(&name)
+                    .filter(|_| refusable && !to_root)
+                {
                     Some(&status) => {
                         if let Some(r) = results.first_mut() {
                             *r = Val::I32(status);
@@ -611,6 +647,7 @@ impl Vm {
             );
         }
         let f = self.func(name)?;
+        self.store.data_mut().counts.callbacks += 1;
         let n_results = f.ty(&self.store).results().len();
         let mut results = vec![Val::I32(0); n_results];
         let log_start = self.store.data().logs.len();
@@ -655,6 +692,16 @@ impl Vm {
         let r = self.call(name, args);
         self.store.data_mut().current = prev;
         r
+    }
+
+    /// Calls across the VM boundary so far (subtract two readings for one request).
+    pub fn call_counts(&self) -> CallCounts {
+        self.store.data().counts
+    }
+
+    /// Host calls so far, by import name.
+    pub fn host_calls(&self) -> BTreeMap<String, u64> {
+        self.store.data().host_calls.clone()
     }
 
     /// Everything the module logged so far.

@@ -370,3 +370,30 @@ fn shared_queues_deliver_on_queue_ready_to_the_registering_vm() {
     );
     assert!(host.queue_items("modelgate", "q").is_empty());
 }
+
+#[test]
+fn callbacks_the_module_does_not_export_are_skipped_like_envoy() {
+    let wat = r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $log (i32.const 2) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))"#;
+    let mut vm = Host::new().vm_from_wat(wat).configure("{}").unwrap();
+    let before = vm.call_counts();
+    let mut req = vm.http();
+    assert_eq!(
+        req.request_headers(&[(":path", "/")], false),
+        Action::Continue
+    );
+    assert_eq!(req.request_body(b"x", true), Action::Continue);
+    assert_eq!(
+        req.response_headers(&[(":status", "200")], true),
+        Action::Continue
+    );
+    req.finish();
+    let c = vm.call_counts() - before;
+    assert_eq!((c.callbacks, c.host_calls), (1, 1));
+}
