@@ -48,6 +48,21 @@ def http_filters(doc):
     return hcm["typed_config"]["http_filters"]
 
 
+def as_chain(filters, wasm_dir):
+    """The same modelgate filters, with the same configurations, as one `chain` module."""
+    stages = [{"name": f["typed_config"]["config"]["root_id"],
+               "config": json.loads(f["typed_config"]["config"]["configuration"]["value"])}
+              for f in filters]
+    vm = dict(filters[0]["typed_config"]["config"]["vm_config"])
+    vm["code"] = {"local": {"filename": os.path.join(wasm_dir, "chain.wasm")}}
+    return [{"name": "modelgate.chain", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": "chain", "root_id": "chain", "allow_on_headers_stop_iteration": True,
+                   "vm_config": vm, "configuration": {
+                       "@type": "type.googleapis.com/google.protobuf.StringValue",
+                       "value": json.dumps({"filters": stages})}}}}]
+
+
 def direct(prefix, body, ctype="application/json"):
     return {"match": {"prefix": prefix},
             "direct_response": {"status": 200, "body": {"inline_string": body}},
@@ -111,6 +126,8 @@ def main():
         "gate": [side_by_name["modelgate.readiness_gate"]],
         "gateway": gateway,
         "sidecar": sidecar,
+        "gateway1": as_chain(gateway, wasm_dir),
+        "sidecar1": as_chain(sidecar, wasm_dir),
     }
     # The same routes as envoy/gateway.yaml (match on the router's header), one cluster.
     routes = [

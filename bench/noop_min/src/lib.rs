@@ -11,7 +11,7 @@ struct Noop;
 impl Root for Noop {
     type Stream = Noop;
 
-    fn on_configure(&mut self, _size: usize) -> bool {
+    fn on_configure(&mut self, _config: &[u8]) -> bool {
         true
     }
 

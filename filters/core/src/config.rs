@@ -65,19 +65,22 @@ pub enum FilterKind {
     LoadShedder,
     MlMetrics,
     EndpointPicker,
+    /// Several of the above in one module (`chain`).
+    Chain,
 }
 
 impl FilterKind {
-    pub const ALL: [FilterKind; 5] = [
+    pub const ALL: [FilterKind; 6] = [
         Self::ReadinessGate,
         Self::ModelRouter,
         Self::LoadShedder,
         Self::MlMetrics,
         Self::EndpointPicker,
+        Self::Chain,
     ];
 
     /// The module name: `readiness_gate`, `model_router`, `load_shedder`, `ml_metrics`,
-    /// `endpoint_picker`.
+    /// `endpoint_picker`, `chain`.
     pub fn name(self) -> &'static str {
         match self {
             Self::ReadinessGate => "readiness_gate",
@@ -85,6 +88,7 @@ impl FilterKind {
             Self::LoadShedder => "load_shedder",
             Self::MlMetrics => "ml_metrics",
             Self::EndpointPicker => "endpoint_picker",
+            Self::Chain => "chain",
         }
     }
 
@@ -102,6 +106,7 @@ pub fn validate(kind: FilterKind, bytes: &[u8]) -> Result<(), ConfigError> {
         FilterKind::LoadShedder => crate::shed::ShedConfig::parse(bytes).map(drop),
         FilterKind::MlMetrics => crate::metrics::MetricsConfig::parse(bytes).map(drop),
         FilterKind::EndpointPicker => crate::picker::PickerConfig::parse(bytes).map(drop),
+        FilterKind::Chain => crate::chain::ChainConfig::parse(bytes).map(drop),
     }
 }
 

@@ -3,6 +3,7 @@
 //! between proxy-wasm calls and these types.
 
 pub mod affinity;
+pub mod chain;
 pub mod config;
 pub mod error;
 pub mod flow;

@@ -44,6 +44,7 @@ use modelgate_glue::dispatch::{Root, Stream};
 use modelgate_glue::types::{Action, LogLevel, MapType};
 
 // The request body and trailers wait while a request is held; nothing on the response.
+#[cfg(feature = "export")]
 modelgate_glue::export_filter!(
     PickerRoot,
     [request_headers, request_body, request_trailers, log]
@@ -203,7 +204,7 @@ struct Active {
 }
 
 #[derive(Default)]
-struct PickerRoot {
+pub struct PickerRoot {
     active: Option<Active>,
 }
 
@@ -215,8 +216,8 @@ impl Root for PickerRoot {
         true
     }
 
-    fn on_configure(&mut self, size: usize) -> bool {
-        let Some(config) = modelgate_glue::configure::<PickerConfig>(size) else {
+    fn on_configure(&mut self, config: &[u8]) -> bool {
+        let Some(config) = modelgate_glue::configure::<PickerConfig>(config) else {
             return false;
         };
         if !modelgate_glue::start_ticks(FilterKind::EndpointPicker, config.tick_ms) {
@@ -334,9 +335,7 @@ impl Active {
             self.config.tick_ms
         };
         drop(guard);
-        if want != self.tick_ms
-            && host::set_tick_period(std::time::Duration::from_millis(want)).is_ok()
-        {
+        if want != self.tick_ms && modelgate_glue::tick_every(want) {
             self.tick_ms = want;
         }
     }
@@ -479,7 +478,7 @@ fn release_pod(vm: &mut VmState, pool: usize, key: u64) {
     }
 }
 
-struct PickerHttp {
+pub struct PickerHttp {
     /// This stream's context id (how the root context finds it to resume it).
     id: u32,
     config: Rc<PickerConfig>,

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::thread::LocalKey;
 
-use crate::types::{Action, LogLevel};
+use crate::types::{Action, BufferType, LogLevel};
 
 /// Most stream states (and root notes) one VM keeps; past it the oldest is dropped.
 pub const MAX_STREAMS: usize = 16384;
@@ -32,8 +32,8 @@ pub trait Root: Default + 'static {
     fn on_vm_start(&mut self) -> bool {
         true
     }
-    /// Reads and validates the plugin configuration (`size` bytes); `false` rejects it.
-    fn on_configure(&mut self, size: usize) -> bool;
+    /// Validates and applies the plugin configuration; `false` rejects it.
+    fn on_configure(&mut self, config: &[u8]) -> bool;
     fn on_tick(&mut self) {}
     fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize) {}
     /// The state of stream `context_id`; `None` lets the stream pass untouched.
@@ -139,7 +139,11 @@ impl<R: Root> Dispatcher<R> {
 
     /// A rejected configuration's root is forgotten: Envoy will not use it.
     pub fn configure(&mut self, id: u32, size: usize) -> bool {
-        let ok = self.root_or_new(id).is_some_and(|r| r.on_configure(size));
+        let config =
+            crate::host::buffer(BufferType::PluginConfiguration, 0, size).unwrap_or_default();
+        let ok = self
+            .root_or_new(id)
+            .is_some_and(|r| r.on_configure(&config));
         if !ok {
             self.roots.retain(|(i, _)| *i != id);
         }

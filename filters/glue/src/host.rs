@@ -161,8 +161,32 @@ pub fn set_tick_period(period: Duration) -> Result<(), HostError> {
     status(unsafe { abi_set_tick_period(ms) })
 }
 
+thread_local! {
+    /// Request body bytes the running filter has already been shown (the chain module: a
+    /// filter before the one that holds the body sees each byte once, as in an Envoy chain).
+    static REQUEST_BODY_SEEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with the request body's first `seen` bytes hidden from [`buffer`] and
+/// [`set_buffer`] (offsets start after them).
+pub fn with_request_body_after<T>(seen: usize, f: impl FnOnce() -> T) -> T {
+    REQUEST_BODY_SEEN.set(seen);
+    let out = f();
+    REQUEST_BODY_SEEN.set(0);
+    out
+}
+
+/// `start` in the host's buffer.
+fn host_offset(buffer: BufferType, start: usize) -> usize {
+    match buffer {
+        BufferType::HttpRequestBody => start.saturating_add(REQUEST_BODY_SEEN.get()),
+        _ => start,
+    }
+}
+
 /// Up to `max` bytes of `buffer` from `start`; `None` when absent or on any host error.
 pub fn buffer(buffer: BufferType, start: usize, max: usize) -> Option<Vec<u8>> {
+    let start = host_offset(buffer, start);
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: on success the host hands over an allocation of `size` bytes (see `owned`).
     unsafe {
@@ -180,6 +204,7 @@ pub fn set_buffer(
     size: usize,
     value: &[u8],
 ) -> Result<(), HostError> {
+    let start = host_offset(buffer, start);
     // SAFETY: the host only reads `value` for the duration of the call.
     status(unsafe { abi_set_buffer(buffer as u32, start, size, value.as_ptr(), value.len()) })
 }

@@ -14,7 +14,7 @@ pub mod stats;
 pub mod stream;
 pub mod types;
 
-use crate::types::{Action, BufferType, LogLevel};
+use crate::types::{Action, LogLevel};
 use modelgate_core::config::{FilterConfig, FilterKind};
 use modelgate_core::error::ApiError;
 use modelgate_core::{lease, state, vocab};
@@ -40,12 +40,11 @@ pub fn log_start(filter: FilterKind) {
     );
 }
 
-/// Reads and validates the plugin configuration (`size` bytes) in `on_configure`. On a bad
-/// configuration, logs the error, which names the field, and returns `None`: the filter then
-/// returns `false` and Envoy rejects the configuration.
-pub fn configure<C: FilterConfig>(size: usize) -> Option<C> {
-    let bytes = host::buffer(BufferType::PluginConfiguration, 0, size).unwrap_or_default();
-    match C::parse(&bytes) {
+/// Parses and validates a plugin configuration in `on_configure`. On a bad configuration,
+/// logs the error, which names the field, and returns `None`: the filter then returns
+/// `false` and Envoy rejects the configuration.
+pub fn configure<C: FilterConfig>(config: &[u8]) -> Option<C> {
+    match C::parse(config) {
         Ok(c) => Some(c),
         Err(e) => {
             log(LogLevel::Error, &format!("{}: {e}", C::KIND.name()));
@@ -54,10 +53,39 @@ pub fn configure<C: FilterConfig>(size: usize) -> Option<C> {
     }
 }
 
+thread_local! {
+    /// `Some(shortest period asked)` once [`share_ticks`] was called: several filters then
+    /// share one root context, whose single timer must tick for the fastest of them.
+    static SHARED_TICKS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes this VM's roots tick at the shortest period any of its filters asks for (the chain
+/// module: one root context runs several filters, whose ticks are all time-based).
+pub fn share_ticks() {
+    SHARED_TICKS.with(|t| {
+        if t.get().is_none() {
+            t.set(Some(u64::MAX));
+        }
+    });
+}
+
+/// Sets the root context's tick period (the shortest asked so far, after [`share_ticks`]).
+pub fn tick_every(period_ms: u64) -> bool {
+    let ms = SHARED_TICKS.with(|t| match t.get() {
+        Some(shortest) => {
+            let ms = shortest.min(period_ms);
+            t.set(Some(ms));
+            ms
+        }
+        None => period_ms,
+    });
+    host::set_tick_period(std::time::Duration::from_millis(ms)).is_ok()
+}
+
 /// Sets the tick period from `on_configure`; when the host refuses, logs it and returns
 /// `false` (the filter then rejects the configuration).
 pub fn start_ticks(filter: FilterKind, period_ms: u64) -> bool {
-    let ok = host::set_tick_period(std::time::Duration::from_millis(period_ms)).is_ok();
+    let ok = tick_every(period_ms);
     if !ok {
         log(
             LogLevel::Error,

@@ -17,7 +17,6 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::Duration;
 
 use modelgate_core::config::FilterKind;
 use modelgate_core::flow::{self, Entry, FlowQueue, Push};
@@ -41,6 +40,7 @@ use modelgate_glue::{host, log};
 
 // The request body and trailers wait while a request is held; the response body and trailers
 // carry nothing it reads.
+#[cfg(feature = "export")]
 modelgate_glue::export_filter!(
     ShedRoot,
     [
@@ -206,7 +206,7 @@ struct Active {
 }
 
 #[derive(Default)]
-struct ShedRoot {
+pub struct ShedRoot {
     active: Option<Active>,
 }
 
@@ -224,8 +224,8 @@ impl Root for ShedRoot {
         true
     }
 
-    fn on_configure(&mut self, size: usize) -> bool {
-        let Some(config) = modelgate_glue::configure::<ShedConfig>(size) else {
+    fn on_configure(&mut self, config: &[u8]) -> bool {
+        let Some(config) = modelgate_glue::configure::<ShedConfig>(config) else {
             return false;
         };
         let scraper = config.scrape.clone().map(Scraper::new);
@@ -356,7 +356,7 @@ impl Active {
             _ => self.config.tick_ms,
         };
         drop(vm);
-        if want != self.tick_ms && host::set_tick_period(Duration::from_millis(want)).is_ok() {
+        if want != self.tick_ms && modelgate_glue::tick_every(want) {
             self.tick_ms = want;
         }
     }
@@ -384,7 +384,7 @@ impl Active {
     }
 }
 
-struct ShedHttp {
+pub struct ShedHttp {
     /// This stream's context id (how the root context finds it to resume it).
     id: u32,
     config: Rc<ShedConfig>,

@@ -23,6 +23,7 @@ use modelgate_glue::stats::EnvoyStats;
 use modelgate_glue::types::{Action, BufferType, MapType};
 
 // Trailers carry nothing it counts.
+#[cfg(feature = "export")]
 modelgate_glue::export_filter!(
     MetricsRoot,
     [
@@ -58,7 +59,7 @@ struct Active {
 }
 
 #[derive(Default)]
-struct MetricsRoot {
+pub struct MetricsRoot {
     active: Option<Active>,
 }
 
@@ -76,8 +77,8 @@ impl Root for MetricsRoot {
         true
     }
 
-    fn on_configure(&mut self, size: usize) -> bool {
-        let Some(config) = modelgate_glue::configure::<MetricsConfig>(size) else {
+    fn on_configure(&mut self, config: &[u8]) -> bool {
+        let Some(config) = modelgate_glue::configure::<MetricsConfig>(config) else {
             return false;
         };
         let scraper = config.scrape.clone().map(Scraper::new);
@@ -146,7 +147,7 @@ impl Active {
     }
 }
 
-struct MetricsHttp {
+pub struct MetricsHttp {
     shared: Rc<Shared>,
     /// `None` for requests that are not counted.
     tracker: Option<RequestTracker>,

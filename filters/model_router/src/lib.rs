@@ -29,6 +29,7 @@ use modelgate_glue::{host, now_ms, send_error};
 const WINDOW: usize = 8192;
 
 // The request alone decides the route; nothing on the response or at the end.
+#[cfg(feature = "export")]
 modelgate_glue::export_filter!(
     RouterRoot,
     [request_headers, request_body, request_trailers]
@@ -60,7 +61,7 @@ fn seed() -> u64 {
 }
 
 #[derive(Default)]
-struct RouterRoot {
+pub struct RouterRoot {
     /// Shared with every stream started after the last `on_configure`.
     router: Option<Rc<Router>>,
 }
@@ -73,8 +74,8 @@ impl Root for RouterRoot {
         true
     }
 
-    fn on_configure(&mut self, size: usize) -> bool {
-        self.router = modelgate_glue::configure::<Router>(size).map(Rc::new);
+    fn on_configure(&mut self, config: &[u8]) -> bool {
+        self.router = modelgate_glue::configure::<Router>(config).map(Rc::new);
         self.router.is_some()
     }
 
@@ -102,7 +103,7 @@ enum Phase {
     Counting,
 }
 
-struct RouterHttp {
+pub struct RouterHttp {
     router: Rc<Router>,
     phase: Phase,
     body: BodyRouting,

@@ -20,6 +20,7 @@ use modelgate_glue::poll::{CallResponse, InFlight, SnapshotReader};
 use modelgate_glue::types::{Action, LogLevel, MapType};
 
 // Only the request's `:path` decides: no other stream callback.
+#[cfg(feature = "export")]
 modelgate_glue::export_filter!(GateRoot, [request_headers]);
 
 /// Configured state of one VM's root context.
@@ -34,7 +35,7 @@ struct Active {
 }
 
 #[derive(Default)]
-struct GateRoot {
+pub struct GateRoot {
     active: Option<Active>,
 }
 
@@ -70,8 +71,8 @@ impl Root for GateRoot {
         true
     }
 
-    fn on_configure(&mut self, size: usize) -> bool {
-        let Some(config) = modelgate_glue::configure::<ReadinessConfig>(size).map(Rc::new) else {
+    fn on_configure(&mut self, config: &[u8]) -> bool {
+        let Some(config) = modelgate_glue::configure::<ReadinessConfig>(config).map(Rc::new) else {
             return false;
         };
         if !modelgate_glue::start_ticks(FilterKind::ReadinessGate, config.tick_ms()) {
@@ -176,7 +177,7 @@ impl Active {
     }
 }
 
-struct GateRequest {
+pub struct GateRequest {
     config: Rc<ReadinessConfig>,
     gate: Rc<RefCell<GateState>>,
 }
