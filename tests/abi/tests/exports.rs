@@ -68,6 +68,19 @@ const MODULES: &[(&str, &[&str], u64)] = &[
         ],
         7,
     ),
+    // The gateway's four filters in one module: every callback any of them uses, once.
+    (
+        "chain",
+        &[
+            "proxy_on_request_headers",
+            "proxy_on_request_body",
+            "proxy_on_request_trailers",
+            "proxy_on_response_headers",
+            "proxy_on_response_body",
+            "proxy_on_log",
+        ],
+        36,
+    ),
 ];
 
 fn shipped() -> impl Iterator<Item = (&'static str, &'static [&'static str], u64)> {
@@ -94,8 +107,33 @@ fn each_module_exports_exactly_its_callbacks() {
     }
 }
 
-/// The module's configuration in `envoy/gateway.yaml` (the gate's in `envoy/sidecar.yaml`).
+/// The module's configuration in `envoy/gateway.yaml` (the gate's in `envoy/sidecar.yaml`);
+/// the chain's: the gateway's filters, in order, with their configurations.
 fn shipped_config(module: &str) -> Plugin {
+    if module == "chain" {
+        let gateway: Vec<Plugin> = plugins()
+            .into_iter()
+            .filter(|p| p.file.ends_with("envoy/gateway.yaml"))
+            .collect();
+        let stages: Vec<String> = gateway
+            .iter()
+            .map(|p| {
+                format!(
+                    r#"{{"name": "{}", "config": {}}}"#,
+                    p.module, p.configuration
+                )
+            })
+            .collect();
+        let first = gateway.first().expect("envoy/gateway.yaml has filters");
+        return Plugin {
+            module: "chain".into(),
+            root_id: "chain".into(),
+            configuration: format!(r#"{{"filters": [{}]}}"#, stages.join(",")),
+            // The router pauses in request headers.
+            allow_stop: true,
+            ..first.clone()
+        };
+    }
     let file = if module == "readiness_gate" {
         "sidecar.yaml"
     } else {
