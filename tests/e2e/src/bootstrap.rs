@@ -32,6 +32,7 @@ pub struct Shipped {
     file: String,
     vars: Vec<(String, String)>,
     edits: Vec<Edit>,
+    as_chain: bool,
 }
 
 impl Shipped {
@@ -44,7 +45,15 @@ impl Shipped {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             edits: Vec::new(),
+            as_chain: false,
         }
+    }
+
+    /// The same modelgate filters, with the same configurations (after the other edits),
+    /// as one `chain` module (dist/chain.wasm) in their place.
+    pub fn as_chain(mut self) -> Self {
+        self.as_chain = true;
+        self
     }
 
     /// `envoy/sidecar.yaml` on `ports` in front of the model server on `model_server`,
@@ -185,6 +194,11 @@ impl Shipped {
         for edit in &self.edits {
             edit(&mut root);
         }
+        if self.as_chain {
+            for hcm in connection_managers(&mut root) {
+                into_chain(&mut hcm["http_filters"]);
+            }
+        }
         serde_yaml::to_string(&root).expect("bootstrap YAML")
     }
 
@@ -230,6 +244,43 @@ fn connection_managers(root: &mut Value) -> Vec<&mut Value> {
         }
     }
     out
+}
+
+/// Replaces the modelgate filters of `filters` by one `chain` filter where the first was.
+fn into_chain(filters: &mut Value) {
+    let Some(list) = filters.as_array_mut() else {
+        return;
+    };
+    let ours = |f: &Value| {
+        f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&wasm_dir()))
+    };
+    let Some(at) = list.iter().position(ours) else {
+        return;
+    };
+    let stages: Vec<Value> = list
+        .iter()
+        .filter(|f| ours(f))
+        .map(|f| {
+            let c = &f["typed_config"]["config"];
+            let config: Value = c["configuration"]["value"]
+                .as_str()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or(Value::Null);
+            json!({"name": c["root_id"], "config": config})
+        })
+        .collect();
+    let mut chain = list[at].clone();
+    let c = &mut chain["typed_config"]["config"];
+    c["name"] = json!("chain");
+    c["root_id"] = json!("chain");
+    c["allow_on_headers_stop_iteration"] = json!(true);
+    c["vm_config"]["code"]["local"]["filename"] = json!(format!("{}/chain.wasm", wasm_dir()));
+    c["configuration"]["value"] = json!(json!({"filters": stages}).to_string());
+    chain["name"] = json!("modelgate.chain");
+    list.retain(|f| !ours(f));
+    list.insert(at, chain);
 }
 
 /// The HTTP filters of wasm module `module` (by root id) in every listener; panics when

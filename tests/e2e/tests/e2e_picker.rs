@@ -10,16 +10,38 @@ use std::time::Duration;
 use modelgate_e2e::*;
 use serde_json::{json, Value};
 
+/// The shipped gateway's filters as separate modules, or as one `chain` module.
+fn gateway(sims: &[Sim; 3], as_chain: bool) -> Shipped {
+    let shipped = Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port]);
+    if as_chain {
+        shipped.as_chain()
+    } else {
+        shipped
+    }
+}
+
 #[test]
 fn the_picker_keeps_prefixes_on_pods_and_clients_cannot_steer() {
-    let dir = scratch_dir("e2e-picker");
+    keeps_prefixes_on_pods(false);
+}
+
+#[test]
+fn the_chain_module_keeps_prefixes_on_pods_and_clients_cannot_steer() {
+    keeps_prefixes_on_pods(true);
+}
+
+fn keeps_prefixes_on_pods(as_chain: bool) {
+    let dir = scratch_dir(if as_chain {
+        "e2e-picker-chain"
+    } else {
+        "e2e-picker"
+    });
     let sims = [
         Sim::fast(&dir, "a", "llama-3-8b"),
         Sim::fast(&dir, "b", "llama-3-8b"),
         Sim::fast(&dir, "c", "qwen-2-7b"),
     ];
-    let envoy = Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port])
-        .start(&dir, "gateway");
+    let envoy = gateway(&sims, as_chain).start(&dir, "gateway");
     let url = format!("http://127.0.0.1:{}/v1/chat/completions", envoy.port);
     let chat = |body: &Value, headers: &[(&str, &str)]| {
         let r = post_json(&url, body, headers);
@@ -91,13 +113,27 @@ fn the_picker_keeps_prefixes_on_pods_and_clients_cannot_steer() {
 /// the first pod that finishes, and every request is served.
 #[test]
 fn a_saturated_pool_holds_a_request_then_serves_it() {
-    let dir = scratch_dir("e2e-picker-flow");
+    holds_then_serves(false);
+}
+
+/// The picker, last in the chain module, holds and resumes requests the same way.
+#[test]
+fn the_chain_module_holds_a_request_then_serves_it() {
+    holds_then_serves(true);
+}
+
+fn holds_then_serves(as_chain: bool) {
+    let dir = scratch_dir(if as_chain {
+        "e2e-picker-flow-chain"
+    } else {
+        "e2e-picker-flow"
+    });
     let sims = [
         Sim::fast_with_ttft(&dir, "a", "llama-3-8b", 2000),
         Sim::fast_with_ttft(&dir, "b", "llama-3-8b", 2000),
         Sim::fast(&dir, "c", "qwen-2-7b"),
     ];
-    let envoy = Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port])
+    let envoy = gateway(&sims, as_chain)
         // Standard (critical is never held), and one request in flight saturates a pod.
         .plugin_config("model_router", |c| {
             c["models"][0]["criticality"] = json!("standard");
