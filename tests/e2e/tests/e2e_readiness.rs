@@ -115,13 +115,32 @@ fn assert_gone(pids: &[u32]) {
 
 #[test]
 fn gates_until_ready_and_again_when_unhealthy() {
-    let dir = scratch_dir("readiness");
+    gates_until_ready(false);
+}
+
+/// The sidecar's filters as one `chain` module: the gate's refusals are the module's own
+/// local replies, and its ml_metrics, before the gate, still counts them.
+#[test]
+fn the_chain_module_gates_until_ready_and_counts_its_refusals() {
+    gates_until_ready(true);
+}
+
+fn gates_until_ready(as_chain: bool) {
+    let dir = scratch_dir(if as_chain {
+        "readiness-chain"
+    } else {
+        "readiness"
+    });
     // Envoy first, so the sim's start-up delay is not used up while Envoy compiles the
     // module on a busy machine.
     let sim_port = free_port();
-    let envoy = Shipped::sidecar(Ports::free(), sim_port, MODEL)
-        .readiness_period(PERIOD)
-        .start(&dir, "envoy");
+    let shipped = Shipped::sidecar(Ports::free(), sim_port, MODEL).readiness_period(PERIOD);
+    let shipped = if as_chain {
+        shipped.as_chain()
+    } else {
+        shipped
+    };
+    let envoy = shipped.start(&dir, "envoy");
     let p = envoy.port;
 
     // Nothing behind the gate yet: refused by the gate itself.
@@ -183,6 +202,21 @@ fn gates_until_ready_and_again_when_unhealthy() {
         count(&log, "ready -> not_ready (health: status 503)"),
         1,
         "{log}"
+    );
+
+    // ml_metrics runs before the gate and counts each refusal (3 chat requests above, and
+    // those of the waits), flushed on its tick.
+    let gated = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("ml_requests_gated_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || gated(&envoy.prometheus_stats())
+            >= 3.0),
+        "refusals not counted:\n{}",
+        envoy.prometheus_stats()
     );
 
     let pids = [envoy.proc.pid(), sim.proc.pid()];
