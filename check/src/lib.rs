@@ -406,6 +406,8 @@ fn validate(filter: Filter, bytes: &[u8]) -> Result<Facts, ConfigError> {
     match filter {
         Filter::ReadinessGate => ReadinessConfig::parse(bytes).map(|_| Facts::Other),
         Filter::EndpointPicker => PickerConfig::parse(bytes).map(|_| Facts::Other),
+        // Each filter of the chain is validated; the cross-checks read separate filters.
+        Filter::Chain => modelgate_core::chain::ChainConfig::parse(bytes).map(|_| Facts::Other),
         Filter::ModelRouter => {
             let router = Router::parse(bytes)?;
             let mut names = BTreeSet::new();

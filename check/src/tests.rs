@@ -124,3 +124,22 @@ fn non_modelgate_wasm_filters_are_ignored() {
     let r = check("o.yaml", doc);
     assert_eq!((r.checked, r.problems.len()), (0, 0));
 }
+
+#[test]
+fn a_chain_is_checked_filter_by_filter() {
+    let chain = |router: &str| {
+        format!(
+            "static_resources:\n  listeners:\n  - filters:\n    - name: chain\n      typed_config:\n        \"@type\": {WASM_TYPE}\n        config:\n          root_id: chain\n          configuration:\n            value: '{{\"filters\": [{{\"name\": \"model_router\", \"config\": {router}}}]}}'\n",
+        )
+    };
+    let ok = check("c.yaml", &chain(r#"{"models": [{"name": "a"}]}"#));
+    assert_eq!(ok.checked, 1);
+    assert!(ok.problems.is_empty(), "{:?}", ok.problems);
+    let bad = check(
+        "c.yaml",
+        &chain(r#"{"models": [{"name": "a", "criticality": "urgent"}]}"#),
+    );
+    let p = bad.problems.first().expect("a problem");
+    assert_eq!(p.at.filter, Some(Filter::Chain));
+    assert_eq!(p.field, "filters[0].config.models[0].criticality", "{p}");
+}
