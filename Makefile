@@ -74,7 +74,7 @@ oci: oci-wasm oci-loader
 	scripts/oci-pin.py
 
 oci-wasm: wasm
-	@for f in $(FILTERS); do printf '%s ' $$f; scripts/oci.py wasm $$f dist/$$f.wasm dist/oci/$$f $(OCI_TAG); done
+	@for f in $(MODULES); do printf '%s ' $$f; scripts/oci.py wasm $$f dist/$$f.wasm dist/oci/$$f $(OCI_TAG); done
 
 # glibc, statically linked (crt-static): the musl target is not assumed to be installed.
 oci-loader: setup
