@@ -3,8 +3,8 @@
 
   oci-pin.py [OCI_DIR [MANIFEST_DIR]]     (defaults: dist/oci, istio)
 
-Rewrites `<registry>/<name>@sha256:…` (or `:tag`) for every layout in OCI_DIR (readiness_gate,
-model_router, load_shedder, ml_metrics, modelgate-loader), and the `sha256:` that follows an
+Rewrites `<registry>/<name>@sha256:…` (or `:tag`) for every layout in OCI_DIR (each Wasm
+module, modelgate-loader) that istio/ references, and the `sha256:` that follows an
 EnvoyFilter's `oci://` uri: istio-agent compares it with the image's manifest digest.
 Push the layouts to the registry before applying (docs/istio.md, "Images").
 """
