@@ -170,6 +170,21 @@ impl Host {
         self.lock().metrics.clone()
     }
 
+    /// Sum over the tagged series of metric `name` whose labels include every `k=v` of
+    /// `labels` (Envoy's `k=.=v;.;` tag form); a histogram counts its samples.
+    pub fn metric_total(&self, name: &str, labels: &[(&str, &str)]) -> i64 {
+        self.metrics()
+            .iter()
+            .filter(|(n, _)| n.ends_with(&format!(";.;{name}")) || n.as_str() == name)
+            .filter(|(n, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| n.contains(&format!("{k}=.={v};.;")))
+            })
+            .map(|(_, m)| m.value.max(m.samples.len() as i64))
+            .sum()
+    }
+
     pub fn metric(&self, name: &str) -> Option<Metric> {
         self.lock().metrics.get(name).cloned()
     }

@@ -25,6 +25,22 @@ pub use vm::{
     dist_dir, module_path, CallCounts, CallOutcome, HttpCall, LogLevel, LogLine, Vm, VmBuilder,
 };
 
+/// The request headers of a chat completion POST with a JSON body of `len` bytes.
+pub fn chat_post_headers(len: usize) -> Vec<(&'static str, String)> {
+    vec![
+        (":method", "POST".into()),
+        (":path", "/v1/chat/completions".into()),
+        (":authority", "gw".into()),
+        ("content-type", "application/json".into()),
+        ("content-length", len.to_string()),
+    ]
+}
+
+/// Headers as the `&str` pairs the stream calls take.
+pub fn header_refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// Every way to cut a body of `len` bytes into two chunks (cut at 0..=len), for tests of
 /// streaming parsers. Add `[a, b]` pairs with [`two_cuts`] when three chunks matter.
 pub fn one_cut(len: usize) -> impl Iterator<Item = Vec<usize>> {

@@ -4,7 +4,7 @@
 //! context and one VM call per callback for all of them, and configuration errors that name
 //! the filter and its field.
 
-use modelgate_abi_tests::{one_cut, Action, Host, Vm};
+use modelgate_abi_tests::{chat_post_headers, header_refs, one_cut, Action, Host, Vm};
 
 const ROUTER: &str = r#"{"models": [{"name": "llama-3-8b", "aliases": ["llama3"]},
                                     {"name": "qwen-2-7b", "aliases": ["qwen"]}]}"#;
@@ -30,34 +30,6 @@ fn config(filters: &[(&str, &str)]) -> String {
     format!(r#"{{"filters": [{}]}}"#, stages.join(","))
 }
 
-/// Sum of the metric `name` over series whose labels include every `k=v` of `labels`.
-fn total(host: &Host, name: &str, labels: &[(&str, &str)]) -> i64 {
-    host.metrics()
-        .iter()
-        .filter(|(n, _)| n.ends_with(&format!(";.;{name}")) || n.as_str() == name)
-        .filter(|(n, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| n.contains(&format!("{k}=.={v};.;")))
-        })
-        .map(|(_, m)| m.value)
-        .sum()
-}
-
-fn post(len: usize) -> Vec<(&'static str, String)> {
-    vec![
-        (":method", "POST".into()),
-        (":path", "/v1/chat/completions".into()),
-        (":authority", "gw".into()),
-        ("content-type", "application/json".into()),
-        ("content-length", len.to_string()),
-    ]
-}
-
-fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
 #[test]
 fn metrics_then_router_route_and_count_at_every_chunk_boundary() {
     let host = Host::new();
@@ -70,8 +42,8 @@ fn metrics_then_router_route_and_count_at_every_chunk_boundary() {
     let mut n = 0;
     for cuts in one_cut(body.len()) {
         let mut req = vm.http();
-        let h = post(body.len());
-        assert_eq!(req.request_headers(&refs(&h), false), Action::Pause);
+        let h = chat_post_headers(body.len());
+        assert_eq!(req.request_headers(&header_refs(&h), false), Action::Pause);
         assert_eq!(
             req.request_body_split(body, &cuts),
             Action::Continue,
@@ -103,13 +75,13 @@ fn metrics_then_router_route_and_count_at_every_chunk_boundary() {
         ("code_class", "2xx"),
     ];
     assert_eq!(
-        total(&host, "ml_requests_total", &labels),
+        host.metric_total("ml_requests_total", &labels),
         n,
         "{:#?}",
         host.metrics().keys()
     );
     assert_eq!(
-        total(&host, "ml_tokens_total", &[("type", "prompt")]),
+        host.metric_total("ml_tokens_total", &[("type", "prompt")]),
         3 * n
     );
 }
@@ -121,8 +93,8 @@ fn a_local_reply_stops_the_later_filters() {
     // Before the first poll round the model is not ready: the gate answers 503 and the
     // router never sees the request.
     let mut req = vm.http();
-    let h = post(2);
-    assert_eq!(req.request_headers(&refs(&h), false), Action::Pause);
+    let h = chat_post_headers(2);
+    assert_eq!(req.request_headers(&header_refs(&h), false), Action::Pause);
     let reply = req.local_reply().expect("the gate answers");
     assert_eq!(reply.status, 503);
     assert_eq!(
@@ -153,8 +125,8 @@ fn one_context_and_one_call_per_callback_for_all_filters() {
     let body = br#"{"model":"llama3","messages":[]}"#;
     let before = vm.call_counts();
     let mut req = vm.http();
-    let h = post(body.len());
-    req.request_headers(&refs(&h), false);
+    let h = chat_post_headers(body.len());
+    req.request_headers(&header_refs(&h), false);
     req.request_body(body, true);
     req.response_headers(&[(":status", "200")], false);
     req.response_body(b"{}", true);

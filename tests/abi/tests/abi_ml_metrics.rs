@@ -14,20 +14,6 @@ fn metrics(host: &Host) -> Vm {
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Sum of the metrics named `name` whose labels include every `k=v` in `labels`.
-fn total(host: &Host, name: &str, labels: &[(&str, &str)]) -> i64 {
-    host.metrics()
-        .iter()
-        .filter(|(n, _)| n.ends_with(&format!(";.;{name}")) || n.as_str() == name)
-        .filter(|(n, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| n.contains(&format!("{k}=.={v};.;")))
-        })
-        .map(|(_, m)| m.value.max(m.samples.len() as i64))
-        .sum()
-}
-
 fn samples(host: &Host, name: &str) -> Vec<u64> {
     host.metrics()
         .iter()
@@ -91,13 +77,13 @@ fn a_json_completion_is_counted_with_its_tokens_at_every_chunk_boundary() {
         }
     }
     let l = [("requested_model", "llama-3-8b"), ("code_class", "2xx")];
-    assert_eq!(total(&host, "ml_requests_total", &l), n);
+    assert_eq!(host.metric_total("ml_requests_total", &l), n);
     assert_eq!(
-        total(&host, "ml_tokens_total", &[("type", "prompt")]),
+        host.metric_total("ml_tokens_total", &[("type", "prompt")]),
         11 * n
     );
     assert_eq!(
-        total(&host, "ml_tokens_total", &[("type", "completion")]),
+        host.metric_total("ml_tokens_total", &[("type", "completion")]),
         7 * n
     );
     assert!(samples(&host, "ml_request_duration_milliseconds")
@@ -138,12 +124,12 @@ fn a_streamed_completion_records_time_to_first_token_at_every_boundary() {
         n += 1;
     }
     assert_eq!(
-        total(&host, "ml_requests_total", &[("requested_model", "other")]),
+        host.metric_total("ml_requests_total", &[("requested_model", "other")]),
         n,
         "`qwen` is not a listed model"
     );
     assert_eq!(
-        total(&host, "ml_tokens_total", &[("type", "completion")]),
+        host.metric_total("ml_tokens_total", &[("type", "completion")]),
         2 * n
     );
     assert_eq!(
@@ -179,14 +165,18 @@ fn local_replies_of_the_other_filters_are_counted_by_reason() {
         );
         req.response_body(br#"{"error":{"message":"no"}}"#, true);
         req.finish();
-        assert_eq!(total(&host, metric, &[("reason", value)]), 1, "{metric}");
+        assert_eq!(
+            host.metric_total(metric, &[("reason", value)]),
+            1,
+            "{metric}"
+        );
     }
     assert_eq!(
-        total(&host, "ml_requests_total", &[("code_class", "4xx")]),
+        host.metric_total("ml_requests_total", &[("code_class", "4xx")]),
         1
     );
     assert_eq!(
-        total(&host, "ml_requests_total", &[("code_class", "5xx")]),
+        host.metric_total("ml_requests_total", &[("code_class", "5xx")]),
         1
     );
 }
@@ -208,8 +198,7 @@ fn the_router_target_and_criticality_become_labels() {
     );
     req.finish();
     assert_eq!(
-        total(
-            &host,
+        host.metric_total(
             "ml_requests_total",
             &[("model_name", "qwen-2-7b"), ("criticality", "sheddable")]
         ),
@@ -228,7 +217,7 @@ fn requests_that_are_not_inference_are_not_counted() {
     let mut req = vm.http();
     req.request_headers(&[(":method", "POST"), (":path", "/admin")], true);
     req.finish();
-    assert_eq!(total(&host, "ml_requests_total", &[]), 0);
+    assert_eq!(host.metric_total("ml_requests_total", &[]), 0);
 }
 
 #[test]
@@ -246,7 +235,7 @@ fn pod_metrics_follow_the_shared_snapshots_once_per_change() {
         a.tick();
         b.tick();
     }
-    assert_eq!(total(&host, "ml_model_healthy", &[]), 1);
+    assert_eq!(host.metric_total("ml_model_healthy", &[]), 1);
     assert_eq!(
         samples(&host, "ml_health_check_latency_milliseconds"),
         vec![12],
@@ -270,5 +259,5 @@ fn non_utf8_request_headers_do_not_trap() {
     req.request_body(br#"{"model":"llama-3-8b"}"#, true);
     req.response_headers(&[(":status", "200")], true);
     req.finish();
-    assert_eq!(total(&host, "ml_requests_total", &[]), 1);
+    assert_eq!(host.metric_total("ml_requests_total", &[]), 1);
 }

@@ -3,7 +3,9 @@
 //! routing headers, errors as local replies, /v1/models, trailers, pass-through, the
 //! weighted split from WASI random_get, and the stall without allow_on_headers_stop_iteration.
 
-use modelgate_abi_tests::{envoy_load_problems, module_path, one_cut, Action, Host, Vm};
+use modelgate_abi_tests::{
+    chat_post_headers, envoy_load_problems, header_refs, module_path, one_cut, Action, Host, Vm,
+};
 use serde_json::Value;
 
 const CONFIG: &str = r#"{
@@ -22,20 +24,6 @@ fn vm(config: &str) -> Vm {
         .expect("config accepted")
 }
 
-fn post_headers(len: usize) -> Vec<(&'static str, String)> {
-    vec![
-        (":method", "POST".into()),
-        (":path", "/v1/chat/completions".into()),
-        (":authority", "gw".into()),
-        ("content-type", "application/json".into()),
-        ("content-length", len.to_string()),
-    ]
-}
-
-fn as_refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
 #[test]
 fn module_loads_in_envoy() {
     let problems = envoy_load_problems(&module_path("model_router")).unwrap();
@@ -51,8 +39,8 @@ fn alias_rewrite_at_every_chunk_boundary() {
         String::from_utf8_lossy(body).replace(r#""model":"qwen""#, r#""model":"qwen-2-7b""#);
     for cuts in one_cut(body.len()) {
         let mut req = vm.http();
-        let h = post_headers(body.len());
-        assert_eq!(req.request_headers(&as_refs(&h), false), Action::Pause);
+        let h = chat_post_headers(body.len());
+        assert_eq!(req.request_headers(&header_refs(&h), false), Action::Pause);
         let last = req.request_body_split(body, &cuts);
         assert_eq!(last, Action::Continue, "cuts {cuts:?}");
         assert_eq!(
@@ -83,8 +71,8 @@ fn same_name_continues_at_the_model_without_the_rest() {
     let mut vm = vm(CONFIG);
     let head = br#"{"model":"llama-3-8b","messages":["#;
     let mut req = vm.http();
-    let h = post_headers(1000);
-    assert_eq!(req.request_headers(&as_refs(&h), false), Action::Pause);
+    let h = chat_post_headers(1000);
+    assert_eq!(req.request_headers(&header_refs(&h), false), Action::Pause);
     // The first chunk holds the model: the router decides and lets the body stream on.
     assert_eq!(req.request_body(head, false), Action::Continue);
     assert_eq!(
@@ -116,9 +104,9 @@ fn client_criticality_only_lowers() {
     ] {
         let body = format!(r#"{{"model":"{model}"}}"#);
         let mut req = vm.http();
-        let mut h = post_headers(body.len());
+        let mut h = chat_post_headers(body.len());
         h.push(("x-modelgate-criticality", client.to_string()));
-        req.request_headers(&as_refs(&h), false);
+        req.request_headers(&header_refs(&h), false);
         assert_eq!(req.request_body(body.as_bytes(), true), Action::Continue);
         assert_eq!(
             req.request_header("x-modelgate-criticality").as_deref(),
@@ -152,7 +140,7 @@ fn error_of(vm: &mut Vm, headers: &[(&str, &str)], body: Option<&[u8]>) -> (u32,
 #[test]
 fn errors_are_local_openai_replies() {
     let mut router = vm(CONFIG);
-    let json = |len: usize| post_headers(len);
+    let json = |len: usize| chat_post_headers(len);
     let cases: &[(&[u8], u32, &str)] = &[
         (b"{bad", 400, "invalid_json"),
         (br#"{"messages":[]}"#, 400, "missing_required_parameter"),
@@ -161,7 +149,7 @@ fn errors_are_local_openai_replies() {
     ];
     for (body, status, code) in cases {
         let h = json(body.len());
-        let (s, v) = error_of(&mut router, &as_refs(&h), Some(body));
+        let (s, v) = error_of(&mut router, &header_refs(&h), Some(body));
         assert_eq!(
             (s, v["error"]["code"].as_str().unwrap()),
             (*status, *code),
@@ -172,16 +160,16 @@ fn errors_are_local_openai_replies() {
     // once it has decided, the rest of the body is the model server's to check.
     let mut hashing = vm(r#"{"models":[{"name":"qwen"}],"prefix_affinity":{"chars":64}}"#);
     let body = br#"{"model":"qwen","model":"qwen"}"#;
-    let (s, v) = error_of(&mut hashing, &as_refs(&json(body.len())), Some(body));
+    let (s, v) = error_of(&mut hashing, &header_refs(&json(body.len())), Some(body));
     assert_eq!(
         (s, v["error"]["code"].as_str().unwrap()),
         (400, "invalid_value")
     );
-    let mut h = post_headers(10);
+    let mut h = chat_post_headers(10);
     h[3].1 = "text/plain".into();
-    assert_eq!(error_of(&mut router, &as_refs(&h), Some(b"x")).0, 415);
-    let h = post_headers(5000);
-    assert_eq!(error_of(&mut router, &as_refs(&h), None).0, 413);
+    assert_eq!(error_of(&mut router, &header_refs(&h), Some(b"x")).0, 415);
+    let h = chat_post_headers(5000);
+    assert_eq!(error_of(&mut router, &header_refs(&h), None).0, 413);
     // Growing past the limit while buffering (no content-length).
     let mut req = router.http();
     let h: Vec<(&str, &str)> = vec![
@@ -247,8 +235,8 @@ fn alias_is_rewritten_at_the_model_and_the_rest_streams() {
     let tail = b"1,2,3]}";
     let total = head.len() + tail.len();
     let mut req = vm.http();
-    let h = post_headers(total);
-    assert_eq!(req.request_headers(&as_refs(&h), false), Action::Pause);
+    let h = chat_post_headers(total);
+    assert_eq!(req.request_headers(&header_refs(&h), false), Action::Pause);
     // The first chunk holds the model: rewritten, routed, continued before the body ends.
     assert_eq!(req.request_body(head, false), Action::Continue);
     assert_eq!(
@@ -296,7 +284,7 @@ fn prefix_hash_is_set_from_the_first_chunk() {
     let mut vm = vm(r#"{"models":[{"name":"m"}],"prefix_affinity":{"chars":16}}"#);
     let hash_of = |vm: &mut Vm, first: &[u8]| {
         let mut req = vm.http();
-        req.request_headers(&as_refs(&post_headers(100_000)), false);
+        req.request_headers(&header_refs(&chat_post_headers(100_000)), false);
         // Decided on the first chunk although the body is far from its end.
         assert_eq!(req.request_body(first, false), Action::Continue);
         let h = req.request_header("x-modelgate-prefix-hash").unwrap();
@@ -354,7 +342,7 @@ fn weighted_split_uses_wasi_random() {
     let n = 2000;
     for _ in 0..n {
         let mut req = vm.http();
-        req.request_headers(&as_refs(&post_headers(body.len())), false);
+        req.request_headers(&header_refs(&chat_post_headers(body.len())), false);
         req.request_body(body, true);
         let target = req.request_header("x-modelgate-model").unwrap();
         let sent: Value = serde_json::from_slice(&req.forwarded_request_body()).unwrap();
@@ -381,7 +369,7 @@ fn without_the_knob_the_body_never_arrives() {
     let body = br#"{"model":"qwen"}"#;
     let mut req = vm.http();
     assert_eq!(
-        req.request_headers(&as_refs(&post_headers(body.len())), false),
+        req.request_headers(&header_refs(&chat_post_headers(body.len())), false),
         Action::Pause
     );
     assert_eq!(req.request_body(body, true), Action::NotCalled);
