@@ -31,14 +31,16 @@ SEED = int(os.environ.get("BENCH_SEED", "7"))
 PODS = 4
 DURATION_S = float(os.environ.get("BENCH_ROUTING_SECONDS", "20"))
 CONV_RATE = float(os.environ.get("BENCH_ROUTING_RATE", "2.5"))  # conversations started / s
-BURST = (10.0, 14.0, 3.0)  # from, to (s), rate multiplier
+# A flash crowd on the most popular application: from, to (s), rate multiplier; the extra
+# conversations all use system prompt 0, more than its pod alone can serve.
+BURST = (10.0, 14.0, 3.0)
 SYSTEM_PROMPTS = int(os.environ.get("BENCH_ROUTING_PROMPTS", "24"))
 MAX_TOKENS = 24
 SIM_ARGS = [
     "--max-num-seqs", "2", "--ttft-ms", "5", "--prefill-ms-per-token", "0.5",
     "--itl-ms", "5", "--kv-cache-tokens", os.environ.get("BENCH_ROUTING_KV", "24000"), "--max-model-len", "24000",
 ]
-ORCA_CAPACITY = 8  # running + waiting at utilisation 1 (sidecar and picker agree)
+ORCA_CAPACITY = int(os.environ.get("BENCH_ORCA_CAP", "32"))  # running + waiting at utilisation 1 (sidecar and picker agree)
 
 
 def log(*a):
@@ -182,8 +184,11 @@ def gateway_config(admin, listen, policy, sidecar_ports):
         filters += wasm_filter("endpoint_picker", {
             "pools": {MODEL: [f"127.0.0.1:{p}" for p in sidecar_ports]},
             "capacity": ORCA_CAPACITY,
-            "saturation": {"utilization": 0.9, "in_flight": 8},
-            "spill_slack": float(os.environ.get("BENCH_PICKER_SLACK", "4")),
+            "saturation": {"utilization": 0.9, "in_flight": ORCA_CAPACITY},
+            # Prefill 0.5 ms per uncached token, ~170 tokens per KB of this workload's JSON:
+            # 85 ms per KB; one request ahead in a 2-slot queue waits ~100 ms (prefill of
+            # its new turn ~75 ms + 24 tokens x 5 ms, over 2 slots).
+            "cold_prefill_per_kb": float(os.environ.get("BENCH_PICKER_COLD", "0.8")),
             "report_ttl": "2s",
         })
     hp = "\n                  hash_policy: [{ header: { header_name: x-modelgate-prefix-hash } }]" if ring else ""
@@ -267,11 +272,13 @@ def workload(seed):
     weights = [1 / (i + 1) for i in range(SYSTEM_PROMPTS)]
     convs, t = [], 0.0
     while t < DURATION_S:
-        rate = CONV_RATE * (BURST[2] if BURST[0] <= t < BURST[1] else 1.0)
+        burst = BURST[0] <= t < BURST[1]
+        rate = CONV_RATE * (BURST[2] if burst else 1.0)
         t += rng.expovariate(rate)
         turns = [(words(rng.randint(60, 250)), words(rng.randint(80, 250)), rng.uniform(0.2, 1.0))
                  for _ in range(rng.randint(3, 6))]
-        convs.append((t, rng.choices(systems, weights)[0], turns))
+        crowd = burst and rng.random() < 1 - 1 / BURST[2]
+        convs.append((t, systems[0] if crowd else rng.choices(systems, weights)[0], turns))
     return convs
 
 
@@ -381,7 +388,9 @@ def main():
           f"applications' system prompts (1000–2000 words, popularity ~ 1/rank) and multi-turn "
           f"conversations (3–6 turns, 60–250-word user turns, 80–250-word assistant turns "
           f"kept in the history, {MAX_TOKENS} streamed output tokens) starting at {CONV_RATE}/s "
-          f"for {DURATION_S:.0f} s, 3x from {BURST[0]:.0f} to {BURST[1]:.0f} s: {n} requests "
+          f"for {DURATION_S:.0f} s, and a flash crowd from {BURST[0]:.0f} to {BURST[1]:.0f} s "
+          f"({BURST[2]:.0f}x the rate, the extra conversations all on the most popular "
+          f"application, more than one pod can serve): {n} requests "
           f"per row, the same for each. Fresh pods (cold caches) for every row. TTFT and "
           f"latency in ms at the client; hit rate = prompt tokens found in the pods' prefix "
           f"caches (`vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total`); "
