@@ -1,10 +1,11 @@
 //! The endpoint picker's policy: per request, the pod of the request's pool to send it to,
-//! from the router's prefix hash and each pod's load. Pods are ranked for a prefix by
-//! rendezvous hashing (the same ranking on every gateway replica, no shared index); the
-//! request goes to the highest-ranked pod that is not saturated and whose load exceeds the
-//! least busy pod's by no more than what prefilling the request's prompt cold would cost
-//! elsewhere (`cold_prefill_per_kb` × its size), so a prefix sticks to one pod until waiting
-//! there costs more than moving, and then spills in a fixed order. When every pod is saturated, standard and
+//! from the router's prefix hash, the prompt's size and each pod's load. Pods are ranked for
+//! a prefix by rendezvous hashing (the same ranking on every gateway replica, no shared
+//! index); the request goes to the unsaturated pod where it starts soonest: its queue, plus
+//! a cold prefill of the prompt (`cold_prefill_per_kb` × its size) where the prefix is not
+//! cached — cached on the first-ranked pod and on those this gateway lately spilled it to
+//! ([`WarmIndex`]). So a prefix sticks to its pod until waiting there costs more than
+//! moving. When every pod is saturated, standard and
 //! sheddable requests wait in the gateway (with a `flow` block: [`Pick::Wait`], released to
 //! the first pod with room) or, without one, sheddable requests are shed and the rest queue
 //! on the least busy pod. The proxy-wasm side is `filters/endpoint_picker`.

@@ -503,3 +503,56 @@ fn reports_add_pods_and_silent_discovered_pods_are_forgotten() {
         }
     );
 }
+
+#[test]
+fn spills_return_to_the_pod_that_got_the_prefix_until_it_goes_cold() {
+    // 4 KB at 1 request per KB: a cold prefill costs 4 requests of queue.
+    let cfg = config(r#", "cold_prefill_per_kb": 1"#);
+    let mut m = Members::new(&cfg.pools[0]);
+    let h = 21;
+    let home = pod_of(m.pick(&cfg, sized(h, 4), Criticality::Standard, 0));
+    m.loads[home].in_flight = 10;
+    let Pick::Pod {
+        index: spill,
+        reason: PickReason::Spill,
+    } = m.pick(&cfg, sized(h, 4), Criticality::Standard, 1_000)
+    else {
+        panic!("expected a spill")
+    };
+    // The spill pod now holds the prefix: 3 requests there beat a cold prefill on an idle pod.
+    m.loads[spill].in_flight = 3;
+    assert_eq!(
+        m.pick(&cfg, sized(h, 4), Criticality::Standard, 2_000),
+        Pick::Pod {
+            index: spill,
+            reason: PickReason::Spill
+        }
+    );
+    // Past WARM_MS without a request it is cold again: the idle pods win.
+    let later = 2_000 + WARM_MS + 1;
+    let p = pod_of(m.pick(&cfg, sized(h, 4), Criticality::Standard, later));
+    assert!(p != spill && p != home, "{p}");
+    // Another replica that never saw the prefix still sends it home while home is idle.
+    let mut fresh = Members::new(&cfg.pools[0]);
+    assert_eq!(
+        pod_of(fresh.pick(&cfg, sized(h, 4), Criticality::Standard, later)),
+        home
+    );
+}
+
+#[test]
+fn the_warm_index_keeps_the_latest_pods_of_each_prefix() {
+    let mut w = WarmIndex::default();
+    assert_eq!(w.pods(5, 0), [0; WARM_PODS]);
+    for (key, at) in [(11, 1), (12, 2), (13, 3), (14, 4)] {
+        w.note(5, key, at);
+    }
+    // A fifth pod replaces the least recent; a repeat refreshes in place.
+    w.note(5, 11, 5);
+    w.note(5, 15, 6);
+    let mut pods = w.pods(5, 6);
+    pods.sort();
+    assert_eq!(pods, [11, 13, 14, 15]);
+    // Another prefix has its own pods.
+    assert_eq!(w.pods(6, 6), [0; WARM_PODS]);
+}
