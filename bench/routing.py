@@ -174,6 +174,10 @@ POLICIES = {
 }
 
 
+def picker_cold():
+    return float(os.environ.get("BENCH_PICKER_COLD", "0.8"))
+
+
 def gateway_config(admin, listen, policy, sidecar_ports):
     body, ring, picker = POLICIES[policy]
     router = {"models": [{"name": MODEL, "criticality": "standard"}], "prefix_affinity": {"chars": 256}}
@@ -188,7 +192,7 @@ def gateway_config(admin, listen, policy, sidecar_ports):
             # Prefill 0.5 ms per uncached token, ~170 tokens per KB of this workload's JSON:
             # 85 ms per KB; one request ahead in a 2-slot queue waits ~100 ms (prefill of
             # its new turn ~75 ms + 24 tokens x 5 ms, over 2 slots).
-            "cold_prefill_per_kb": float(os.environ.get("BENCH_PICKER_COLD", "0.8")),
+            "cold_prefill_per_kb": picker_cold(),
             "report_ttl": "2s",
         })
     hp = "\n                  hash_policy: [{ header: { header_name: x-modelgate-prefix-hash } }]" if ring else ""
@@ -384,7 +388,9 @@ def main():
           f"prefill 5 ms + 0.5 ms per uncached prompt token; 5 ms per output token), each behind "
           f"a sidecar Envoy whose load shedder sends ORCA load reports; a gateway Envoy with "
           f"model_router (prefix hash over the first 256 characters of the system prompt and "
-          f"first user turn) and the cluster policy of the row. Workload: {SYSTEM_PROMPTS} "
+          f"first user turn) and the cluster policy of the row (the picker: "
+          f"`cold_prefill_per_kb` {picker_cold()}, `capacity` {ORCA_CAPACITY}, saturated at "
+          f"{ORCA_CAPACITY} in flight or utilisation 0.9). Workload: {SYSTEM_PROMPTS} "
           f"applications' system prompts (1000–2000 words, popularity ~ 1/rank) and multi-turn "
           f"conversations (3–6 turns, 60–250-word user turns, 80–250-word assistant turns "
           f"kept in the history, {MAX_TOKENS} streamed output tokens) starting at {CONV_RATE}/s "
@@ -404,8 +410,12 @@ def main():
               f"| {r['rps']:.1f} | {r['hit']:.1f}% | {r['errors']} | {picks} |")
     by = dict(rows)
     base, pk, two = by["round robin"], by["endpoint picker"], rows[-1][1]
+    ring, wrr = by["ring hash (prefix hash)"], by["ORCA weighted round robin"]
     print(f"\nEndpoint picker vs round robin: p99 TTFT {base['ttft99'] / pk['ttft99']:.1f}x lower, "
-          f"throughput {pk['rps'] / base['rps']:.2f}x. A second gateway replica (requests split "
+          f"throughput {pk['rps'] / base['rps']:.2f}x. Vs ring hash: p99 TTFT "
+          f"{ring['ttft99'] / pk['ttft99']:.2f}x lower, hit rate {pk['hit'] - ring['hit']:+.1f} points; "
+          f"vs ORCA weighted round robin: p99 TTFT {wrr['ttft99'] / pk['ttft99']:.2f}x lower, hit rate "
+          f"{pk['hit'] - wrr['hit']:+.1f} points. A second gateway replica (requests split "
           f"at random between the two): hit rate {two['hit'] - pk['hit']:+.1f} points. "
           f"Single runs on a shared 2-core machine: differences of ~10% between rows are "
           f"within run-to-run noise.\n")
