@@ -102,8 +102,7 @@ pub struct PickerConfig {
     /// A pod with this many of this proxy's requests in flight is saturated.
     pub max_in_flight: u32,
     /// What prefilling 1 KB of prompt on a pod that does not hold it costs, in requests
-    /// of queue: a request spills only when its pod is busier than the least busy pod by
-    /// more than its cold prefill costs.
+    /// of queue (how [`PickerConfig::pick`] weighs moving against waiting).
     pub cold_prefill_per_kb: f64,
     /// Requests a pod runs at utilisation 1 (the sidecar shedder's `orca.capacity`).
     pub capacity: f64,
