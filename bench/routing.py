@@ -53,6 +53,25 @@ def free_port():
         return s.getsockname()[1]
 
 
+# The pods' addresses are fixed (one loopback IP each, one port), so prefix placement by
+# ring hash and by the picker's rendezvous hashing depends on the seed only, not on which
+# ports were free: every run of a seed is the same experiment.
+POD_PORT = int(os.environ.get("BENCH_ROUTING_POD_PORT", "18080"))
+
+
+def pod_address(i):
+    host = f"127.0.1.{i + 1}"
+    with socket.socket() as s:
+        # As Envoy's listener: connections of the previous row in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, POD_PORT))
+        except OSError as e:
+            raise SystemExit(f"routing bench: {host}:{POD_PORT} is not free ({e}); "
+                             f"set BENCH_ROUTING_POD_PORT")
+    return f"{host}:{POD_PORT}"
+
+
 def wasm_filter(name, config, stop_iteration=False):
     knob = "\n                allow_on_headers_stop_iteration: true" if stop_iteration else ""
     cfg = json.dumps(config)
@@ -73,10 +92,12 @@ def wasm_filter(name, config, stop_iteration=False):
 
 
 def envoy_config(admin, listen, filters, cluster_name, cluster_body, endpoints, hash_policy=""):
+    """`listen` and `endpoints`: "IP:port"."""
     eps = "\n".join(
-        f"        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }}"
-        for p in endpoints
+        f"        - endpoint: {{ address: {{ socket_address: {{ address: {a.split(':')[0]}, port_value: {a.split(':')[1]} }} }} }}"
+        for a in endpoints
     )
+    listen_ip, listen_port = listen.split(":")
     return f"""
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
@@ -88,7 +109,7 @@ stats_config:
 static_resources:
   listeners:
   - name: l
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    address: {{ socket_address: {{ address: {listen_ip}, port_value: {listen_port} }} }}
     per_connection_buffer_limit_bytes: 8388608
     filter_chains:
     - filters:
@@ -132,7 +153,8 @@ def sidecar_config(admin, listen, sim_port):
         "on_stale": "admit",
         "orca": {"capacity": ORCA_CAPACITY, "window": "500ms"},
     }
-    return envoy_config(admin, listen, wasm_filter("load_shedder", shed), "model_server", "", [sim_port])
+    return envoy_config(admin, listen, wasm_filter("load_shedder", shed), "model_server", "",
+                        [f"127.0.0.1:{sim_port}"])
 
 
 POLICIES = {
@@ -178,7 +200,7 @@ def picker_cold():
     return float(os.environ.get("BENCH_PICKER_COLD", "0.8"))
 
 
-def gateway_config(admin, listen, policy, sidecar_ports):
+def gateway_config(admin, listen, policy, pods):
     body, ring, picker = POLICIES[policy]
     router = {"models": [{"name": MODEL, "criticality": "standard"}], "prefix_affinity": {"chars": 256}}
     filters = wasm_filter("model_router", router, stop_iteration=True)
@@ -186,7 +208,7 @@ def gateway_config(admin, listen, policy, sidecar_ports):
                                             "trust_criticality_header": True})
     if picker:
         filters += wasm_filter("endpoint_picker", {
-            "pools": {MODEL: [f"127.0.0.1:{p}" for p in sidecar_ports]},
+            "pools": {MODEL: pods},
             "capacity": ORCA_CAPACITY,
             "saturation": {"utilization": 0.9, "in_flight": ORCA_CAPACITY},
             # Prefill 0.5 ms per uncached token, ~170 tokens per KB of this workload's JSON:
@@ -196,7 +218,7 @@ def gateway_config(admin, listen, policy, sidecar_ports):
             "report_ttl": "2s",
         })
     hp = "\n                  hash_policy: [{ header: { header_name: x-modelgate-prefix-hash } }]" if ring else ""
-    return envoy_config(admin, listen, filters, MODEL, body, sidecar_ports, hp)
+    return envoy_config(admin, listen, filters, MODEL, body, pods, hp)
 
 
 class Procs:
@@ -238,9 +260,9 @@ def wait_for(fn, what, bound_s=60):
     raise SystemExit(f"routing bench: {what} did not come up within {bound_s} s")
 
 
-def chat_ok(port):
+def chat_ok(addr):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "warm up"}], "max_tokens": 1}
-    return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=5).status_code == 200
+    return httpx.post(f"http://{addr}/v1/chat/completions", json=body, timeout=5).status_code == 200
 
 
 def prefix_counters(sim_ports):
@@ -335,7 +357,7 @@ def run_policy(policy, replicas=1):
     try:
         sims, sidecars = [], []
         for i in range(PODS):
-            sp, lp = free_port(), free_port()
+            sp, lp = free_port(), pod_address(i)
             procs.start(f"sim{i}", [SIM, "--port", str(sp), "--served-model-name", MODEL,
                                     "--pod-name", f"pod-{i}", *SIM_ARGS])
             procs.envoy(f"sidecar{i}", sidecar_config(free_port(), lp, sp))
@@ -344,11 +366,11 @@ def run_policy(policy, replicas=1):
         gateways, admins = [], []
         for r in range(replicas):
             gp, ap = free_port(), free_port()
-            procs.envoy(f"gateway{r}", gateway_config(ap, gp, policy, sidecars))
+            procs.envoy(f"gateway{r}", gateway_config(ap, f"127.0.0.1:{gp}", policy, sidecars))
             gateways.append(gp)
             admins.append(ap)
-        for p in sidecars + gateways:
-            wait_for(lambda p=p: chat_ok(p), f"port {p}")
+        for a in sidecars + [f"127.0.0.1:{g}" for g in gateways]:
+            wait_for(lambda a=a: chat_ok(a), a)
         q0, h0 = prefix_counters(sims)
         results, wall = asyncio.run(run_load(gateways, SEED))
         q1, h1 = prefix_counters(sims)
@@ -384,7 +406,8 @@ def main():
     n = rows[0][1]["requests"]
     print("## Routing quality: which pod gets each request\n")
     print(f"`bench/routing.sh` (seed {SEED}, all rows in one run): {PODS} `modelgate-sim` pods "
-          f"(2 slots; prefix cache of {SIM_ARGS[SIM_ARGS.index('--kv-cache-tokens') + 1]} tokens; "
+          f"at fixed addresses (127.0.1.1–{PODS}:{POD_PORT}, so where a prefix hashes to "
+          f"depends on the seed alone) (2 slots; prefix cache of {SIM_ARGS[SIM_ARGS.index('--kv-cache-tokens') + 1]} tokens; "
           f"prefill 5 ms + 0.5 ms per uncached prompt token; 5 ms per output token), each behind "
           f"a sidecar Envoy whose load shedder sends ORCA load reports; a gateway Envoy with "
           f"model_router (prefix hash over the first 256 characters of the system prompt and "
