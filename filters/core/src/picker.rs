@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::config::{ms_or, ConfigError, DurationMs, FilterConfig, FilterKind};
 use crate::flow::{Entry, FlowConfig, FlowJson, FlowQueue};
+use crate::shed_tables::HostReport;
 use crate::vocab::Criticality;
 
 /// Bounds on the configuration (label cardinality, per-request work).
@@ -342,6 +343,8 @@ pub struct PodLoad {
     pub in_flight: u32,
     /// The pod's latest ORCA utilisation, when fresh (it covers every gateway's traffic).
     pub utilization: Option<f64>,
+    /// The pod's running + waiting requests from the same report, when it carries them.
+    pub queue: Option<f64>,
 }
 
 /// Why a pod was chosen (the `reason` label of `ml_picker_picks_total`).
@@ -390,9 +393,13 @@ pub enum Pick {
 
 impl PickerConfig {
     /// The busyness the picker compares: this proxy's in-flight count, or the pod's
-    /// reported load in requests when that is higher (other gateways send to it too).
+    /// reported load in requests when that is higher (other gateways send to it too):
+    /// its queue, else utilisation × `capacity` (which counts KV-cache use as requests).
     pub fn busyness(&self, l: &PodLoad) -> f64 {
-        let reported = l.utilization.map_or(0.0, |u| u * self.capacity);
+        let reported = l
+            .queue
+            .or(l.utilization.map(|u| u * self.capacity))
+            .unwrap_or(0.0);
         f64::from(l.in_flight).max(reported)
     }
 
@@ -572,7 +579,8 @@ impl Members {
     }
 
     /// Takes one host's latest report; an unknown `IP:port` host joins (up to MAX_PODS).
-    pub fn report(&mut self, host: &str, utilization: f64, at_ms: u64) {
+    pub fn report(&mut self, host: &str, r: &HostReport) {
+        let at_ms = r.at_ms;
         let i = match self.pods.iter().position(|p| p.address == host) {
             Some(i) => i,
             None if self.pods.len() < MAX_PODS && host.parse::<SocketAddr>().is_ok() => {
@@ -586,7 +594,8 @@ impl Members {
         if let (Some(l), Some(t)) = (self.loads.get_mut(i), self.report_ms.get_mut(i)) {
             if at_ms >= *t {
                 *t = at_ms;
-                l.utilization = Some(utilization);
+                l.utilization = Some(r.utilization);
+                l.queue = r.queue;
             }
         }
     }
@@ -596,6 +605,7 @@ impl Members {
         for (l, t) in self.loads.iter_mut().zip(&self.report_ms) {
             if now_ms.saturating_sub(*t) > cfg.report_ttl_ms {
                 l.utilization = None;
+                l.queue = None;
             }
         }
         let mut i = self.configured;

@@ -19,6 +19,15 @@ fn sized(hash: u64, kb: u64) -> Option<Prefix> {
     Some(Prefix::new(hash, Some(kb * 1024)))
 }
 
+/// A report of utilisation `u` at `at_ms`, without a queue.
+fn util(u: f64, at_ms: u64) -> HostReport {
+    HostReport {
+        utilization: u,
+        queue: None,
+        at_ms,
+    }
+}
+
 fn pod_of(p: Pick) -> usize {
     match p {
         Pick::Pod { index, .. } => index,
@@ -244,7 +253,8 @@ fn saturated_pods_are_skipped_unless_all_are() {
     let mut all = vec![
         PodLoad {
             in_flight: 9,
-            utilization: None
+            utilization: None,
+            queue: None
         };
         4
     ];
@@ -271,7 +281,8 @@ fn with_flow_control_all_saturated_holds_standard_and_sheddable_never_critical()
     let mut loads = vec![
         PodLoad {
             in_flight: 2,
-            utilization: None
+            utilization: None,
+            queue: None
         };
         4
     ];
@@ -350,6 +361,7 @@ fn without_a_prefix_the_least_busy_pod_wins() {
     let loads = [3, 1, 0, 2].map(|n| PodLoad {
         in_flight: n,
         utilization: None,
+        queue: None,
     });
     assert_eq!(
         cfg.pick(None, pods, &loads, Criticality::Standard),
@@ -453,13 +465,13 @@ fn reports_add_pods_and_silent_discovered_pods_are_forgotten() {
     )
     .unwrap();
     let mut m = Members::new(&cfg.pools[0]);
-    m.report("10.0.0.2:80", 0.5, 1_000);
-    m.report("not-an-address", 0.5, 1_000);
-    m.report("10.0.0.1:80", 0.25, 1_000);
+    m.report("10.0.0.2:80", &util(0.5, 1_000));
+    m.report("not-an-address", &util(0.5, 1_000));
+    m.report("10.0.0.1:80", &util(0.25, 1_000));
     assert_eq!(m.pods.len(), 2);
     assert_eq!(m.loads[1].utilization, Some(0.5));
     // An older report does not overwrite a newer one.
-    m.report("10.0.0.2:80", 0.9, 500);
+    m.report("10.0.0.2:80", &util(0.9, 500));
     assert_eq!(m.loads[1].utilization, Some(0.5));
     // Stale after the TTL: the load is unknown, the pod stays.
     m.age(3_500, &cfg);
@@ -489,7 +501,7 @@ fn reports_add_pods_and_silent_discovered_pods_are_forgotten() {
         ),
         Pick::None
     );
-    m.report("10.0.0.9:80", 0.1, 1);
+    m.report("10.0.0.9:80", &util(0.1, 1));
     assert_eq!(
         empty.pick(
             Some(Prefix::from(1)),
@@ -555,4 +567,29 @@ fn the_warm_index_keeps_the_latest_pods_of_each_prefix() {
     assert_eq!(pods, [11, 13, 14, 15]);
     // Another prefix has its own pods.
     assert_eq!(w.pods(6, 6), [0; WARM_PODS]);
+}
+
+#[test]
+fn a_reported_queue_is_the_busyness_not_kv_cache_use() {
+    let cfg = config(r#", "capacity": 32"#);
+    // KV-cache use 0.25 (two long prompts running) would read as 8 requests; the queue
+    // in the same report says 2.
+    let mut m = Members::new(&cfg.pools[0]);
+    let mut r = util(0.25, 1_000);
+    assert_eq!(
+        cfg.busyness(&{
+            m.report("10.0.0.1:8000", &r);
+            m.loads[0]
+        }),
+        8.0
+    );
+    r.queue = Some(2.0);
+    r.at_ms = 1_100;
+    m.report("10.0.0.1:8000", &r);
+    assert_eq!(cfg.busyness(&m.loads[0]), 2.0);
+    // This gateway's own count still wins when higher; a stale report is dropped whole.
+    m.loads[0].in_flight = 5;
+    assert_eq!(cfg.busyness(&m.loads[0]), 5.0);
+    m.age(1_100 + cfg.report_ttl_ms + 1, &cfg);
+    assert_eq!((m.loads[0].utilization, m.loads[0].queue), (None, None));
 }

@@ -299,7 +299,7 @@ impl Active {
             pm.flush(counts, members);
             if let Some(hosts) = table.clusters.get(&pm.cluster) {
                 for (host, r) in hosts {
-                    members.report(host, r.utilization, r.at_ms);
+                    members.report(host, r);
                 }
             }
             members.age(now, &self.config);

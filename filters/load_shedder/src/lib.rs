@@ -709,6 +709,7 @@ impl ShedHttp {
             &host,
             HostReport {
                 utilization: report.utilization,
+                queue: report.queue,
                 at_ms: now,
             },
         );
