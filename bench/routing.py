@@ -31,14 +31,16 @@ SEED = int(os.environ.get("BENCH_SEED", "7"))
 PODS = 4
 DURATION_S = float(os.environ.get("BENCH_ROUTING_SECONDS", "20"))
 CONV_RATE = float(os.environ.get("BENCH_ROUTING_RATE", "2.5"))  # conversations started / s
-BURST = (10.0, 14.0, 3.0)  # from, to (s), rate multiplier
+# A flash crowd on the most popular application: from, to (s), rate multiplier; the extra
+# conversations all use system prompt 0, more than its pod alone can serve.
+BURST = (10.0, 14.0, 3.0)
 SYSTEM_PROMPTS = int(os.environ.get("BENCH_ROUTING_PROMPTS", "24"))
 MAX_TOKENS = 24
 SIM_ARGS = [
     "--max-num-seqs", "2", "--ttft-ms", "5", "--prefill-ms-per-token", "0.5",
     "--itl-ms", "5", "--kv-cache-tokens", os.environ.get("BENCH_ROUTING_KV", "24000"), "--max-model-len", "24000",
 ]
-ORCA_CAPACITY = 8  # running + waiting at utilisation 1 (sidecar and picker agree)
+ORCA_CAPACITY = int(os.environ.get("BENCH_ORCA_CAP", "32"))  # running + waiting at utilisation 1 (sidecar and picker agree)
 
 
 def log(*a):
@@ -49,6 +51,25 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The pods' addresses are fixed (one loopback IP each, one port), so prefix placement by
+# ring hash and by the picker's rendezvous hashing depends on the seed only, not on which
+# ports were free: every run of a seed is the same experiment.
+POD_PORT = int(os.environ.get("BENCH_ROUTING_POD_PORT", "18080"))
+
+
+def pod_address(i):
+    host = f"127.0.1.{i + 1}"
+    with socket.socket() as s:
+        # As Envoy's listener: connections of the previous row in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, POD_PORT))
+        except OSError as e:
+            raise SystemExit(f"routing bench: {host}:{POD_PORT} is not free ({e}); "
+                             f"set BENCH_ROUTING_POD_PORT")
+    return f"{host}:{POD_PORT}"
 
 
 def wasm_filter(name, config, stop_iteration=False):
@@ -71,10 +92,12 @@ def wasm_filter(name, config, stop_iteration=False):
 
 
 def envoy_config(admin, listen, filters, cluster_name, cluster_body, endpoints, hash_policy=""):
+    """`listen` and `endpoints`: "IP:port"."""
     eps = "\n".join(
-        f"        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }}"
-        for p in endpoints
+        f"        - endpoint: {{ address: {{ socket_address: {{ address: {a.split(':')[0]}, port_value: {a.split(':')[1]} }} }} }}"
+        for a in endpoints
     )
+    listen_ip, listen_port = listen.split(":")
     return f"""
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
@@ -86,7 +109,7 @@ stats_config:
 static_resources:
   listeners:
   - name: l
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    address: {{ socket_address: {{ address: {listen_ip}, port_value: {listen_port} }} }}
     per_connection_buffer_limit_bytes: 8388608
     filter_chains:
     - filters:
@@ -130,7 +153,8 @@ def sidecar_config(admin, listen, sim_port):
         "on_stale": "admit",
         "orca": {"capacity": ORCA_CAPACITY, "window": "500ms"},
     }
-    return envoy_config(admin, listen, wasm_filter("load_shedder", shed), "model_server", "", [sim_port])
+    return envoy_config(admin, listen, wasm_filter("load_shedder", shed), "model_server", "",
+                        [f"127.0.0.1:{sim_port}"])
 
 
 POLICIES = {
@@ -172,7 +196,11 @@ POLICIES = {
 }
 
 
-def gateway_config(admin, listen, policy, sidecar_ports):
+def picker_cold():
+    return float(os.environ.get("BENCH_PICKER_COLD", "0.8"))
+
+
+def gateway_config(admin, listen, policy, pods):
     body, ring, picker = POLICIES[policy]
     router = {"models": [{"name": MODEL, "criticality": "standard"}], "prefix_affinity": {"chars": 256}}
     filters = wasm_filter("model_router", router, stop_iteration=True)
@@ -180,14 +208,17 @@ def gateway_config(admin, listen, policy, sidecar_ports):
                                             "trust_criticality_header": True})
     if picker:
         filters += wasm_filter("endpoint_picker", {
-            "pools": {MODEL: [f"127.0.0.1:{p}" for p in sidecar_ports]},
+            "pools": {MODEL: pods},
             "capacity": ORCA_CAPACITY,
-            "saturation": {"utilization": 0.9, "in_flight": 8},
-            "spill_slack": float(os.environ.get("BENCH_PICKER_SLACK", "4")),
+            "saturation": {"utilization": 0.9, "in_flight": ORCA_CAPACITY},
+            # Prefill 0.5 ms per uncached token, ~170 tokens per KB of this workload's JSON:
+            # 85 ms per KB; one request ahead in a 2-slot queue waits ~100 ms (prefill of
+            # its new turn ~75 ms + 24 tokens x 5 ms, over 2 slots).
+            "cold_prefill_per_kb": picker_cold(),
             "report_ttl": "2s",
         })
     hp = "\n                  hash_policy: [{ header: { header_name: x-modelgate-prefix-hash } }]" if ring else ""
-    return envoy_config(admin, listen, filters, MODEL, body, sidecar_ports, hp)
+    return envoy_config(admin, listen, filters, MODEL, body, pods, hp)
 
 
 class Procs:
@@ -229,9 +260,9 @@ def wait_for(fn, what, bound_s=60):
     raise SystemExit(f"routing bench: {what} did not come up within {bound_s} s")
 
 
-def chat_ok(port):
+def chat_ok(addr):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "warm up"}], "max_tokens": 1}
-    return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=5).status_code == 200
+    return httpx.post(f"http://{addr}/v1/chat/completions", json=body, timeout=5).status_code == 200
 
 
 def prefix_counters(sim_ports):
@@ -267,11 +298,13 @@ def workload(seed):
     weights = [1 / (i + 1) for i in range(SYSTEM_PROMPTS)]
     convs, t = [], 0.0
     while t < DURATION_S:
-        rate = CONV_RATE * (BURST[2] if BURST[0] <= t < BURST[1] else 1.0)
+        burst = BURST[0] <= t < BURST[1]
+        rate = CONV_RATE * (BURST[2] if burst else 1.0)
         t += rng.expovariate(rate)
         turns = [(words(rng.randint(60, 250)), words(rng.randint(80, 250)), rng.uniform(0.2, 1.0))
                  for _ in range(rng.randint(3, 6))]
-        convs.append((t, rng.choices(systems, weights)[0], turns))
+        crowd = burst and rng.random() < 1 - 1 / BURST[2]
+        convs.append((t, systems[0] if crowd else rng.choices(systems, weights)[0], turns))
     return convs
 
 
@@ -324,7 +357,7 @@ def run_policy(policy, replicas=1):
     try:
         sims, sidecars = [], []
         for i in range(PODS):
-            sp, lp = free_port(), free_port()
+            sp, lp = free_port(), pod_address(i)
             procs.start(f"sim{i}", [SIM, "--port", str(sp), "--served-model-name", MODEL,
                                     "--pod-name", f"pod-{i}", *SIM_ARGS])
             procs.envoy(f"sidecar{i}", sidecar_config(free_port(), lp, sp))
@@ -333,11 +366,11 @@ def run_policy(policy, replicas=1):
         gateways, admins = [], []
         for r in range(replicas):
             gp, ap = free_port(), free_port()
-            procs.envoy(f"gateway{r}", gateway_config(ap, gp, policy, sidecars))
+            procs.envoy(f"gateway{r}", gateway_config(ap, f"127.0.0.1:{gp}", policy, sidecars))
             gateways.append(gp)
             admins.append(ap)
-        for p in sidecars + gateways:
-            wait_for(lambda p=p: chat_ok(p), f"port {p}")
+        for a in sidecars + [f"127.0.0.1:{g}" for g in gateways]:
+            wait_for(lambda a=a: chat_ok(a), a)
         q0, h0 = prefix_counters(sims)
         results, wall = asyncio.run(run_load(gateways, SEED))
         q1, h1 = prefix_counters(sims)
@@ -373,15 +406,20 @@ def main():
     n = rows[0][1]["requests"]
     print("## Routing quality: which pod gets each request\n")
     print(f"`bench/routing.sh` (seed {SEED}, all rows in one run): {PODS} `modelgate-sim` pods "
-          f"(2 slots; prefix cache of {SIM_ARGS[SIM_ARGS.index('--kv-cache-tokens') + 1]} tokens; "
+          f"at fixed addresses (127.0.1.1–{PODS}:{POD_PORT}, so where a prefix hashes to "
+          f"depends on the seed alone) (2 slots; prefix cache of {SIM_ARGS[SIM_ARGS.index('--kv-cache-tokens') + 1]} tokens; "
           f"prefill 5 ms + 0.5 ms per uncached prompt token; 5 ms per output token), each behind "
           f"a sidecar Envoy whose load shedder sends ORCA load reports; a gateway Envoy with "
           f"model_router (prefix hash over the first 256 characters of the system prompt and "
-          f"first user turn) and the cluster policy of the row. Workload: {SYSTEM_PROMPTS} "
+          f"first user turn) and the cluster policy of the row (the picker: "
+          f"`cold_prefill_per_kb` {picker_cold()}, `capacity` {ORCA_CAPACITY}, saturated at "
+          f"{ORCA_CAPACITY} in flight or utilisation 0.9). Workload: {SYSTEM_PROMPTS} "
           f"applications' system prompts (1000–2000 words, popularity ~ 1/rank) and multi-turn "
           f"conversations (3–6 turns, 60–250-word user turns, 80–250-word assistant turns "
           f"kept in the history, {MAX_TOKENS} streamed output tokens) starting at {CONV_RATE}/s "
-          f"for {DURATION_S:.0f} s, 3x from {BURST[0]:.0f} to {BURST[1]:.0f} s: {n} requests "
+          f"for {DURATION_S:.0f} s, and a flash crowd from {BURST[0]:.0f} to {BURST[1]:.0f} s "
+          f"({BURST[2]:.0f}x the rate, the extra conversations all on the most popular "
+          f"application, more than one pod can serve): {n} requests "
           f"per row, the same for each. Fresh pods (cold caches) for every row. TTFT and "
           f"latency in ms at the client; hit rate = prompt tokens found in the pods' prefix "
           f"caches (`vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total`); "
@@ -395,8 +433,12 @@ def main():
               f"| {r['rps']:.1f} | {r['hit']:.1f}% | {r['errors']} | {picks} |")
     by = dict(rows)
     base, pk, two = by["round robin"], by["endpoint picker"], rows[-1][1]
-    print(f"\nEndpoint picker vs round robin: p99 TTFT {base['ttft99'] / pk['ttft99']:.1f}x lower, "
-          f"throughput {pk['rps'] / base['rps']:.2f}x. A second gateway replica (requests split "
+    ring, wrr = by["ring hash (prefix hash)"], by["ORCA weighted round robin"]
+    print(f"\nEndpoint picker vs round robin: p99 TTFT {base['ttft99'] / pk['ttft99']:.2f}x lower, "
+          f"throughput {pk['rps'] / base['rps']:.2f}x. P99 TTFT and hit rate, picker against ring "
+          f"hash: {pk['ttft99']:.0f} vs {ring['ttft99']:.0f} ms, {pk['hit'] - ring['hit']:+.1f} "
+          f"points; against ORCA weighted round robin: {pk['ttft99']:.0f} vs {wrr['ttft99']:.0f} ms, "
+          f"{pk['hit'] - wrr['hit']:+.1f} points. A second gateway replica (requests split "
           f"at random between the two): hit rate {two['hit'] - pk['hit']:+.1f} points. "
           f"Single runs on a shared 2-core machine: differences of ~10% between rows are "
           f"within run-to-run noise.\n")

@@ -2,7 +2,9 @@
 # `make bench`: installs the load generators (Debian's wrk and h2load; not part of `make test`),
 # runs every section script bench/*.sh in name order (each prints a markdown section on stdout
 # and its progress on stderr) and writes BENCHMARKS.md from the machine facts and the sections.
-# BENCH_ONLY="proxy routing" runs only those sections (the file then says so).
+# BENCH_ONLY="proxy routing" runs only those sections and replaces only them in an existing
+# BENCHMARKS.md (matched by their `## ` title; each says it was rerun alone, when and at
+# which commit); without an existing file it writes one with those sections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,6 +41,30 @@ for s in bench/*.sh; do
   fi
   echo "[bench] section $name took $(( $(date +%s) - t0 ))s" >&2
 done
+
+if [ -n "${BENCH_ONLY:-}" ] && [ -f BENCHMARKS.md ]; then
+  note="_Rerun alone (\`BENCH_ONLY=\"$BENCH_ONLY\" make bench\`) on $(date -u '+%Y-%m-%d %H:%M UTC') at commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet 2>/dev/null || echo ' (with local changes)'), loadavg at the start $load0; the machine facts above are from the full run._"
+  for name in "${sections[@]}"; do
+    python3 - "$OUT/$name.md" "$note" <<'PY'
+import sys
+path, note = sys.argv[1], sys.argv[2]
+new = open(path).read().rstrip("\n").split("\n")
+title = new[0]
+new = [title, "", note] + new[1:]
+old = open("BENCHMARKS.md").read().rstrip("\n").split("\n")
+if title in old:
+    start = old.index(title)
+    end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
+    out = old[:start] + new + [""] + old[end:]
+else:
+    out = old + [""] + new
+open("BENCHMARKS.md", "w").write("\n".join(out).rstrip("\n") + "\n")
+PY
+  done
+  echo "[bench] replaced ${sections[*]} in BENCHMARKS.md in $(( $(date +%s) - start ))s" >&2
+  [ ${#failed[@]} -eq 0 ] || { echo "[bench] failed sections: ${failed[*]}" >&2; exit 1; }
+  exit 0
+fi
 
 {
   echo "# Benchmarks"

@@ -1,5 +1,6 @@
 //! ORCA load reports: the sidecar's `endpoint-load-metrics` header (utilisation and
-//! request rate, smoothed, built once per tick) and the gateway's parser of it.
+//! request rate, smoothed, and the server's queue, built once per tick) and the gateway's
+//! parser of it.
 
 use std::fmt::Write as _;
 
@@ -60,6 +61,19 @@ pub fn utilization(s: &QueueSnapshot, capacity: f64) -> f64 {
     u.clamp(0.0, MAX_UTILIZATION)
 }
 
+/// Requests at the server, running and waiting (`named_metrics.queue`); bounded like
+/// the utilisation.
+pub fn queue_of(s: &QueueSnapshot) -> f64 {
+    let q = s.running + s.waiting;
+    if q.is_nan() {
+        return 0.0;
+    }
+    q.clamp(0.0, MAX_QUEUE)
+}
+
+/// The largest queue reported or believed.
+pub const MAX_QUEUE: f64 = 1e6;
+
 /// Envoy ignores reports whose utilisation or rate is 0; these floors keep every report
 /// valid, and a small utilisation floor keeps an idle server attractive.
 pub const MIN_UTILIZATION: f64 = 0.001;
@@ -112,11 +126,13 @@ impl OrcaReporter {
         self.util
             .update(utilization(s, self.cfg.capacity), dt, self.cfg.window_ms);
         self.header.clear();
+        // The queue as scraped, unsmoothed: the endpoint picker compares pods by it.
         let _ = write!(
             self.header,
-            "TEXT application_utilization={:.4}, rps_fractional={:.4}",
+            "TEXT application_utilization={:.4}, rps_fractional={:.4}, named_metrics.queue={:.0}",
             self.utilization(),
-            self.rps()
+            self.rps(),
+            queue_of(s)
         );
         self.valid = true;
     }
@@ -140,13 +156,15 @@ impl OrcaReporter {
 pub struct OrcaReport {
     pub utilization: f64,
     pub rps: Option<f64>,
+    /// `named_metrics.queue`: the server's running + waiting requests.
+    pub queue: Option<f64>,
 }
 
 /// Parses the `TEXT k=v, k=v` form of `endpoint-load-metrics`. Like Envoy, takes
 /// `application_utilization` when positive, else `cpu_utilization`.
 pub fn parse_orca(value: &str) -> Option<OrcaReport> {
     let body = value.trim().strip_prefix("TEXT")?;
-    let (mut app, mut cpu, mut rps) = (None, None, None);
+    let (mut app, mut cpu, mut rps, mut queue) = (None, None, None, None);
     for pair in body.split(',') {
         let (k, v) = pair.split_once('=')?;
         let v: f64 = v.trim().parse().ok()?;
@@ -157,11 +175,16 @@ pub fn parse_orca(value: &str) -> Option<OrcaReport> {
             "application_utilization" => app = Some(v),
             "cpu_utilization" => cpu = Some(v),
             "rps_fractional" => rps = Some(v),
+            "named_metrics.queue" => queue = Some(v.min(MAX_QUEUE)),
             _ => {}
         }
     }
     let utilization = app.filter(|u| *u > 0.0).or(cpu)?;
-    Some(OrcaReport { utilization, rps })
+    Some(OrcaReport {
+        utilization,
+        rps,
+        queue,
+    })
 }
 
 #[cfg(test)]
@@ -193,6 +216,7 @@ mod tests {
         let parsed = parse_orca(h).unwrap();
         assert!((parsed.utilization - 0.5).abs() < 1e-3);
         assert!(parsed.rps.unwrap() > 19.0);
+        assert_eq!(parsed.queue, Some(5.0));
         // KV cache dominates when fuller than the request count says.
         let full = QueueSnapshot {
             kv_cache_usage: 0.9,

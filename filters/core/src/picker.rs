@@ -1,9 +1,11 @@
 //! The endpoint picker's policy: per request, the pod of the request's pool to send it to,
-//! from the router's prefix hash and each pod's load. Pods are ranked for a prefix by
-//! rendezvous hashing (the same ranking on every gateway replica, no shared index); the
-//! request goes to the highest-ranked pod that is not saturated and not busier than the
-//! least busy pod by more than `spill_slack`, so a prefix sticks to one pod until that pod
-//! is loaded and then spills in a fixed order. When every pod is saturated, standard and
+//! from the router's prefix hash, the prompt's size and each pod's load. Pods are ranked for
+//! a prefix by rendezvous hashing (the same ranking on every gateway replica, no shared
+//! index); the request goes to the unsaturated pod where it starts soonest: its queue, plus
+//! a cold prefill of the prompt (`cold_prefill_per_kb` × its size) where the prefix is not
+//! cached — cached on the first-ranked pod and on those this gateway lately spilled it to
+//! ([`WarmIndex`]). So a prefix sticks to its pod until waiting there costs more than
+//! moving. When every pod is saturated, standard and
 //! sheddable requests wait in the gateway (with a `flow` block: [`Pick::Wait`], released to
 //! the first pod with room) or, without one, sheddable requests are shed and the rest queue
 //! on the least busy pod. The proxy-wasm side is `filters/endpoint_picker`.
@@ -15,11 +17,14 @@ use serde::Deserialize;
 
 use crate::config::{ms_or, ConfigError, DurationMs, FilterConfig, FilterKind};
 use crate::flow::{Entry, FlowConfig, FlowJson, FlowQueue};
+use crate::shed_tables::HostReport;
 use crate::vocab::Criticality;
 
 /// Bounds on the configuration (label cardinality, per-request work).
 pub const MAX_POOLS: usize = 64;
 pub const MAX_PODS: usize = 256;
+/// The size a prompt without `content-length` (a chunked body) is priced at.
+pub const UNKNOWN_PROMPT_BYTES: u64 = 8 * 1024;
 
 /// The plugin configuration as written (JSON); see docs/endpoint-picker.md.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,7 +40,7 @@ pub struct PickerConfigJson {
     #[serde(default)]
     pub saturation: Option<SaturationJson>,
     #[serde(default)]
-    pub spill_slack: Option<f64>,
+    pub cold_prefill_per_kb: Option<f64>,
     #[serde(default)]
     pub capacity: Option<f64>,
     #[serde(default)]
@@ -97,8 +102,9 @@ pub struct PickerConfig {
     pub utilization_threshold: f64,
     /// A pod with this many of this proxy's requests in flight is saturated.
     pub max_in_flight: u32,
-    /// How much busier than the least busy pod the prefix's pod may be before spilling.
-    pub spill_slack: f64,
+    /// What prefilling 1 KB of prompt on a pod that does not hold it costs, in requests
+    /// of queue (how [`PickerConfig::pick`] weighs moving against waiting).
+    pub cold_prefill_per_kb: f64,
     /// Requests a pod runs at utilisation 1 (the sidecar shedder's `orca.capacity`).
     pub capacity: f64,
     pub report_ttl_ms: u64,
@@ -172,10 +178,10 @@ impl FilterConfig for PickerConfig {
         if max_in_flight == 0 {
             return Err(ConfigError::new("saturation.in_flight", "must be positive"));
         }
-        let spill_slack = raw.spill_slack.unwrap_or(4.0);
-        if !spill_slack.is_finite() || spill_slack < 0.0 {
+        let cold_prefill_per_kb = raw.cold_prefill_per_kb.unwrap_or(0.5);
+        if !cold_prefill_per_kb.is_finite() || cold_prefill_per_kb < 0.0 {
             return Err(ConfigError::new(
-                "spill_slack",
+                "cold_prefill_per_kb",
                 "must be a non-negative number",
             ));
         }
@@ -216,7 +222,7 @@ impl FilterConfig for PickerConfig {
             pools,
             utilization_threshold,
             max_in_flight,
-            spill_slack,
+            cold_prefill_per_kb,
             capacity,
             report_ttl_ms,
             tick_ms,
@@ -234,6 +240,102 @@ impl PickerConfig {
     }
 }
 
+/// A request's prompt prefix: the router's hash; when the request has a `content-length`,
+/// the prompt's size, which prices a cold prefill; and the pods besides the prefix's
+/// first-ranked one that likely hold it already ([`WarmIndex`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub hash: u64,
+    pub prompt_bytes: Option<u64>,
+    /// Keys of pods that were sent this prefix lately (0: none).
+    pub warm: [u64; WARM_PODS],
+}
+
+impl Prefix {
+    pub fn new(hash: u64, prompt_bytes: Option<u64>) -> Self {
+        Self {
+            hash,
+            prompt_bytes,
+            warm: [0; WARM_PODS],
+        }
+    }
+}
+
+impl From<u64> for Prefix {
+    /// A prefix of unknown size.
+    fn from(hash: u64) -> Self {
+        Self::new(hash, None)
+    }
+}
+
+/// How long a pod that was sent a prefix is taken to still hold it in its prefix cache.
+pub const WARM_MS: u64 = 30_000;
+/// Pods remembered per prefix (the most recently sent).
+pub const WARM_PODS: usize = 4;
+/// Prefixes remembered per pool; direct-mapped, a colliding prefix replaces the older.
+const WARM_SLOTS: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct WarmSlot {
+    hash: u64,
+    /// (pod key, time sent); key 0 = empty.
+    pods: [(u64, u64); WARM_PODS],
+}
+
+/// Which pods this gateway sent each prefix to lately: where it was spilled, and so where
+/// a later spill finds it cached. Only prices spills; the first-ranked pod needs no memory,
+/// so a replica that has not seen a prefix chooses as the others, by rendezvous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmIndex {
+    slots: Vec<WarmSlot>,
+}
+
+impl Default for WarmIndex {
+    fn default() -> Self {
+        Self {
+            slots: vec![WarmSlot::default(); WARM_SLOTS],
+        }
+    }
+}
+
+impl WarmIndex {
+    fn slot(hash: u64) -> usize {
+        (mix(hash) % WARM_SLOTS as u64) as usize
+    }
+
+    /// The keys of the pods sent `hash` within [`WARM_MS`] of `now_ms` (0: none).
+    pub fn pods(&self, hash: u64, now_ms: u64) -> [u64; WARM_PODS] {
+        match self.slots.get(Self::slot(hash)) {
+            Some(s) if s.hash == hash => s.pods.map(|(key, at)| {
+                if now_ms.saturating_sub(at) <= WARM_MS {
+                    key
+                } else {
+                    0
+                }
+            }),
+            _ => [0; WARM_PODS],
+        }
+    }
+
+    /// Remembers that `hash` was sent to the pod with `key` at `now_ms`.
+    pub fn note(&mut self, hash: u64, key: u64, now_ms: u64) {
+        let Some(s) = self.slots.get_mut(Self::slot(hash)) else {
+            return;
+        };
+        if s.hash != hash {
+            *s = WarmSlot {
+                hash,
+                ..WarmSlot::default()
+            };
+        }
+        if let Some(e) = s.pods.iter_mut().find(|(k, _)| *k == key) {
+            e.1 = now_ms;
+        } else if let Some(e) = s.pods.iter_mut().min_by_key(|(k, at)| (*k != 0, *at)) {
+            *e = (key, now_ms);
+        }
+    }
+}
+
 /// What the picker knows of one pod's load.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PodLoad {
@@ -241,6 +343,8 @@ pub struct PodLoad {
     pub in_flight: u32,
     /// The pod's latest ORCA utilisation, when fresh (it covers every gateway's traffic).
     pub utilization: Option<f64>,
+    /// The pod's running + waiting requests from the same report, when it carries them.
+    pub queue: Option<f64>,
 }
 
 /// Why a pod was chosen (the `reason` label of `ml_picker_picks_total`).
@@ -289,10 +393,21 @@ pub enum Pick {
 
 impl PickerConfig {
     /// The busyness the picker compares: this proxy's in-flight count, or the pod's
-    /// reported load in requests when that is higher (other gateways send to it too).
+    /// reported load in requests when that is higher (other gateways send to it too):
+    /// its queue, else utilisation × `capacity` (which counts KV-cache use as requests).
     pub fn busyness(&self, l: &PodLoad) -> f64 {
-        let reported = l.utilization.map_or(0.0, |u| u * self.capacity);
+        let reported = l
+            .queue
+            .or(l.utilization.map(|u| u * self.capacity))
+            .unwrap_or(0.0);
         f64::from(l.in_flight).max(reported)
+    }
+
+    /// What prefilling `prefix`'s whole prompt on a pod that does not hold it costs, in
+    /// requests of queue.
+    pub fn cold_cost(&self, prefix: &Prefix) -> f64 {
+        let bytes = prefix.prompt_bytes.unwrap_or(UNKNOWN_PROMPT_BYTES);
+        bytes as f64 / 1024.0 * self.cold_prefill_per_kb
     }
 
     /// Flow control: takes held requests from `queue`, best first, while some pod of
@@ -302,7 +417,8 @@ impl PickerConfig {
         &self,
         queue: &mut FlowQueue,
         members: &mut Members,
-        prefix_of: impl Fn(u32) -> Option<u64>,
+        prefix_of: impl Fn(u32) -> Option<Prefix>,
+        now_ms: u64,
         out: &mut Vec<(Entry, usize, PickReason)>,
     ) {
         let Some(fc) = self.flow.as_ref() else {
@@ -310,7 +426,7 @@ impl PickerConfig {
         };
         while !queue.is_empty() && self.has_room(&members.loads) {
             let Some(e) = queue.pop() else { break };
-            let pick = self.pick(prefix_of(e.id), &members.pods, &members.loads, e.class);
+            let pick = members.pick(self, prefix_of(e.id), e.class, now_ms);
             let load = match pick {
                 Pick::Pod { index, .. } => members.loads.get_mut(index),
                 _ => None,
@@ -344,7 +460,7 @@ impl PickerConfig {
     /// `prefix` hash and criticality `class`. No allocation; O(pods).
     pub fn pick(
         &self,
-        prefix: Option<u64>,
+        prefix: Option<Prefix>,
         pods: &[Pod],
         loads: &[PodLoad],
         class: Criticality,
@@ -362,7 +478,7 @@ impl PickerConfig {
                 least = Some((i, b));
             }
         }
-        let Some((least_i, min_busy)) = least else {
+        let Some((least_i, _)) = least else {
             return match least_any {
                 None => Pick::None,
                 Some(_) if self.flow.is_some() && class != Criticality::Critical => Pick::Wait,
@@ -379,33 +495,36 @@ impl PickerConfig {
                 reason: PickReason::LeastLoaded,
             };
         };
-        // Rendezvous: the top-scoring pod overall, and the top-scoring acceptable one.
-        let limit = min_busy + self.spill_slack;
-        let mut top: Option<(usize, u64)> = None;
-        let mut chosen: Option<(usize, u64)> = None;
+        // Rendezvous: the top-scoring pod holds the prefix, and so do the warm pods. The
+        // request goes where it starts soonest: at those after their queue, elsewhere after
+        // the queue and a cold prefill. Ties go to the higher-ranked pod.
+        let Some((home, _)) = candidates()
+            .map(|(i, (p, _))| (i, rendezvous(prefix.hash, p.key)))
+            .max_by_key(|&(_, score)| score)
+        else {
+            return Pick::None;
+        };
+        let cold = self.cold_cost(&prefix);
+        let mut chosen: Option<(usize, f64, u64)> = None;
         for (i, (p, l)) in candidates() {
-            let score = rendezvous(prefix, p.key);
-            if top.is_none_or(|(_, s)| score > s) {
-                top = Some((i, score));
+            if self.saturated(l) {
+                continue;
             }
-            let ok = !self.saturated(l) && self.busyness(l) <= limit;
-            if ok && chosen.is_none_or(|(_, s)| score > s) {
-                chosen = Some((i, score));
+            let holds = i == home || prefix.warm.contains(&p.key);
+            let cost = self.busyness(l) + if holds { 0.0 } else { cold };
+            let score = rendezvous(prefix.hash, p.key);
+            let better = chosen.is_none_or(|(_, c, s)| cost < c || (cost == c && score > s));
+            if better {
+                chosen = Some((i, cost, score));
             }
         }
-        match (chosen, top) {
-            (Some((c, _)), Some((t, _))) => Pick::Pod {
-                index: c,
-                reason: if c == t {
-                    PickReason::Affinity
-                } else {
-                    PickReason::Spill
-                },
-            },
-            // Unreachable in practice: the least busy unsaturated pod is acceptable.
-            _ => Pick::Pod {
-                index: least_i,
-                reason: PickReason::Spill,
+        let index = chosen.map_or(least_i, |(i, _, _)| i);
+        Pick::Pod {
+            index,
+            reason: if index == home {
+                PickReason::Affinity
+            } else {
+                PickReason::Spill
             },
         }
     }
@@ -422,6 +541,7 @@ pub struct Members {
     /// Time of the pod's latest report (0: none yet).
     report_ms: Vec<u64>,
     configured: usize,
+    warm: WarmIndex,
 }
 
 impl Members {
@@ -432,11 +552,35 @@ impl Members {
             loads: vec![PodLoad::default(); n],
             report_ms: vec![0; n],
             configured: n,
+            warm: WarmIndex::default(),
         }
     }
 
+    /// Picks a pod ([`PickerConfig::pick`]), the pods lately sent the prefix counted as
+    /// holding it, and remembers the choice.
+    pub fn pick(
+        &mut self,
+        cfg: &PickerConfig,
+        prefix: Option<Prefix>,
+        class: Criticality,
+        now_ms: u64,
+    ) -> Pick {
+        let prefix = prefix.map(|p| Prefix {
+            warm: self.warm.pods(p.hash, now_ms),
+            ..p
+        });
+        let pick = cfg.pick(prefix, &self.pods, &self.loads, class);
+        if let (Pick::Pod { index, .. }, Some(p)) = (pick, prefix) {
+            if let Some(pod) = self.pods.get(index) {
+                self.warm.note(p.hash, pod.key, now_ms);
+            }
+        }
+        pick
+    }
+
     /// Takes one host's latest report; an unknown `IP:port` host joins (up to MAX_PODS).
-    pub fn report(&mut self, host: &str, utilization: f64, at_ms: u64) {
+    pub fn report(&mut self, host: &str, r: &HostReport) {
+        let at_ms = r.at_ms;
         let i = match self.pods.iter().position(|p| p.address == host) {
             Some(i) => i,
             None if self.pods.len() < MAX_PODS && host.parse::<SocketAddr>().is_ok() => {
@@ -450,7 +594,8 @@ impl Members {
         if let (Some(l), Some(t)) = (self.loads.get_mut(i), self.report_ms.get_mut(i)) {
             if at_ms >= *t {
                 *t = at_ms;
-                l.utilization = Some(utilization);
+                l.utilization = Some(r.utilization);
+                l.queue = r.queue;
             }
         }
     }
@@ -460,6 +605,7 @@ impl Members {
         for (l, t) in self.loads.iter_mut().zip(&self.report_ms) {
             if now_ms.saturating_sub(*t) > cfg.report_ttl_ms {
                 l.utilization = None;
+                l.queue = None;
             }
         }
         let mut i = self.configured;

@@ -66,6 +66,9 @@ impl WorkerTable {
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
 pub struct HostReport {
     pub utilization: f64,
+    /// The server's running + waiting requests, when the sidecar reports them.
+    #[serde(default)]
+    pub queue: Option<f64>,
     pub at_ms: u64,
 }
 
@@ -98,6 +101,10 @@ impl PoolTable {
         } else {
             1.0
         };
+        report.queue = report
+            .queue
+            .filter(|q| q.is_finite())
+            .map(|q| q.clamp(0.0, crate::orca::MAX_QUEUE));
         if !self.clusters.contains_key(cluster) {
             self.clusters.insert(cluster.to_string(), BTreeMap::new());
         }
@@ -251,6 +258,7 @@ mod tests {
             "a:1",
             HostReport {
                 utilization: 0.9,
+                queue: None,
                 at_ms: 100,
             },
         );
@@ -259,6 +267,7 @@ mod tests {
             "b:1",
             HostReport {
                 utilization: 0.95,
+                queue: None,
                 at_ms: 100,
             },
         );
@@ -267,6 +276,7 @@ mod tests {
             "c:1",
             HostReport {
                 utilization: 0.2,
+                queue: None,
                 at_ms: 100,
             },
         );
@@ -278,6 +288,7 @@ mod tests {
             "c:1",
             HostReport {
                 utilization: 0.9,
+                queue: None,
                 at_ms: 200,
             },
         );
@@ -286,6 +297,7 @@ mod tests {
             "c:1",
             HostReport {
                 utilization: 0.1,
+                queue: None,
                 at_ms: 150,
             },
         ); // older: ignored
@@ -298,6 +310,7 @@ mod tests {
             "a:1",
             HostReport {
                 utilization: 0.1,
+                queue: None,
                 at_ms: 300,
             },
         );
@@ -310,6 +323,7 @@ mod tests {
     fn report(utilization: f64) -> HostReport {
         HostReport {
             utilization,
+            queue: None,
             at_ms: 100,
         }
     }

@@ -3,6 +3,7 @@
 //! itself is `modelgate_core::flow::FlowQueue`, one per pool.
 
 use modelgate_core::metrics::{MetricHost, MetricKind};
+use modelgate_core::picker::Prefix;
 use modelgate_core::shed_monitor::{add_share, FlowCounts, FlowOutcome, FLOW_BANDS};
 use modelgate_glue::stats::EnvoyStats;
 
@@ -22,7 +23,7 @@ pub enum HoldState {
 #[derive(Debug, Clone, Copy)]
 pub struct Hold {
     pub pool: usize,
-    pub prefix: Option<u64>,
+    pub prefix: Option<Prefix>,
     pub state: HoldState,
 }
 

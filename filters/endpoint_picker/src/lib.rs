@@ -25,7 +25,7 @@ use modelgate_core::error::ApiError;
 use modelgate_core::flow::{Entry, FlowQueue, Push};
 use modelgate_core::metrics::MetricHost;
 use modelgate_core::metrics::MetricKind::{Counter, Gauge};
-use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig};
+use modelgate_core::picker::{parse_prefix_hash, Members, Pick, PickReason, PickerConfig, Prefix};
 use modelgate_core::shed::ShedReason;
 use modelgate_core::shed_monitor::{FlowCounts, FlowOutcome};
 use modelgate_core::shed_tables::PoolTable;
@@ -297,7 +297,7 @@ impl Active {
             pm.flush(counts, members);
             if let Some(hosts) = table.clusters.get(&pm.cluster) {
                 for (host, r) in hosts {
-                    members.report(host, r.utilization, r.at_ms);
+                    members.report(host, r);
                 }
             }
             members.age(now, &self.config);
@@ -404,6 +404,7 @@ fn pump(cfg: &PickerConfig, state: &RefCell<VmState>, now: u64) {
                 q,
                 members,
                 |id| holds.get(&id).and_then(|h| h.prefix),
+                now,
                 &mut released,
             );
             for (e, index, reason) in released.drain(..) {
@@ -506,7 +507,8 @@ impl Stream for PickerHttp {
         };
         let started = now_ns();
         let prefix = header_bytes(MapType::HttpRequestHeaders, PREFIX_HASH_HEADER)
-            .and_then(|v| parse_prefix_hash(&v));
+            .and_then(|v| parse_prefix_hash(&v))
+            .map(|hash| Prefix::new(hash, modelgate_glue::headers::request_content_length()));
         let class = header_bytes(MapType::HttpRequestHeaders, CRITICALITY_HEADER)
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(Criticality::parse))
             .unwrap_or(Criticality::Standard);
@@ -532,8 +534,7 @@ impl Stream for PickerHttp {
             *since = 0;
             Pick::None
         } else {
-            self.config
-                .pick(prefix, &members.pods, &members.loads, class)
+            members.pick(&self.config, prefix, class, modelgate_glue::now_ms())
         };
         vm.latency_ns = vm
             .latency_ns
@@ -678,7 +679,7 @@ fn hold(
     id: u32,
     vm: &mut VmState,
     pool: usize,
-    prefix: Option<u64>,
+    prefix: Option<Prefix>,
     class: Criticality,
 ) -> Option<Push> {
     let fc = cfg.flow.as_ref()?;

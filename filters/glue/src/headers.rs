@@ -26,8 +26,11 @@ pub fn flow_tenant_and_bytes(tenant_header: &str) -> (String, u64) {
     let raw = header_bytes(MapType::HttpRequestHeaders, tenant_header);
     let tenant =
         modelgate_core::flow::tenant_of(raw.as_deref().and_then(|b| std::str::from_utf8(b).ok()));
-    let bytes = header_bytes(MapType::HttpRequestHeaders, "content-length")
+    (tenant.to_string(), request_content_length().unwrap_or(0))
+}
+
+/// The request's declared body size (`content-length`); `None` when absent or not a number.
+pub fn request_content_length() -> Option<u64> {
+    header_bytes(MapType::HttpRequestHeaders, "content-length")
         .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    (tenant.to_string(), bytes)
 }

@@ -705,6 +705,7 @@ impl ShedHttp {
             &host,
             HostReport {
                 utilization: report.utilization,
+                queue: report.queue,
                 at_ms: now,
             },
         );

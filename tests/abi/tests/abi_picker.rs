@@ -103,7 +103,7 @@ fn open_streams_make_a_prefix_spill_then_all_saturated_sheds_sheddable() {
     let host = Host::new();
     let mut vm = picker(
         &host,
-        r#", "spill_slack": 0, "saturation": {"in_flight": 1}"#,
+        r#", "cold_prefill_per_kb": 0, "saturation": {"in_flight": 1}"#,
     );
     let prefix = "0123456789abcdef";
     let home = pick(&mut vm, prefix).unwrap();
@@ -207,7 +207,7 @@ fn flow_picker(host: &Host, extra: &str) -> Vm {
     picker(
         host,
         &format!(
-            r#", "spill_slack": 0, "saturation": {{"in_flight": 1}}, "flow": {{"standard": {{"ttl": "2s"}}, "sheddable": {{"ttl": "1s"}}{extra}}}"#
+            r#", "cold_prefill_per_kb": 0, "saturation": {{"in_flight": 1}}, "flow": {{"standard": {{"ttl": "2s"}}, "sheddable": {{"ttl": "1s"}}{extra}}}"#
         ),
     )
 }

@@ -195,12 +195,13 @@ fn sheds_sheddable_under_a_full_queue_and_never_critical() {
     let orca = r.header("endpoint-load-metrics").unwrap().to_string();
     println!("idle ORCA report: {orca}");
     assert!(orca.starts_with("TEXT application_utilization="), "{orca}");
-    let rps: f64 = orca
-        .rsplit("rps_fractional=")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let field = |name: &str| -> f64 {
+        let rest = orca.split(&format!("{name}=")).nth(1).unwrap();
+        rest.split(',').next().unwrap().trim().parse().unwrap()
+    };
+    let rps = field("rps_fractional");
+    // The queue, for the endpoint picker: idle but for this request.
+    assert!(field("named_metrics.queue") <= 1.0, "{orca}");
     assert!(
         rps > 0.0,
         "Envoy ignores reports without a positive rps_fractional: {orca}"
