@@ -27,7 +27,9 @@ SIM = os.path.join(ROOT, "target/release/modelgate-sim")
 WASM = os.path.join(ROOT, "dist")
 MODEL = "llama-3-8b"
 
-SEED = int(os.environ.get("BENCH_SEED", "7"))
+# Each row pools the runs of these seeds (one workload and one prefix placement each): the
+# p99 of one run of ~300 requests swings by a third between runs on a shared machine.
+SEEDS = [int(x) for x in os.environ.get("BENCH_SEEDS", "7 8 9").split()]
 PODS = 4
 DURATION_S = float(os.environ.get("BENCH_ROUTING_SECONDS", "20"))
 CONV_RATE = float(os.environ.get("BENCH_ROUTING_RATE", "2.5"))  # conversations started / s
@@ -351,7 +353,8 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def run_policy(policy, replicas=1):
+def run_policy(policy, seed, replicas=1):
+    """One run: (results, wall s, prefix-cache queries, hits, pick reasons)."""
     tmp = tempfile.mkdtemp(prefix="modelgate-routing-")
     procs = Procs(tmp)
     try:
@@ -372,21 +375,33 @@ def run_policy(policy, replicas=1):
         for a in sidecars + [f"127.0.0.1:{g}" for g in gateways]:
             wait_for(lambda a=a: chat_ok(a), a)
         q0, h0 = prefix_counters(sims)
-        results, wall = asyncio.run(run_load(gateways, SEED))
+        results, wall = asyncio.run(run_load(gateways, seed))
         q1, h1 = prefix_counters(sims)
         reasons = pick_reasons(admins)
     finally:
         procs.stop()
+    return results, wall, q1 - q0, h1 - h0, reasons
+
+
+def pooled(runs):
+    """One row from several runs: percentiles over all their requests, throughput and hit
+    rate over their sums."""
+    results = [r for run in runs for r in run[0]]
     ok = [r for r in results if r[0]]
     ttfts = [r[1] * 1000 for r in ok if r[1] is not None]
     e2e = [r[2] * 1000 for r in ok]
+    q, h = sum(run[2] for run in runs), sum(run[3] for run in runs)
+    reasons = {}
+    for run in runs:
+        for k, v in run[4].items():
+            reasons[k] = reasons.get(k, 0) + v
     return {
         "requests": len(results),
         "errors": len(results) - len(ok),
         "ttft50": pct(ttfts, 50), "ttft99": pct(ttfts, 99),
         "e2e50": pct(e2e, 50), "e2e99": pct(e2e, 99),
-        "rps": len(ok) / wall,
-        "hit": (h1 - h0) / (q1 - q0) * 100 if q1 > q0 else float("nan"),
+        "rps": len(ok) / sum(run[1] for run in runs),
+        "hit": h / q * 100 if q > 0 else float("nan"),
         "reasons": reasons,
     }
 
@@ -397,15 +412,20 @@ def main():
     for path in (ENVOY, SIM):
         if not os.path.exists(path):
             raise SystemExit(f"routing bench: {path} is missing (make build)")
-    rows = []
-    for policy in POLICIES:
-        log(f"routing bench: {policy} ...")
-        rows.append((policy, run_policy(policy)))
-    log("routing bench: endpoint picker, two gateway replicas ...")
-    rows.append(("endpoint picker, 2 gateway replicas", run_policy("endpoint picker", replicas=2)))
+    # Seed by seed, every policy in turn, so a slow spell of the machine hits all rows alike.
+    variants = [(p, p, 1) for p in POLICIES]
+    variants.append(("endpoint picker, 2 gateway replicas", "endpoint picker", 2))
+    runs = {name: [] for name, _, _ in variants}
+    for seed in SEEDS:
+        for name, policy, replicas in variants:
+            log(f"routing bench: seed {seed}, {name} ...")
+            runs[name].append(run_policy(policy, seed, replicas))
+    rows = [(name, pooled(runs[name])) for name, _, _ in variants]
     n = rows[0][1]["requests"]
     print("## Routing quality: which pod gets each request\n")
-    print(f"`bench/routing.sh` (seed {SEED}, all rows in one run): {PODS} `modelgate-sim` pods "
+    seeds = ", ".join(map(str, SEEDS))
+    print(f"`bench/routing.sh` (seeds {seeds}: each row pools one run per seed, all rows in "
+          f"one session): {PODS} `modelgate-sim` pods "
           f"at fixed addresses (127.0.1.1–{PODS}:{POD_PORT}, so where a prefix hashes to "
           f"depends on the seed alone) (2 slots; prefix cache of {SIM_ARGS[SIM_ARGS.index('--kv-cache-tokens') + 1]} tokens; "
           f"prefill 5 ms + 0.5 ms per uncached prompt token; 5 ms per output token), each behind "
@@ -420,7 +440,7 @@ def main():
           f"for {DURATION_S:.0f} s, and a flash crowd from {BURST[0]:.0f} to {BURST[1]:.0f} s "
           f"({BURST[2]:.0f}x the rate, the extra conversations all on the most popular "
           f"application, more than one pod can serve): {n} requests "
-          f"per row, the same for each. Fresh pods (cold caches) for every row. TTFT and "
+          f"per row ({len(SEEDS)} runs), the same for each. Fresh pods (cold caches) for every row. TTFT and "
           f"latency in ms at the client; hit rate = prompt tokens found in the pods' prefix "
           f"caches (`vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total`); "
           f"picks = the picker's `ml_picker_picks_total` by reason.\n")
@@ -440,8 +460,15 @@ def main():
           f"points; against ORCA weighted round robin: {pk['ttft99']:.0f} vs {wrr['ttft99']:.0f} ms, "
           f"{pk['hit'] - wrr['hit']:+.1f} points. A second gateway replica (requests split "
           f"at random between the two): hit rate {two['hit'] - pk['hit']:+.1f} points. "
-          f"Single runs on a shared 2-core machine: differences of ~10% between rows are "
-          f"within run-to-run noise.\n")
+          f"On a shared 2-core machine; the runs of one seed differ by up to a third in p99, "
+          f"so compare the pooled rows and the spread below.\n")
+    print("Each seed's run alone (TTFT p99 ms / hit rate):\n")
+    print("| policy | " + " | ".join(f"seed {x}" for x in SEEDS) + " |")
+    print("|---|" + "---|" * len(SEEDS))
+    for name, _, _ in variants:
+        cells = [pooled([run]) for run in runs[name]]
+        print(f"| {name} | " + " | ".join(f"{c['ttft99']:.0f} / {c['hit']:.1f}%" for c in cells) + " |")
+    print()
 
 
 if __name__ == "__main__":

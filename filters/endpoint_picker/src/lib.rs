@@ -534,7 +534,7 @@ impl Stream for PickerHttp {
             *since = 0;
             Pick::None
         } else {
-            members.pick(&self.config, prefix, class, modelgate_glue::now_ms())
+            members.pick(&self.config, prefix, class, started / 1_000_000)
         };
         vm.latency_ns = vm
             .latency_ns
