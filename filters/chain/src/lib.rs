@@ -208,6 +208,19 @@ impl ChainStream {
         }
     }
 
+    /// Runs `f` on each filter from the last to the first (Envoy's response order) until
+    /// one pauses.
+    fn in_response_order(&mut self, mut f: impl FnMut(&mut StageStream) -> Action) -> Action {
+        for i in (0..self.len).rev() {
+            if let Some(s) = self.stage(i) {
+                if f(s) == Action::Pause {
+                    return Action::Pause;
+                }
+            }
+        }
+        Action::Continue
+    }
+
     /// After filter `i` took a request callback: if it was holding the headers and let them
     /// go, the next filters may run.
     fn went_on(&mut self, i: usize) {
@@ -266,35 +279,17 @@ impl Stream for ChainStream {
     }
 
     fn on_response_headers(&mut self, headers: usize, end_of_stream: bool) -> Action {
-        for i in (0..self.len).rev() {
-            let action = match self.stage(i) {
-                Some(s) => {
-                    each_kind!(s, StageStream, |f| f
-                        .on_response_headers(headers, end_of_stream))
-                }
-                None => Action::Continue,
-            };
-            if action == Action::Pause {
-                return Action::Pause;
-            }
-        }
-        Action::Continue
+        self.in_response_order(|s| {
+            each_kind!(s, StageStream, |f| f
+                .on_response_headers(headers, end_of_stream))
+        })
     }
 
     fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        for i in (0..self.len).rev() {
-            let action = match self.stage(i) {
-                Some(s) => {
-                    each_kind!(s, StageStream, |f| f
-                        .on_response_body(body_size, end_of_stream))
-                }
-                None => Action::Continue,
-            };
-            if action == Action::Pause {
-                return Action::Pause;
-            }
-        }
-        Action::Continue
+        self.in_response_order(|s| {
+            each_kind!(s, StageStream, |f| f
+                .on_response_body(body_size, end_of_stream))
+        })
     }
 
     fn on_log(&mut self) {
