@@ -49,10 +49,10 @@ impl Shipped {
         }
     }
 
-    /// The same modelgate filters, with the same configurations (after the other edits),
-    /// as one `chain` module (dist/chain.wasm) in their place.
-    pub fn as_chain(mut self) -> Self {
-        self.as_chain = true;
+    /// With `on`, the same modelgate filters, with the same configurations (after the other
+    /// edits), as one `chain` module (dist/chain.wasm) in their place.
+    pub fn as_chain(mut self, on: bool) -> Self {
+        self.as_chain = on;
         self
     }
 

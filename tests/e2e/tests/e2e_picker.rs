@@ -12,12 +12,7 @@ use serde_json::{json, Value};
 
 /// The shipped gateway's filters as separate modules, or as one `chain` module.
 fn gateway(sims: &[Sim; 3], as_chain: bool) -> Shipped {
-    let shipped = Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port]);
-    if as_chain {
-        shipped.as_chain()
-    } else {
-        shipped
-    }
+    Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port]).as_chain(as_chain)
 }
 
 #[test]

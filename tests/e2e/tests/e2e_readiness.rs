@@ -134,13 +134,10 @@ fn gates_until_ready(as_chain: bool) {
     // Envoy first, so the sim's start-up delay is not used up while Envoy compiles the
     // module on a busy machine.
     let sim_port = free_port();
-    let shipped = Shipped::sidecar(Ports::free(), sim_port, MODEL).readiness_period(PERIOD);
-    let shipped = if as_chain {
-        shipped.as_chain()
-    } else {
-        shipped
-    };
-    let envoy = shipped.start(&dir, "envoy");
+    let envoy = Shipped::sidecar(Ports::free(), sim_port, MODEL)
+        .readiness_period(PERIOD)
+        .as_chain(as_chain)
+        .start(&dir, "envoy");
     let p = envoy.port;
 
     // Nothing behind the gate yet: refused by the gate itself.
