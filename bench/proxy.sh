@@ -40,7 +40,7 @@ done
 # The no-op filters: what the Wasm callbacks cost by themselves, through the SDK's dispatcher
 # (bench/noop, every callback exported) and on modelgate's (bench/noop_min: context create and
 # request headers exported).
-for crate in noop noop_min; do
+for crate in noop noop_min abi_probe; do
   echo "[proxy] building bench/$crate" >&2
   cargo build -q --release --target wasm32-wasip1 --manifest-path "$ROOT/bench/$crate/Cargo.toml" \
     --target-dir "$ROOT/target/bench-noop" >&2

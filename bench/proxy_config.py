@@ -114,6 +114,14 @@ def main():
             "config": {"name": f"noop{i}", "root_id": "", "vm_config": {
                 "vm_id": "modelgate", "runtime": "envoy.wasm.runtime.v8",
                 "code": {"local": {"filename": os.path.join(out, f"{module}.wasm")}}}}}}
+    def probe(variant):
+        """`probe` or `probe_get5+set4`: bench/abi_probe making the named host calls."""
+        spec = variant.removeprefix("probe").removeprefix("_")
+        ops = ",".join(re.sub(r"^([a-z]+)(\d+)$", r"\1=\2", op) for op in spec.split("+") if op)
+        f = noop(1, "bench_abi_probe")
+        f["typed_config"]["config"].update({"allow_on_headers_stop_iteration": True, "configuration": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue", "value": ops}})
+        return [f]
     chains = {
         "none": [],
         "noop": [noop(1)],
@@ -139,7 +147,7 @@ def main():
     for pair in pairs:
         variant, port = pair.split("=")
         base, _, runtime = variant.partition("@")
-        filters = json.loads(json.dumps(chains[base]))
+        filters = json.loads(json.dumps(chains[base] if base in chains else probe(base)))
         for f in filters:
             vm = f["typed_config"].get("config", {}).get("vm_config")
             if vm is not None and runtime:

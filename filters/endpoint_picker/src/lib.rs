@@ -447,7 +447,7 @@ fn pump(cfg: &PickerConfig, state: &RefCell<VmState>, now: u64) {
     }
     for (id, address) in &resume {
         let resumed = modelgate_glue::stream::enter(*id) && {
-            let _ = host::set_header(
+            let _ = modelgate_glue::headers::set(
                 MapType::HttpRequestHeaders,
                 DESTINATION_HEADER,
                 Some(address.as_bytes()),
@@ -495,7 +495,7 @@ pub struct PickerHttp {
 impl Stream for PickerHttp {
     fn on_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Only the picker steers: a client-sent destination is dropped before anything else.
-        let _ = host::set_header(MapType::HttpRequestHeaders, DESTINATION_HEADER, None);
+        let _ = modelgate_glue::headers::set(MapType::HttpRequestHeaders, DESTINATION_HEADER, None);
         let Some(model) = header_bytes(MapType::HttpRequestHeaders, MODEL_HEADER) else {
             return Action::Continue;
         };
@@ -550,7 +550,7 @@ impl Stream for PickerHttp {
                 let key = pod.key();
                 count_pick(counts, key, reason);
                 self.picked = Some((pool_i, key));
-                let _ = host::set_header(
+                let _ = modelgate_glue::headers::set(
                     MapType::HttpRequestHeaders,
                     DESTINATION_HEADER,
                     Some(pod.address.as_bytes()),

@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::thread::LocalKey;
 
+use crate::headers::Callback;
 use crate::types::{Action, BufferType, LogLevel};
 
 /// Most stream states (and root notes) one VM keeps; past it the oldest is dropped.
@@ -214,12 +215,15 @@ fn bounded_insert<V>(map: &mut BTreeMap<u32, V>, id: u32, value: V) -> bool {
     dropped
 }
 
-/// Runs `f` on the VM's dispatcher; `busy` if the host re-entered a callback (it does not).
+/// Runs VM callback `callback` as `f` on the VM's dispatcher; `busy` if the host re-entered a
+/// callback (it does not).
 pub fn with<R: Root, T: Copy>(
     key: &'static LocalKey<RefCell<Dispatcher<R>>>,
+    callback: Callback,
     busy: T,
     f: impl FnOnce(&mut Dispatcher<R>) -> T,
 ) -> T {
+    crate::headers::callback_starts(callback);
     key.try_with(|cell| match cell.try_borrow_mut() {
         Ok(mut d) => f(&mut d),
         Err(_) => busy,
@@ -269,22 +273,28 @@ macro_rules! export_filter {
 
         #[no_mangle]
         pub extern "C" fn proxy_on_context_create(id: u32, parent: u32) {
-            $crate::dispatch::with(&DISPATCHER, (), |d| d.context_create(id, parent))
+            $crate::dispatch::with(&DISPATCHER, $crate::headers::Callback::Root, (), |d| {
+                d.context_create(id, parent)
+            })
         }
 
         #[no_mangle]
         pub extern "C" fn proxy_on_vm_start(id: u32, _size: usize) -> u32 {
-            u32::from($crate::dispatch::with(&DISPATCHER, false, |d| d.vm_start(id)))
+            u32::from($crate::dispatch::with(&DISPATCHER, $crate::headers::Callback::Root, false, |d| {
+                d.vm_start(id)
+            }))
         }
 
         #[no_mangle]
         pub extern "C" fn proxy_on_configure(id: u32, size: usize) -> u32 {
-            u32::from($crate::dispatch::with(&DISPATCHER, false, |d| d.configure(id, size)))
+            u32::from($crate::dispatch::with(&DISPATCHER, $crate::headers::Callback::Root, false, |d| {
+                d.configure(id, size)
+            }))
         }
 
         #[no_mangle]
         pub extern "C" fn proxy_on_tick(id: u32) {
-            $crate::dispatch::with(&DISPATCHER, (), |d| d.tick(id))
+            $crate::dispatch::with(&DISPATCHER, $crate::headers::Callback::Root, (), |d| d.tick(id))
         }
 
         #[no_mangle]
@@ -295,7 +305,7 @@ macro_rules! export_filter {
             body: usize,
             _trailers: usize,
         ) {
-            $crate::dispatch::with(&DISPATCHER, (), |d| {
+            $crate::dispatch::with(&DISPATCHER, $crate::headers::Callback::Root, (), |d| {
                 d.http_call_response(id, token, headers, body)
             })
         }
@@ -305,44 +315,47 @@ macro_rules! export_filter {
     (@stream request_headers) => {
         #[no_mangle]
         pub extern "C" fn proxy_on_request_headers(id: u32, headers: usize, eos: u32) -> u32 {
-            $crate::export_filter!(@call id, |s| s.on_request_headers(headers, eos != 0))
+            $crate::export_filter!(@call id, RequestHeaders, |s| s.on_request_headers(headers, eos != 0))
         }
     };
     (@stream request_body) => {
         #[no_mangle]
         pub extern "C" fn proxy_on_request_body(id: u32, size: usize, eos: u32) -> u32 {
-            $crate::export_filter!(@call id, |s| s.on_request_body(size, eos != 0))
+            $crate::export_filter!(@call id, RequestBody, |s| s.on_request_body(size, eos != 0))
         }
     };
     (@stream request_trailers) => {
         #[no_mangle]
         pub extern "C" fn proxy_on_request_trailers(id: u32, trailers: usize) -> u32 {
-            $crate::export_filter!(@call id, |s| s.on_request_trailers(trailers))
+            $crate::export_filter!(@call id, RequestTrailers, |s| s.on_request_trailers(trailers))
         }
     };
     (@stream response_headers) => {
         #[no_mangle]
         pub extern "C" fn proxy_on_response_headers(id: u32, headers: usize, eos: u32) -> u32 {
-            $crate::export_filter!(@call id, |s| s.on_response_headers(headers, eos != 0))
+            $crate::export_filter!(@call id, ResponseHeaders, |s| s.on_response_headers(headers, eos != 0))
         }
     };
     (@stream response_body) => {
         #[no_mangle]
         pub extern "C" fn proxy_on_response_body(id: u32, size: usize, eos: u32) -> u32 {
-            $crate::export_filter!(@call id, |s| s.on_response_body(size, eos != 0))
+            $crate::export_filter!(@call id, ResponseBody, |s| s.on_response_body(size, eos != 0))
         }
     };
     (@stream log) => {
         #[no_mangle]
         pub extern "C" fn proxy_on_log(id: u32) {
-            $crate::dispatch::with(&DISPATCHER, (), |d| d.log(id))
+            $crate::dispatch::with(&DISPATCHER, $crate::headers::Callback::Log, (), |d| d.log(id))
         }
     };
-    (@call $id:ident, |$s:ident| $body:expr) => {{
+    (@call $id:ident, $callback:ident, |$s:ident| $body:expr) => {{
         use $crate::dispatch::Stream as _;
-        let action = $crate::dispatch::with(&DISPATCHER, $crate::types::Action::Continue, |d| {
-            d.stream($id, |$s| $body)
-        });
+        let action = $crate::dispatch::with(
+            &DISPATCHER,
+            $crate::headers::Callback::$callback,
+            $crate::types::Action::Continue,
+            |d| d.stream($id, |$s| $body),
+        );
         action as u32
     }};
 }

@@ -1,14 +1,137 @@
-//! Header reads that cannot trap: `None` when the header is absent, when the map is not
-//! available in this phase (Envoy answers an error), or on any other host error; invalid
-//! UTF-8 never panics. Writes go through [`crate::host::set_header`].
+//! Every header read and write of the filters. A single-header read costs the host a copy
+//! into the VM, which is a second VM call (to allocate), so a callback that reads several
+//! headers of the request or response map is cheaper served from one copy of the whole map
+//! (`proxy_get_header_map_pairs`): it is fetched at the first read after a header was found
+//! in a callback, and at the first read from then on in that kind of callback (a filter reads
+//! the same headers on every request). Reads of absent headers stay single: they are cheap. A chain's stages share the copy. Writes go to the host and into
+//! the copy, so a later stage reads what an earlier one wrote. Copies are dropped as each VM
+//! callback starts ([`callback_starts`]) and when the effective context changes.
+//!
+//! Reads cannot trap: `None` when the header is absent, when the map is not available in this
+//! phase, or on any host error; invalid UTF-8 never panics.
 
+use std::cell::RefCell;
+
+use modelgate_core::wire;
+
+use crate::host::{self, HostError};
 use crate::types::MapType;
 
-use crate::host;
+/// The VM callback running, for [`callback_starts`]: what a kind of callback reads is learnt.
+#[derive(Clone, Copy)]
+pub enum Callback {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    Log,
+    /// Every root callback (context create, configure, tick, HTTP call response).
+    Root,
+}
+
+/// One header map as the host handed it over, plus this callback's writes to it.
+struct Snapshot {
+    pairs: Vec<u8>,
+    /// Written since the fetch: name and new value (`None`: removed), latest last.
+    written: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Snapshot {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        match self
+            .written
+            .iter()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, value)) => value.as_deref(),
+            None => wire::find_pair(&self.pairs, name.as_bytes()),
+        }
+    }
+}
+
+/// The request map (0) or the response map (1) in this callback.
+#[derive(Default)]
+struct Kept {
+    whole: Option<Snapshot>,
+    /// Headers found by single reads.
+    found: u8,
+}
+
+#[derive(Default)]
+struct Maps {
+    callback: usize,
+    kept: [Kept; 2],
+    /// Per callback kind and map: fetch the whole map at the first read.
+    whole_first: [[bool; 2]; 7],
+}
+
+thread_local! {
+    static MAPS: RefCell<Maps> = RefCell::new(Maps::default());
+}
+
+/// The request and response maps are kept; other maps are read header by header.
+fn slot(map: MapType) -> Option<usize> {
+    match map {
+        MapType::HttpRequestHeaders => Some(0),
+        MapType::HttpResponseHeaders => Some(1),
+        _ => None,
+    }
+}
+
+fn with_maps(f: impl FnOnce(&mut Maps)) {
+    let _ = MAPS.try_with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            f(&mut m);
+        }
+    });
+}
+
+/// Drops the kept maps as a VM callback starts: other filters may have changed them since.
+pub fn callback_starts(callback: Callback) {
+    with_maps(|m| {
+        m.callback = callback as usize;
+        m.kept = Default::default();
+    });
+}
+
+/// Drops the kept maps when the host calls that follow act on another stream.
+pub(crate) fn context_changes() {
+    with_maps(|m| m.kept = Default::default());
+}
 
 /// The value of header `name` in `map` as bytes.
 pub fn header_bytes(map: MapType, name: &str) -> Option<Vec<u8>> {
-    host::header(map, name)
+    let Some(i) = slot(map) else {
+        return host::header(map, name);
+    };
+    let mut out = None;
+    with_maps(|m| {
+        let (Some(kept), Some(learnt)) = (
+            m.kept.get_mut(i),
+            m.whole_first.get_mut(m.callback).and_then(|w| w.get_mut(i)),
+        ) else {
+            return;
+        };
+        if kept.whole.is_none() && (*learnt || kept.found > 0) {
+            *learnt = true;
+            kept.whole = Some(Snapshot {
+                // A refused fetch reads as a map without headers, for the rest of the callback.
+                pairs: host::header_pairs(map).unwrap_or_default(),
+                written: Vec::new(),
+            });
+        }
+        out = match &kept.whole {
+            Some(whole) => whole.get(name).map(<[u8]>::to_vec),
+            None => {
+                let value = host::header(map, name);
+                kept.found += u8::from(value.is_some());
+                value
+            }
+        };
+    });
+    out
 }
 
 /// [`header_bytes`] as text; invalid UTF-8 is replaced with U+FFFD.
@@ -18,6 +141,23 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     })
+}
+
+/// Sets header `name` in `map` to `value` (replacing every value), or removes it (`None`).
+pub fn set(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), HostError> {
+    host::set_header(map, name, value)?;
+    if let Some(i) = slot(map) {
+        with_maps(|m| {
+            // Not fetched: a later read asks the host, which has this write.
+            if let Some(Some(whole)) = m.kept.get_mut(i).map(|k| k.whole.as_mut()) {
+                whole.written.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                whole
+                    .written
+                    .push((name.to_string(), value.map(<[u8]>::to_vec)));
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Flow control's view of the request being held: its tenant (`flow::tenant_of` the

@@ -45,6 +45,8 @@ extern "C" {
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
+    #[link_name = "proxy_get_header_map_pairs"]
+    fn abi_get_header_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
     #[link_name = "proxy_replace_header_map_value"]
     fn abi_replace_header(
         map: u32,
@@ -210,8 +212,8 @@ pub fn set_buffer(
 }
 
 /// The value of header `name` in `map`: `None` when absent, when the map is not available
-/// in this phase, or on any other host error.
-pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+/// in this phase, or on any other host error. Filters read through [`crate::headers`].
+pub(crate) fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: as in `buffer`.
     unsafe {
@@ -222,8 +224,22 @@ pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// Every header of `map`, serialised as `wire::encode_pairs` writes them (empty when the map
+/// does not exist now); `None` on a host error.
+pub(crate) fn header_pairs(map: MapType) -> Option<Vec<u8>> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: as in `buffer`.
+    unsafe {
+        if abi_get_header_pairs(map as u32, &mut data, &mut size) != 0 {
+            return None;
+        }
+        Some(owned(data, size))
+    }
+}
+
 /// Sets header `name` in `map` to `value` (replacing every value), or removes it (`None`).
-pub fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), HostError> {
+/// Filters write through [`crate::headers::set`], which keeps its copy of the map current.
+pub(crate) fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), HostError> {
     // SAFETY: the host only reads the slices for the duration of the call.
     status(unsafe {
         match value {
@@ -328,6 +344,7 @@ pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
 /// Makes `context_id` the context of the host calls that follow (from the root context, to
 /// act on a stream); `Err` when the host no longer knows it (the stream ended).
 pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    crate::headers::context_changes();
     // SAFETY: plain values only.
     status(unsafe { abi_set_effective_context(context_id) })
 }

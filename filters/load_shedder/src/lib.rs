@@ -417,7 +417,7 @@ impl Stream for ShedHttp {
             .and_then(Criticality::parse)
             .is_some_and(|c| c != class)
         {
-            let _ = host::set_header(
+            let _ = modelgate_glue::headers::set(
                 MapType::HttpRequestHeaders,
                 CRITICALITY_HEADER,
                 Some(class.as_str().as_bytes()),
@@ -502,12 +502,13 @@ impl Stream for ShedHttp {
         if self.config.orca.is_some() {
             // Replace, never add: Envoy reads the first value and prefers the binary
             // form, so a model server's own report would otherwise win.
-            let _ = host::set_header(
+            let _ = modelgate_glue::headers::set(
                 MapType::HttpResponseHeaders,
                 ORCA_HEADER,
                 vm.orca.as_deref().map(str::as_bytes),
             );
-            let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
+            let _ =
+                modelgate_glue::headers::set(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
         }
         if self.config.gateway.is_some() {
             let now = vm.clock();
@@ -690,11 +691,11 @@ impl ShedHttp {
     /// Gateway: remembers the upstream's ORCA report (keyed by cluster and host) and
     /// strips it, since the load of the servers is no business of the client.
     fn record_report(&mut self, now: u64) {
-        let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
+        let _ = modelgate_glue::headers::set(MapType::HttpResponseHeaders, ORCA_BIN_HEADER, None);
         let Some(value) = header_bytes(MapType::HttpResponseHeaders, ORCA_HEADER) else {
             return;
         };
-        let _ = host::set_header(MapType::HttpResponseHeaders, ORCA_HEADER, None);
+        let _ = modelgate_glue::headers::set(MapType::HttpResponseHeaders, ORCA_HEADER, None);
         let Some(report) = std::str::from_utf8(&value).ok().and_then(orca::parse_orca) else {
             return;
         };

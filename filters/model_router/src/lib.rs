@@ -292,7 +292,7 @@ fn request_header(name: &str) -> Option<String> {
 
 /// Sets (or with `None` removes) a request header; a host refusal leaves the request as is.
 fn set_request_header(name: &str, value: Option<&[u8]>) {
-    let _ = host::set_header(MapType::HttpRequestHeaders, name, value);
+    let _ = modelgate_glue::headers::set(MapType::HttpRequestHeaders, name, value);
 }
 
 /// `len` bytes of the buffered request body from `start`.

@@ -119,6 +119,47 @@ fn a_local_reply_stops_the_later_filters() {
 }
 
 #[test]
+fn a_later_filter_reads_the_headers_an_earlier_one_wrote_in_the_same_callback() {
+    let host = Host::new();
+    let picker = r#"{"pools": {"llama-3-8b": ["10.0.0.1:8000"]}}"#;
+    let mut vm = chain(
+        &host,
+        &[("model_router", ROUTER), ("endpoint_picker", picker)],
+    );
+    // The router reads this request's headers and lets it pass, removing the routing
+    // headers a client must not set; the picker, in the same callback, must not see them.
+    for _ in 0..3 {
+        let mut req = vm.http();
+        let action = req.request_headers(
+            &[
+                (":method", "GET"),
+                (":path", "/healthz"),
+                (":authority", "gw"),
+                ("x-modelgate-model", "llama-3-8b"),
+                ("x-modelgate-criticality", "critical"),
+            ],
+            true,
+        );
+        assert_eq!(action, Action::Continue);
+        assert_eq!(req.request_header("x-modelgate-model"), None);
+        assert_eq!(req.request_header("x-gateway-destination-endpoint"), None);
+        req.finish();
+    }
+    // A routed request: the picker reads the model the router set and picks the pod.
+    let body = br#"{"model":"llama3","messages":[]}"#;
+    let mut req = vm.http();
+    let h = chat_post_headers(body.len());
+    assert_eq!(req.request_headers(&header_refs(&h), false), Action::Pause);
+    assert_eq!(req.request_body(body, true), Action::Continue);
+    assert_eq!(
+        req.request_header("x-gateway-destination-endpoint")
+            .as_deref(),
+        Some("10.0.0.1:8000")
+    );
+    req.finish();
+}
+
+#[test]
 fn one_context_and_one_call_per_callback_for_all_filters() {
     let host = Host::new();
     let mut vm = chain(&host, &[("ml_metrics", METRICS), ("model_router", ROUTER)]);
