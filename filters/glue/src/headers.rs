@@ -3,9 +3,10 @@
 //! headers of the request or response map is cheaper served from one copy of the whole map
 //! (`proxy_get_header_map_pairs`): it is fetched at the first read after a header was found
 //! in a callback, and at the first read from then on in that kind of callback (a filter reads
-//! the same headers on every request). Reads of absent headers stay single: they are cheap. A chain's stages share the copy. Writes go to the host and into
-//! the copy, so a later stage reads what an earlier one wrote. Copies are dropped as each VM
-//! callback starts ([`callback_starts`]) and when the effective context changes.
+//! the same headers on every request). Reads of absent headers stay single: they are cheap.
+//! A chain's stages share the copy. Writes go to the host and into the copy, so a later
+//! stage reads what an earlier one wrote. Copies are dropped as each VM callback starts
+//! ([`callback_starts`]) and when the effective context changes.
 //!
 //! Reads cannot trap: `None` when the header is absent, when the map is not available in this
 //! phase, or on any host error; invalid UTF-8 never panics.
