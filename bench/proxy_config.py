@@ -6,7 +6,9 @@ Usage: proxy_config.py OUT_DIR WASM_DIR UPSTREAM_PORT VARIANT=PORT...
 Every variant is the same proxy (one listener, the routes of envoy/gateway.yaml reduced to one
 cluster, the same buffer limit) and differs only in its http_filters, taken from the shipped
 envoy/gateway.yaml and envoy/sidecar.yaml (rendered as scripts/run.sh renders them), so the
-benchmark measures the shipped filter configs. `upstream.json` is the model server stand-in:
+benchmark measures the shipped filter configs: `gateway` and `sidecar` are the shipped
+`chain` modules, `gatewaysep` and `sidecarsep` their stages as separate modules, `router`,
+`metrics`, `shedder`, `gate` one stage alone. `upstream.json` is the model server stand-in:
 an Envoy answering every request from `direct_response`."""
 import json
 import os
@@ -48,19 +50,25 @@ def http_filters(doc):
     return hcm["typed_config"]["http_filters"]
 
 
-def as_chain(filters, wasm_dir):
-    """The same modelgate filters, with the same configurations, as one `chain` module."""
-    stages = [{"name": f["typed_config"]["config"]["root_id"],
-               "config": json.loads(f["typed_config"]["config"]["configuration"]["value"])}
-              for f in filters]
-    vm = dict(filters[0]["typed_config"]["config"]["vm_config"])
-    vm["code"] = {"local": {"filename": os.path.join(wasm_dir, "chain.wasm")}}
-    return [{"name": "modelgate.chain", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-        "config": {"name": "chain", "root_id": "chain", "allow_on_headers_stop_iteration": True,
-                   "vm_config": vm, "configuration": {
-                       "@type": "type.googleapis.com/google.protobuf.StringValue",
-                       "value": json.dumps({"filters": stages})}}}}]
+def as_separate(filters, wasm_dir):
+    """Each stage of a `chain` filter as a module of its own (dist/<name>.wasm) with the
+    stage's configuration and the chain's other fields, in the chain's order."""
+    out = []
+    for f in filters:
+        config = f["typed_config"]["config"]
+        if config.get("root_id") != "chain":
+            out.append(f)
+            continue
+        for stage in json.loads(config["configuration"]["value"])["filters"]:
+            one = json.loads(json.dumps(f))
+            c = one["typed_config"]["config"]
+            one["name"] = f"modelgate.{stage['name']}"
+            c["name"] = c["root_id"] = stage["name"]
+            c["vm_config"]["code"] = {"local": {
+                "filename": os.path.join(wasm_dir, f"{stage['name']}.wasm")}}
+            c["configuration"]["value"] = json.dumps(stage["config"])
+            out.append(one)
+    return out
 
 
 def direct(prefix, body, ctype="application/json"):
@@ -103,8 +111,10 @@ def main():
         "LISTEN_PORT": "1", "ADMIN_PORT": "2", "SIM_PORT": "3", "LOADER_PORT": "4",
         "WASM_DIR": wasm_dir, "MODEL": "llama-3-8b", "READINESS_LOADER": "null",
         "READINESS_PERIOD": "1s"}))[:-1]
-    by_name = {f["name"]: f for f in gateway}
-    side_by_name = {f["name"]: f for f in sidecar}
+    gateway_sep = as_separate(gateway, wasm_dir)
+    sidecar_sep = as_separate(sidecar, wasm_dir)
+    by_name = {f["name"]: f for f in gateway_sep}
+    side_by_name = {f["name"]: f for f in sidecar_sep}
     lua = {"name": "envoy.filters.http.lua", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
         "default_source_code": {"inline_string": open(os.path.join(ROOT, "bench", "route.lua")).read()}}}
@@ -134,8 +144,8 @@ def main():
         "gate": [side_by_name["modelgate.readiness_gate"]],
         "gateway": gateway,
         "sidecar": sidecar,
-        "gateway1": as_chain(gateway, wasm_dir),
-        "sidecar1": as_chain(sidecar, wasm_dir),
+        "gatewaysep": gateway_sep,
+        "sidecarsep": sidecar_sep,
     }
     # The same routes as envoy/gateway.yaml (match on the router's header), one cluster.
     routes = [

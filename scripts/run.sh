@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # `make run`: the modelgate demo on loopback, shaped like the mesh it stands for.
 #
-#   client ──► gateway Envoy :10000 (ml_metrics, model_router, load_shedder, endpoint_picker)   admin :9901
+#   client ──► gateway Envoy :10000 (chain: ml_metrics, model_router, load_shedder, endpoint_picker)   admin :9901
 #                 ├─► pod-a sidecar Envoy :10001 ─► modelgate-sim :8001 (llama-3-8b)   admin :9902
 #                 ├─► pod-b sidecar Envoy :10002 ─► modelgate-sim :8002 (llama-3-8b)   admin :9903
 #                 └─► pod-c sidecar Envoy :10003 ─► modelgate-sim :8003 (qwen-2-7b)    admin :9904
 #   each pod: modelgate-loader (status :810N) fetches the demo model from modelgate-hub :8200
-#   (a local Hugging Face-compatible server); sidecars run ml_metrics, readiness_gate,
-#   load_shedder. Foreground; Ctrl-C stops exactly the processes started here.
+#   (a local Hugging Face-compatible server); sidecars run a chain of ml_metrics,
+#   readiness_gate, load_shedder (envoy/*.yaml: one chain module each). Foreground;
+#   Ctrl-C stops exactly the processes started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -1,6 +1,7 @@
 //! `modelgate check`: finds every modelgate filter configuration in JSON files, Envoy
 //! bootstraps and Istio manifests, validates each with the code the filter itself runs in
-//! `on_configure` (modelgate-core), and cross-checks the filters that share a proxy.
+//! `on_configure` (modelgate-core), and cross-checks the filters that share a proxy, alone
+//! or as stages of a `chain` module.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -88,9 +89,14 @@ enum Facts {
     Other,
 }
 
+/// One filter found valid: alone, or one stage of a chain (whose `at` is the chain's).
 struct Found {
     at: Location,
     scope: Scope,
+    /// The filter the facts are about (a chain's stage: that stage's filter).
+    kind: Filter,
+    /// Prefix of the facts' fields in the configuration: `""`, or `filters[i].config.`.
+    prefix: String,
     facts: Facts,
 }
 
@@ -262,7 +268,17 @@ impl Report {
             return;
         }
         match validate(filter, text.as_bytes()) {
-            Ok(facts) => self.found.push(Found { at, scope, facts }),
+            Ok(found) => {
+                for (kind, prefix, facts) in found {
+                    self.found.push(Found {
+                        at: at.clone(),
+                        scope: scope.clone(),
+                        kind,
+                        prefix,
+                        facts,
+                    });
+                }
+            }
             Err(e) => self.problems.push(Problem {
                 at,
                 field: e.field,
@@ -286,7 +302,7 @@ impl Report {
             for t in targets.iter().filter(|t| !routes.contains(*t)) {
                 problems.push(Problem {
                     at: f.at.clone(),
-                    field: "models".to_string(),
+                    field: format!("{}models", f.prefix),
                     message: format!(
                         "target `{t}` has no route matching header {MODEL_HEADER}: {t:?}; \
                          its requests would get the default route"
@@ -363,7 +379,7 @@ fn cross_check_proxy(members: &[&Found], problems: &mut Vec<Problem>) {
             for n in router_names.iter().filter(|n| !models.contains(**n)) {
                 problems.push(Problem {
                     at: f.at.clone(),
-                    field: "models".to_string(),
+                    field: format!("{}models", f.prefix),
                     message: format!(
                         "`{n}` (a name of the model router on this proxy) is not listed: \
                          its requests are counted as `other`"
@@ -387,11 +403,16 @@ fn cross_check_proxy(members: &[&Found], problems: &mut Vec<Problem>) {
             if s != block {
                 problems.push(Problem {
                     at: f.at.clone(),
-                    field: "scrape".to_string(),
+                    field: format!("{}scrape", f.prefix),
                     message: format!(
-                        "differs from the `scrape` block of {} in {} (document {}): filters \
+                        "differs from the `scrape` block of {}{} in {} (document {}): filters \
                          on one proxy share one scraper and must give the same block",
-                        first.at.filter.map_or("?", Filter::name),
+                        first.kind.name(),
+                        if first.prefix.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (`{}` of a chain)", first.prefix.trim_end_matches('.'))
+                        },
                         first.at.file,
                         first.at.doc
                     ),
@@ -401,13 +422,33 @@ fn cross_check_proxy(members: &[&Found], problems: &mut Vec<Problem>) {
     }
 }
 
-/// Runs the filter's own configuration code (the same calls as its `on_configure`).
-fn validate(filter: Filter, bytes: &[u8]) -> Result<Facts, ConfigError> {
+/// Runs the filter's own configuration code (the same calls as its `on_configure`): the
+/// facts of the filter, or of each stage of a chain (with the prefix of its fields).
+fn validate(filter: Filter, bytes: &[u8]) -> Result<Vec<(Filter, String, Facts)>, ConfigError> {
+    if filter != Filter::Chain {
+        return facts(filter, bytes).map(|f| vec![(filter, String::new(), f)]);
+    }
+    let chain = modelgate_core::chain::ChainConfig::parse(bytes)?;
+    let mut out = Vec::new();
+    for (i, (kind, stage)) in chain.stages.iter().enumerate() {
+        let prefix = format!("filters[{i}].config.");
+        // Valid: the chain's parse validated every stage with the same code.
+        let f = facts(*kind, stage)
+            .map_err(|e| ConfigError::new(format!("{prefix}{}", e.field), e.message))?;
+        out.push((*kind, prefix, f));
+    }
+    Ok(out)
+}
+
+/// What one (non-chain) filter's valid configuration tells the cross-checks.
+fn facts(filter: Filter, bytes: &[u8]) -> Result<Facts, ConfigError> {
     match filter {
         Filter::ReadinessGate => ReadinessConfig::parse(bytes).map(|_| Facts::Other),
         Filter::EndpointPicker => PickerConfig::parse(bytes).map(|_| Facts::Other),
-        // Each filter of the chain is validated; the cross-checks read separate filters.
-        Filter::Chain => modelgate_core::chain::ChainConfig::parse(bytes).map(|_| Facts::Other),
+        Filter::Chain => Err(ConfigError::new(
+            "<root>",
+            "a chain cannot be a stage of a chain",
+        )),
         Filter::ModelRouter => {
             let router = Router::parse(bytes)?;
             let mut names = BTreeSet::new();

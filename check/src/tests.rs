@@ -126,10 +126,10 @@ fn non_modelgate_wasm_filters_are_ignored() {
 }
 
 #[test]
-fn a_chain_is_checked_filter_by_filter() {
+fn a_chain_is_checked_stage_by_stage() {
     let chain = |router: &str| {
         format!(
-            "static_resources:\n  listeners:\n  - filters:\n    - name: chain\n      typed_config:\n        \"@type\": {WASM_TYPE}\n        config:\n          root_id: chain\n          configuration:\n            value: '{{\"filters\": [{{\"name\": \"model_router\", \"config\": {router}}}]}}'\n",
+            "static_resources:\n  listeners:\n  - filters:\n    - name: chain\n      typed_config:\n        \"@type\": {WASM_TYPE}\n        config:\n          root_id: chain\n          configuration:\n            value: '{{\"filters\": [{{\"name\": \"model_router\", \"config\": {router}}}]}}'\n  routes:\n  - match: {{headers: [{{name: x-modelgate-model, string_match: {{exact: a}}}}]}}\n",
         )
     };
     let ok = check("c.yaml", &chain(r#"{"models": [{"name": "a"}]}"#));
@@ -142,4 +142,98 @@ fn a_chain_is_checked_filter_by_filter() {
     let p = bad.problems.first().expect("a problem");
     assert_eq!(p.at.filter, Some(Filter::Chain));
     assert_eq!(p.field, "filters[0].config.models[0].criticality", "{p}");
+}
+
+/// One bootstrap with a chain of ml_metrics (models `metrics_models`), then the router,
+/// and routes matching `routes`.
+fn chain_bootstrap(router: &str, metrics_models: &str, routes: &[&str]) -> String {
+    let config = format!(
+        r#"{{"filters": [{{"name": "ml_metrics", "config": {{"models": {metrics_models}}}}}, {{"name": "model_router", "config": {router}}}]}}"#
+    )
+    .replace('\n', " ");
+    let mut s = format!(
+        "static_resources:\n  listeners:\n  - filters:\n    - name: chain\n      typed_config:\n        \"@type\": {WASM_TYPE}\n        config:\n          root_id: chain\n          configuration:\n            value: '{config}'\n"
+    );
+    s += "  routes:\n";
+    for r in routes {
+        s += &format!(
+            "  - match: {{headers: [{{name: x-modelgate-model, string_match: {{exact: {r}}}}}]}}\n"
+        );
+    }
+    s
+}
+
+#[test]
+fn a_consistent_chain_passes() {
+    let r = check(
+        "c.yaml",
+        &chain_bootstrap(ROUTER, r#"["a","b","c","x"]"#, &["a", "b"]),
+    );
+    assert_eq!(r.checked, 1);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+#[test]
+fn inside_a_chain_metrics_missing_a_router_alias_is_named() {
+    let r = check(
+        "c.yaml",
+        &chain_bootstrap(ROUTER, r#"["a","b","c"]"#, &["a", "b"]),
+    );
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!(
+        (p.at.filter, p.field.as_str()),
+        (Some(Filter::Chain), "filters[0].config.models")
+    );
+    assert!(p.message.contains("`x`"), "{p}");
+}
+
+#[test]
+fn inside_a_chain_a_router_target_without_route_is_named() {
+    let r = check(
+        "c.yaml",
+        &chain_bootstrap(ROUTER, r#"["a","b","c","x"]"#, &["a"]),
+    );
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!(
+        (p.at.filter, p.field.as_str()),
+        (Some(Filter::Chain), "filters[1].config.models")
+    );
+    assert!(p.message.contains("target `b`"), "{p}");
+}
+
+#[test]
+fn a_chain_and_a_separate_filter_on_one_proxy_are_cross_checked() {
+    // The router in a chain, ml_metrics alone in the same bootstrap: still one proxy.
+    let config = format!(r#"{{"filters": [{{"name": "model_router", "config": {ROUTER}}}]}}"#)
+        .replace('\n', " ");
+    let doc = format!(
+        "static_resources:\n  listeners:\n  - filters:\n    - name: ml_metrics\n      typed_config:\n        \"@type\": {WASM_TYPE}\n        config:\n          root_id: ml_metrics\n          configuration:\n            value: '{{\"models\": [\"a\", \"b\", \"c\"]}}'\n    - name: chain\n      typed_config:\n        \"@type\": {WASM_TYPE}\n        config:\n          root_id: chain\n          configuration:\n            value: '{config}'\n  routes:\n  - match: {{headers: [{{name: x-modelgate-model, string_match: {{exact: a}}}}, {{name: x-modelgate-model, string_match: {{exact: b}}}}]}}\n"
+    );
+    let r = check("c.yaml", &doc);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!(
+        (p.at.filter, p.field.as_str()),
+        (Some(Filter::MlMetrics), "models")
+    );
+    assert!(p.message.contains("`x`"), "{p}");
+}
+
+#[test]
+fn different_scrape_blocks_inside_a_chain_are_reported() {
+    let chain = |metrics_period: &str| {
+        format!("---\nkind: WasmPlugin\nmetadata: {{name: c, namespace: m}}\nspec:\n  selector: {{matchLabels: {{app: s}}}}\n  pluginName: chain\n  pluginConfig:\n    filters:\n    - {{name: ml_metrics, config: {{scrape: {{cluster: c, period: {metrics_period}}}}}}}\n    - {{name: load_shedder, config: {{scrape: {{cluster: c, period: 250ms}}}}}}\n")
+    };
+    assert!(check("p.yaml", &chain("250ms")).problems.is_empty());
+    let r = check("p.yaml", &chain("1s"));
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!(p.field, "filters[1].config.scrape", "{p}");
+    assert!(
+        p.message
+            .contains("ml_metrics (`filters[0].config` of a chain)"),
+        "{p}"
+    );
 }

@@ -85,9 +85,9 @@ fn the_istio_base_passes_as_one_mesh() {
     args.extend(files.iter().map(String::as_str));
     let (code, out) = modelgate(&args);
     assert_eq!(code, 0, "{out}");
-    // Two gates, two sidecar metrics, one sidecar shedder; gateway: router, shedder, metrics,
-    // endpoint picker.
-    assert!(out.contains(": 9 filter configurations"), "{out}");
+    // One chain per pool (metrics, gate, shedder) and one on the gateway (metrics, router,
+    // shedder, endpoint picker).
+    assert!(out.contains(": 3 filter configurations"), "{out}");
 }
 
 fn broken(name: &str, text: &str) -> PathBuf {
@@ -100,32 +100,31 @@ fn broken(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn a_broken_istio_manifest_fails_with_the_field_named() {
-    let text = std::fs::read_to_string(root().join("istio/readiness-gate.yaml")).expect("read");
+    let text = std::fs::read_to_string(root().join("istio/sidecar-chain.yaml")).expect("read");
     let bad = broken("gate.yaml", &text.replacen("period: 1s", "period: soon", 1));
     let (code, out) = modelgate(&["check", bad.to_str().expect("utf-8")]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("readiness_gate at spec.pluginConfig: field `period`"),
+        out.contains("chain at spec.pluginConfig: field `filters[1].config.period`"),
         "{out}"
     );
 }
 
 #[test]
 fn a_gateway_metrics_list_missing_a_router_name_fails() {
-    let text = std::fs::read_to_string(root().join("istio/ml-metrics.yaml")).expect("read");
+    // The metrics stage comes first in the gateway chain: its `gpt-4o-mini` goes, the
+    // router's (a later stage of the same chain) stays.
+    let text = std::fs::read_to_string(root().join("istio/gateway-chain.yaml")).expect("read");
     let bad = broken(
-        "metrics.yaml",
+        "gateway.yaml",
         &text.replacen("\"gpt-4o-mini\"", "\"gpt-4o\"", 1),
     );
-    let router = root().join("istio/model-router.yaml");
-    let (code, out) = modelgate(&[
-        "check",
-        bad.to_str().expect("utf-8"),
-        router.to_str().expect("utf-8"),
-    ]);
+    let (code, out) = modelgate(&["check", bad.to_str().expect("utf-8")]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("ml_metrics at ") && out.contains("`gpt-4o-mini`"),
+        out.contains("chain at ")
+            && out.contains("field `filters[0].config.models`")
+            && out.contains("`gpt-4o-mini`"),
         "{out}"
     );
 }

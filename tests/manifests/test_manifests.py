@@ -25,6 +25,8 @@ ISTIO = os.path.join(ROOT, "istio")
 # Native sidecars (initContainers with restartPolicy: Always) need Kubernetes >= 1.29.
 K8S_VERSIONS = ["1.29.0", "1.33.0"]
 MODELGATE_FILTERS = {"readiness_gate", "model_router", "load_shedder", "ml_metrics", "endpoint_picker"}
+# The module that runs several of them (`{"filters": [{"name": ..., "config": ...}]}`).
+CHAIN = "chain"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 # What scripts/run.sh renders the Envoy templates with.
@@ -71,11 +73,26 @@ def walk(node):
 
 
 def wasm_configs(node):
-    """Wasm PluginConfigs of modelgate filters inside an EnvoyFilter or bootstrap."""
+    """Wasm PluginConfigs of modelgate modules (a filter or the chain) inside an EnvoyFilter
+    or bootstrap."""
     for n in walk(node):
         if isinstance(n, dict) and n.get("@type") == WASM_TYPE and "config" in n:
-            if n["config"].get("root_id") in MODELGATE_FILTERS:
+            if n["config"].get("root_id") in MODELGATE_FILTERS | {CHAIN}:
                 yield n["config"]
+
+
+def stages(module, config):
+    """(filter, its configuration) for a module's configuration: the filter itself, or each
+    stage of a chain in order."""
+    if module == CHAIN:
+        return [(st["name"], st.get("config") or {}) for st in config["filters"]]
+    return [(module, config)]
+
+
+def envoy_filter_stages(ef):
+    """(filter, configuration) of every modelgate filter an EnvoyFilter installs, in order."""
+    return [st for cfg in wasm_configs(ef)
+            for st in stages(cfg["root_id"], json.loads(cfg["configuration"]["value"]))]
 
 
 def selects(selector, namespace, pod_ns, pod_labels):
@@ -99,20 +116,24 @@ GATEWAY = ("istio-system", {"istio": "ingressgateway"})
 
 
 def filters_on(pod_ns, pod_labels):
-    """Every modelgate filter that lands on the pod: (filter, vm_id it really gets, obj)."""
+    """Every modelgate filter that lands on the pod, alone or as a stage of a chain, in
+    each object's order: (filter, vm_id it really gets, obj, the filter's configuration)."""
     out = []
     for wp in of_kind("WasmPlugin"):
         spec = wp["spec"]
         sel = spec.get("selector", {}).get("matchLabels", {})
-        if spec["pluginName"] in MODELGATE_FILTERS and selects(
+        if spec["pluginName"] in MODELGATE_FILTERS | {CHAIN} and selects(
                 sel, wp["metadata"]["namespace"], pod_ns, pod_labels):
             # istiod never sets vm_id for a WasmPlugin (pilot/pkg/model/extensions.go).
-            out.append((spec["pluginName"], "", wp))
+            for f, cfg in stages(spec["pluginName"], spec.get("pluginConfig") or {}):
+                out.append((f, "", wp, cfg))
     for ef in of_kind("EnvoyFilter"):
         sel = ef["spec"].get("workloadSelector", {}).get("labels", {})
         if selects(sel, ef["metadata"]["namespace"], pod_ns, pod_labels):
             for cfg in wasm_configs(ef):
-                out.append((cfg["root_id"], cfg.get("vm_config", {}).get("vm_id", ""), ef))
+                vm = cfg.get("vm_config", {}).get("vm_id", "")
+                for f, c in stages(cfg["root_id"], json.loads(cfg["configuration"]["value"])):
+                    out.append((f, vm, ef, c))
     return out
 
 
@@ -189,17 +210,16 @@ class CrossFile(unittest.TestCase):
         # name nobody served.
         for ns, labels, _, served in pools():
             with self.subTest(model=served):
-                gates = [o for f, _, o in filters_on(ns, labels) if f == "readiness_gate"]
+                gates = [c for f, _, _, c in filters_on(ns, labels) if f == "readiness_gate"]
                 self.assertEqual(len(gates), 1, "exactly one readiness gate per pod")
-                self.assertEqual(gates[0]["spec"]["pluginConfig"]["model"], served)
+                self.assertEqual(gates[0]["model"], served)
         selectors = [json.dumps(d["spec"]["selector"], sort_keys=True)
                      for d in of_kind("Deployment")]
         self.assertEqual(len(selectors), len(set(selectors)))
 
     def test_router_targets_are_served_routed_and_have_a_service(self):
-        router = json.loads(next(
-            c for ef in of_kind("EnvoyFilter") for c in wasm_configs(ef)
-            if c["root_id"] == "model_router")["configuration"]["value"])
+        router = next(c for ef in of_kind("EnvoyFilter") for f, c in envoy_filter_stages(ef)
+                      if f == "model_router")
         targets = set()
         for m in router["models"]:
             targets |= {t["name"] for t in m.get("targets", [])} or {m["name"]}
@@ -231,25 +251,37 @@ class CrossFile(unittest.TestCase):
             with self.subTest(proxy=labels):
                 found = filters_on(ns, labels)
                 self.assertTrue(found)
-                self.assertEqual(len({vm for _, vm, _ in found}), 1,
-                                 [(f, vm) for f, vm, _ in found])
-        gateway = {f for f, _, _ in filters_on(*GATEWAY)}
+                self.assertEqual(len({vm for _, vm, _, _ in found}), 1,
+                                 [(f, vm) for f, vm, _, _ in found])
+        gateway = {f for f, _, _, _ in filters_on(*GATEWAY)}
         self.assertEqual(gateway, {"model_router", "load_shedder", "ml_metrics", "endpoint_picker"})
 
     def test_filter_order_in_each_proxy(self):
-        # Finding 9: ordering must not rest on an unset priority (it sorts last).
+        # Finding 9: ordering must not rest on an unset priority (it sorts last). Objects
+        # sort by phase and priority (Istio) or priority (EnvoyFilters before the router);
+        # a chain's stages run in their listed order (stable sort keeps it).
         phases = {"AUTHN": 0, "AUTHZ": 1, "STATS": 2}
         for wp in of_kind("WasmPlugin"):
             self.assertIn("priority", wp["spec"], wp["metadata"]["name"])
-        ns, labels, _, _ = pools()[0]
-        sidecar = sorted((o for f, vm, o in filters_on(ns, labels)),
-                         key=lambda o: (phases[o["spec"]["phase"]], -o["spec"]["priority"]))
-        self.assertEqual([o["spec"]["pluginName"] for o in sidecar],
-                         ["ml_metrics", "readiness_gate", "load_shedder"])
-        gateway = sorted({id(o): o for _, _, o in filters_on(*GATEWAY)}.values(),
-                         key=lambda o: o["spec"].get("priority", 0))
-        self.assertEqual([next(wasm_configs(o))["root_id"] for o in gateway],
+        for ns, labels, _, served in pools():
+            with self.subTest(model=served):
+                sidecar = sorted(filters_on(ns, labels),
+                                 key=lambda x: (phases[x[2]["spec"]["phase"]],
+                                                -x[2]["spec"]["priority"]))
+                self.assertEqual([f for f, _, _, _ in sidecar],
+                                 ["ml_metrics", "readiness_gate", "load_shedder"])
+        gateway = sorted(filters_on(*GATEWAY), key=lambda x: x[2]["spec"].get("priority", 0))
+        self.assertEqual([f for f, _, _, _ in gateway],
                          ["ml_metrics", "model_router", "load_shedder", "endpoint_picker"])
+
+    def test_the_default_deploys_one_chain_module_per_proxy(self):
+        # Issue 10: the chain module is the shipped default, one per tier.
+        for ns, labels, _, served in pools():
+            with self.subTest(model=served):
+                objs = {id(o): o for _, _, o, _ in filters_on(ns, labels)}.values()
+                self.assertEqual([o["spec"]["pluginName"] for o in objs], [CHAIN])
+        objs = list({id(o): o for _, _, o, _ in filters_on(*GATEWAY)}.values())
+        self.assertEqual([[c["root_id"] for c in wasm_configs(o)] for o in objs], [[CHAIN]])
 
     def test_ecds_filters_accept_the_fallback_rbac_and_state_a_failure_policy(self):
         # Finding 7: istio-agent replaces a module it cannot fetch with an RBAC filter;
@@ -284,8 +316,8 @@ class CrossFile(unittest.TestCase):
                 self.assertEqual(plain, {probe["port"]})
                 self.assertNotEqual(probe["port"], api_port)
                 self.assertNotIn("livenessProbe", vllm, "a kubelet probe cannot pass STRICT")
-                gate = next(o for f, _, o in filters_on(ns, labels) if f == "readiness_gate")
-                self.assertEqual(probe["path"], gate["spec"]["pluginConfig"]["probe_path"])
+                gate = next(c for f, _, _, c in filters_on(ns, labels) if f == "readiness_gate")
+                self.assertEqual(probe["path"], gate["probe_path"])
                 ann = tpl["metadata"]["annotations"]
                 self.assertEqual(ann["sidecar.istio.io/rewriteAppHTTPProbers"], "false")
                 policies = [a for a in of_kind("AuthorizationPolicy")
@@ -316,16 +348,18 @@ class CrossFile(unittest.TestCase):
                              ["traffic.sidecar.istio.io/excludeInboundPorts"],
                              str(ports["loader"]))
             self.assertEqual(loader["restartPolicy"], "Always")
-            clusters = {c["cluster"] for _, _, o in filters_on(ns, labels)
-                        for n in walk(o["spec"].get("pluginConfig", {}))
-                        if isinstance(n, dict) and "cluster" in n for c in [n]}
+            clusters = {n["cluster"] for _, _, _, c in filters_on(ns, labels)
+                        for n in walk(c) if isinstance(n, dict) and "cluster" in n}
+            self.assertTrue(clusters)
             self.assertLessEqual(clusters, set(ports))
 
     def test_stop_iteration_knob_and_the_minimum_istio_version_stated_everywhere(self):
         # Finding 1: istiod < 1.28 drops allow_on_headers_stop_iteration silently.
-        router = next(c for ef in of_kind("EnvoyFilter") for c in wasm_configs(ef)
-                      if c["root_id"] == "model_router")
-        self.assertIs(router.get("allow_on_headers_stop_iteration"), True)
+        router = [c for ef in of_kind("EnvoyFilter") for c in wasm_configs(ef)
+                  if "model_router" in [f for f, _ in stages(
+                      c["root_id"], json.loads(c["configuration"]["value"]))]]
+        self.assertEqual(len(router), 1)
+        self.assertIs(router[0].get("allow_on_headers_stop_iteration"), True)
         texts = {f: read(f) for f in manifest_files()
                  + [os.path.join(ISTIO, "kustomization.yaml"),
                     os.path.join(ROOT, "README.md"), os.path.join(ROOT, "docs", "istio.md")]
@@ -333,7 +367,7 @@ class CrossFile(unittest.TestCase):
         for f, text in texts.items():
             for m in re.finditer(r"Istio\s*(?:>=|≥)\s*1\.(\d+)", text):
                 self.assertGreaterEqual(int(m.group(1)), 28, f"{f}: {m.group(0)}")
-        for f in ("model-router.yaml", "kustomization.yaml"):
+        for f in ("gateway-chain.yaml", "kustomization.yaml"):
             self.assertRegex(texts[os.path.join(ISTIO, f)], r"Istio (>=|≥) ?1\.28")
 
     def test_every_image_is_pinned_by_digest(self):
@@ -356,7 +390,7 @@ class CrossFile(unittest.TestCase):
                     if isinstance(remote, dict) and "http_uri" in remote:
                         digest = remote["http_uri"]["uri"].rsplit("@sha256:", 1)[-1]
                         self.assertEqual(remote.get("sha256"), digest)
-        self.assertGreaterEqual(refs, 10)  # 8 Wasm references, 2 loader images
+        self.assertGreaterEqual(refs, 5)  # 3 chain module references, 2 loader images
 
     def test_envoyfilter_wasm_has_no_pull_secret(self):
         # Finding 9: EnvoyFilter Wasm cannot reference an imagePullSecret.

@@ -3,7 +3,8 @@
 docker-registry on a free loopback port, pulled back with this file's own client (the
 registry HTTP API, as istio-agent reads it: manifest, last layer, `plugin.wasm` in a
 tar+gzip), compared byte for byte with dist/*.wasm, then loaded by a real Envoy that
-serves a request through all five filters. Part of `make test-manifests`.
+serves a request through all five filters and the chain module running them. Part of
+`make test-manifests`.
 """
 import gzip
 import hashlib
@@ -22,6 +23,8 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OCI = os.path.join(ROOT, "dist", "oci")
 FILTERS = ["readiness_gate", "model_router", "load_shedder", "ml_metrics", "endpoint_picker"]
+# Every Wasm image: each filter, and the chain module istio/ deploys.
+MODULES = FILTERS + ["chain"]
 TAG = "0.1.0"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -71,7 +74,7 @@ class Registry(unittest.TestCase):
         for tool in ("docker-registry", "skopeo"):
             if not shutil.which(tool):
                 raise AssertionError(f"{tool} missing: scripts/setup.sh installs it")
-        for f in FILTERS:
+        for f in MODULES:
             if not os.path.exists(os.path.join(OCI, f, "index.json")):
                 raise AssertionError(f"dist/oci/{f} missing: make oci-wasm")
         cls.tmp = tempfile.mkdtemp(prefix="modelgate-oci-")
@@ -127,7 +130,7 @@ http: {{addr: 127.0.0.1:{cls.port}}}
 
     def test_filters_round_trip_byte_identical_and_load_in_envoy(self):
         modules = {}
-        for name in FILTERS:
+        for name in MODULES:
             with self.subTest(filter=name):
                 self.push(name)
                 digest, module = self.pull_plugin(name)
@@ -191,6 +194,19 @@ http: {{addr: 127.0.0.1:{cls.port}}}
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
                         "value": json.dumps(configs[n])}}}} for n in FILTERS]
+        # The chain module with every filter as a stage, as istio/ deploys it.
+        filters.append({
+            "name": "modelgate.chain",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "chain", "root_id": "chain", "allow_on_headers_stop_iteration": True,
+                    "vm_config": {"vm_id": "modelgate", "runtime": "envoy.wasm.runtime.v8",
+                                  "code": {"local": {"filename": modules["chain"]}}},
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": json.dumps({"filters": [
+                            {"name": n, "config": configs[n]} for n in FILTERS]})}}}})
         filters.append({"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
         addr = lambda p: {"socket_address": {"address": "127.0.0.1", "port_value": p}}
@@ -230,7 +246,7 @@ http: {{addr: 127.0.0.1:{cls.port}}}
                 _, _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=wasm")
                 created = [line for line in stats.decode().splitlines()
                            if line.startswith("wasm.envoy.wasm.runtime.v8.created:")]
-                self.assertTrue(created and int(created[0].split(":")[1]) >= len(FILTERS), stats)
+                self.assertTrue(created and int(created[0].split(":")[1]) >= len(MODULES), stats)
             finally:
                 stop(proc)
         with open(log_path) as fh:

@@ -1,6 +1,8 @@
 //! The plugin configurations shipped in `envoy/*.yaml` and `istio/*.yaml`, found by walking
 //! the YAML: Envoy Wasm filter configs (also inside Istio EnvoyFilter patches) and Istio
-//! `WasmPlugin` resources. Used by the configuration and robustness tests.
+//! `WasmPlugin` resources; each stage of a `chain` module also as that filter alone (a stage's
+//! configuration is what the filter accepts alone). Used by the configuration and robustness
+//! tests.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,28 @@ pub struct Plugin {
     pub allow_stop: bool,
     pub configuration: String,
     pub from_wasm_plugin: bool,
+    /// A stage of a `chain` module's configuration, as its own filter (its other fields
+    /// are the chain's).
+    pub chain_stage: bool,
+}
+
+/// `p` and, when it is a `chain`, each of its stages as the filter alone.
+fn push_with_stages(p: Plugin, out: &mut Vec<Plugin>) {
+    if p.module == "chain" {
+        let chain: serde_json::Value = serde_json::from_str(&p.configuration)
+            .unwrap_or_else(|e| panic!("{}: chain configuration: {e}", p.file.display()));
+        for stage in chain["filters"].as_array().into_iter().flatten() {
+            let name = stage["name"].as_str().unwrap_or_default().to_string();
+            out.push(Plugin {
+                module: name.clone(),
+                root_id: name,
+                configuration: stage["config"].to_string(),
+                chain_stage: true,
+                ..p.clone()
+            });
+        }
+    }
+    out.push(p);
 }
 
 fn repo() -> PathBuf {
@@ -102,17 +126,21 @@ fn collect(file: &Path, v: &Value, out: &mut Vec<Plugin>) {
                     None => text(get(c, "value")),
                 })
                 .unwrap_or_default();
-            out.push(Plugin {
-                file: file.to_path_buf(),
-                module: module_of(&filename),
-                root_id: text(get(cfg, "root_id")),
-                vm_id: text(vm.and_then(|vm| get(vm, "vm_id"))),
-                allow_stop: get(cfg, "allow_on_headers_stop_iteration")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-                configuration,
-                from_wasm_plugin: false,
-            });
+            push_with_stages(
+                Plugin {
+                    file: file.to_path_buf(),
+                    module: module_of(&filename),
+                    root_id: text(get(cfg, "root_id")),
+                    vm_id: text(vm.and_then(|vm| get(vm, "vm_id"))),
+                    allow_stop: get(cfg, "allow_on_headers_stop_iteration")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                    configuration,
+                    from_wasm_plugin: false,
+                    chain_stage: false,
+                },
+                out,
+            );
         }
     }
     if text(get(v, "kind")) == "WasmPlugin" {
@@ -120,16 +148,20 @@ fn collect(file: &Path, v: &Value, out: &mut Vec<Plugin>) {
             let configuration = get(spec, "pluginConfig")
                 .map(|c| serde_json::to_string(c).unwrap())
                 .unwrap_or_default();
-            out.push(Plugin {
-                file: file.to_path_buf(),
-                module: module_of(&text(get(spec, "url"))),
-                root_id: text(get(spec, "pluginName")),
-                vm_id: text(get(spec, "vmConfig").and_then(|c| get(c, "vmId"))),
-                // Istio has no field for it; an EnvoyFilter patch sets it (NOTES.md).
-                allow_stop: true,
-                configuration,
-                from_wasm_plugin: true,
-            });
+            push_with_stages(
+                Plugin {
+                    file: file.to_path_buf(),
+                    module: module_of(&text(get(spec, "url"))),
+                    root_id: text(get(spec, "pluginName")),
+                    vm_id: text(get(spec, "vmConfig").and_then(|c| get(c, "vmId"))),
+                    // Istio has no field for it; an EnvoyFilter patch sets it (NOTES.md).
+                    allow_stop: true,
+                    configuration,
+                    from_wasm_plugin: true,
+                    chain_stage: false,
+                },
+                out,
+            );
         }
     }
     match v {

@@ -108,33 +108,9 @@ fn each_module_exports_exactly_its_callbacks() {
     }
 }
 
-/// The module's configuration in `envoy/gateway.yaml` (the gate's in `envoy/sidecar.yaml`);
-/// the chain's: the gateway's filters, in order, with their configurations.
+/// The module's configuration in `envoy/gateway.yaml` (the gate's in `envoy/sidecar.yaml`):
+/// the shipped chain's, or that filter's stage of it.
 fn shipped_config(module: &str) -> Plugin {
-    if module == "chain" {
-        let gateway: Vec<Plugin> = plugins()
-            .into_iter()
-            .filter(|p| p.file.ends_with("envoy/gateway.yaml"))
-            .collect();
-        let stages: Vec<String> = gateway
-            .iter()
-            .map(|p| {
-                format!(
-                    r#"{{"name": "{}", "config": {}}}"#,
-                    p.module, p.configuration
-                )
-            })
-            .collect();
-        let first = gateway.first().expect("envoy/gateway.yaml has filters");
-        return Plugin {
-            module: "chain".into(),
-            root_id: "chain".into(),
-            configuration: format!(r#"{{"filters": [{}]}}"#, stages.join(",")),
-            // The router pauses in request headers.
-            allow_stop: true,
-            ..first.clone()
-        };
-    }
     let file = if module == "readiness_gate" {
         "sidecar.yaml"
     } else {

@@ -181,7 +181,18 @@ fn run(p: &Plugin, call: &str, status: i32) -> Result<(), String> {
     vm.allow(call);
     poll(&mut control);
     traffic(&mut control);
+    // What the refusal changed in the traffic (e.g. a chain's gate that could not poll
+    // refused requests its load shedder would have counted) lives on in ORCA's request
+    // rate, a moving average: both VMs idle past it (30 s of polls), then serve one round
+    // the same way, so the compared round shows what each counts after the refusal.
     for v in [&mut vm, &mut control] {
+        for _ in 0..15 {
+            poll(v);
+        }
+        let (_, hung) = traffic(v);
+        if !hung.is_empty() {
+            return Err(format!("requests hang after the refusal: {hung:?}"));
+        }
         poll(v);
     }
     let (after, hung) = traffic(&mut vm);

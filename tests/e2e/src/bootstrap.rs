@@ -26,13 +26,14 @@ pub fn shipped(file: &str, vars: &[(&str, String)]) -> String {
 type Edit = Box<dyn Fn(&mut Value)>;
 
 /// A shipped config from `envoy/` (what `make run` and users deploy) rendered for a test,
-/// with the test's changes made on the parsed config by name (a plugin's configuration,
-/// a filter field, a connection manager field), never by editing the rendered text.
+/// with the test's changes made on the parsed config by name (a filter's configuration,
+/// whether it runs alone or as a stage of the `chain` module; a filter field; a connection
+/// manager field), never by editing the rendered text.
 pub struct Shipped {
     file: String,
     vars: Vec<(String, String)>,
     edits: Vec<Edit>,
-    as_chain: bool,
+    separate: bool,
 }
 
 impl Shipped {
@@ -45,14 +46,16 @@ impl Shipped {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             edits: Vec::new(),
-            as_chain: false,
+            separate: false,
         }
     }
 
-    /// With `on`, the same modelgate filters, with the same configurations (after the other
-    /// edits), as one `chain` module (dist/chain.wasm) in their place.
-    pub fn as_chain(mut self, on: bool) -> Self {
-        self.as_chain = on;
+    /// With `on`, each stage of the shipped `chain` module, with its configuration (after
+    /// the other edits), as a module of its own (dist/<name>.wasm), in the chain's order and
+    /// place: what the configs were before the chain module became the default, for tests
+    /// that compare both.
+    pub fn as_separate(mut self, on: bool) -> Self {
+        self.separate = on;
         self
     }
 
@@ -113,17 +116,23 @@ impl Shipped {
         self.var("READINESS_PERIOD", period)
     }
 
-    /// Changes the configuration (JSON) of the wasm filter of `module` (its root id).
+    /// Changes the configuration (JSON) of filter `module` (a wasm filter's root id, or the
+    /// name of a stage of a `chain` module).
     pub fn plugin_config(mut self, module: &str, edit: impl Fn(&mut Value) + 'static) -> Self {
         let module = module.to_string();
         self.edits.push(Box::new(move |root| {
             for filter in wasm_filters(root, &module) {
+                let in_chain = filter["typed_config"]["config"]["root_id"] != module.as_str();
                 let value = &mut filter["typed_config"]["config"]["configuration"]["value"];
-                let mut config: Value = value
-                    .as_str()
-                    .and_then(|s| serde_json::from_str(s).ok())
-                    .unwrap_or_else(|| panic!("{module}: configuration is not JSON"));
-                edit(&mut config);
+                let mut config = configuration(value, &module);
+                if in_chain {
+                    let stages = config["filters"].as_array_mut().into_iter().flatten();
+                    for stage in stages.filter(|s| s["name"] == module.as_str()) {
+                        edit(&mut stage["config"]);
+                    }
+                } else {
+                    edit(&mut config);
+                }
                 *value = json!(config.to_string());
             }
         }));
@@ -148,7 +157,8 @@ impl Shipped {
         })
     }
 
-    /// Sets a field of the wasm filter of `module`'s `config` (its `PluginConfig`), e.g.
+    /// Sets a field of the `config` (the `PluginConfig`) of the wasm filter that runs
+    /// `module` (alone, or the `chain` module it is a stage of), e.g.
     /// `allow_on_headers_stop_iteration`.
     pub fn filter_field(mut self, module: &str, key: &str, value: Value) -> Self {
         let (module, key) = (module.to_string(), key.to_string());
@@ -194,9 +204,9 @@ impl Shipped {
         for edit in &self.edits {
             edit(&mut root);
         }
-        if self.as_chain {
+        if self.separate {
             for hcm in connection_managers(&mut root) {
-                into_chain(&mut hcm["http_filters"]);
+                into_separate(&mut hcm["http_filters"]);
             }
         }
         serde_yaml::to_string(&root).expect("bootstrap YAML")
@@ -246,51 +256,66 @@ fn connection_managers(root: &mut Value) -> Vec<&mut Value> {
     out
 }
 
-/// Replaces the modelgate filters of `filters` by one `chain` filter where the first was.
-fn into_chain(filters: &mut Value) {
+/// A wasm filter's configuration (JSON) parsed; panics when it is not JSON.
+fn configuration(value: &Value, module: &str) -> Value {
+    value
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_else(|| panic!("{module}: configuration is not JSON"))
+}
+
+/// Replaces each `chain` filter of `filters` by its stages, each a wasm filter of its own
+/// module with the stage's configuration and the chain's other fields, in its place.
+fn into_separate(filters: &mut Value) {
     let Some(list) = filters.as_array_mut() else {
         return;
     };
-    let ours = |f: &Value| {
-        f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
-            .as_str()
-            .is_some_and(|p| p.starts_with(&wasm_dir()))
-    };
-    let Some(at) = list.iter().position(ours) else {
-        return;
-    };
-    let stages: Vec<Value> = list
-        .iter()
-        .filter(|f| ours(f))
-        .map(|f| {
-            let c = &f["typed_config"]["config"];
-            let config: Value = c["configuration"]["value"]
-                .as_str()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or(Value::Null);
-            json!({"name": c["root_id"], "config": config})
-        })
-        .collect();
-    let mut chain = list[at].clone();
-    let c = &mut chain["typed_config"]["config"];
-    c["name"] = json!("chain");
-    c["root_id"] = json!("chain");
-    c["allow_on_headers_stop_iteration"] = json!(true);
-    c["vm_config"]["code"]["local"]["filename"] = json!(format!("{}/chain.wasm", wasm_dir()));
-    c["configuration"]["value"] = json!(json!({"filters": stages}).to_string());
-    chain["name"] = json!("modelgate.chain");
-    list.retain(|f| !ours(f));
-    list.insert(at, chain);
+    let mut out = Vec::new();
+    for f in list.drain(..) {
+        if f["typed_config"]["config"]["root_id"] != "chain" {
+            out.push(f);
+            continue;
+        }
+        let chain = configuration(
+            &f["typed_config"]["config"]["configuration"]["value"],
+            "chain",
+        );
+        for stage in chain["filters"].as_array().into_iter().flatten() {
+            let name = stage["name"].as_str().expect("stage name").to_string();
+            let mut one = f.clone();
+            one["name"] = json!(format!("modelgate.{name}"));
+            let c = &mut one["typed_config"]["config"];
+            c["name"] = json!(name);
+            c["root_id"] = json!(name);
+            c["vm_config"]["code"]["local"]["filename"] =
+                json!(format!("{}/{name}.wasm", wasm_dir()));
+            c["configuration"]["value"] = json!(stage["config"].to_string());
+            out.push(one);
+        }
+    }
+    *list = out;
 }
 
-/// The HTTP filters of wasm module `module` (by root id) in every listener; panics when
-/// there is none, so a test never edits a filter that is not there.
+/// The HTTP wasm filters that run `module` (by root id, or a `chain` filter with a stage of
+/// that name) in every listener; panics when there is none, so a test never edits a filter
+/// that is not there.
 fn wasm_filters<'a>(root: &'a mut Value, module: &str) -> Vec<&'a mut Value> {
     let mut out = Vec::new();
     for hcm in connection_managers(root) {
         let filters = hcm["http_filters"].as_array_mut();
         for f in filters.into_iter().flatten() {
-            if f["typed_config"]["config"]["root_id"] == module {
+            let config = &f["typed_config"]["config"];
+            let runs = config["root_id"] == module
+                || (config["root_id"] == "chain"
+                    && config["configuration"]["value"]
+                        .as_str()
+                        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                        .is_some_and(|c| {
+                            c["filters"]
+                                .as_array()
+                                .is_some_and(|st| st.iter().any(|s| s["name"] == module))
+                        }));
+            if runs {
                 out.push(f);
             }
         }
@@ -573,42 +598,113 @@ mod tests {
         let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         assert_eq!(hcm["stream_idle_timeout"], "2s");
-        let filter = |root: &str| {
-            hcm["http_filters"]
-                .as_array()
-                .and_then(|fs| {
-                    fs.iter()
-                        .find(|f| f["typed_config"]["config"]["root_id"] == root)
-                })
-                .map(|f| f["typed_config"]["config"].clone())
-                .expect(root)
-        };
+        // Shipped: one chain module; the field is set on it, the edit made in its stage.
+        let chain = wasm_config(&doc, "chain");
+        assert_eq!(chain["allow_on_headers_stop_iteration"], false);
+        let stages = stages(&chain);
+        let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
-            filter("model_router")["allow_on_headers_stop_iteration"],
-            false
+            names,
+            [
+                "ml_metrics",
+                "model_router",
+                "load_shedder",
+                "endpoint_picker"
+            ]
         );
-        let picker: Value = serde_json::from_str(
-            filter("endpoint_picker")["configuration"]["value"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(picker["pools"]["llama-3-8b"], json!(["127.0.0.1:1"]));
+        assert_eq!(stages[3].1["pools"]["llama-3-8b"], json!(["127.0.0.1:1"]));
         let sidecar: Value =
             serde_yaml::from_str(&Shipped::sidecar(ports, 3, "m").flow_control(false).yaml())
                 .unwrap();
-        let shedder = sidecar["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-            ["typed_config"]["http_filters"]
+        let shedder = &stages_of(&sidecar)[2];
+        assert_eq!(shedder.0, "load_shedder");
+        assert_eq!(shedder.1["flow"]["enabled"], false);
+        assert_eq!(shedder.1["flow"]["max_running"], 4);
+    }
+
+    #[test]
+    fn as_separate_runs_each_stage_as_its_own_module_in_order() {
+        let ports = Ports {
+            listen: 10,
+            admin: 11,
+        };
+        let shipped: Value =
+            serde_yaml::from_str(&Shipped::gateway(ports, [1, 1, 2]).yaml()).unwrap();
+        let separate: Value = serde_yaml::from_str(
+            &Shipped::gateway(ports, [1, 1, 2])
+                .as_separate(true)
+                .picker_pool("llama-3-8b", &[7])
+                .yaml(),
+        )
+        .unwrap();
+        let filters = separate["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["http_filters"]
+            .as_array()
+            .cloned()
+            .unwrap();
+        let roots: Vec<&str> = filters
+            .iter()
+            .map(|f| {
+                f["typed_config"]["config"]["root_id"]
+                    .as_str()
+                    .unwrap_or("-")
+            })
+            .collect();
+        assert_eq!(
+            roots,
+            [
+                "ml_metrics",
+                "model_router",
+                "load_shedder",
+                "endpoint_picker",
+                "-"
+            ]
+        );
+        for (f, (name, config)) in filters.iter().zip(stages_of(&shipped)) {
+            let c = &f["typed_config"]["config"];
+            assert_eq!(f["name"], format!("modelgate.{name}"));
+            assert!(c["vm_config"]["code"]["local"]["filename"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{name}.wasm")));
+            assert_eq!(c["vm_config"]["vm_id"], "modelgate");
+            let own: Value =
+                serde_json::from_str(c["configuration"]["value"].as_str().unwrap()).unwrap();
+            if name == "endpoint_picker" {
+                assert_eq!(own["pools"]["llama-3-8b"], json!(["127.0.0.1:7"]));
+            } else {
+                assert_eq!(own, config, "{name}");
+            }
+        }
+    }
+
+    /// The `config` of the wasm filter with root id `root` in the first listener.
+    fn wasm_config(doc: &Value, root: &str) -> Value {
+        doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"]
             .as_array()
             .and_then(|fs| {
                 fs.iter()
-                    .find(|f| f["typed_config"]["config"]["root_id"] == "load_shedder")
+                    .find(|f| f["typed_config"]["config"]["root_id"] == root)
             })
-            .map(|f| f["typed_config"]["config"]["configuration"]["value"].clone())
-            .unwrap();
-        let shedder: Value = serde_json::from_str(shedder.as_str().unwrap()).unwrap();
-        assert_eq!(shedder["flow"]["enabled"], false);
-        assert_eq!(shedder["flow"]["max_running"], 4);
+            .map(|f| f["typed_config"]["config"].clone())
+            .expect(root)
+    }
+
+    /// The (name, config) of each stage of a chain filter's `config`.
+    fn stages(chain: &Value) -> Vec<(String, Value)> {
+        let c: Value =
+            serde_json::from_str(chain["configuration"]["value"].as_str().unwrap()).unwrap();
+        c["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["name"].as_str().unwrap().to_string(), s["config"].clone()))
+            .collect()
+    }
+
+    fn stages_of(doc: &Value) -> Vec<(String, Value)> {
+        stages(&wasm_config(doc, "chain"))
     }
 
     #[test]

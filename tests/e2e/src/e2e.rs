@@ -591,6 +591,8 @@ mod tests {
             },
             [3, 4, 5],
         )
+        // The router's stage of the shipped chain, as a module of its own.
+        .as_separate(true)
         .yaml();
         let doc: serde_json::Value = serde_yaml::from_str(&yaml).expect("YAML");
         let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]

@@ -22,7 +22,9 @@ struct Pod {
     sim: Sim,
 }
 
-fn start_pod(dir: &std::path::Path) -> Pod {
+/// `knob`: the chain's `allow_on_headers_stop_iteration` (shipped in envoy/sidecar.yaml;
+/// Istio's WasmPlugin, istio/sidecar-chain.yaml, cannot set it).
+fn start_pod(dir: &std::path::Path, knob: bool) -> Pod {
     let sim = Sim::start(
         dir,
         "sim",
@@ -39,7 +41,13 @@ fn start_pod(dir: &std::path::Path) -> Pod {
             "8",
         ],
     );
-    let envoy = Shipped::sidecar(Ports::free(), sim.port, MODEL).start(dir, "sidecar");
+    let envoy = Shipped::sidecar(Ports::free(), sim.port, MODEL)
+        .filter_field(
+            "load_shedder",
+            "allow_on_headers_stop_iteration",
+            json!(knob),
+        )
+        .start(dir, "sidecar");
     let port = envoy.port;
     let up = wait_until(START_TIMEOUT, || {
         chat(port, "warmup", "standard").status == 200
@@ -98,8 +106,19 @@ fn sim_gauge(sim: &Sim, name: &str) -> f64 {
 
 #[test]
 fn overload_is_held_fairly_and_every_request_is_answered() {
-    let dir = scratch_dir("flow");
-    let pod = start_pod(&dir);
+    overload_is_held(true);
+}
+
+/// As Istio's WasmPlugin runs the chain: without the knob Envoy turns the held request's
+/// pause into StopAll and keeps its body until the shedder resumes it.
+#[test]
+fn without_the_knob_as_in_istio_overload_is_held_and_answered() {
+    overload_is_held(false);
+}
+
+fn overload_is_held(knob: bool) {
+    let dir = scratch_dir(if knob { "flow" } else { "flow-noknob" });
+    let pod = start_pod(&dir, knob);
     let stop = Arc::new(AtomicBool::new(false));
     let out: Outcomes = Arc::default();
     // Capacity is 4 running + 1 waiting: 14 clients are about three times that.

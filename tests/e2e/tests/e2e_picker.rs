@@ -10,9 +10,11 @@ use std::time::Duration;
 use modelgate_e2e::*;
 use serde_json::{json, Value};
 
-/// The shipped gateway's filters as separate modules, or as one `chain` module.
-fn gateway(sims: &[Sim; 3], as_chain: bool) -> Shipped {
-    Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port]).as_chain(as_chain)
+/// The shipped gateway (its filters as one `chain` module), or the same filters as
+/// separate modules.
+fn gateway(sims: &[Sim; 3], separate: bool) -> Shipped {
+    Shipped::gateway(Ports::free(), [sims[0].port, sims[1].port, sims[2].port])
+        .as_separate(separate)
 }
 
 #[test]
@@ -21,13 +23,13 @@ fn the_picker_keeps_prefixes_on_pods_and_clients_cannot_steer() {
 }
 
 #[test]
-fn the_chain_module_keeps_prefixes_on_pods_and_clients_cannot_steer() {
+fn as_a_separate_module_the_picker_keeps_prefixes_on_pods() {
     keeps_prefixes_on_pods(true);
 }
 
-fn keeps_prefixes_on_pods(as_chain: bool) {
-    let dir = scratch_dir(if as_chain {
-        "e2e-picker-chain"
+fn keeps_prefixes_on_pods(separate: bool) {
+    let dir = scratch_dir(if separate {
+        "e2e-picker-separate"
     } else {
         "e2e-picker"
     });
@@ -36,7 +38,7 @@ fn keeps_prefixes_on_pods(as_chain: bool) {
         Sim::fast(&dir, "b", "llama-3-8b"),
         Sim::fast(&dir, "c", "qwen-2-7b"),
     ];
-    let envoy = gateway(&sims, as_chain).start(&dir, "gateway");
+    let envoy = gateway(&sims, separate).start(&dir, "gateway");
     let url = format!("http://127.0.0.1:{}/v1/chat/completions", envoy.port);
     let chat = |body: &Value, headers: &[(&str, &str)]| {
         let r = post_json(&url, body, headers);
@@ -106,20 +108,21 @@ fn keeps_prefixes_on_pods(as_chain: bool) {
 /// Envoy's two workers split them (each counts its own in-flight), one worker has three
 /// or more, so at least one request finds both pods saturated. It is held, then sent to
 /// the first pod that finishes, and every request is served.
+/// (The picker is the last stage of the shipped chain module.)
 #[test]
 fn a_saturated_pool_holds_a_request_then_serves_it() {
     holds_then_serves(false);
 }
 
-/// The picker, last in the chain module, holds and resumes requests the same way.
+/// The picker as a separate module holds and resumes requests the same way.
 #[test]
-fn the_chain_module_holds_a_request_then_serves_it() {
+fn as_a_separate_module_the_picker_holds_a_request_then_serves_it() {
     holds_then_serves(true);
 }
 
-fn holds_then_serves(as_chain: bool) {
-    let dir = scratch_dir(if as_chain {
-        "e2e-picker-flow-chain"
+fn holds_then_serves(separate: bool) {
+    let dir = scratch_dir(if separate {
+        "e2e-picker-flow-separate"
     } else {
         "e2e-picker-flow"
     });
@@ -128,7 +131,7 @@ fn holds_then_serves(as_chain: bool) {
         Sim::fast_with_ttft(&dir, "b", "llama-3-8b", 2000),
         Sim::fast(&dir, "c", "qwen-2-7b"),
     ];
-    let envoy = gateway(&sims, as_chain)
+    let envoy = gateway(&sims, separate)
         // Standard (critical is never held), and one request in flight saturates a pod.
         .plugin_config("model_router", |c| {
             c["models"][0]["criticality"] = json!("standard");

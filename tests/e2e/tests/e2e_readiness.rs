@@ -113,21 +113,22 @@ fn assert_gone(pids: &[u32]) {
     }
 }
 
+/// The shipped sidecar: its filters as one `chain` module. The gate's refusals are the
+/// module's own local replies, and its ml_metrics stage, before the gate, still counts them.
 #[test]
 fn gates_until_ready_and_again_when_unhealthy() {
     gates_until_ready(false);
 }
 
-/// The sidecar's filters as one `chain` module: the gate's refusals are the module's own
-/// local replies, and its ml_metrics, before the gate, still counts them.
+/// The same filters as separate modules.
 #[test]
-fn the_chain_module_gates_until_ready_and_counts_its_refusals() {
+fn separate_modules_gate_until_ready_and_count_the_refusals() {
     gates_until_ready(true);
 }
 
-fn gates_until_ready(as_chain: bool) {
-    let dir = scratch_dir(if as_chain {
-        "readiness-chain"
+fn gates_until_ready(separate: bool) {
+    let dir = scratch_dir(if separate {
+        "readiness-separate"
     } else {
         "readiness"
     });
@@ -136,7 +137,7 @@ fn gates_until_ready(as_chain: bool) {
     let sim_port = free_port();
     let envoy = Shipped::sidecar(Ports::free(), sim_port, MODEL)
         .readiness_period(PERIOD)
-        .as_chain(as_chain)
+        .as_separate(separate)
         .start(&dir, "envoy");
     let p = envoy.port;
 
@@ -395,8 +396,10 @@ fn bad_config_is_rejected_naming_the_field() {
     let exit = exit.unwrap_or_else(|| panic!("envoy accepted a bad config:\n{log}"));
     assert!(!exit.success(), "{log}");
     assert!(
-        log.contains("invalid configuration: field `period`: `soon` is not a duration"),
-        "the error names the field:\n{log}"
+        log.contains(
+            "chain: invalid configuration: field `filters[1].config.period`: `soon` is not a duration"
+        ),
+        "the error names the stage and its field:\n{log}"
     );
 
     // Also a semantic error caught by validation, not by serde.
@@ -408,7 +411,10 @@ fn bad_config_is_rejected_naming_the_field() {
     let exit = envoy.proc.wait_exit(Duration::from_secs(30));
     let log = envoy.proc.log_text();
     assert!(exit.is_some_and(|e| !e.success()), "{log}");
-    assert!(log.contains("field `probe_path`"), "{log}");
+    assert!(
+        log.contains("field `filters[1].config.probe_path`"),
+        "{log}"
+    );
     let pid = envoy.proc.pid();
     drop(envoy);
     assert_gone(&[pid]);

@@ -486,7 +486,7 @@ fn bad_config_is_rejected() {
         "Envoy accepted a bad router config:\n{log}"
     );
     assert!(
-        log.contains("model_router: invalid configuration: field `models[1].weight`"),
+        log.contains("chain: invalid configuration: field `filters[1].config.models[1].weight`"),
         "{log}"
     );
 }
