@@ -15,9 +15,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ENVOY=${MODELGATE_ENVOY:-$ROOT/tools/envoy}
 DIST=${MODELGATE_DIST:-$ROOT/dist}
 PY=${PYTHON:-$ROOT/tools/venv/bin/python}
-LOAD_SECONDS=${BENCH_IR_SECONDS:-5}
+LOAD_SECONDS=${BENCH_IR_SECONDS:-3}
 IDLE_SECONDS=2
-VARIANTS=(${BENCH_IR_VARIANTS:-none noopmin probe probe_get5 probe_pairs probe_set4 probe_time5 lua router metrics shedder gate gateway gatewaysep sidecar sidecarsep})
+VARIANTS=(${BENCH_IR_VARIANTS:-none noopmin probe probe_get5 probe_pairs probe_set4 lua router gateway gatewaysep sidecar})
 W=$(mktemp -d /tmp/modelgate-bench-ir.XXXXXX)
 PIDS=()
 log() { echo "[instructions] $*" >&2; }
@@ -81,15 +81,15 @@ for v in "${VARIANTS[@]}"; do
     sleep 0.2
   done
   [ -n "$ok" ] || { echo "bench/instructions.sh: variant $v never answered 200 (last $code):" >&2; tail -5 "$W/$v.log" >&2; exit 1; }
-  BENCH_BODY=$body wrk -t1 -c4 -d2s -s "$ROOT/bench/post.lua" "http://127.0.0.1:${PORT[$v]}" > /dev/null
-  callgrind_control -i on "$pid" > /dev/null
-  callgrind_control -z "$pid" > /dev/null
+  BENCH_BODY=$body wrk -t1 -c4 -d1s -s "$ROOT/bench/post.lua" "http://127.0.0.1:${PORT[$v]}" > /dev/null
+  callgrind_control -i on "$pid" > /dev/null 2>&1
+  callgrind_control -z "$pid" > /dev/null 2>&1
   sleep "$IDLE_SECONDS"
-  callgrind_control -d "$pid" > /dev/null
+  callgrind_control -d "$pid" > /dev/null 2>&1
   idle=$(counted "$out" 1)
   BENCH_BODY=$body wrk -t1 -c4 -d"${LOAD_SECONDS}s" -s "$ROOT/bench/post.lua" \
     "http://127.0.0.1:${PORT[$v]}" > "$W/$v.wrk"
-  callgrind_control -d "$pid" > /dev/null
+  callgrind_control -d "$pid" > /dev/null 2>&1
   busy=$(counted "$out" 2)
   kill "$pid"; wait "$pid" 2>/dev/null || true
   read -r n bad < <(sed -n 's/^RESULT requests=\([0-9]*\) duration_us=[0-9]* p50_us=[0-9]* p99_us=[0-9]* errors=\([0-9]*\) non2xx=\([0-9]*\)/\1 \2+\3/p' "$W/$v.wrk")
@@ -128,7 +128,7 @@ label = {
 }
 print("## Instructions per request (callgrind)\n")
 print("`bench/instructions.sh`: each proxy of the proxy benchmark (same configs) under "
-      "valgrind's callgrind, one 1 KiB chat POST at a time over 4 connections; user-space "
+      "valgrind's callgrind, 1 KiB chat POSTs from `wrk` over 4 connections; user-space "
       "instructions Envoy executes per request, its idle rate (timers, polls) subtracted. "
       "Deterministic to about 1 %, so it shows what load-dependent req/s cannot: the price "
       "of each kind of call across the Wasm boundary. Kernel time is not counted.\n")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make bench`: installs the load generators (Debian's wrk and h2load; not part of `make test`),
-# runs every section script bench/*.sh in name order (each prints a markdown section on stdout
-# and its progress on stderr) and writes BENCHMARKS.md from the machine facts and the sections.
+# `make bench`: installs the load generators (Debian's wrk and h2load) and valgrind (none of
+# them part of `make test`), runs every section script bench/*.sh in name order (each prints a
+# markdown section on stdout and its progress on stderr) and writes BENCHMARKS.md from the
+# machine facts and the sections.
 # BENCH_ONLY="proxy routing" runs only those sections and replaces only them in an existing
 # BENCHMARKS.md (matched by their `## ` title; each says it was rerun alone, when and at
 # which commit); without an existing file it writes one with those sections.
@@ -12,6 +13,7 @@ ROOT=$PWD
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v valgrind >/dev/null || need+=(valgrind)
 if [ ${#need[@]} -gt 0 ]; then
   echo "[bench] installing ${need[*]} from Debian" >&2
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
