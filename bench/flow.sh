@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 ENVOY=${MODELGATE_ENVOY:-$ROOT/tools/envoy}
 SIM=$ROOT/target/release/modelgate-sim
-SECONDS_PER_MODE=${FLOW_BENCH_SECONDS:-40}
+SECONDS_PER_MODE=${FLOW_BENCH_SECONDS:-30}
 for f in "$ENVOY" "$SIM" "$ROOT/dist/load_shedder.wasm"; do
   [ -e "$f" ] || { echo "flow bench: $f missing (make build)" >&2; exit 1; }
 done

@@ -17,7 +17,7 @@ DIST=${MODELGATE_DIST:-$ROOT/dist}
 PY=${PYTHON:-$ROOT/tools/venv/bin/python}
 LOAD_SECONDS=${BENCH_IR_SECONDS:-3}
 IDLE_SECONDS=2
-VARIANTS=(${BENCH_IR_VARIANTS:-none noopmin probe probe_get5 probe_pairs probe_set4 lua router gateway gatewaysep sidecar})
+VARIANTS=(${BENCH_IR_VARIANTS:-none noopmin probe probe_get5 probe_pairs probe_set4 lua router gateway sidecar})
 W=$(mktemp -d /tmp/modelgate-bench-ir.XXXXXX)
 PIDS=()
 log() { echo "[instructions] $*" >&2; }

@@ -31,7 +31,7 @@ MODEL = "llama-3-8b"
 # p99 of one run of ~300 requests swings by a third between runs on a shared machine.
 SEEDS = [int(x) for x in os.environ.get("BENCH_SEEDS", "7 8").split()]
 PODS = 4
-DURATION_S = float(os.environ.get("BENCH_ROUTING_SECONDS", "15"))
+DURATION_S = float(os.environ.get("BENCH_ROUTING_SECONDS", "10"))
 CONV_RATE = float(os.environ.get("BENCH_ROUTING_RATE", "2.5"))  # conversations started / s
 # A flash crowd on the most popular application: from, to (s), rate multiplier; the extra
 # conversations all use system prompt 0, more than its pod alone can serve.
