@@ -5,7 +5,7 @@
 //! in a callback, and at the first read from then on in that kind of callback (a filter reads
 //! the same headers on every request). Reads of absent headers stay single: they are cheap.
 //! A chain's stages share the copy. Writes go to the host and into the copy, so a later
-//! stage reads what an earlier one wrote. Copies are dropped as each VM callback starts
+//! stage reads what an earlier one wrote; removing a header the copy shows absent is skipped. Copies are dropped as each VM callback starts
 //! ([`callback_starts`]) and when the effective context changes.
 //!
 //! Reads cannot trap: `None` when the header is absent, when the map is not available in this
@@ -102,19 +102,12 @@ pub(crate) fn context_changes() {
     with_maps(|m| m.kept = Default::default());
 }
 
-/// The value of header `name` in `map` as bytes.
-pub fn header_bytes(map: MapType, name: &str) -> Option<Vec<u8>> {
-    let Some(i) = slot(map) else {
-        return host::header(map, name);
-    };
-    let mut out = None;
-    with_maps(|m| {
-        let (Some(kept), Some(learnt)) = (
-            m.kept.get_mut(i),
-            m.whole_first.get_mut(m.callback).and_then(|w| w.get_mut(i)),
-        ) else {
-            return;
-        };
+impl Maps {
+    /// The copy of map `i`, fetched now if this kind of callback reads the whole map or a
+    /// header of it was already found; `None`: read header by header.
+    fn whole(&mut self, i: usize, map: MapType) -> Option<&mut Snapshot> {
+        let learnt = self.whole_first.get_mut(self.callback)?.get_mut(i)?;
+        let kept = self.kept.get_mut(i)?;
         if kept.whole.is_none() && (*learnt || kept.found > 0) {
             *learnt = true;
             kept.whole = Some(Snapshot {
@@ -123,11 +116,24 @@ pub fn header_bytes(map: MapType, name: &str) -> Option<Vec<u8>> {
                 written: Vec::new(),
             });
         }
-        out = match &kept.whole {
+        kept.whole.as_mut()
+    }
+}
+
+/// The value of header `name` in `map` as bytes.
+pub fn header_bytes(map: MapType, name: &str) -> Option<Vec<u8>> {
+    let Some(i) = slot(map) else {
+        return host::header(map, name);
+    };
+    let mut out = None;
+    with_maps(|m| {
+        out = match m.whole(i, map) {
             Some(whole) => whole.get(name).map(<[u8]>::to_vec),
             None => {
                 let value = host::header(map, name);
-                kept.found += u8::from(value.is_some());
+                if let (Some(kept), Some(_)) = (m.kept.get_mut(i), &value) {
+                    kept.found = kept.found.saturating_add(1);
+                }
                 value
             }
         };
@@ -145,20 +151,29 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
 }
 
 /// Sets header `name` in `map` to `value` (replacing every value), or removes it (`None`).
+/// Removing a header the kept copy shows absent makes no host call (and so does not clear
+/// Envoy's route cache).
 pub fn set(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), HostError> {
-    host::set_header(map, name, value)?;
-    if let Some(i) = slot(map) {
-        with_maps(|m| {
-            // Not fetched: a later read asks the host, which has this write.
-            if let Some(Some(whole)) = m.kept.get_mut(i).map(|k| k.whole.as_mut()) {
-                whole.written.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-                whole
-                    .written
-                    .push((name.to_string(), value.map(<[u8]>::to_vec)));
-            }
-        });
-    }
-    Ok(())
+    let Some(i) = slot(map) else {
+        return host::set_header(map, name, value);
+    };
+    let mut result = None;
+    with_maps(|m| {
+        let whole = m.whole(i, map);
+        if value.is_none() && whole.as_ref().is_some_and(|w| w.get(name).is_none()) {
+            result = Some(Ok(()));
+            return;
+        }
+        let written = host::set_header(map, name, value);
+        if let (Ok(()), Some(whole)) = (written, whole) {
+            whole.written.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            whole
+                .written
+                .push((name.to_string(), value.map(<[u8]>::to_vec)));
+        }
+        result = Some(written);
+    });
+    result.unwrap_or_else(|| host::set_header(map, name, value))
 }
 
 /// Flow control's view of the request being held: its tenant (`flow::tenant_of` the
