@@ -38,17 +38,6 @@ impl PrefixHasher {
         !self.full
     }
 
-    /// Most bytes of text that can still change the hash (4 per character, plus the byte
-    /// that shows the limit is reached).
-    pub fn bytes_wanted(&self) -> usize {
-        if self.full {
-            return 0;
-        }
-        (self.limit - self.taken)
-            .saturating_mul(4)
-            .saturating_add(1)
-    }
-
     fn mix(&mut self, b: u8) {
         self.hash ^= u64::from(b);
         self.hash = self.hash.wrapping_mul(Self::PRIME);

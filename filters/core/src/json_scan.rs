@@ -272,30 +272,32 @@ impl ModelScanner {
         let mut i = 0;
         while let Some(&b) = chunk.get(i) {
             // Fast path: plain bytes inside a string we do not keep (prompts are most of
-            // the body) need no state change, only the check for control characters.
-            // Prompt text takes the same run to the hasher, up to and including the first
-            // byte it refuses (as the byte-wise path would), then the string is skipped.
+            // the body) need no state change, only the check for control characters. Prompt
+            // text goes to the hasher in the same pass, up to and including the first byte it
+            // refuses (as the byte-wise path would); the rest of the string is then skipped.
             if let Token::Str {
                 sink: sink @ (Sink::Skip | Sink::Text),
                 esc: Esc::None,
             } = self.token
             {
-                let mut rest = chunk.get(i..).unwrap_or_default();
-                if sink == Sink::Text {
-                    // Never look further than the hasher can still take.
-                    rest = rest.get(..self.hasher.bytes_wanted()).unwrap_or(rest);
-                }
-                let mut run = rest
-                    .iter()
-                    .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                    .unwrap_or(rest.len());
-                if sink == Sink::Text && self.high_surrogate.is_none() {
-                    let taken = self.push_text(rest.get(..run).unwrap_or_default());
-                    if taken < run {
-                        run = taken + 1;
+                let rest = chunk.get(i..).unwrap_or_default();
+                let plain = |c: u8| c != b'"' && c != b'\\' && c >= 0x20;
+                let run = match sink {
+                    Sink::Text if self.high_surrogate.is_none() => {
+                        let mut n = 0;
+                        while let Some(&c) = rest.get(n).filter(|&&c| plain(c)) {
+                            n += 1;
+                            if !self.hasher.byte(c) {
+                                self.text_done();
+                                break;
+                            }
+                        }
+                        n
                     }
-                }
-                if run > 0 && (sink == Sink::Skip || self.high_surrogate.is_none()) {
+                    Sink::Text => 0,
+                    _ => rest.iter().position(|&c| !plain(c)).unwrap_or(rest.len()),
+                };
+                if run > 0 {
                     i += run;
                     self.pos += run;
                     if hashing && !self.hasher.wants_more() {
@@ -631,17 +633,22 @@ impl ModelScanner {
     fn push_text(&mut self, bytes: &[u8]) -> usize {
         for (n, &b) in bytes.iter().enumerate() {
             if !self.hasher.byte(b) {
-                if let Token::Str { esc, .. } = self.token {
-                    self.token = Token::Str {
-                        sink: Sink::Skip,
-                        esc,
-                    };
-                }
-                self.high_surrogate = None;
+                self.text_done();
                 return n;
             }
         }
         bytes.len()
+    }
+
+    /// The hash is final: the rest of the string is skipped.
+    fn text_done(&mut self) {
+        if let Token::Str { esc, .. } = self.token {
+            self.token = Token::Str {
+                sink: Sink::Skip,
+                esc,
+            };
+        }
+        self.high_surrogate = None;
     }
 
     fn push_code_point(&mut self, sink: Sink, cp: u32) -> Result<(), ScanError> {

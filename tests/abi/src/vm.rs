@@ -211,6 +211,8 @@ pub struct CallCounts {
     pub host_calls: u64,
     /// Calls of the module's allocator by the host, one per value a host call hands over.
     pub allocations: u64,
+    /// Wasm instructions the module executed (wasmtime's fuel: about one per instruction).
+    pub wasm_ops: u64,
 }
 
 impl std::ops::Sub for CallCounts {
@@ -220,6 +222,7 @@ impl std::ops::Sub for CallCounts {
             callbacks: self.callbacks - earlier.callbacks,
             host_calls: self.host_calls - earlier.host_calls,
             allocations: self.allocations - earlier.allocations,
+            wasm_ops: self.wasm_ops - earlier.wasm_ops,
         }
     }
 }
@@ -235,7 +238,12 @@ impl State {
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(Engine::default)
+    // Fuel counts the module's own work (`CallCounts::wasm_ops`); it never runs out.
+    ENGINE.get_or_init(|| {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        Engine::new(&config).expect("wasmtime engine")
+    })
 }
 
 /// Compiled modules: once per test process in memory, and across processes in a disk cache
@@ -484,6 +492,7 @@ impl VmBuilder {
             host_calls: BTreeMap::new(),
         };
         let mut store = Store::new(engine(), state);
+        store.set_fuel(u64::MAX)?;
         let mut linker = Linker::new(engine());
         imports::define(&mut linker)?;
         // Every `env` import is counted; a refusable one answers its status while refused,
@@ -696,7 +705,9 @@ impl Vm {
 
     /// Calls across the VM boundary so far (subtract two readings for one request).
     pub fn call_counts(&self) -> CallCounts {
-        self.store.data().counts
+        let mut counts = self.store.data().counts;
+        counts.wasm_ops = u64::MAX - self.store.get_fuel().unwrap_or(u64::MAX);
+        counts
     }
 
     /// Host calls so far, by import name.

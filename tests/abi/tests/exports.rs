@@ -1,7 +1,8 @@
 //! What each shipped module costs in calls across the VM boundary. Envoy skips every callback
 //! a module does not export, so each module must export exactly the callbacks its filter
 //! uses (a new one is a VM call per request: add it here on purpose); and one request of
-//! the shape `make bench` sends makes a known number of callbacks and host calls.
+//! the shape `make bench` sends makes a known number of callbacks and host calls, and at
+//! most a known number of wasm instructions (wasmtime's fuel) inside the module.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,10 +25,15 @@ const ROOT: &[&str] = &[
     "proxy_on_http_call_response",
 ];
 
-/// Each module's stream callbacks, and the most host calls and allocations (the host's calls
-/// into the module to hand over data, each a VM call) one bench request may make.
-const MODULES: &[(&str, &[&str], (u64, u64))] = &[
-    ("readiness_gate", &["proxy_on_request_headers"], (1, 1)),
+/// Each module's stream callbacks, and the most host calls, allocations (the host's calls
+/// into the module to hand over data, each a VM call) and wasm instructions (measured plus
+/// about a quarter, for compiler versions) one bench request may take.
+const MODULES: &[(&str, &[&str], (u64, u64, u64))] = &[
+    (
+        "readiness_gate",
+        &["proxy_on_request_headers"],
+        (1, 1, 3_500),
+    ),
     (
         "model_router",
         &[
@@ -35,7 +41,7 @@ const MODULES: &[(&str, &[&str], (u64, u64))] = &[
             "proxy_on_request_body",
             "proxy_on_request_trailers",
         ],
-        (7, 2),
+        (7, 2, 48_000),
     ),
     (
         "load_shedder",
@@ -46,7 +52,7 @@ const MODULES: &[(&str, &[&str], (u64, u64))] = &[
             "proxy_on_response_headers",
             "proxy_on_log",
         ],
-        (3, 1),
+        (3, 1, 4_500),
     ),
     (
         "ml_metrics",
@@ -57,7 +63,7 @@ const MODULES: &[(&str, &[&str], (u64, u64))] = &[
             "proxy_on_response_body",
             "proxy_on_log",
         ],
-        (12, 5),
+        (12, 5, 43_000),
     ),
     (
         "endpoint_picker",
@@ -67,7 +73,7 @@ const MODULES: &[(&str, &[&str], (u64, u64))] = &[
             "proxy_on_request_trailers",
             "proxy_on_log",
         ],
-        (4, 1),
+        (4, 1, 12_500),
     ),
     // The gateway's four filters in one module: every callback any of them uses, once.
     (
@@ -80,11 +86,11 @@ const MODULES: &[(&str, &[&str], (u64, u64))] = &[
             "proxy_on_response_body",
             "proxy_on_log",
         ],
-        (22, 7),
+        (22, 7, 150_000),
     ),
 ];
 
-fn shipped() -> impl Iterator<Item = (&'static str, &'static [&'static str], (u64, u64))> {
+fn shipped() -> impl Iterator<Item = (&'static str, &'static [&'static str], (u64, u64, u64))> {
     MODULES.iter().copied().filter(|(m, _, _)| {
         let there = module_path(m).exists();
         assert!(
@@ -178,7 +184,7 @@ fn bench_request(vm: &mut Vm) -> (CallCounts, BTreeMap<String, u64>) {
 #[test]
 fn one_bench_request_makes_few_calls_across_the_vm_boundary() {
     let mut over = Vec::new();
-    for (module, stream, (calls, allocations)) in shipped() {
+    for (module, stream, (calls, allocations, ops)) in shipped() {
         let p = shipped_config(module);
         let mut vm = Host::new()
             .vm(module)
@@ -196,15 +202,20 @@ fn one_bench_request_makes_few_calls_across_the_vm_boundary() {
         bench_request(&mut vm); // first use: lazily defined metrics, caches
         let (c, by_name) = bench_request(&mut vm);
         eprintln!(
-            "{module}: {} callbacks, {} host calls, {} allocations per request: {by_name:?}",
-            c.callbacks, c.host_calls, c.allocations
+            "{module}: {} callbacks, {} host calls, {} allocations, {} wasm instructions per \
+             request: {by_name:?}",
+            c.callbacks, c.host_calls, c.allocations, c.wasm_ops
         );
         // Context create, then each exported callback but trailers (the request has none).
         let callbacks = 1 + stream.iter().filter(|c| !c.ends_with("trailers")).count() as u64;
-        if c.callbacks != callbacks || c.host_calls > calls || c.allocations > allocations {
+        if c.callbacks != callbacks
+            || c.host_calls > calls
+            || c.allocations > allocations
+            || c.wasm_ops > ops
+        {
             over.push(format!(
-                "{module}: {c:?}, want {callbacks} callbacks, at most {calls} host calls and \
-                 {allocations} allocations"
+                "{module}: {c:?}, want {callbacks} callbacks, at most {calls} host calls, \
+                 {allocations} allocations and {ops} wasm instructions"
             ));
         }
     }
