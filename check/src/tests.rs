@@ -30,40 +30,6 @@ fn bootstrap(router: &str, metrics_models: &str, routes: &[&str]) -> String {
 }
 
 #[test]
-fn consistent_bootstrap_passes() {
-    let r = check(
-        "b.yaml",
-        &bootstrap(ROUTER, r#"["a","b","c","x"]"#, &["a", "b"]),
-    );
-    assert_eq!(r.checked, 2);
-    assert!(r.problems.is_empty(), "{:?}", r.problems);
-}
-
-#[test]
-fn router_target_without_route_is_named() {
-    let r = check("b.yaml", &bootstrap(ROUTER, r#"["a","b","c","x"]"#, &["a"]));
-    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-    let p = &r.problems[0];
-    assert_eq!(p.at.filter, Some(Filter::ModelRouter));
-    assert!(p.message.contains("target `b`"), "{p}");
-}
-
-#[test]
-fn metrics_missing_router_alias_is_named() {
-    let r = check(
-        "b.yaml",
-        &bootstrap(ROUTER, r#"["a","b","c"]"#, &["a", "b"]),
-    );
-    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-    let p = &r.problems[0];
-    assert_eq!(
-        (p.at.filter, p.field.as_str()),
-        (Some(Filter::MlMetrics), "models")
-    );
-    assert!(p.message.contains("`x`"), "{p}");
-}
-
-#[test]
 fn invalid_field_is_reported_with_its_path() {
     let bad = r#"{"models": [{"name": "a", "criticality": "urgent"}]}"#;
     let r = check("b.yaml", &bootstrap(bad, r#"["a"]"#, &["a"]));
@@ -163,44 +129,61 @@ fn chain_bootstrap(router: &str, metrics_models: &str, routes: &[&str]) -> Strin
     s
 }
 
-#[test]
-fn a_consistent_chain_passes() {
-    let r = check(
-        "c.yaml",
-        &chain_bootstrap(ROUTER, r#"["a","b","c","x"]"#, &["a", "b"]),
-    );
-    assert_eq!(r.checked, 1);
-    assert!(r.problems.is_empty(), "{:?}", r.problems);
+/// The same ml_metrics and router as separate filters and as one chain: the document, the
+/// filters checked, and where each form names the metrics' and the router's `models`.
+fn both_forms(
+    metrics_models: &str,
+    routes: &[&str],
+) -> [(String, usize, [(Filter, &'static str); 2]); 2] {
+    [
+        (
+            bootstrap(ROUTER, metrics_models, routes),
+            2,
+            [
+                (Filter::MlMetrics, "models"),
+                (Filter::ModelRouter, "models"),
+            ],
+        ),
+        (
+            chain_bootstrap(ROUTER, metrics_models, routes),
+            1,
+            [
+                (Filter::Chain, "filters[0].config.models"),
+                (Filter::Chain, "filters[1].config.models"),
+            ],
+        ),
+    ]
 }
 
 #[test]
-fn inside_a_chain_metrics_missing_a_router_alias_is_named() {
-    let r = check(
-        "c.yaml",
-        &chain_bootstrap(ROUTER, r#"["a","b","c"]"#, &["a", "b"]),
-    );
-    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-    let p = &r.problems[0];
-    assert_eq!(
-        (p.at.filter, p.field.as_str()),
-        (Some(Filter::Chain), "filters[0].config.models")
-    );
-    assert!(p.message.contains("`x`"), "{p}");
+fn consistent_filters_pass_alone_or_chained() {
+    for (doc, checked, _) in both_forms(r#"["a","b","c","x"]"#, &["a", "b"]) {
+        let r = check("b.yaml", &doc);
+        assert_eq!(r.checked, checked);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+    }
 }
 
 #[test]
-fn inside_a_chain_a_router_target_without_route_is_named() {
-    let r = check(
-        "c.yaml",
-        &chain_bootstrap(ROUTER, r#"["a","b","c","x"]"#, &["a"]),
-    );
-    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-    let p = &r.problems[0];
-    assert_eq!(
-        (p.at.filter, p.field.as_str()),
-        (Some(Filter::Chain), "filters[1].config.models")
-    );
-    assert!(p.message.contains("target `b`"), "{p}");
+fn router_target_without_route_is_named_alone_or_chained() {
+    for (doc, _, [_, (filter, field)]) in both_forms(r#"["a","b","c","x"]"#, &["a"]) {
+        let r = check("b.yaml", &doc);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        let p = &r.problems[0];
+        assert_eq!((p.at.filter, p.field.as_str()), (Some(filter), field));
+        assert!(p.message.contains("target `b`"), "{p}");
+    }
+}
+
+#[test]
+fn metrics_missing_router_alias_is_named_alone_or_chained() {
+    for (doc, _, [(filter, field), _]) in both_forms(r#"["a","b","c"]"#, &["a", "b"]) {
+        let r = check("b.yaml", &doc);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        let p = &r.problems[0];
+        assert_eq!((p.at.filter, p.field.as_str()), (Some(filter), field));
+        assert!(p.message.contains("`x`"), "{p}");
+    }
 }
 
 #[test]
