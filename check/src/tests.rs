@@ -129,12 +129,12 @@ fn chain_bootstrap(router: &str, metrics_models: &str, routes: &[&str]) -> Strin
     s
 }
 
-/// The same ml_metrics and router as separate filters and as one chain: the document, the
-/// filters checked, and where each form names the metrics' and the router's `models`.
-fn both_forms(
-    metrics_models: &str,
-    routes: &[&str],
-) -> [(String, usize, [(Filter, &'static str); 2]); 2] {
+/// A bootstrap, the filters it holds, and where it names the metrics' and the router's
+/// `models`.
+type Form = (String, usize, [(Filter, &'static str); 2]);
+
+/// The same ml_metrics and router as separate filters and as one chain.
+fn both_forms(metrics_models: &str, routes: &[&str]) -> [Form; 2] {
     [
         (
             bootstrap(ROUTER, metrics_models, routes),

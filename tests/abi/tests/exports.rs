@@ -25,10 +25,13 @@ const ROOT: &[&str] = &[
     "proxy_on_http_call_response",
 ];
 
+/// Host calls, allocations, wasm instructions.
+type Budget = (u64, u64, u64);
+
 /// Each module's stream callbacks, and the most host calls, allocations (the host's calls
 /// into the module to hand over data, each a VM call) and wasm instructions (measured plus
 /// about a quarter, for compiler versions) one bench request may take.
-const MODULES: &[(&str, &[&str], (u64, u64, u64))] = &[
+const MODULES: &[(&str, &[&str], Budget)] = &[
     (
         "readiness_gate",
         &["proxy_on_request_headers"],
@@ -90,7 +93,7 @@ const MODULES: &[(&str, &[&str], (u64, u64, u64))] = &[
     ),
 ];
 
-fn shipped() -> impl Iterator<Item = (&'static str, &'static [&'static str], (u64, u64, u64))> {
+fn shipped() -> impl Iterator<Item = (&'static str, &'static [&'static str], Budget)> {
     MODULES.iter().copied().filter(|(m, _, _)| {
         let there = module_path(m).exists();
         assert!(
