@@ -130,8 +130,9 @@ print("## Instructions per request (callgrind)\n")
 print("`bench/instructions.sh`: each proxy of the proxy benchmark (same configs) under "
       "valgrind's callgrind, 1 KiB chat POSTs from `wrk` over 4 connections; user-space "
       "instructions Envoy executes per request, its idle rate (timers, polls) subtracted. "
-      "Deterministic to about 1 %, so it shows what load-dependent req/s cannot: the price "
-      "of each kind of call across the Wasm boundary. Kernel time is not counted.\n")
+      "It moves by a few percent between runs (connection handling is spread over "
+      "a different number of requests), not with the machine's load, so it shows what "
+      "req/s cannot: the price of each kind of call across the Wasm boundary. Kernel time is not counted.\n")
 print("| proxy | instructions / request | ratio | added over no filter |")
 print("|---|---|---|---|")
 for v, _, x in rows:
