@@ -110,9 +110,10 @@ impl Maps {
         let kept = self.kept.get_mut(i)?;
         if kept.whole.is_none() && (*learnt || kept.found > 0) {
             *learnt = true;
-            kept.whole = Some(Snapshot {
-                // A refused fetch reads as a map without headers, for the rest of the callback.
-                pairs: host::header_pairs(map).unwrap_or_default(),
+            // A refused fetch keeps no copy: reads and removes ask the host one by one, so a
+            // header is never taken for absent (and left in place) on a host error.
+            kept.whole = host::header_pairs(map).map(|pairs| Snapshot {
+                pairs,
                 written: Vec::new(),
             });
         }

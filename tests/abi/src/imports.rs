@@ -59,6 +59,7 @@ pub const ENVOY_ENV_FUNCTIONS: &[&str] = &[
 /// those that Envoy may answer with an error status and the filters call.
 pub const REFUSABLE: &[&str] = &[
     "proxy_get_header_map_value",
+    "proxy_get_header_map_pairs",
     "proxy_replace_header_map_value",
     "proxy_remove_header_map_value",
     "proxy_add_header_map_value",

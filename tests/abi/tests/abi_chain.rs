@@ -145,6 +145,25 @@ fn a_later_filter_reads_the_headers_an_earlier_one_wrote_in_the_same_callback() 
         assert_eq!(req.request_header("x-gateway-destination-endpoint"), None);
         req.finish();
     }
+    // With the whole-map read refused, headers are read and removed one by one: a host
+    // error never makes a client's routing header look absent and stay.
+    vm.refuse("proxy_get_header_map_pairs", 10);
+    for _ in 0..2 {
+        let mut req = vm.http();
+        let action = req.request_headers(
+            &[
+                (":method", "GET"),
+                (":path", "/healthz"),
+                ("x-modelgate-model", "llama-3-8b"),
+            ],
+            true,
+        );
+        assert_eq!(action, Action::Continue);
+        assert_eq!(req.request_header("x-modelgate-model"), None);
+        assert_eq!(req.request_header("x-gateway-destination-endpoint"), None);
+        req.finish();
+    }
+    vm.allow("proxy_get_header_map_pairs");
     // A routed request: the picker reads the model the router set and picks the pod.
     let body = br#"{"model":"llama3","messages":[]}"#;
     let mut req = vm.http();
