@@ -18,15 +18,8 @@ PY=${PYTHON:-$ROOT/tools/venv/bin/python}
 LOAD_SECONDS=${BENCH_IR_SECONDS:-2}
 IDLE_SECONDS=2
 VARIANTS=(${BENCH_IR_VARIANTS:-none noopmin probe probe_get5 probe_pairs probe_set4 lua router gateway sidecar})
-W=$(mktemp -d /tmp/modelgate-bench-ir.XXXXXX)
-PIDS=()
-log() { echo "[instructions] $*" >&2; }
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. "$ROOT/bench/common.bash"
+bench_start instructions
 for t in valgrind callgrind_control wrk; do
   command -v $t >/dev/null || { echo "bench/instructions.sh: $t missing (scripts/bench.sh installs it)" >&2; exit 1; }
 done
@@ -36,16 +29,7 @@ for crate in noop_min abi_probe; do
     --target-dir "$ROOT/target/bench-noop" >&2
   cp "$ROOT/target/bench-noop/wasm32-wasip1/release/bench_$crate.wasm" "$W/"
 done
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-"$PY" - "$W" <<'EOF'
-import json, sys
-for model, tag in (("llama3", "alias"), ("llama-3-8b", "served")):
-    doc = {"model": model, "messages": [{"role": "user", "content": ""}], "max_tokens": 16}
-    n = 1024 - len(json.dumps(doc, separators=(",", ":")))
-    doc["messages"][0]["content"] = ("lorem ipsum dolor sit amet " * 40)[:n]
-    open(f"{sys.argv[1]}/body-{tag}.json", "w").write(json.dumps(doc, separators=(",", ":")))
-EOF
-body_for() { case $1 in sidecar* | gate* | shedder*) echo "$W/body-served.json" ;; *) echo "$W/body-alias.json" ;; esac; }
+write_chat_bodies
 
 UP_PORT=$(free_port)
 declare -A PORT
@@ -71,16 +55,8 @@ for v in "${VARIANTS[@]}"; do
     "$ENVOY" -c "$W/$v.json" --concurrency 1 --use-dynamic-base-id -l warning > "$W/$v.log" 2>&1 &
   pid=$!
   PIDS+=($pid)
-  body=$(body_for "$v")
-  ok=
-  for _ in $(seq 600); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
-      --data-binary @"$body" "http://127.0.0.1:${PORT[$v]}/v1/chat/completions" || true)
-    [ "$code" = 200 ] && { ok=1; break; }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  [ -n "$ok" ] || { echo "bench/instructions.sh: variant $v never answered 200 (last $code):" >&2; tail -5 "$W/$v.log" >&2; exit 1; }
+  body=$(body_for "$v" 1k)
+  wait_ready "$v" "${PORT[$v]}" "$pid" 1200
   BENCH_BODY=$body wrk -t1 -c4 -d1s -s "$ROOT/bench/post.lua" "http://127.0.0.1:${PORT[$v]}" > /dev/null
   callgrind_control -i on "$pid" > /dev/null 2>&1
   callgrind_control -z "$pid" > /dev/null 2>&1

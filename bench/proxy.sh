@@ -20,16 +20,8 @@ VARIANTS=(${BENCH_VARIANTS:-none noop lua router metrics shedder gate gateway si
 SIZES=(${BENCH_SIZES:-1k 100k})
 TOOLS=(${BENCH_TOOLS:-wrk h2load})
 CONNS=32
-W=$(mktemp -d /tmp/modelgate-bench-proxy.XXXXXX)
-PIDS=()
-
-log() { echo "[proxy] $*" >&2; }
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. "$ROOT/bench/common.bash"
+bench_start proxy
 
 for t in wrk h2load; do
   command -v $t >/dev/null || { echo "bench/proxy.sh: $t missing (scripts/bench.sh installs it)" >&2; exit 1; }
@@ -48,28 +40,7 @@ for crate in noop noop_min abi_probe; do
   cp "$ROOT/target/bench-noop/wasm32-wasip1/release/bench_$crate.wasm" "$W/"
 done
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# Chat bodies of exactly 1 KiB and 100 KiB: the gateway-facing ones name the alias `llama3`
-# (the router rewrites it), the sidecar-facing one the served name.
-"$PY" - "$W" <<'EOF'
-import json, sys
-def body(model, size):
-    msgs = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": ""}]
-    doc = {"model": model, "messages": msgs, "max_tokens": 16}
-    n = size - len(json.dumps(doc, separators=(",", ":")))
-    msgs[1]["content"] = ("lorem ipsum dolor sit amet " * (n // 27 + 1))[:n]
-    out = json.dumps(doc, separators=(",", ":"))
-    assert len(out) == size, (len(out), size)
-    return out
-for model, tag in (("llama3", "alias"), ("llama-3-8b", "served")):
-    for size, name in ((1024, "1k"), (102400, "100k")):
-        open(f"{sys.argv[1]}/body-{tag}-{name}.json", "w").write(body(model, size))
-EOF
-body_for() { # variant size
-  case $1 in sidecar* | gate* | shedder*) echo "$W/body-served-$2.json" ;; *) echo "$W/body-alias-$2.json" ;; esac
-}
+write_chat_bodies
 
 # The core hot paths natively (std harness), for the table next to the Envoy numbers.
 echo "[proxy] cargo bench -p modelgate-core --bench hot_paths" >&2
@@ -109,18 +80,7 @@ start() { # name config cpu-prefix...
 start upstream "$W/upstream.json" "${LOAD_CPU[@]}"
 for v in "${VARIANTS[@]}"; do start "$v" "$W/$v.json" "${PROXY_CPU[@]}"; done
 
-# Ready = a chat completion through it answers 200 (the gate needs its first health poll).
-for v in "${VARIANTS[@]}"; do
-  ok=
-  for _ in $(seq 300); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
-      --data-binary @"$(body_for "$v" 1k)" "http://127.0.0.1:${PORT[$v]}/v1/chat/completions" || true)
-    [ "$code" = 200 ] && { ok=1; break; }
-    kill -0 "${PID[$v]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ -n "$ok" ] || { echo "bench/proxy.sh: variant $v never answered 200 (last $code):" >&2; tail -5 "$W/$v.log" >&2; exit 1; }
-done
+for v in "${VARIANTS[@]}"; do wait_ready "$v" "${PORT[$v]}" "${PID[$v]}" 300; done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)

@@ -56,8 +56,8 @@ impl Snapshot {
 #[derive(Default)]
 struct Kept {
     whole: Option<Snapshot>,
-    /// Headers found by single reads.
-    found: u8,
+    /// A single read found a header.
+    found: bool,
 }
 
 #[derive(Default)]
@@ -108,7 +108,7 @@ impl Maps {
     fn whole(&mut self, i: usize, map: MapType) -> Option<&mut Snapshot> {
         let learnt = self.whole_first.get_mut(self.callback)?.get_mut(i)?;
         let kept = self.kept.get_mut(i)?;
-        if kept.whole.is_none() && (*learnt || kept.found > 0) {
+        if kept.whole.is_none() && (*learnt || kept.found) {
             *learnt = true;
             // A refused fetch keeps no copy: reads and removes ask the host one by one, so a
             // header is never taken for absent (and left in place) on a host error.
@@ -133,7 +133,7 @@ pub fn header_bytes(map: MapType, name: &str) -> Option<Vec<u8>> {
             None => {
                 let value = host::header(map, name);
                 if let (Some(kept), Some(_)) = (m.kept.get_mut(i), &value) {
-                    kept.found = kept.found.saturating_add(1);
+                    kept.found = true;
                 }
                 value
             }
